@@ -1,0 +1,168 @@
+//! The one public error type, with Agora's stable numeric codes.
+//!
+//! Domain failures (a rule said no: muted, full, wrong role) carry Agora's chat-room codes, so that
+//! a client written against Agora can branch on the same numbers. Delivery failures (the engine
+//! stopped, a call timed out, the store failed, a room crashed) are roomcast's own codes in the 900
+//! range; [`ChatError::is_delivery_failure`] tells the two apart.
+
+use thiserror::Error;
+
+/// The numeric code of a [`ChatError`]: Agora's where one exists, 9xx for roomcast's own.
+pub type ErrorCode = u32;
+
+/// Why a call failed. `code()` is stable across releases; the text is for people.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ChatError {
+    /// 1, GENERAL_ERROR: anything not listed.
+    #[error("general error: {0}")]
+    General(String),
+    /// 4, EXCEED_SERVICE_LIMIT: a configured plan limit or call-frequency limit was reached.
+    #[error("service limit exceeded: {0}")]
+    ExceedServiceLimit(String),
+    /// 110, INVALID_PARAM: a malformed parameter (bad user id, name too long, bad page size...).
+    #[error("invalid parameter: {0}")]
+    InvalidParam(String),
+    /// 201, USER_NOT_LOGIN: the client's session has ended (logged out).
+    #[error("user is not logged in")]
+    UserNotLogin,
+    /// 210, USER_PERMISSION_DENIED: e.g. a blocked user sends.
+    #[error("permission denied: {0}")]
+    UserPermissionDenied(String),
+    /// 215, USER_MUTED: the sender is on the room's mute list.
+    #[error("the user is muted in this room")]
+    UserMuted,
+    /// 219, USER_MUTED_BY_ADMIN: all members of the room are muted.
+    #[error("all members of this room are muted")]
+    UserMutedByAdmin,
+    /// 500, MESSAGE_INVALID: a malformed message.
+    #[error("invalid message: {0}")]
+    MessageInvalid(String),
+    /// 507, MESSAGE_ILLEGAL_WHITELIST: mute-all is on and the sender is not allow-listed.
+    #[error("the sender is not on the room's allow list")]
+    MessageIllegalWhitelist,
+    /// 509, MESSAGE_CURRENT_LIMITING: the sender exceeded its send rate.
+    #[error("message rate limit exceeded")]
+    MessageCurrentLimiting,
+    /// 510, MESSAGE_SIZE_LIMIT: the body is over the size limit.
+    #[error("message body is {size} bytes, over the limit of {limit}")]
+    MessageSizeLimit {
+        /// The body's size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// 700, CHATROOM_INVALID_ID: an empty or malformed room id.
+    #[error("invalid room id: {0}")]
+    InvalidRoomId(String),
+    /// 701, CHATROOM_ALREADY_JOINED: the user is already in the room.
+    #[error("already in the room")]
+    AlreadyJoined,
+    /// 702, CHATROOM_NOT_JOINED: the user (or the target) is not in the room.
+    #[error("not in the room: {0}")]
+    NotJoined(String),
+    /// 703, CHATROOM_PERMISSION_DENIED: the caller's role lacks the permission.
+    #[error("chat room permission denied: {0}")]
+    PermissionDenied(String),
+    /// 704, CHATROOM_MEMBERS_FULL: the room is at its max members.
+    #[error("the room is full ({0} members)")]
+    MembersFull(u32),
+    /// 705, CHATROOM_NOT_EXIST: no such room (never created, or destroyed).
+    #[error("no such room: {0}")]
+    RoomNotExist(String),
+    /// 706, CHATROOM_OWNER_NOT_ALLOW_LEAVE: the owner may not leave (ChatOptions says so).
+    #[error("the owner is not allowed to leave the room")]
+    OwnerNotAllowLeave,
+    /// 707, CHATROOM_USER_IN_BLOCKLIST: the user is on the room's block list.
+    #[error("the user is on the room's block list")]
+    UserInBlocklist,
+    /// 900: the engine has been shut down; no further calls are served.
+    #[error("the engine has stopped")]
+    EngineStopped,
+    /// 901: the engine did not answer within the configured call timeout.
+    #[error("the call timed out after {0} ms")]
+    Timeout(u64),
+    /// 902: the store failed to read or write; the operation was not applied.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// 903: the room's actor stopped while serving this call (it is being restarted).
+    #[error("the room is temporarily unavailable: {0}")]
+    RoomUnavailable(String),
+}
+
+impl ChatError {
+    /// The stable numeric code (Agora's numbering where Agora has one).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatError::General(_) => 1,
+            ChatError::ExceedServiceLimit(_) => 4,
+            ChatError::InvalidParam(_) => 110,
+            ChatError::UserNotLogin => 201,
+            ChatError::UserPermissionDenied(_) => 210,
+            ChatError::UserMuted => 215,
+            ChatError::UserMutedByAdmin => 219,
+            ChatError::MessageInvalid(_) => 500,
+            ChatError::MessageIllegalWhitelist => 507,
+            ChatError::MessageCurrentLimiting => 509,
+            ChatError::MessageSizeLimit { .. } => 510,
+            ChatError::InvalidRoomId(_) => 700,
+            ChatError::AlreadyJoined => 701,
+            ChatError::NotJoined(_) => 702,
+            ChatError::PermissionDenied(_) => 703,
+            ChatError::MembersFull(_) => 704,
+            ChatError::RoomNotExist(_) => 705,
+            ChatError::OwnerNotAllowLeave => 706,
+            ChatError::UserInBlocklist => 707,
+            ChatError::EngineStopped => 900,
+            ChatError::Timeout(_) => 901,
+            ChatError::Storage(_) => 902,
+            ChatError::RoomUnavailable(_) => 903,
+        }
+    }
+
+    /// True for failures of the engine itself (stopped, timeout, storage, crashed room) rather
+    /// than a rule that said no. A delivery failure may succeed when retried later; a rule failure
+    /// will not until the room's state changes.
+    pub fn is_delivery_failure(&self) -> bool {
+        self.code() >= 900
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_agoras() {
+        let cases = [
+            (ChatError::General(String::new()), 1),
+            (ChatError::ExceedServiceLimit(String::new()), 4),
+            (ChatError::InvalidParam(String::new()), 110),
+            (ChatError::UserNotLogin, 201),
+            (ChatError::UserPermissionDenied(String::new()), 210),
+            (ChatError::UserMuted, 215),
+            (ChatError::UserMutedByAdmin, 219),
+            (ChatError::MessageInvalid(String::new()), 500),
+            (ChatError::MessageIllegalWhitelist, 507),
+            (ChatError::MessageCurrentLimiting, 509),
+            (ChatError::MessageSizeLimit { size: 9, limit: 1 }, 510),
+            (ChatError::InvalidRoomId(String::new()), 700),
+            (ChatError::AlreadyJoined, 701),
+            (ChatError::NotJoined(String::new()), 702),
+            (ChatError::PermissionDenied(String::new()), 703),
+            (ChatError::MembersFull(3), 704),
+            (ChatError::RoomNotExist(String::new()), 705),
+            (ChatError::OwnerNotAllowLeave, 706),
+            (ChatError::UserInBlocklist, 707),
+            (ChatError::EngineStopped, 900),
+            (ChatError::Timeout(5), 901),
+            (ChatError::Storage(String::new()), 902),
+            (ChatError::RoomUnavailable(String::new()), 903),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err:?}");
+            assert_eq!(err.is_delivery_failure(), code >= 900);
+            assert!(!err.to_string().is_empty());
+        }
+    }
+}

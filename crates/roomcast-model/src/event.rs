@@ -1,0 +1,216 @@
+//! The closed set of chat-room events: the source of truth for `ChatRoomEventHandler`.
+//!
+//! Each variant is one callback of the Agora SDK's `ChatRoomEventHandler`. The engine's handler
+//! trait and its event stream are both derived from this enum, so an event cannot exist in one
+//! and be missing from the other.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChatRoom, RoomId, UserId};
+
+/// Why a member was removed from a room (the SDK's `LeaveReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LeaveReason {
+    /// An owner or admin removed (kicked) or blocked the member.
+    Kicked,
+    /// The member was offline longer than the room's grace period.
+    Offline,
+    /// The room was destroyed.
+    Destroyed,
+}
+
+/// One chat-room event, as delivered to a member's handlers and event stream.
+///
+/// Variants are `#[non_exhaustive]` so that fields (such as the operator of a moderation event)
+/// can be added without breaking matches written with `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ChatRoomEvent {
+    /// `onOwnerChangedFromChatRoom`: ownership moved from `old_owner` to `new_owner`.
+    #[non_exhaustive]
+    OwnerChanged {
+        /// The room.
+        room_id: RoomId,
+        /// The new owner.
+        new_owner: UserId,
+        /// The previous owner, now a plain member.
+        old_owner: UserId,
+    },
+    /// `onMuteListAddedFromChatRoom`: members were muted until `expire_time`.
+    #[non_exhaustive]
+    MuteListAdded {
+        /// The room.
+        room_id: RoomId,
+        /// The members muted.
+        members: Vec<UserId>,
+        /// When the mute ends, in ms since the Unix epoch; -1 for never.
+        expire_time: i64,
+    },
+    /// `onMuteListRemovedFromChatRoom`: members were unmuted (by a call or by expiry).
+    #[non_exhaustive]
+    MuteListRemoved {
+        /// The room.
+        room_id: RoomId,
+        /// The members unmuted.
+        members: Vec<UserId>,
+    },
+    /// `onChatRoomDestroyed`: the owner destroyed the room; every member was removed.
+    #[non_exhaustive]
+    ChatRoomDestroyed {
+        /// The room.
+        room_id: RoomId,
+        /// Its name when it was destroyed.
+        room_name: String,
+    },
+    /// `onSpecificationChanged`: name, description or max members changed.
+    #[non_exhaustive]
+    SpecificationChanged {
+        /// The room as it is now.
+        room: Box<ChatRoom>,
+    },
+    /// `onMemberJoinedFromChatRoom`: `participant` joined.
+    #[non_exhaustive]
+    MemberJoined {
+        /// The room.
+        room_id: RoomId,
+        /// Who joined.
+        participant: UserId,
+    },
+    /// `onMemberExitedFromChatRoom`: `participant` left (by itself, kicked, blocked or offline).
+    #[non_exhaustive]
+    MemberExited {
+        /// The room.
+        room_id: RoomId,
+        /// The room's name.
+        room_name: String,
+        /// Who left.
+        participant: UserId,
+    },
+    /// `onRemovedFromChatRoom`: the receiving member itself was removed, for `reason`.
+    #[non_exhaustive]
+    RemovedFromChatRoom {
+        /// The room.
+        room_id: RoomId,
+        /// The room's name.
+        room_name: String,
+        /// The member removed (the receiver).
+        participant: UserId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// `onAnnouncementChangedFromChatRoom`: the announcement is now `announcement`.
+    #[non_exhaustive]
+    AnnouncementChanged {
+        /// The room.
+        room_id: RoomId,
+        /// The new announcement (empty when cleared).
+        announcement: String,
+    },
+    /// `onAllowListAddedFromChatRoom`: members were added to the allow list.
+    #[non_exhaustive]
+    AllowListAdded {
+        /// The room.
+        room_id: RoomId,
+        /// The members added.
+        members: Vec<UserId>,
+    },
+    /// `onAllowListRemovedFromChatRoom`: members were removed from the allow list.
+    #[non_exhaustive]
+    AllowListRemoved {
+        /// The room.
+        room_id: RoomId,
+        /// The members removed.
+        members: Vec<UserId>,
+    },
+    /// `onAllChatRoomMemberMuteStateChanged`: mute-all was turned on or off.
+    #[non_exhaustive]
+    AllMemberMuteStateChanged {
+        /// The room.
+        room_id: RoomId,
+        /// True if all members are now muted.
+        is_all_muted: bool,
+    },
+    /// `onAdminAddedFromChatRoom`: `admin` became an admin.
+    #[non_exhaustive]
+    AdminAdded {
+        /// The room.
+        room_id: RoomId,
+        /// The new admin.
+        admin: UserId,
+    },
+    /// `onAdminRemovedFromChatRoom`: `admin` is no longer an admin.
+    #[non_exhaustive]
+    AdminRemoved {
+        /// The room.
+        room_id: RoomId,
+        /// The former admin.
+        admin: UserId,
+    },
+    /// `onAttributesUpdated`: custom attributes were set by `from`.
+    #[non_exhaustive]
+    AttributesUpdated {
+        /// The room.
+        room_id: RoomId,
+        /// The keys set and their new values.
+        attributes: BTreeMap<String, String>,
+        /// Who set them.
+        from: UserId,
+    },
+    /// `onAttributesRemoved`: custom attributes were removed by `from`.
+    #[non_exhaustive]
+    AttributesRemoved {
+        /// The room.
+        room_id: RoomId,
+        /// The keys removed.
+        keys: Vec<String>,
+        /// Who removed them.
+        from: UserId,
+    },
+}
+
+impl ChatRoomEvent {
+    /// The room the event is about.
+    pub fn room_id(&self) -> RoomId {
+        match self {
+            ChatRoomEvent::OwnerChanged { room_id, .. }
+            | ChatRoomEvent::MuteListAdded { room_id, .. }
+            | ChatRoomEvent::MuteListRemoved { room_id, .. }
+            | ChatRoomEvent::ChatRoomDestroyed { room_id, .. }
+            | ChatRoomEvent::MemberJoined { room_id, .. }
+            | ChatRoomEvent::MemberExited { room_id, .. }
+            | ChatRoomEvent::RemovedFromChatRoom { room_id, .. }
+            | ChatRoomEvent::AnnouncementChanged { room_id, .. }
+            | ChatRoomEvent::AllowListAdded { room_id, .. }
+            | ChatRoomEvent::AllowListRemoved { room_id, .. }
+            | ChatRoomEvent::AllMemberMuteStateChanged { room_id, .. }
+            | ChatRoomEvent::AdminAdded { room_id, .. }
+            | ChatRoomEvent::AdminRemoved { room_id, .. }
+            | ChatRoomEvent::AttributesUpdated { room_id, .. }
+            | ChatRoomEvent::AttributesRemoved { room_id, .. } => *room_id,
+            ChatRoomEvent::SpecificationChanged { room } => room.room_id,
+        }
+    }
+}
+
+/// Who receives an event. Resolved by the engine against the room's membership *after* the
+/// command was applied, so a member who just joined is in it and one who just left is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every member of the room except one (the member who acted).
+    MembersExcept(UserId),
+    /// Every member of the room.
+    Members,
+    /// Exactly these users (who need not still be members: a removed member is told so).
+    Users(Vec<UserId>),
+}
+
+/// An event and its audience, produced by [`crate::Room::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who receives it.
+    pub to: Audience,
+    /// What they receive.
+    pub event: ChatRoomEvent,
+}

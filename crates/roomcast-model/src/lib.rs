@@ -1,0 +1,22 @@
+//! The pure chat-room model of roomcast.
+//!
+//! **Architecture Invariant:** this crate does no IO, spawns nothing, has no async code and names
+//! neither actix nor sled. Every room rule lives here, as plain functions over plain data, so that
+//! each rule is testable without an actor or a store. The engine is a thin shell that calls
+//! [`Room::apply`], persists what changed and delivers the resulting events.
+
+mod error;
+mod event;
+mod id;
+mod limits;
+mod page;
+mod room;
+
+pub use error::{ChatError, ErrorCode};
+pub use event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
+pub use id::{RoomId, UserId};
+pub use limits::Limits;
+pub use page::ChatPageResult;
+pub use room::{
+    ChatRoom, ChatRoomPermissionType, Command, Effects, Room, RoomRecord, RoomSpec, Timestamp,
+};

@@ -1,0 +1,120 @@
+//! The record codec: the only module that names bincode.
+//!
+//! Every value stored is an envelope:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 2 | magic `b"RC"` |
+//! | 1 | format version (1 = bincode 2.0.1, standard config, via serde) |
+//! | 1 | record kind ([`RecordKind`]) |
+//! | 4 | payload length, little endian |
+//! | 4 | CRC-32 of the eight bytes above and the payload, little endian |
+//! | n | payload |
+//!
+//! Decoding checks every field before it touches the payload, and bincode decodes with a size
+//! limit, so a corrupt or hostile record is an error, never a panic or a huge allocation. A later
+//! format gets a new version number; old versions stay decodable here.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::StoreError;
+
+const MAGIC: [u8; 2] = *b"RC";
+/// The version this build writes.
+pub const FORMAT_BINCODE2: u8 = 1;
+/// Size of the envelope's header in bytes.
+pub const HEADER_LEN: usize = 12;
+/// Largest payload accepted, in bytes.
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
+/// What a record holds; a record read as the wrong kind is corrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// A room's [`roomcast_model::RoomRecord`].
+    Room = 1,
+    /// A super admin.
+    SuperAdmin = 2,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD>()
+}
+
+/// Encodes `value` as a record of `kind`.
+pub fn encode<T: Serialize>(kind: RecordKind, value: &T) -> Result<Vec<u8>, StoreError> {
+    let payload = bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(StoreError::Encode(format!(
+            "payload of {} bytes is over the limit of {MAX_PAYLOAD}",
+            payload.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_BINCODE2);
+    out.push(kind as u8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..8]);
+    crc.update(&payload);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes a record of `kind`, checking magic, version, kind, length, checksum and size limit.
+pub fn decode<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> Result<T, StoreError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(StoreError::corrupt(format!(
+            "{} bytes is shorter than the header",
+            bytes.len()
+        )));
+    }
+    if bytes[..2] != MAGIC {
+        return Err(StoreError::corrupt("bad magic"));
+    }
+    let version = bytes[2];
+    if version != FORMAT_BINCODE2 {
+        return Err(StoreError::corrupt(format!(
+            "unknown format version {version}"
+        )));
+    }
+    if bytes[3] != kind as u8 {
+        return Err(StoreError::corrupt(format!(
+            "record kind {} where {:?} was expected",
+            bytes[3], kind
+        )));
+    }
+    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(StoreError::corrupt(format!(
+            "payload length {len} is over the limit"
+        )));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() != len {
+        return Err(StoreError::corrupt(format!(
+            "payload is {} bytes, header says {len}",
+            payload.len()
+        )));
+    }
+    let stored = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&bytes[..8]);
+    crc.update(payload);
+    if crc.finalize() != stored {
+        return Err(StoreError::corrupt("checksum mismatch"));
+    }
+    let (value, used) = bincode::serde::decode_from_slice(payload, config())
+        .map_err(|e| StoreError::corrupt(format!("payload does not decode: {e}")))?;
+    if used != payload.len() {
+        return Err(StoreError::corrupt(format!(
+            "{} trailing bytes after the payload",
+            payload.len() - used
+        )));
+    }
+    Ok(value)
+}

@@ -1,1 +1,497 @@
-//! x
+//! roomcast's engine: rooms as actix actors under a supervisor, delivery shards, sessions.
+//!
+//! **Architecture Invariant:** this is the only crate that names actix, and no actix type is
+//! public. Callers use [`Core`], whose handles are `Send + Sync + Clone` and whose async methods
+//! work from any tokio runtime: the engine runs its own actix System on its own threads, and its
+//! own small tokio runtime for handler callbacks and call timeouts.
+//!
+//! The public API lives in the `roomcast` facade crate, which wraps [`Core`].
+
+mod clock;
+mod directory;
+mod fanout;
+mod handler;
+mod mailbox;
+mod room_actor;
+mod session;
+mod supervisor;
+mod system;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, MailboxError};
+use parking_lot::{Mutex, RwLock};
+use roomcast_model::{ChatError, ChatPageResult, ChatRoom, Limits, RoomId, RoomSpec, UserId};
+use roomcast_store::{Store, StoreConfig, StoreError};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use handler::{dispatch, ChatRoomEventHandler};
+pub use roomcast_store::{Durability, Location};
+pub use session::{ClientEvent, EventStream, Session};
+
+use directory::Directory;
+use fanout::{Fanout, FanoutThreads};
+use room_actor::{RoomCall, RoomOp, RoomReply};
+use supervisor::{Activate, CreateRoom, DestroyRoom, Supervisor};
+use system::ActorSystem;
+
+/// How to start a [`Core`].
+#[derive(Clone)]
+pub struct CoreConfig {
+    /// Where and how rooms are stored.
+    pub store: StoreConfig,
+    /// The engine's limits.
+    pub limits: Limits,
+    /// The clock the engine reads.
+    pub clock: Arc<dyn Clock>,
+    /// Capacity of each session's event queue (and of each event stream).
+    pub mailbox_capacity: usize,
+    /// Longest a call may take before it fails with 901; `None` waits forever.
+    pub call_timeout: Option<Duration>,
+    /// Actix arbiters (room threads), fan-out shards and callback threads; 0 = one per core.
+    pub threads: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            store: StoreConfig::default(),
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+            mailbox_capacity: 4096,
+            call_timeout: Some(Duration::from_secs(30)),
+            threads: 0,
+        }
+    }
+}
+
+/// What every actor shares. Holds no store: the store's clones live in the actors and in
+/// [`Core`], so that shutdown can release the database.
+pub(crate) struct Shared {
+    pub(crate) directory: Directory,
+    pub(crate) fanout: Fanout,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) limits: Limits,
+}
+
+/// The running engine. Cloning is shallow; the engine stops on [`Core::shutdown`] or when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    supervisor: Addr<Supervisor>,
+    system: ActorSystem,
+    fanout_threads: FanoutThreads,
+    store: Mutex<Option<Store>>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    runtime_handle: tokio::runtime::Handle,
+    sessions: Mutex<HashMap<UserId, Arc<Session>>>,
+    super_admins: RwLock<HashSet<UserId>>,
+    mailbox_capacity: usize,
+    call_timeout: Option<Duration>,
+    stopped: AtomicBool,
+}
+
+pub(crate) fn storage_error(e: StoreError) -> ChatError {
+    ChatError::Storage(e.to_string())
+}
+
+pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
+    match e {
+        MailboxError::Closed => ChatError::RoomUnavailable(format!("{what}: the actor stopped")),
+        MailboxError::Timeout => ChatError::Timeout(0),
+    }
+}
+
+impl Core {
+    /// Opens the store and starts the engine's threads.
+    pub fn open(config: CoreConfig) -> Result<Core, ChatError> {
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.threads
+        };
+        let store = Store::open(&config.store).map_err(storage_error)?;
+        let directory = Directory::default();
+        for record in store.rooms() {
+            match record {
+                Ok(record) => {
+                    let room = roomcast_model::Room::from_record(record);
+                    directory.insert(directory::RoomEntry::new(room.snapshot(None)));
+                }
+                // A corrupt record makes that room unavailable, not the store: it is logged and
+                // left in place for inspection; the other rooms open.
+                Err(e) => tracing::error!(error = %e, "skipping a room record that cannot be read"),
+            }
+        }
+        let super_admins: HashSet<UserId> = store
+            .super_admins()
+            .map_err(storage_error)?
+            .into_iter()
+            .collect();
+        let (fanout, fanout_threads) =
+            Fanout::start(threads).map_err(|e| ChatError::General(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            directory,
+            fanout,
+            clock: config.clock,
+            limits: config.limits,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(2))
+            .thread_name("roomcast-callbacks")
+            .enable_time()
+            .build()
+            .map_err(|e| ChatError::General(format!("cannot start the callback runtime: {e}")))?;
+        let sup_shared = shared.clone();
+        let sup_store = store.clone();
+        let (system, supervisor) = ActorSystem::start(threads, move |arbiters| {
+            Supervisor::new(sup_shared, sup_store, arbiters)
+        })
+        .map_err(|e| ChatError::General(format!("cannot start the actor system: {e}")))?;
+        Ok(Core {
+            inner: Arc::new(Inner {
+                shared,
+                supervisor,
+                system,
+                fanout_threads,
+                store: Mutex::new(Some(store)),
+                runtime_handle: runtime.handle().clone(),
+                runtime: Mutex::new(Some(runtime)),
+                sessions: Mutex::new(HashMap::new()),
+                super_admins: RwLock::new(super_admins),
+                mailbox_capacity: config.mailbox_capacity,
+                call_timeout: config.call_timeout,
+                stopped: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// True once [`Core::shutdown`] has begun.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    fn check_running(&self) -> Result<(), ChatError> {
+        if self.is_stopped() {
+            Err(ChatError::EngineStopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs `fut` on the engine's runtime under the call timeout. The timer is the engine's, not
+    /// the caller's, so calls work from any runtime, including one with paused time.
+    async fn run<T, F>(&self, fut: F) -> Result<T, ChatError>
+    where
+        F: Future<Output = Result<T, ChatError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.check_running()?;
+        let timeout = self.inner.call_timeout;
+        let handle = self.inner.runtime_handle.spawn(async move {
+            match timeout {
+                Some(d) => tokio::time::timeout(d, fut)
+                    .await
+                    .unwrap_or(Err(ChatError::Timeout(d.as_millis() as u64))),
+                None => fut.await,
+            }
+        });
+        match handle.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => Err(ChatError::General("an engine task panicked".into())),
+            Err(_) => Err(ChatError::EngineStopped),
+        }
+    }
+
+    /// Stops the engine: no new calls are served (they get 900), the actors and threads stop,
+    /// pending writes are flushed, every event stream ends. Idempotent; later calls return at
+    /// once.
+    pub async fn shutdown(&self) {
+        let first = !self.inner.stopped.swap(true, Ordering::SeqCst);
+        if first {
+            tracing::info!("roomcast engine shutting down");
+        }
+        self.inner.system.stop();
+        self.inner.system.wait().await;
+        self.inner.shared.fanout.stop();
+        for session in self.inner.sessions.lock().values() {
+            session.close();
+        }
+        let store = self.inner.store.lock().take();
+        if let Some(store) = store {
+            if let Err(e) = store.flush_blocking() {
+                tracing::error!(error = %e, "final flush failed");
+            }
+        }
+        if let Some(rt) = self.inner.runtime.lock().take() {
+            rt.shutdown_background();
+        }
+        self.inner.fanout_threads.join();
+    }
+
+    /// Makes `user` a super admin (who may create rooms). Durable when it returns `Ok`.
+    pub async fn add_super_admin(&self, user: UserId) -> Result<(), ChatError> {
+        self.check_running()?;
+        let commit = {
+            let store = self.inner.store.lock();
+            let store = store.as_ref().ok_or(ChatError::EngineStopped)?;
+            store.put_super_admin(&user).map_err(storage_error)?;
+            store.commit()
+        };
+        self.inner.super_admins.write().insert(user);
+        self.run(async move { commit.await.map_err(storage_error) })
+            .await
+    }
+
+    /// Removes a super admin; `Ok(false)` if `user` was not one. Rooms it owns stay its own.
+    pub async fn remove_super_admin(&self, user: &UserId) -> Result<bool, ChatError> {
+        self.check_running()?;
+        let (was, commit) = {
+            let store = self.inner.store.lock();
+            let store = store.as_ref().ok_or(ChatError::EngineStopped)?;
+            let was = store.remove_super_admin(user).map_err(storage_error)?;
+            (was, store.commit())
+        };
+        self.inner.super_admins.write().remove(user);
+        self.run(async move { commit.await.map_err(storage_error) })
+            .await?;
+        Ok(was)
+    }
+
+    /// The super admins, sorted.
+    pub fn super_admins(&self) -> Vec<UserId> {
+        let mut all: Vec<UserId> = self.inner.super_admins.read().iter().cloned().collect();
+        all.sort();
+        all
+    }
+
+    /// True if `user` is a super admin.
+    pub fn is_super_admin(&self, user: &UserId) -> bool {
+        self.inner.super_admins.read().contains(user)
+    }
+
+    /// The session of `user`, created on first use. Every client of a user shares it.
+    pub fn session(&self, user: UserId) -> Result<Arc<Session>, ChatError> {
+        self.check_running()?;
+        let mut sessions = self.inner.sessions.lock();
+        let session = sessions.entry(user.clone()).or_insert_with(|| {
+            Session::new(
+                user,
+                self.inner.mailbox_capacity,
+                self.inner.runtime_handle.clone(),
+            )
+        });
+        Ok(session.clone())
+    }
+
+    /// The engine's limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.shared.limits
+    }
+
+    /// Creates a room owned by `owner` (who must be a super admin), with `members` in it.
+    pub async fn create_room(
+        &self,
+        owner: &Session,
+        spec: RoomSpec,
+        members: Vec<UserId>,
+    ) -> Result<ChatRoom, ChatError> {
+        self.check_running()?;
+        if !self.is_super_admin(owner.user()) {
+            return Err(ChatError::PermissionDenied(
+                "only a super admin may create a chat room".into(),
+            ));
+        }
+        spec.validate(self.limits())?;
+        let mut with_mailboxes = Vec::with_capacity(members.len() + 1);
+        with_mailboxes.push((owner.user().clone(), owner.mailbox().clone()));
+        for m in members {
+            let session = self.session(m)?;
+            with_mailboxes.push((session.user().clone(), session.mailbox().clone()));
+        }
+        let msg = CreateRoom {
+            owner: owner.user().clone(),
+            spec,
+            members: with_mailboxes,
+        };
+        let supervisor = self.inner.supervisor.clone();
+        let core = self.clone();
+        self.run(async move {
+            let (room, commit) = supervisor
+                .send(msg)
+                .await
+                .map_err(|e| core.delivery_error(e, None))??;
+            commit.await.map_err(storage_error)?;
+            Ok(room)
+        })
+        .await
+    }
+
+    /// Destroys `room`, if `user` is its owner.
+    pub async fn destroy_room(&self, user: &UserId, room: RoomId) -> Result<(), ChatError> {
+        self.check_running()?;
+        let supervisor = self.inner.supervisor.clone();
+        let msg = DestroyRoom {
+            user: user.clone(),
+            room,
+        };
+        let core = self.clone();
+        self.run(async move {
+            let commit = supervisor
+                .send(msg)
+                .await
+                .map_err(|e| core.delivery_error(e, Some(room)))??;
+            if let Some(commit) = commit {
+                commit.await.map_err(storage_error)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `session`'s user joins `room`; returns the room as it sees it.
+    pub async fn join_room(&self, session: &Session, room: RoomId) -> Result<ChatRoom, ChatError> {
+        let op = RoomOp::Join {
+            user: session.user().clone(),
+            mailbox: session.mailbox().clone(),
+        };
+        let reply = self.room_call(room, op).await?;
+        reply
+            .room
+            .ok_or_else(|| ChatError::General("join returned no room".into()))
+    }
+
+    /// `user` leaves `room`.
+    pub async fn leave_room(
+        &self,
+        user: &UserId,
+        room: RoomId,
+        owner_may_leave: bool,
+    ) -> Result<(), ChatError> {
+        let op = RoomOp::Leave {
+            user: user.clone(),
+            owner_may_leave,
+        };
+        self.room_call(room, op).await.map(|_| ())
+    }
+
+    /// `room` as `viewer` sees it (any user may look).
+    pub async fn room_info(&self, viewer: &UserId, room: RoomId) -> Result<ChatRoom, ChatError> {
+        let op = RoomOp::Info {
+            viewer: viewer.clone(),
+        };
+        let reply = self.room_call(room, op).await?;
+        reply
+            .room
+            .ok_or_else(|| ChatError::General("info returned no room".into()))
+    }
+
+    /// Page `page_num` (from 1) of the public room list, newest first, optionally only rooms
+    /// whose name contains `name_filter` (case-insensitive).
+    pub fn public_rooms(
+        &self,
+        page_num: u32,
+        page_size: u32,
+        name_filter: Option<&str>,
+    ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
+        self.check_running()?;
+        let max = self.limits().public_room_page_max;
+        if page_num == 0 {
+            return Err(ChatError::InvalidParam("page numbers start at 1".into()));
+        }
+        if page_size == 0 || page_size > max {
+            return Err(ChatError::InvalidParam(format!(
+                "page size must be 1 to {max}, got {page_size}"
+            )));
+        }
+        let (data, total) = self
+            .inner
+            .shared
+            .directory
+            .page(page_num, page_size, name_filter);
+        Ok(ChatPageResult {
+            data,
+            page_num,
+            page_size,
+            total,
+        })
+    }
+
+    fn delivery_error(&self, e: MailboxError, room: Option<RoomId>) -> ChatError {
+        if self.is_stopped() {
+            return ChatError::EngineStopped;
+        }
+        if let Some(room) = room {
+            let gone = self
+                .inner
+                .shared
+                .directory
+                .get(room)
+                .is_none_or(|entry| entry.is_destroyed());
+            if gone {
+                return ChatError::RoomNotExist(room.to_string());
+            }
+        }
+        mailbox_error(e, "room call")
+    }
+
+    async fn room_call(&self, room: RoomId, op: RoomOp) -> Result<RoomReply, ChatError> {
+        self.check_running()?;
+        let entry = self
+            .inner
+            .shared
+            .directory
+            .get(room)
+            .filter(|e| !e.is_destroyed())
+            .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
+        let core = self.clone();
+        self.run(async move {
+            let addr = match entry.live_actor() {
+                Some(addr) => addr,
+                None => core
+                    .inner
+                    .supervisor
+                    .send(Activate(room))
+                    .await
+                    .map_err(|e| core.delivery_error(e, Some(room)))??,
+            };
+            let mut reply = addr
+                .send(RoomCall(op))
+                .await
+                .map_err(|e| core.delivery_error(e, Some(room)))??;
+            if let Some(commit) = reply.commit.take() {
+                commit.await.map_err(storage_error)?;
+            }
+            Ok(reply)
+        })
+        .await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): stop without waiting (we may be inside an async context).
+        self.system.stop();
+        self.shared.fanout.stop();
+        for session in self.sessions.lock().values() {
+            session.close();
+        }
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Compile-time checks that the handles are thread-safe.
+#[allow(dead_code)]
+trait AssertSendSync: Send + Sync + Clone {}
+impl AssertSendSync for Core {}

@@ -23,13 +23,11 @@ pub enum LeaveReason {
 
 /// One chat-room event, as delivered to a member's handlers and event stream.
 ///
-/// Variants are `#[non_exhaustive]` so that fields (such as the operator of a moderation event)
-/// can be added without breaking matches written with `..`.
+/// The enum is closed on purpose: a new event is a new variant here, a new handler method and a
+/// new arm of the engine's dispatch, all checked by the compiler.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum ChatRoomEvent {
     /// `onOwnerChangedFromChatRoom`: ownership moved from `old_owner` to `new_owner`.
-    #[non_exhaustive]
     OwnerChanged {
         /// The room.
         room_id: RoomId,
@@ -39,7 +37,6 @@ pub enum ChatRoomEvent {
         old_owner: UserId,
     },
     /// `onMuteListAddedFromChatRoom`: members were muted until `expire_time`.
-    #[non_exhaustive]
     MuteListAdded {
         /// The room.
         room_id: RoomId,
@@ -49,7 +46,6 @@ pub enum ChatRoomEvent {
         expire_time: i64,
     },
     /// `onMuteListRemovedFromChatRoom`: members were unmuted (by a call or by expiry).
-    #[non_exhaustive]
     MuteListRemoved {
         /// The room.
         room_id: RoomId,
@@ -57,7 +53,6 @@ pub enum ChatRoomEvent {
         members: Vec<UserId>,
     },
     /// `onChatRoomDestroyed`: the owner destroyed the room; every member was removed.
-    #[non_exhaustive]
     ChatRoomDestroyed {
         /// The room.
         room_id: RoomId,
@@ -65,13 +60,11 @@ pub enum ChatRoomEvent {
         room_name: String,
     },
     /// `onSpecificationChanged`: name, description or max members changed.
-    #[non_exhaustive]
     SpecificationChanged {
         /// The room as it is now.
         room: Box<ChatRoom>,
     },
     /// `onMemberJoinedFromChatRoom`: `participant` joined.
-    #[non_exhaustive]
     MemberJoined {
         /// The room.
         room_id: RoomId,
@@ -79,7 +72,6 @@ pub enum ChatRoomEvent {
         participant: UserId,
     },
     /// `onMemberExitedFromChatRoom`: `participant` left (by itself, kicked, blocked or offline).
-    #[non_exhaustive]
     MemberExited {
         /// The room.
         room_id: RoomId,
@@ -89,7 +81,6 @@ pub enum ChatRoomEvent {
         participant: UserId,
     },
     /// `onRemovedFromChatRoom`: the receiving member itself was removed, for `reason`.
-    #[non_exhaustive]
     RemovedFromChatRoom {
         /// The room.
         room_id: RoomId,
@@ -101,7 +92,6 @@ pub enum ChatRoomEvent {
         reason: LeaveReason,
     },
     /// `onAnnouncementChangedFromChatRoom`: the announcement is now `announcement`.
-    #[non_exhaustive]
     AnnouncementChanged {
         /// The room.
         room_id: RoomId,
@@ -109,7 +99,6 @@ pub enum ChatRoomEvent {
         announcement: String,
     },
     /// `onAllowListAddedFromChatRoom`: members were added to the allow list.
-    #[non_exhaustive]
     AllowListAdded {
         /// The room.
         room_id: RoomId,
@@ -117,7 +106,6 @@ pub enum ChatRoomEvent {
         members: Vec<UserId>,
     },
     /// `onAllowListRemovedFromChatRoom`: members were removed from the allow list.
-    #[non_exhaustive]
     AllowListRemoved {
         /// The room.
         room_id: RoomId,
@@ -125,7 +113,6 @@ pub enum ChatRoomEvent {
         members: Vec<UserId>,
     },
     /// `onAllChatRoomMemberMuteStateChanged`: mute-all was turned on or off.
-    #[non_exhaustive]
     AllMemberMuteStateChanged {
         /// The room.
         room_id: RoomId,
@@ -133,7 +120,6 @@ pub enum ChatRoomEvent {
         is_all_muted: bool,
     },
     /// `onAdminAddedFromChatRoom`: `admin` became an admin.
-    #[non_exhaustive]
     AdminAdded {
         /// The room.
         room_id: RoomId,
@@ -141,7 +127,6 @@ pub enum ChatRoomEvent {
         admin: UserId,
     },
     /// `onAdminRemovedFromChatRoom`: `admin` is no longer an admin.
-    #[non_exhaustive]
     AdminRemoved {
         /// The room.
         room_id: RoomId,
@@ -149,7 +134,6 @@ pub enum ChatRoomEvent {
         admin: UserId,
     },
     /// `onAttributesUpdated`: custom attributes were set by `from`.
-    #[non_exhaustive]
     AttributesUpdated {
         /// The room.
         room_id: RoomId,
@@ -159,7 +143,6 @@ pub enum ChatRoomEvent {
         from: UserId,
     },
     /// `onAttributesRemoved`: custom attributes were removed by `from`.
-    #[non_exhaustive]
     AttributesRemoved {
         /// The room.
         room_id: RoomId,

@@ -177,7 +177,9 @@ mod tests {
             (&"x".repeat(65), Err(110)),
         ];
         for (input, expect) in cases {
-            let got = UserId::new(input).map(|u| u.as_str().to_owned()).map_err(|e| e.code());
+            let got = UserId::new(input)
+                .map(|u| u.as_str().to_owned())
+                .map_err(|e| e.code());
             assert_eq!(got, expect.map(str::to_owned), "input {input:?}");
         }
     }
@@ -186,7 +188,11 @@ mod tests {
     fn room_ids_parse_digits_only() {
         assert_eq!("123".parse::<RoomId>().unwrap(), RoomId::from_u64(123));
         for bad in ["", "12a", "-1", " 1", "99999999999999999999999", "１２"] {
-            assert_eq!(bad.parse::<RoomId>().unwrap_err().code(), 700, "input {bad:?}");
+            assert_eq!(
+                bad.parse::<RoomId>().unwrap_err().code(),
+                700,
+                "input {bad:?}"
+            );
         }
     }
 

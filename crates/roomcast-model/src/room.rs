@@ -33,7 +33,9 @@ impl RoomSpec {
     pub fn validate(&self, limits: &Limits) -> Result<(), ChatError> {
         let name_chars = self.name.chars().count();
         if self.name.trim().is_empty() {
-            return Err(ChatError::InvalidParam("room name must not be empty".into()));
+            return Err(ChatError::InvalidParam(
+                "room name must not be empty".into(),
+            ));
         }
         check_len("room name", name_chars, limits.room_name_max_chars)?;
         check_len(
@@ -471,13 +473,55 @@ mod tests {
         let limits = Limits::default();
         let cases: Vec<(RoomSpec, Option<u32>)> = vec![
             (spec(300), None),
-            (RoomSpec { name: "".into(), ..spec(300) }, Some(110)),
-            (RoomSpec { name: "  ".into(), ..spec(300) }, Some(110)),
-            (RoomSpec { name: "n".repeat(128), ..spec(300) }, None),
-            (RoomSpec { name: "n".repeat(129), ..spec(300) }, Some(110)),
-            (RoomSpec { description: "d".repeat(512), ..spec(300) }, None),
-            (RoomSpec { description: "d".repeat(513), ..spec(300) }, Some(110)),
-            (RoomSpec { welcome_message: "w".repeat(513), ..spec(300) }, Some(110)),
+            (
+                RoomSpec {
+                    name: "".into(),
+                    ..spec(300)
+                },
+                Some(110),
+            ),
+            (
+                RoomSpec {
+                    name: "  ".into(),
+                    ..spec(300)
+                },
+                Some(110),
+            ),
+            (
+                RoomSpec {
+                    name: "n".repeat(128),
+                    ..spec(300)
+                },
+                None,
+            ),
+            (
+                RoomSpec {
+                    name: "n".repeat(129),
+                    ..spec(300)
+                },
+                Some(110),
+            ),
+            (
+                RoomSpec {
+                    description: "d".repeat(512),
+                    ..spec(300)
+                },
+                None,
+            ),
+            (
+                RoomSpec {
+                    description: "d".repeat(513),
+                    ..spec(300)
+                },
+                Some(110),
+            ),
+            (
+                RoomSpec {
+                    welcome_message: "w".repeat(513),
+                    ..spec(300)
+                },
+                Some(110),
+            ),
             (spec(0), Some(110)),
             (spec(limits.max_users_cap), None),
             (spec(limits.max_users_cap + 1), Some(110)),
@@ -514,13 +558,28 @@ mod tests {
     #[test]
     fn join_rules() {
         let mut r = room(2);
-        assert_eq!(r.apply(Command::Join { user: uid("owner") }).unwrap_err().code(), 701);
+        assert_eq!(
+            r.apply(Command::Join { user: uid("owner") })
+                .unwrap_err()
+                .code(),
+            701
+        );
         let fx = r.apply(Command::Join { user: uid("a") }).unwrap();
         assert_eq!(fx.joined, vec![uid("a")]);
         assert_eq!(fx.events[0].to, Audience::MembersExcept(uid("a")));
-        assert_eq!(r.apply(Command::Join { user: uid("b") }).unwrap_err().code(), 704);
+        assert_eq!(
+            r.apply(Command::Join { user: uid("b") })
+                .unwrap_err()
+                .code(),
+            704
+        );
         r.record.block_list.insert(uid("c"));
-        assert_eq!(r.apply(Command::Join { user: uid("c") }).unwrap_err().code(), 707);
+        assert_eq!(
+            r.apply(Command::Join { user: uid("c") })
+                .unwrap_err()
+                .code(),
+            707
+        );
         assert_eq!(r.member_count(), 2);
     }
 
@@ -538,7 +597,10 @@ mod tests {
         assert!(!r.is_member(&uid("owner")));
         assert_eq!(r.role_of(&uid("owner")), ChatRoomPermissionType::Owner);
         r.apply(Command::Join { user: uid("owner") }).unwrap();
-        assert_eq!(r.snapshot(Some(&uid("owner"))).permission_type, ChatRoomPermissionType::Owner);
+        assert_eq!(
+            r.snapshot(Some(&uid("owner"))).permission_type,
+            ChatRoomPermissionType::Owner
+        );
     }
 
     #[test]

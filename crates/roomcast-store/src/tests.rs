@@ -122,7 +122,10 @@ async fn rooms_and_super_admins_survive_reopen() {
     let store = Store::open(&dir_config(dir.path())).unwrap();
     let rooms: Vec<RoomRecord> = store.rooms().collect::<Result<_, _>>().unwrap();
     assert_eq!(rooms, vec![record(1, "one"), record(3, "three")]);
-    assert_eq!(store.room(RoomId::from_u64(3)).unwrap(), Some(record(3, "three")));
+    assert_eq!(
+        store.room(RoomId::from_u64(3)).unwrap(),
+        Some(record(3, "three"))
+    );
     assert_eq!(store.room(RoomId::from_u64(2)).unwrap(), None);
     assert_eq!(store.super_admins().unwrap(), vec![uid("root")]);
 }

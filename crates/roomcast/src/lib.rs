@@ -1,1 +1,70 @@
-//! x
+//! # roomcast
+//!
+//! An embedded, in-process chat-room engine with the Agora Chat SDK's chat-room API. A Rust
+//! service (an actix-web or axum WebSocket server, a game server) links roomcast and gets
+//! Agora-style chat rooms, rooms without strict membership where thousands of viewers chat in
+//! real time, without running a chat server.
+//!
+//! The API follows the SDK's in Rust naming: [`Engine`] (what Agora runs as a service),
+//! [`ChatClient`] (one logged-in user), [`ChatRoomManager`] (the chat-room calls),
+//! [`ChatRoomEventHandler`] (the callbacks), [`ChatOptions`], [`ChatError`] (with Agora's codes)
+//! and [`ChatPageResult`].
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+//! use roomcast::{ChatRoomEventHandler, CreateChatRoomOptions, Engine, RoomId, UserId};
+//!
+//! struct Greeter;
+//! impl ChatRoomEventHandler for Greeter {
+//!     fn on_member_joined_from_chat_room(&self, room_id: &RoomId, participant: &UserId) {
+//!         println!("{participant} joined {room_id}");
+//!     }
+//! }
+//!
+//! let engine = Engine::builder().build().await?; // a temporary store
+//! engine.add_super_admin("alice").await?;
+//! let alice = engine.login("alice").await?;
+//! let rooms = alice.chat_room_manager();
+//! rooms.add_event_handler("greeter", Greeter);
+//! let room = rooms.create_chat_room(CreateChatRoomOptions::new("lobby")).await?;
+//!
+//! let bob = engine.login("bob").await?;
+//! bob.chat_room_manager().join_chat_room(&room.room_id).await?;
+//! let page = bob.chat_room_manager().fetch_public_chat_rooms_from_server(1, 20).await?;
+//! assert_eq!(page.data[0].room_id, room.room_id);
+//!
+//! bob.chat_room_manager().leave_chat_room(&room.room_id).await?;
+//! rooms.destroy_chat_room(&room.room_id).await?;
+//! engine.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` for how it is built and `docs/semantics.md` for its guarantees.
+
+mod client;
+mod engine;
+mod options;
+mod room_manager;
+
+pub use client::ChatClient;
+pub use engine::{Engine, EngineBuilder};
+pub use options::ChatOptions;
+pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
+
+pub use roomcast_engine::{
+    ChatRoomEventHandler, ClientEvent, Clock, Durability, EventStream, ManualClock, SystemClock,
+};
+pub use roomcast_model::{
+    ChatError, ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode,
+    LeaveReason, Limits, RoomId, Timestamp, UserId,
+};
+
+/// Compile-time checks that the public handles can be shared across threads and tasks.
+#[allow(dead_code)]
+trait AssertSendSyncClone: Send + Sync + Clone + 'static {}
+impl AssertSendSyncClone for Engine {}
+impl AssertSendSyncClone for ChatClient {}
+impl AssertSendSyncClone for ChatRoomManager {}
+#[allow(dead_code)]
+trait AssertSend: Send + 'static {}
+impl AssertSend for EventStream {}

@@ -1,0 +1,199 @@
+//! Delivery shards: how one event reaches every member of a room without one actor message,
+//! task or clone per member.
+//!
+//! There is one shard thread per core. Each member's mailbox belongs to exactly one shard
+//! (`mailbox id % shards`), and each shard keeps, per room, the plain list of its members'
+//! mailboxes. A room actor hands one job per shard for a broadcast (one `Arc` of the event each);
+//! the shard walks its slice of the room and pushes the `Arc` into each mailbox.
+//!
+//! **Ordering invariant:** every delivery to a member, broadcast or targeted, goes through that
+//! member's one shard, and a room actor sends its jobs in the order it applied its commands, over
+//! FIFO channels. So a member sees a room's events in the room's order.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use roomcast_model::RoomId;
+
+use crate::mailbox::Mailbox;
+use crate::ClientEvent;
+
+enum Job {
+    Add {
+        room: RoomId,
+        mailbox: Arc<Mailbox>,
+    },
+    Remove {
+        room: RoomId,
+        mailbox_id: u64,
+    },
+    Broadcast {
+        room: RoomId,
+        item: ClientEvent,
+        except: Option<u64>,
+    },
+    SendTo {
+        mailbox: Arc<Mailbox>,
+        item: ClientEvent,
+    },
+    DropRoom {
+        room: RoomId,
+    },
+    Stop,
+}
+
+/// A handle to the shards. Cloning is shallow.
+#[derive(Clone)]
+pub(crate) struct Fanout {
+    senders: Arc<[mpsc::Sender<Job>]>,
+}
+
+/// Owns the shard threads, to join them at shutdown.
+pub(crate) struct FanoutThreads {
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Fanout {
+    pub(crate) fn start(shards: usize) -> std::io::Result<(Fanout, FanoutThreads)> {
+        let mut senders = Vec::with_capacity(shards.max(1));
+        let mut threads = Vec::with_capacity(shards.max(1));
+        for n in 0..shards.max(1) {
+            let (tx, rx) = mpsc::channel();
+            senders.push(tx);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("roomcast-fanout-{n}"))
+                    .spawn(move || run_shard(rx))?,
+            );
+        }
+        Ok((
+            Fanout {
+                senders: senders.into(),
+            },
+            FanoutThreads {
+                threads: Mutex::new(threads),
+            },
+        ))
+    }
+
+    fn shard_of(&self, mailbox_id: u64) -> &mpsc::Sender<Job> {
+        &self.senders[(mailbox_id % self.senders.len() as u64) as usize]
+    }
+
+    fn send(tx: &mpsc::Sender<Job>, job: Job) {
+        // A send fails only once the shards are stopping (engine shutdown); the delivery is moot.
+        let _ = tx.send(job);
+    }
+
+    pub(crate) fn add(&self, room: RoomId, mailbox: Arc<Mailbox>) {
+        Self::send(self.shard_of(mailbox.id()), Job::Add { room, mailbox });
+    }
+
+    pub(crate) fn remove(&self, room: RoomId, mailbox: &Mailbox) {
+        Self::send(
+            self.shard_of(mailbox.id()),
+            Job::Remove {
+                room,
+                mailbox_id: mailbox.id(),
+            },
+        );
+    }
+
+    /// Delivers `item` to every member of `room` but the mailbox `except`.
+    pub(crate) fn broadcast(&self, room: RoomId, item: ClientEvent, except: Option<u64>) {
+        for tx in self.senders.iter() {
+            Self::send(
+                tx,
+                Job::Broadcast {
+                    room,
+                    item: item.clone(),
+                    except,
+                },
+            );
+        }
+    }
+
+    /// Delivers `item` to one mailbox, in order with that mailbox's broadcasts.
+    pub(crate) fn send_to(&self, mailbox: Arc<Mailbox>, item: ClientEvent) {
+        Self::send(self.shard_of(mailbox.id()), Job::SendTo { mailbox, item });
+    }
+
+    pub(crate) fn drop_room(&self, room: RoomId) {
+        for tx in self.senders.iter() {
+            Self::send(tx, Job::DropRoom { room });
+        }
+    }
+}
+
+impl Fanout {
+    /// Stops every shard after the jobs already queued (idempotent).
+    pub(crate) fn stop(&self) {
+        for tx in self.senders.iter() {
+            Self::send(tx, Job::Stop);
+        }
+    }
+}
+
+impl FanoutThreads {
+    /// Waits for the shard threads to end (after [`Fanout::stop`]).
+    pub(crate) fn join(&self) {
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct RoomSlice {
+    members: Vec<Arc<Mailbox>>,
+    index: HashMap<u64, usize>,
+}
+
+fn run_shard(rx: mpsc::Receiver<Job>) {
+    let mut rooms: HashMap<RoomId, RoomSlice> = HashMap::new();
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Add { room, mailbox } => {
+                let slice = rooms.entry(room).or_default();
+                if let std::collections::hash_map::Entry::Vacant(v) =
+                    slice.index.entry(mailbox.id())
+                {
+                    v.insert(slice.members.len());
+                    slice.members.push(mailbox);
+                }
+            }
+            Job::Remove { room, mailbox_id } => {
+                if let Some(slice) = rooms.get_mut(&room) {
+                    if let Some(at) = slice.index.remove(&mailbox_id) {
+                        slice.members.swap_remove(at);
+                        if let Some(moved) = slice.members.get(at) {
+                            slice.index.insert(moved.id(), at);
+                        }
+                    }
+                    if slice.members.is_empty() {
+                        rooms.remove(&room);
+                    }
+                }
+            }
+            Job::Broadcast { room, item, except } => {
+                if let Some(slice) = rooms.get(&room) {
+                    for mailbox in &slice.members {
+                        if Some(mailbox.id()) != except {
+                            mailbox.push(item.clone());
+                        }
+                    }
+                }
+            }
+            Job::SendTo { mailbox, item } => {
+                mailbox.push(item);
+            }
+            Job::DropRoom { room } => {
+                rooms.remove(&room);
+            }
+            Job::Stop => return,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `ChatRoomEventHandler`: one default no-op method per callback of the SDK's handler, derived
+//! from the closed [`ChatRoomEvent`] enum by [`dispatch`].
+
+use std::collections::BTreeMap;
+
+use roomcast_model::{ChatRoom, ChatRoomEvent, LeaveReason, RoomId, UserId};
+
+/// Receives chat-room events (the SDK's `ChatRoomEventHandler`).
+///
+/// Register one with `ChatRoomManager::add_event_handler(id, handler)`. Every method has a default
+/// that does nothing, so implement only those you need. Methods run on the engine's callback
+/// threads, never on a room actor, one event at a time per client and in each room's order. Keep
+/// them quick and non-blocking: a slow handler delays only its own client's events (whose queue
+/// then drops its oldest events), and a panic in a handler is caught and logged.
+#[allow(unused_variables)]
+pub trait ChatRoomEventHandler: Send + Sync + 'static {
+    /// `onOwnerChangedFromChatRoom`: ownership moved from `old_owner` to `new_owner`.
+    fn on_owner_changed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        new_owner: &UserId,
+        old_owner: &UserId,
+    ) {
+    }
+    /// `onMuteListAddedFromChatRoom`: `mute_members` muted until `expire_time` (-1: forever).
+    fn on_mute_list_added_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        mute_members: &[UserId],
+        expire_time: i64,
+    ) {
+    }
+    /// `onMuteListRemovedFromChatRoom`: `mute_members` unmuted.
+    fn on_mute_list_removed_from_chat_room(&self, room_id: &RoomId, mute_members: &[UserId]) {}
+    /// `onChatRoomDestroyed`: the room was destroyed by its owner.
+    fn on_chat_room_destroyed(&self, room_id: &RoomId, room_name: &str) {}
+    /// `onSpecificationChanged`: name, description or max members changed.
+    fn on_specification_changed(&self, room: &ChatRoom) {}
+    /// `onMemberJoinedFromChatRoom`: `participant` joined.
+    fn on_member_joined_from_chat_room(&self, room_id: &RoomId, participant: &UserId) {}
+    /// `onMemberExitedFromChatRoom`: `participant` left the room.
+    fn on_member_exited_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        room_name: &str,
+        participant: &UserId,
+    ) {
+    }
+    /// `onRemovedFromChatRoom`: this client's user was removed, for `reason`.
+    fn on_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        room_name: &str,
+        participant: &UserId,
+        reason: LeaveReason,
+    ) {
+    }
+    /// `onAnnouncementChangedFromChatRoom`: the announcement changed.
+    fn on_announcement_changed_from_chat_room(&self, room_id: &RoomId, announcement: &str) {}
+    /// `onAllowListAddedFromChatRoom`: `members` added to the allow list.
+    fn on_allow_list_added_from_chat_room(&self, room_id: &RoomId, members: &[UserId]) {}
+    /// `onAllowListRemovedFromChatRoom`: `members` removed from the allow list.
+    fn on_allow_list_removed_from_chat_room(&self, room_id: &RoomId, members: &[UserId]) {}
+    /// `onAllChatRoomMemberMuteStateChanged`: mute-all turned on or off.
+    fn on_all_chat_room_member_mute_state_changed(&self, room_id: &RoomId, is_all_muted: bool) {}
+    /// `onAdminAddedFromChatRoom`: `admin` became an admin.
+    fn on_admin_added_from_chat_room(&self, room_id: &RoomId, admin: &UserId) {}
+    /// `onAdminRemovedFromChatRoom`: `admin` is no longer an admin.
+    fn on_admin_removed_from_chat_room(&self, room_id: &RoomId, admin: &UserId) {}
+    /// `onAttributesUpdated`: `from` set `attributes`.
+    fn on_attributes_updated(
+        &self,
+        room_id: &RoomId,
+        attributes: &BTreeMap<String, String>,
+        from: &UserId,
+    ) {
+    }
+    /// `onAttributesRemoved`: `from` removed `keys`.
+    fn on_attributes_removed(&self, room_id: &RoomId, keys: &[String], from: &UserId) {}
+}
+
+/// Calls the method of `handler` that corresponds to `event`.
+pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
+    use ChatRoomEvent as E;
+    match event {
+        E::OwnerChanged {
+            room_id,
+            new_owner,
+            old_owner,
+            ..
+        } => handler.on_owner_changed_from_chat_room(room_id, new_owner, old_owner),
+        E::MuteListAdded {
+            room_id,
+            members,
+            expire_time,
+            ..
+        } => handler.on_mute_list_added_from_chat_room(room_id, members, *expire_time),
+        E::MuteListRemoved {
+            room_id, members, ..
+        } => handler.on_mute_list_removed_from_chat_room(room_id, members),
+        E::ChatRoomDestroyed {
+            room_id, room_name, ..
+        } => handler.on_chat_room_destroyed(room_id, room_name),
+        E::SpecificationChanged { room, .. } => handler.on_specification_changed(room),
+        E::MemberJoined {
+            room_id,
+            participant,
+            ..
+        } => handler.on_member_joined_from_chat_room(room_id, participant),
+        E::MemberExited {
+            room_id,
+            room_name,
+            participant,
+            ..
+        } => handler.on_member_exited_from_chat_room(room_id, room_name, participant),
+        E::RemovedFromChatRoom {
+            room_id,
+            room_name,
+            participant,
+            reason,
+            ..
+        } => handler.on_removed_from_chat_room(room_id, room_name, participant, *reason),
+        E::AnnouncementChanged {
+            room_id,
+            announcement,
+            ..
+        } => handler.on_announcement_changed_from_chat_room(room_id, announcement),
+        E::AllowListAdded {
+            room_id, members, ..
+        } => handler.on_allow_list_added_from_chat_room(room_id, members),
+        E::AllowListRemoved {
+            room_id, members, ..
+        } => handler.on_allow_list_removed_from_chat_room(room_id, members),
+        E::AllMemberMuteStateChanged {
+            room_id,
+            is_all_muted,
+            ..
+        } => handler.on_all_chat_room_member_mute_state_changed(room_id, *is_all_muted),
+        E::AdminAdded { room_id, admin, .. } => {
+            handler.on_admin_added_from_chat_room(room_id, admin)
+        }
+        E::AdminRemoved { room_id, admin, .. } => {
+            handler.on_admin_removed_from_chat_room(room_id, admin)
+        }
+        E::AttributesUpdated {
+            room_id,
+            attributes,
+            from,
+            ..
+        } => handler.on_attributes_updated(room_id, attributes, from),
+        E::AttributesRemoved {
+            room_id,
+            keys,
+            from,
+            ..
+        } => handler.on_attributes_removed(room_id, keys, from),
+    }
+}

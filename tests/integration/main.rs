@@ -1,0 +1,18 @@
+//! roomcast's end-to-end tests, through the public API only. One binary, a module per area.
+
+mod support;
+
+/// Creating, destroying, joining, leaving and reading rooms: every rule and error code.
+mod lifecycle;
+
+/// Who receives which event, handler registration and removal, event streams.
+mod events;
+
+/// The public room list: order, pages, filters.
+mod listing;
+
+/// Reopening a data directory; what persists and what does not.
+mod persistence;
+
+/// Use from plain tokio runtimes, shutdown, concurrency, bad input.
+mod runtime;

@@ -1,0 +1,135 @@
+use roomcast::{CreateChatRoomOptions, Durability, Engine};
+
+use crate::support::*;
+
+async fn open(dir: &std::path::Path) -> Engine {
+    Engine::builder().data_dir(dir).build().await.unwrap()
+}
+
+#[tokio::test]
+async fn reopening_a_data_dir_lists_the_same_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (before, destroyed_id) = {
+        let engine = open(dir.path()).await;
+        engine.add_super_admin("alice").await.unwrap();
+        let alice = engine.login("alice").await.unwrap();
+        let rooms = alice.chat_room_manager();
+        for n in 0..5 {
+            rooms
+                .create_chat_room(
+                    CreateChatRoomOptions::new(format!("room {n}"))
+                        .description(format!("desc {n}"))
+                        .max_users(100 + n),
+                )
+                .await
+                .unwrap();
+        }
+        let doomed = create_room(&alice, "doomed").await;
+        rooms.destroy_chat_room(&doomed.room_id).await.unwrap();
+        join(
+            &engine,
+            "bob",
+            rooms
+                .fetch_public_chat_rooms_from_server(1, 1)
+                .await
+                .unwrap()
+                .data[0]
+                .room_id,
+        )
+        .await;
+        let page = rooms
+            .fetch_public_chat_rooms_from_server(1, 100)
+            .await
+            .unwrap();
+        engine.shutdown().await;
+        (page, doomed.room_id)
+    };
+
+    let engine = open(dir.path()).await;
+    assert_eq!(engine.super_admins(), vec![uid("alice")]);
+    let alice = engine.login("alice").await.unwrap();
+    let rooms = alice.chat_room_manager();
+    let after = rooms
+        .fetch_public_chat_rooms_from_server(1, 100)
+        .await
+        .unwrap();
+    assert_eq!(after.total, 5);
+    let strip = |p: &roomcast::ChatPageResult<roomcast::ChatRoom>| {
+        p.data
+            .iter()
+            .map(|r| {
+                (
+                    r.room_id,
+                    r.name.clone(),
+                    r.description.clone(),
+                    r.owner.clone(),
+                    r.max_users,
+                    r.created_at,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&after), strip(&before));
+    assert!(
+        after.data.iter().all(|r| r.member_count == 0),
+        "membership is not persisted"
+    );
+
+    let first = after.data[0].room_id;
+    let info = rooms
+        .fetch_chat_room_info_from_server(&first)
+        .await
+        .unwrap();
+    assert_eq!(info.owner, uid("alice"));
+    assert_eq!(info.member_count, 0);
+    join(&engine, "bob", first).await;
+    assert_eq!(
+        rooms
+            .fetch_chat_room_info_from_server(&destroyed_id)
+            .await
+            .unwrap_err()
+            .code(),
+        705
+    );
+    let newer = create_room(&alice, "after restart").await;
+    assert!(newer.room_id > first, "ids keep growing across restarts");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_buffered_store_also_survives_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::builder()
+            .data_dir(dir.path())
+            .durability(Durability::Buffered {
+                flush_every: std::time::Duration::from_secs(60),
+            })
+            .build()
+            .await
+            .unwrap();
+        engine.add_super_admin("alice").await.unwrap();
+        let alice = engine.login("alice").await.unwrap();
+        create_room(&alice, "kept").await;
+        engine.shutdown().await;
+    }
+    let engine = open(dir.path()).await;
+    let alice = engine.login("alice").await.unwrap();
+    let page = alice
+        .chat_room_manager()
+        .fetch_public_chat_rooms_from_server(1, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.data[0].name, "kept");
+}
+
+#[tokio::test]
+async fn a_second_engine_on_a_locked_dir_is_a_storage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path()).await;
+    let second = Engine::builder().data_dir(dir.path()).build().await;
+    assert_eq!(second.err().map(|e| e.code()), Some(902));
+    engine.shutdown().await;
+    let again = open(dir.path()).await;
+    again.shutdown().await;
+}

@@ -41,6 +41,10 @@
 //!
 //! See `docs/ARCHITECTURE.md` for how it is built and `docs/semantics.md` for its guarantees.
 
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod client;
 mod engine;
 mod options;

@@ -8,11 +8,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use roomcast_model::Timestamp;
+use tokio::sync::watch;
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
     /// Now, in ms since the Unix epoch.
     fn now_ms(&self) -> Timestamp;
+
+    /// For a clock that jumps (a test clock): a receiver that changes whenever the time is set,
+    /// so the engine's timers look again at once. `None` (the default) for a clock that moves
+    /// with real time.
+    fn changes(&self) -> Option<watch::Receiver<Timestamp>> {
+        None
+    }
 }
 
 /// The system's wall clock.
@@ -28,9 +36,19 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to. Cloning is shallow: clones share one time.
-#[derive(Debug, Clone, Default)]
+///
+/// The engine's timers (offline grace periods) follow it: moving it past a deadline fires the
+/// deadline at once, so a test of a 5-minute grace period takes no time.
+#[derive(Debug, Clone)]
 pub struct ManualClock {
     now: std::sync::Arc<AtomicI64>,
+    changes: std::sync::Arc<watch::Sender<Timestamp>>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        ManualClock::new(0)
+    }
 }
 
 impl ManualClock {
@@ -38,22 +56,30 @@ impl ManualClock {
     pub fn new(start_ms: Timestamp) -> ManualClock {
         ManualClock {
             now: std::sync::Arc::new(AtomicI64::new(start_ms)),
+            changes: std::sync::Arc::new(watch::channel(start_ms).0),
         }
     }
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        self.now.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
+        let now =
+            self.now.fetch_add(by.as_millis() as i64, Ordering::SeqCst) + by.as_millis() as i64;
+        self.changes.send_replace(now);
     }
 
     /// Sets the clock to `ms`.
     pub fn set(&self, ms: Timestamp) {
         self.now.store(ms, Ordering::SeqCst);
+        self.changes.send_replace(ms);
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> Timestamp {
         self.now.load(Ordering::SeqCst)
+    }
+
+    fn changes(&self) -> Option<watch::Receiver<Timestamp>> {
+        Some(self.changes.subscribe())
     }
 }

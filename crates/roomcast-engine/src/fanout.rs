@@ -37,7 +37,7 @@ enum Job {
     },
     SendTo {
         mailbox: Arc<Mailbox>,
-        item: ClientEvent,
+        items: Vec<ClientEvent>,
     },
     DropRoom {
         room: RoomId,
@@ -116,9 +116,11 @@ impl Fanout {
         }
     }
 
-    /// Delivers `item` to one mailbox, in order with that mailbox's broadcasts.
-    pub(crate) fn send_to(&self, mailbox: Arc<Mailbox>, item: ClientEvent) {
-        Self::send(self.shard_of(mailbox.id()), Job::SendTo { mailbox, item });
+    /// Delivers `items` to one mailbox, in order with that mailbox's broadcasts.
+    pub(crate) fn send_to(&self, mailbox: Arc<Mailbox>, items: Vec<ClientEvent>) {
+        if !items.is_empty() {
+            Self::send(self.shard_of(mailbox.id()), Job::SendTo { mailbox, items });
+        }
     }
 
     pub(crate) fn drop_room(&self, room: RoomId) {
@@ -152,48 +154,119 @@ struct RoomSlice {
     index: HashMap<u64, usize>,
 }
 
+/// Most jobs a shard takes off its channel at once.
+const BATCH: usize = 1024;
+
+/// A run of consecutive broadcasts to one room, delivered to each member under one lock.
+struct Run {
+    room: RoomId,
+    items: Vec<(ClientEvent, Option<u64>)>,
+}
+
+fn flush(rooms: &HashMap<RoomId, RoomSlice>, run: &mut Option<Run>) {
+    let Some(run) = run.take() else {
+        return;
+    };
+    let Some(slice) = rooms.get(&run.room) else {
+        return;
+    };
+    if let [(item, except)] = run.items.as_slice() {
+        for mailbox in &slice.members {
+            if Some(mailbox.id()) != *except {
+                mailbox.push(item.clone());
+            }
+        }
+        return;
+    }
+    for mailbox in &slice.members {
+        let id = mailbox.id();
+        mailbox.push_many(
+            run.items
+                .iter()
+                .filter(|(_, except)| *except != Some(id))
+                .map(|(item, _)| item.clone()),
+        );
+    }
+}
+
 fn run_shard(rx: mpsc::Receiver<Job>) {
     let mut rooms: HashMap<RoomId, RoomSlice> = HashMap::new();
-    while let Ok(job) = rx.recv() {
-        match job {
-            Job::Add { room, mailbox } => {
-                let slice = rooms.entry(room).or_default();
-                if let std::collections::hash_map::Entry::Vacant(v) =
-                    slice.index.entry(mailbox.id())
-                {
-                    v.insert(slice.members.len());
-                    slice.members.push(mailbox);
-                }
+    let mut jobs: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut run: Option<Run> = None;
+    while let Ok(first) = rx.recv() {
+        jobs.push(first);
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
             }
-            Job::Remove { room, mailbox_id } => {
-                if let Some(slice) = rooms.get_mut(&room) {
-                    if let Some(at) = slice.index.remove(&mailbox_id) {
-                        slice.members.swap_remove(at);
-                        if let Some(moved) = slice.members.get(at) {
-                            slice.index.insert(moved.id(), at);
-                        }
-                    }
-                    if slice.members.is_empty() {
-                        rooms.remove(&room);
-                    }
-                }
-            }
-            Job::Broadcast { room, item, except } => {
-                if let Some(slice) = rooms.get(&room) {
-                    for mailbox in &slice.members {
-                        if Some(mailbox.id()) != except {
-                            mailbox.push(item.clone());
-                        }
-                    }
-                }
-            }
-            Job::SendTo { mailbox, item } => {
-                mailbox.push(item);
-            }
-            Job::DropRoom { room } => {
-                rooms.remove(&room);
-            }
-            Job::Stop => return,
         }
+        for job in jobs.drain(..) {
+            match job {
+                Job::Broadcast { room, item, except } => {
+                    match &mut run {
+                        Some(r) if r.room == room => r.items.push((item, except)),
+                        _ => {
+                            flush(&rooms, &mut run);
+                            run = Some(Run {
+                                room,
+                                items: vec![(item, except)],
+                            });
+                        }
+                    }
+                    continue;
+                }
+                other => {
+                    flush(&rooms, &mut run);
+                    if !apply(&mut rooms, other) {
+                        return;
+                    }
+                }
+            }
+        }
+        flush(&rooms, &mut run);
     }
+}
+
+/// Applies a job other than a broadcast; false for `Stop`.
+fn apply(rooms: &mut HashMap<RoomId, RoomSlice>, job: Job) -> bool {
+    match job {
+        Job::Add { room, mailbox } => {
+            let slice = rooms.entry(room).or_default();
+            if let std::collections::hash_map::Entry::Vacant(v) = slice.index.entry(mailbox.id()) {
+                v.insert(slice.members.len());
+                slice.members.push(mailbox);
+            }
+        }
+        Job::Remove { room, mailbox_id } => {
+            if let Some(slice) = rooms.get_mut(&room) {
+                if let Some(at) = slice.index.remove(&mailbox_id) {
+                    slice.members.swap_remove(at);
+                    if let Some(moved) = slice.members.get(at) {
+                        slice.index.insert(moved.id(), at);
+                    }
+                }
+                if slice.members.is_empty() {
+                    rooms.remove(&room);
+                }
+            }
+        }
+        Job::SendTo { mailbox, items } => {
+            mailbox.push_many(items);
+        }
+        Job::DropRoom { room } => {
+            rooms.remove(&room);
+        }
+        Job::Broadcast { room, item, except } => {
+            flush(
+                rooms,
+                &mut Some(Run {
+                    room,
+                    items: vec![(item, except)],
+                }),
+            );
+        }
+        Job::Stop => return false,
+    }
+    true
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use roomcast_model::{ChatRoom, ChatRoomEvent, LeaveReason, RoomId, UserId};
+use roomcast_model::{ChatMessage, ChatRoom, ChatRoomEvent, LeaveReason, RoomId, UserId};
 
 /// Receives chat-room events (the SDK's `ChatRoomEventHandler`).
 ///
@@ -155,4 +155,20 @@ pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
             ..
         } => handler.on_attributes_removed(room_id, keys, from),
     }
+}
+
+/// Receives messages (the SDK's `ChatEventHandler`), registered with
+/// `ChatManager::add_event_handler(id, handler)`. Runs like [`ChatRoomEventHandler`]: on the
+/// engine's callback threads, in each room's order.
+#[allow(unused_variables)]
+pub trait ChatEventHandler: Send + Sync + 'static {
+    /// `onMessagesReceived`: new messages from the rooms this user is in (never its own), and the
+    /// replay of a room's newest messages when it joins. Consecutive messages that were queued
+    /// together arrive in one call, each room's in sequence order.
+    fn on_messages_received(&self, messages: &[ChatMessage]) {}
+
+    /// roomcast's own: this client fell behind and `count` of its oldest queued events
+    /// (messages or room events) were dropped. Fetch the rooms' history from the last sequence
+    /// number seen to fill the gap.
+    fn on_events_missed(&self, count: u64) {}
 }

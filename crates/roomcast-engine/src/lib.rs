@@ -16,26 +16,30 @@ mod room_actor;
 mod session;
 mod supervisor;
 mod system;
+mod timers;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, MailboxError};
 use parking_lot::{Mutex, RwLock};
-use roomcast_model::{ChatError, ChatPageResult, ChatRoom, Limits, RoomId, RoomSpec, UserId};
+use roomcast_model::{
+    ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, HistoryQuery, Limits,
+    MessageId, OutgoingMessage, RoomId, RoomMessageStats, RoomSpec, Timestamp, UserId,
+};
 use roomcast_store::{Store, StoreConfig, StoreError};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use handler::{dispatch, ChatRoomEventHandler};
+pub use handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
 pub use roomcast_store::{Durability, Location};
 pub use session::{ClientEvent, EventStream, Session};
 
 use directory::Directory;
 use fanout::{Fanout, FanoutThreads};
-use room_actor::{RoomCall, RoomOp, RoomReply};
+use room_actor::{Replied, RoomCall, RoomOp, RoomReply, SetPresence};
 use supervisor::{Activate, CreateRoom, DestroyRoom, Supervisor};
 use system::ActorSystem;
 
@@ -76,6 +80,51 @@ pub(crate) struct Shared {
     pub(crate) fanout: Fanout,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
+    pub(crate) timers: timers::Timers,
+    last_message_id: AtomicU64,
+}
+
+impl Shared {
+    /// A new engine-wide message id: larger than every earlier one, and growing with time
+    /// (ms x 1000), so that ids stay unique across restarts.
+    fn next_message_id(&self) -> MessageId {
+        let from_clock = (self.clock.now_ms().max(0) as u64).saturating_mul(1000);
+        let mut last = self.last_message_id.load(Ordering::Relaxed);
+        loop {
+            let next = from_clock.max(last + 1);
+            match self.last_message_id.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return MessageId::from_u64(next),
+                Err(actual) => last = actual,
+            }
+        }
+    }
+}
+
+/// A room's message and membership counts (roomcast's own, for monitoring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomStats {
+    /// The room.
+    pub room_id: RoomId,
+    /// Members now.
+    pub member_count: usize,
+    /// Members whose session is online.
+    pub online_count: usize,
+    /// The last message's sequence number.
+    pub last_seq: u64,
+    /// Messages retained for history.
+    pub retained: usize,
+    /// Messages accepted and dropped (by priority) since the room was loaded.
+    pub messages: RoomMessageStats,
+}
+
+/// Deliveries dropped engine-wide because a consumer's queue was full.
+pub fn overflowed_deliveries() -> u64 {
+    mailbox::OVERFLOWED.load(Ordering::Relaxed)
 }
 
 /// The running engine. Cloning is shallow; the engine stops on [`Core::shutdown`] or when the
@@ -104,6 +153,10 @@ pub(crate) fn storage_error(e: StoreError) -> ChatError {
     ChatError::Storage(e.to_string())
 }
 
+fn unexpected(call: &str) -> ChatError {
+    ChatError::General(format!("the room gave an unexpected reply to {call}"))
+}
+
 pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
     match e {
         MailboxError::Closed => ChatError::RoomUnavailable(format!("{what}: the actor stopped")),
@@ -124,7 +177,7 @@ impl Core {
         for record in store.rooms() {
             match record {
                 Ok(record) => {
-                    let room = roomcast_model::Room::from_record(record);
+                    let room = roomcast_model::Room::from_record(record, &config.limits, 0, 0);
                     directory.insert(directory::RoomEntry::new(room.snapshot(None)));
                 }
                 // A corrupt record makes that room unavailable, not the store: it is logged and
@@ -139,11 +192,14 @@ impl Core {
             .collect();
         let (fanout, fanout_threads) =
             Fanout::start(threads).map_err(|e| ChatError::General(e.to_string()))?;
+        config.limits.validate()?;
         let shared = Arc::new(Shared {
             directory,
             fanout,
             clock: config.clock,
             limits: config.limits,
+            timers: timers::Timers::default(),
+            last_message_id: AtomicU64::new(0),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(2))
@@ -151,6 +207,7 @@ impl Core {
             .enable_time()
             .build()
             .map_err(|e| ChatError::General(format!("cannot start the callback runtime: {e}")))?;
+        runtime.spawn(timers::run(shared.clone()));
         let sup_shared = shared.clone();
         let sup_store = store.clone();
         let (system, supervisor) = ActorSystem::start(threads, move |arbiters| {
@@ -223,6 +280,7 @@ impl Core {
         self.inner.system.stop();
         self.inner.system.wait().await;
         self.inner.shared.fanout.stop();
+        self.inner.shared.timers.stop();
         for session in self.inner.sessions.lock().values() {
             session.close();
         }
@@ -279,7 +337,60 @@ impl Core {
         self.inner.super_admins.read().contains(user)
     }
 
-    /// The session of `user`, created on first use. Every client of a user shares it.
+    /// Opens a client on `user`'s session: the session comes online if it was not. Pair with
+    /// [`Core::close_client`] when the client is dropped.
+    pub fn open_client(&self, user: UserId) -> Result<Arc<Session>, ChatError> {
+        let session = self.session(user)?;
+        if let Some(online) = session.client_opened() {
+            self.presence_changed(&session, online);
+        }
+        Ok(session)
+    }
+
+    /// A client of `session` was dropped: the session goes offline with its last client.
+    pub fn close_client(&self, session: &Session) {
+        if let Some(online) = session.client_closed() {
+            self.presence_changed(session, online);
+        }
+    }
+
+    /// Disconnects (`false`) or reconnects (`true`) a session explicitly.
+    pub fn set_connected(&self, session: &Session, connected: bool) -> Result<(), ChatError> {
+        self.check_running()?;
+        if let Some(online) = session.set_connected(connected) {
+            self.presence_changed(session, online);
+        }
+        Ok(())
+    }
+
+    /// Tells every room the session is in that it went offline or came back.
+    fn presence_changed(&self, session: &Session, online: bool) {
+        if self.is_stopped() {
+            return;
+        }
+        tracing::debug!(user = %session.user(), online, "presence changed");
+        for room in session.rooms() {
+            if let Some(addr) = self
+                .inner
+                .shared
+                .directory
+                .get(room)
+                .and_then(|e| e.live_actor())
+            {
+                addr.do_send(SetPresence {
+                    user: session.user().clone(),
+                    online,
+                });
+            }
+        }
+    }
+
+    /// The engine clock's time now.
+    pub fn now_ms(&self) -> Timestamp {
+        self.inner.shared.clock.now_ms()
+    }
+
+    /// The session of `user`, created (offline) on first use. Every client of a user shares it.
     pub fn session(&self, user: UserId) -> Result<Arc<Session>, ChatError> {
         self.check_running()?;
         let mut sessions = self.inner.sessions.lock();
@@ -312,16 +423,15 @@ impl Core {
             ));
         }
         spec.validate(self.limits())?;
-        let mut with_mailboxes = Vec::with_capacity(members.len() + 1);
-        with_mailboxes.push((owner.user().clone(), owner.mailbox().clone()));
+        let mut sessions = Vec::with_capacity(members.len() + 1);
+        sessions.push(self.session(owner.user().clone())?);
         for m in members {
-            let session = self.session(m)?;
-            with_mailboxes.push((session.user().clone(), session.mailbox().clone()));
+            sessions.push(self.session(m)?);
         }
         let msg = CreateRoom {
             owner: owner.user().clone(),
             spec,
-            members: with_mailboxes,
+            members: sessions,
         };
         let supervisor = self.inner.supervisor.clone();
         let core = self.clone();
@@ -358,16 +468,70 @@ impl Core {
         .await
     }
 
-    /// `session`'s user joins `room`; returns the room as it sees it.
-    pub async fn join_room(&self, session: &Session, room: RoomId) -> Result<ChatRoom, ChatError> {
+    /// `session`'s user joins `room`; returns the room as it sees it. The room's newest
+    /// messages are replayed to it.
+    pub async fn join_room(
+        &self,
+        session: &Arc<Session>,
+        room: RoomId,
+    ) -> Result<ChatRoom, ChatError> {
         let op = RoomOp::Join {
-            user: session.user().clone(),
-            mailbox: session.mailbox().clone(),
+            session: session.clone(),
         };
-        let reply = self.room_call(room, op).await?;
-        reply
-            .room
-            .ok_or_else(|| ChatError::General("join returned no room".into()))
+        match self.room_call(room, op).await? {
+            RoomReply::Room(room) => Ok(room),
+            _ => Err(unexpected("join")),
+        }
+    }
+
+    /// `from` sends `message`; returns it as the room accepted it (id, sequence, time).
+    pub async fn send_message(
+        &self,
+        from: &UserId,
+        message: OutgoingMessage,
+    ) -> Result<ChatMessage, ChatError> {
+        message.validate(self.limits().message_max_bytes)?;
+        let op = RoomOp::Send {
+            from: from.clone(),
+            msg_id: self.inner.shared.next_message_id(),
+            message: message.clone(),
+        };
+        match self.room_call(message.room_id, op).await? {
+            RoomReply::Message(m) => Ok(m),
+            _ => Err(unexpected("send")),
+        }
+    }
+
+    /// A page of `room`'s retained messages, for a member.
+    pub async fn fetch_history(
+        &self,
+        viewer: &UserId,
+        room: RoomId,
+        query: HistoryQuery,
+    ) -> Result<ChatCursorResult<ChatMessage>, ChatError> {
+        let max = self.limits().history_page_max;
+        if query.page_size == 0 || query.page_size > max {
+            return Err(ChatError::InvalidParam(format!(
+                "page size must be 1 to {max}, got {}",
+                query.page_size
+            )));
+        }
+        let op = RoomOp::History {
+            viewer: viewer.clone(),
+            query,
+        };
+        match self.room_call(room, op).await? {
+            RoomReply::History(page) => Ok(page),
+            _ => Err(unexpected("history")),
+        }
+    }
+
+    /// `room`'s counters.
+    pub async fn room_stats(&self, room: RoomId) -> Result<RoomStats, ChatError> {
+        match self.room_call(room, RoomOp::Stats).await? {
+            RoomReply::Stats(stats) => Ok(stats),
+            _ => Err(unexpected("stats")),
+        }
     }
 
     /// `user` leaves `room`.
@@ -389,10 +553,10 @@ impl Core {
         let op = RoomOp::Info {
             viewer: viewer.clone(),
         };
-        let reply = self.room_call(room, op).await?;
-        reply
-            .room
-            .ok_or_else(|| ChatError::General("info returned no room".into()))
+        match self.room_call(room, op).await? {
+            RoomReply::Room(room) => Ok(room),
+            _ => Err(unexpected("info")),
+        }
     }
 
     /// Page `page_num` (from 1) of the public room list, newest first, optionally only rooms
@@ -444,6 +608,8 @@ impl Core {
         mailbox_error(e, "room call")
     }
 
+    /// Sends `op` to `room`'s actor (activating it if needed) and, if the room wrote to the
+    /// store, waits for the write to be durable before returning the reply.
     async fn room_call(&self, room: RoomId, op: RoomOp) -> Result<RoomReply, ChatError> {
         self.check_running()?;
         let entry = self
@@ -464,11 +630,11 @@ impl Core {
                     .await
                     .map_err(|e| core.delivery_error(e, Some(room)))??,
             };
-            let mut reply = addr
+            let Replied { reply, commit } = addr
                 .send(RoomCall(op))
                 .await
                 .map_err(|e| core.delivery_error(e, Some(room)))??;
-            if let Some(commit) = reply.commit.take() {
+            if let Some(commit) = commit {
                 commit.await.map_err(storage_error)?;
             }
             Ok(reply)

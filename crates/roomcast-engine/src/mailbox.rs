@@ -4,16 +4,24 @@
 //! `parking_lot::Mutex` (no await while held, so not a tokio mutex). The mailbox is bounded:
 //! when full, the oldest item is dropped and counted, and the consumer is told how many it
 //! missed before its next item, so a slow consumer never slows the room or the other members.
+//!
+//! A mailbox accepts pushes only while it is *live*: its session is online and something
+//! consumes it (a handler or a stream). An offline member gets no pushes, except the notice that
+//! it was removed from a room, which is kept until it is back online.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
+use roomcast_model::ChatRoomEvent;
 
 use crate::ClientEvent;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Deliveries dropped from full mailboxes, engine-wide (for reports).
+pub(crate) static OVERFLOWED: AtomicU64 = AtomicU64::new(0);
 
 /// What a consumer takes out of a mailbox.
 #[derive(Debug)]
@@ -27,6 +35,8 @@ pub(crate) enum Received {
 pub(crate) struct Mailbox {
     id: u64,
     capacity: usize,
+    /// Online and consumed: pushes are queued only while this is true.
+    live: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -35,18 +45,40 @@ struct State {
     missed: u64,
     waker: Option<Waker>,
     closed: bool,
+    online: bool,
+    consumed: bool,
+    /// Removal notices that arrived while offline, delivered when back online.
+    deferred: Vec<ClientEvent>,
+}
+
+fn is_removal(item: &ClientEvent) -> bool {
+    matches!(item, ClientEvent::Room(e) if matches!(**e, ChatRoomEvent::RemovedFromChatRoom { .. }))
 }
 
 impl Mailbox {
+    /// A mailbox that is online and consumed (a plain queue, as an event stream's).
     pub(crate) fn new(capacity: usize) -> Mailbox {
+        Self::with_state(capacity, true, true)
+    }
+
+    /// A session's mailbox: online, not consumed until a handler or stream is added.
+    pub(crate) fn for_session(capacity: usize) -> Mailbox {
+        Self::with_state(capacity, true, false)
+    }
+
+    fn with_state(capacity: usize, online: bool, consumed: bool) -> Mailbox {
         Mailbox {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             capacity: capacity.max(1),
+            live: AtomicBool::new(online && consumed),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 missed: 0,
                 waker: None,
                 closed: false,
+                online,
+                consumed,
+                deferred: Vec::new(),
             }),
         }
     }
@@ -56,22 +88,100 @@ impl Mailbox {
         self.id
     }
 
-    /// Queues `item`, dropping the oldest if full. False if the mailbox is closed.
-    pub(crate) fn push(&self, item: ClientEvent) -> bool {
+    fn update_live(&self, state: &State) {
+        self.live.store(
+            state.online && state.consumed && !state.closed,
+            Ordering::Release,
+        );
+    }
+
+    /// Marks the mailbox consumed (a handler or stream now reads it).
+    pub(crate) fn set_consumed(&self) {
+        let mut state = self.state.lock();
+        state.consumed = true;
+        self.update_live(&state);
+    }
+
+    /// Sets the session's presence. Going offline drops what is queued; coming back online
+    /// queues the removal notices kept meanwhile.
+    pub(crate) fn set_online(&self, online: bool) {
         let waker = {
             let mut state = self.state.lock();
-            if state.closed {
-                return false;
+            state.online = online;
+            if online {
+                let deferred = std::mem::take(&mut state.deferred);
+                state.queue.extend(deferred);
+            } else {
+                state.queue.clear();
             }
-            if state.queue.len() >= self.capacity {
-                state.queue.pop_front();
-                state.missed += 1;
-            }
-            state.queue.push_back(item);
+            self.update_live(&state);
             state.waker.take()
         };
         if let Some(w) = waker {
             w.wake();
+        }
+    }
+
+    fn enqueue(&self, state: &mut State, item: ClientEvent) {
+        if state.queue.len() >= self.capacity {
+            state.queue.pop_front();
+            state.missed += 1;
+            OVERFLOWED.fetch_add(1, Ordering::Relaxed);
+        }
+        state.queue.push_back(item);
+    }
+
+    /// Queues `item`, dropping the oldest if full. False only if the mailbox is closed.
+    pub(crate) fn push(&self, item: ClientEvent) -> bool {
+        self.push_many(std::iter::once(item))
+    }
+
+    /// Queues `items` under one lock and one wake-up. False only if the mailbox is closed.
+    pub(crate) fn push_many(&self, items: impl IntoIterator<Item = ClientEvent>) -> bool {
+        if !self.live.load(Ordering::Acquire) {
+            return self.push_slow(items);
+        }
+        let waker = {
+            let mut state = self.state.lock();
+            if !(state.online && state.consumed && !state.closed) {
+                drop(state);
+                return self.push_slow(items);
+            }
+            for item in items {
+                self.enqueue(&mut state, item);
+            }
+            state.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// A push to a mailbox that is not live: closed, offline or unconsumed.
+    fn push_slow(&self, items: impl IntoIterator<Item = ClientEvent>) -> bool {
+        let mut state = self.state.lock();
+        if state.closed {
+            return false;
+        }
+        if state.online && state.consumed {
+            // Became live since the caller looked.
+            for item in items {
+                self.enqueue(&mut state, item);
+            }
+            let waker = state.waker.take();
+            drop(state);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return true;
+        }
+        if !state.online {
+            for item in items {
+                if is_removal(&item) && state.deferred.len() < self.capacity {
+                    state.deferred.push(item);
+                }
+            }
         }
         true
     }
@@ -97,6 +207,7 @@ impl Mailbox {
         let waker = {
             let mut state = self.state.lock();
             state.closed = true;
+            self.update_live(&state);
             state.waker.take()
         };
         if let Some(w) = waker {
@@ -148,7 +259,7 @@ impl Mailbox {
 mod tests {
     use std::sync::Arc;
 
-    use roomcast_model::{ChatRoomEvent, RoomId};
+    use roomcast_model::{ChatRoomEvent, LeaveReason, RoomId, UserId};
 
     use super::*;
 
@@ -157,6 +268,23 @@ mod tests {
             room_id: RoomId::from_u64(n),
             is_all_muted: false,
         }))
+    }
+
+    fn removal(n: u64) -> ClientEvent {
+        ClientEvent::Room(Arc::new(ChatRoomEvent::RemovedFromChatRoom {
+            room_id: RoomId::from_u64(n),
+            room_name: String::new(),
+            participant: UserId::new("u").unwrap(),
+            reason: LeaveReason::Offline,
+        }))
+    }
+
+    fn next(mb: &Mailbox) -> Option<Received> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match mb.poll_recv(&mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => panic!("pending"),
+        }
     }
 
     fn room_of(r: Option<Received>) -> u64 {
@@ -172,19 +300,33 @@ mod tests {
         for n in 0..5 {
             assert!(mb.push(item(n)));
         }
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let next = |cx: &mut Context<'_>| match mb.poll_recv(cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => panic!("pending"),
-        };
-        assert!(matches!(next(&mut cx), Some(Received::Missed(2))));
-        assert_eq!(room_of(next(&mut cx)), 2);
-        assert_eq!(room_of(next(&mut cx)), 3);
-        assert_eq!(room_of(next(&mut cx)), 4);
+        assert!(matches!(next(&mb), Some(Received::Missed(2))));
+        assert_eq!(room_of(next(&mb)), 2);
+        assert_eq!(room_of(next(&mb)), 3);
+        assert_eq!(room_of(next(&mb)), 4);
+        let mut cx = Context::from_waker(Waker::noop());
         assert!(mb.poll_recv(&mut cx).is_pending());
         mb.close();
         assert!(!mb.push(item(9)));
         assert!(matches!(mb.poll_recv(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn only_a_live_mailbox_queues() {
+        let mb = Mailbox::for_session(10);
+        mb.push(item(1));
+        mb.set_consumed();
+        mb.push(item(2));
+        mb.set_online(false);
+        mb.push(item(3));
+        mb.push(removal(4));
+        mb.set_online(true);
+        mb.push(item(5));
+        assert_eq!(
+            room_of(next(&mb)),
+            4,
+            "offline dropped 2 and 3, kept the removal"
+        );
+        assert_eq!(room_of(next(&mb)), 5);
     }
 }

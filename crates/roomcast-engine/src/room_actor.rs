@@ -1,4 +1,4 @@
-//! The room actor: a thin shell over one pure [`Room`].
+//! The room actor: a thin shell over one pure [`Room`] and its retained [`History`].
 //!
 //! For each call it runs the pure rules (`Room::apply`), persists what changed, hands the events
 //! to the fan-out shards and replies. It never waits: the store's flush is a [`Commit`] future
@@ -9,40 +9,90 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
-use roomcast_model::{Audience, ChatError, ChatRoom, Command, Effects, Room, UserId};
+use roomcast_model::{
+    Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, Command, Effects, History,
+    HistoryQuery, MessageId, OutgoingMessage, Room, RoomId, UserId,
+};
 use roomcast_store::{Commit, Store};
 
 use crate::directory::RoomEntry;
-use crate::mailbox::Mailbox;
+use crate::session::Session;
 use crate::supervisor::{RoomExited, Supervisor};
-use crate::{storage_error, ClientEvent, Shared};
+use crate::{storage_error, ClientEvent, RoomStats, Shared};
 
 /// A call to a room.
 pub(crate) enum RoomOp {
-    Join { user: UserId, mailbox: Arc<Mailbox> },
-    Leave { user: UserId, owner_may_leave: bool },
-    Destroy { user: UserId },
-    Info { viewer: UserId },
+    Join {
+        session: Arc<Session>,
+    },
+    Leave {
+        user: UserId,
+        owner_may_leave: bool,
+    },
+    Destroy {
+        user: UserId,
+    },
+    Info {
+        viewer: UserId,
+    },
+    Send {
+        from: UserId,
+        message: OutgoingMessage,
+        msg_id: MessageId,
+    },
+    History {
+        viewer: UserId,
+        query: HistoryQuery,
+    },
+    Stats,
 }
 
-/// What a room call returns: a snapshot for calls that return the room, and the commit to await
-/// before the call may report success.
-pub(crate) struct RoomReply {
-    pub(crate) room: Option<ChatRoom>,
+/// What a room call returns.
+pub(crate) enum RoomReply {
+    Done,
+    Room(ChatRoom),
+    Message(ChatMessage),
+    History(ChatCursorResult<ChatMessage>),
+    Stats(RoomStats),
+}
+
+/// A reply and the commit to await before the call may report success.
+pub(crate) struct Replied {
+    pub(crate) reply: RoomReply,
     pub(crate) commit: Option<Commit>,
 }
 
 pub(crate) struct RoomCall(pub(crate) RoomOp);
 
 impl Message for RoomCall {
-    type Result = Result<RoomReply, ChatError>;
+    type Result = Result<Replied, ChatError>;
+}
+
+/// A member's session went offline or came back.
+pub(crate) struct SetPresence {
+    pub(crate) user: UserId,
+    pub(crate) online: bool,
+}
+
+impl Message for SetPresence {
+    type Result = ();
+}
+
+/// A member's offline grace period may have ended.
+pub(crate) struct ExpireOffline {
+    pub(crate) user: UserId,
+}
+
+impl Message for ExpireOffline {
+    type Result = ();
 }
 
 pub(crate) struct RoomActor {
     room: Room,
-    /// The mailbox of each member, for targeted deliveries. Broadcasts go through the shards,
-    /// which keep their own per-room lists.
-    mailboxes: HashMap<UserId, Arc<Mailbox>>,
+    history: History,
+    /// The session of each member, for targeted deliveries and presence. Broadcasts go through
+    /// the shards, which keep their own per-room lists of mailboxes.
+    sessions: HashMap<UserId, Arc<Session>>,
     entry: Arc<RoomEntry>,
     shared: Arc<Shared>,
     store: Store,
@@ -56,7 +106,7 @@ struct ExitGuard {
     supervisor: Addr<Supervisor>,
     generation: u64,
     clean: bool,
-    room: roomcast_model::RoomId,
+    room: RoomId,
 }
 
 impl Drop for ExitGuard {
@@ -69,36 +119,44 @@ impl Drop for ExitGuard {
     }
 }
 
+/// Everything a room actor starts with.
+pub(crate) struct RoomStart {
+    pub(crate) room: Room,
+    pub(crate) sessions: HashMap<UserId, Arc<Session>>,
+    pub(crate) entry: Arc<RoomEntry>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) store: Store,
+    pub(crate) supervisor: Addr<Supervisor>,
+    pub(crate) generation: u64,
+}
+
 impl RoomActor {
-    pub(crate) fn new(
-        room: Room,
-        mailboxes: HashMap<UserId, Arc<Mailbox>>,
-        entry: Arc<RoomEntry>,
-        shared: Arc<Shared>,
-        store: Store,
-        supervisor: Addr<Supervisor>,
-        generation: u64,
-    ) -> RoomActor {
+    pub(crate) fn new(start: RoomStart) -> RoomActor {
         let exit = ExitGuard {
-            supervisor,
-            generation,
+            supervisor: start.supervisor,
+            generation: start.generation,
             clean: false,
-            room: room.id(),
+            room: start.room.id(),
         };
         RoomActor {
-            room,
-            mailboxes,
-            entry,
-            shared,
-            store,
+            history: History::new(start.shared.limits.history_retention),
+            room: start.room,
+            sessions: start.sessions,
+            entry: start.entry,
+            shared: start.shared,
+            store: start.store,
             exit,
         }
+    }
+
+    fn now(&self) -> i64 {
+        self.shared.clock.now_ms()
     }
 
     fn execute(
         &mut self,
         command: Command,
-        joining: Option<Arc<Mailbox>>,
+        joining: Option<Arc<Session>>,
         ctx: &mut Context<Self>,
     ) -> Result<Option<Commit>, ChatError> {
         let fx = self.room.apply(command)?;
@@ -126,20 +184,22 @@ impl RoomActor {
     }
 
     /// Applies membership changes to the delivery tables, then delivers the events in order.
-    fn deliver(&mut self, fx: Effects, joining: Option<Arc<Mailbox>>) {
+    fn deliver(&mut self, fx: Effects, joining: Option<Arc<Session>>) {
         let room_id = self.room.id();
         let fanout = &self.shared.fanout;
-        if let Some(mailbox) = joining {
+        if let Some(session) = joining {
             for user in &fx.joined {
-                self.mailboxes.insert(user.clone(), mailbox.clone());
-                fanout.add(room_id, mailbox.clone());
+                session.entered(room_id);
+                fanout.add(room_id, session.mailbox().clone());
+                self.sessions.insert(user.clone(), session.clone());
             }
         }
         let mut gone = HashMap::with_capacity(fx.left.len());
         for user in fx.left {
-            if let Some(mailbox) = self.mailboxes.remove(&user) {
-                fanout.remove(room_id, &mailbox);
-                gone.insert(user, mailbox);
+            if let Some(session) = self.sessions.remove(&user) {
+                session.exited(room_id);
+                fanout.remove(room_id, session.mailbox());
+                gone.insert(user, session);
             }
         }
         for out in fx.events {
@@ -147,34 +207,113 @@ impl RoomActor {
             match out.to {
                 Audience::Members => fanout.broadcast(room_id, item, None),
                 Audience::MembersExcept(user) => {
-                    let except = self.mailboxes.get(&user).map(|m| m.id());
+                    let except = self.sessions.get(&user).map(|s| s.mailbox().id());
                     fanout.broadcast(room_id, item, except);
+                }
+                Audience::StaffExcept(user) => {
+                    let record = self.room.record();
+                    for staff in std::iter::once(&record.owner).chain(&record.admins) {
+                        if *staff != user {
+                            if let Some(s) = self.sessions.get(staff) {
+                                fanout.send_to(s.mailbox().clone(), vec![item.clone()]);
+                            }
+                        }
+                    }
                 }
                 Audience::Users(users) => {
                     for user in users {
-                        if let Some(mailbox) = self.mailboxes.get(&user).or(gone.get(&user)) {
-                            fanout.send_to(mailbox.clone(), item.clone());
+                        if let Some(s) = self.sessions.get(&user).or(gone.get(&user)) {
+                            fanout.send_to(s.mailbox().clone(), vec![item.clone()]);
                         }
                     }
                 }
             }
+        }
+        if let Some(message) = fx.message {
+            let except = self.sessions.get(message.from()).map(|s| s.mailbox().id());
+            self.entry.set_last_seq(message.seq());
+            self.history.push(message.clone());
+            fanout.broadcast(room_id, ClientEvent::Message(message), except);
+        }
+        if let Some((user, at)) = fx.offline_check {
+            self.shared.timers.schedule_offline_check(at, room_id, user);
         }
         if fx.destroyed {
             fanout.drop_room(room_id);
         }
         self.entry.set_member_count(self.room.member_count());
     }
+
+    /// Applies a presence change or check; these have no caller to answer.
+    fn presence(&mut self, command: Command, ctx: &mut Context<Self>) {
+        if let Err(e) = self.execute(command, None, ctx) {
+            tracing::warn!(room = %self.room.id(), error = %e, "presence update failed");
+        }
+    }
+
+    fn join(
+        &mut self,
+        session: Arc<Session>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Replied, ChatError> {
+        let user = session.user().clone();
+        let mailbox = session.mailbox().clone();
+        let online = session.is_online();
+        let commit = self.execute(Command::Join { user: user.clone() }, Some(session), ctx)?;
+        let replay = self.shared.limits.join_replay_count;
+        let recent: Vec<ClientEvent> = self
+            .history
+            .newest(replay)
+            .into_iter()
+            .map(ClientEvent::Message)
+            .collect();
+        self.shared.fanout.send_to(mailbox, recent);
+        if !online {
+            let now = self.now();
+            self.presence(
+                Command::SetPresence {
+                    user: user.clone(),
+                    online: false,
+                    now,
+                },
+                ctx,
+            );
+        }
+        Ok(Replied {
+            reply: RoomReply::Room(self.room.snapshot(Some(&user))),
+            commit,
+        })
+    }
 }
 
 impl Actor for RoomActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
-        for mailbox in self.mailboxes.values() {
-            self.shared.fanout.add(self.room.id(), mailbox.clone());
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let room_id = self.room.id();
+        for session in self.sessions.values() {
+            session.entered(room_id);
+            self.shared.fanout.add(room_id, session.mailbox().clone());
+        }
+        let now = self.now();
+        let offline: Vec<UserId> = self
+            .sessions
+            .values()
+            .filter(|s| !s.is_online())
+            .map(|s| s.user().clone())
+            .collect();
+        for user in offline {
+            self.presence(
+                Command::SetPresence {
+                    user,
+                    online: false,
+                    now,
+                },
+                ctx,
+            );
         }
         self.entry.set_member_count(self.room.member_count());
-        tracing::debug!(room = %self.room.id(), "room actor started");
+        tracing::debug!(room = %room_id, "room actor started");
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -183,18 +322,15 @@ impl Actor for RoomActor {
 }
 
 impl Handler<RoomCall> for RoomActor {
-    type Result = Result<RoomReply, ChatError>;
+    type Result = Result<Replied, ChatError>;
 
     fn handle(&mut self, RoomCall(op): RoomCall, ctx: &mut Context<Self>) -> Self::Result {
+        let done = |commit| Replied {
+            reply: RoomReply::Done,
+            commit,
+        };
         match op {
-            RoomOp::Join { user, mailbox } => {
-                let viewer = user.clone();
-                let commit = self.execute(Command::Join { user }, Some(mailbox), ctx)?;
-                Ok(RoomReply {
-                    room: Some(self.room.snapshot(Some(&viewer))),
-                    commit,
-                })
-            }
+            RoomOp::Join { session } => self.join(session, ctx),
             RoomOp::Leave {
                 user,
                 owner_may_leave,
@@ -203,19 +339,91 @@ impl Handler<RoomCall> for RoomActor {
                     user,
                     owner_may_leave,
                 };
-                let commit = self.execute(command, None, ctx)?;
-                Ok(RoomReply { room: None, commit })
+                self.execute(command, None, ctx).map(done)
             }
             RoomOp::Destroy { user } => {
                 let commit = self.execute(Command::Destroy { user }, None, ctx)?;
                 self.entry.mark_destroyed();
                 ctx.stop();
-                Ok(RoomReply { room: None, commit })
+                Ok(done(commit))
             }
-            RoomOp::Info { viewer } => Ok(RoomReply {
-                room: Some(self.room.snapshot(Some(&viewer))),
+            RoomOp::Info { viewer } => Ok(Replied {
+                reply: RoomReply::Room(self.room.snapshot(Some(&viewer))),
+                commit: None,
+            }),
+            RoomOp::Send {
+                from,
+                message,
+                msg_id,
+            } => {
+                let now = self.now();
+                let command = Command::SendMessage {
+                    from,
+                    message,
+                    msg_id,
+                    now,
+                };
+                let fx = self.room.apply(command)?;
+                let sent = fx.message.clone();
+                self.deliver(fx, None);
+                match sent {
+                    Some(message) => Ok(Replied {
+                        reply: RoomReply::Message(message),
+                        commit: None,
+                    }),
+                    None => Err(ChatError::General("the room accepted no message".into())),
+                }
+            }
+            RoomOp::History { viewer, query } => {
+                if !self.room.is_member(&viewer) {
+                    return Err(ChatError::NotJoined(viewer.to_string()));
+                }
+                let page = self.history.page(query)?;
+                Ok(Replied {
+                    reply: RoomReply::History(page),
+                    commit: None,
+                })
+            }
+            RoomOp::Stats => Ok(Replied {
+                reply: RoomReply::Stats(RoomStats {
+                    room_id: self.room.id(),
+                    member_count: self.room.member_count(),
+                    online_count: self.sessions.values().filter(|s| s.is_online()).count(),
+                    last_seq: self.room.last_seq(),
+                    retained: self.history.len(),
+                    messages: self.room.stats(),
+                }),
                 commit: None,
             }),
         }
+    }
+}
+
+impl Handler<SetPresence> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetPresence, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let command = Command::SetPresence {
+            user: msg.user,
+            online: msg.online,
+            now,
+        };
+        self.presence(command, ctx);
+    }
+}
+
+impl Handler<ExpireOffline> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpireOffline, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.presence(
+            Command::ExpireOffline {
+                user: msg.user,
+                now,
+            },
+            ctx,
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! A user's session: its mailbox, its registered handlers, its event streams and the dispatcher
-//! that feeds them.
+//! A user's session: its mailbox, presence, rooms, handlers and event streams, and the
+//! dispatcher that feeds them.
 //!
 //! Every delivery for a user lands in the session's one mailbox. One dispatcher task per session
 //! (started when the first handler or stream is registered) drains it in batches on the engine's
@@ -8,7 +8,7 @@
 //! delays only its own session.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -18,19 +18,22 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use parking_lot::{Mutex, RwLock};
-use roomcast_model::{ChatRoomEvent, UserId};
+use roomcast_model::{ChatMessage, ChatRoomEvent, RoomId, UserId};
 
-use crate::handler::{dispatch, ChatRoomEventHandler};
+use crate::handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
 use crate::mailbox::{Mailbox, Received};
 
 /// One event as a client's [`EventStream`] yields it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ClientEvent {
-    /// A chat-room event (the same ones the handlers get).
+    /// A chat-room event (the same ones the room handlers get).
     Room(Arc<ChatRoomEvent>),
-    /// The stream fell behind and its `count` oldest events were dropped. Whatever state they
-    /// changed can be fetched again (room info, member list, history).
+    /// A message (the same ones the chat handlers get).
+    Message(ChatMessage),
+    /// The stream fell behind and its `count` oldest events were dropped. Messages can be
+    /// fetched again from history (from the last sequence number seen); room state from the
+    /// room's info.
     Missed {
         /// How many events were dropped.
         count: u64,
@@ -42,21 +45,100 @@ thread_local! {
     static DISPATCHING: Cell<u64> = const { Cell::new(0) };
 }
 
-struct HandlerEntry {
+struct HandlerEntry<H: ?Sized> {
     id: String,
-    handler: Arc<dyn ChatRoomEventHandler>,
+    handler: Arc<H>,
     alive: AtomicBool,
     /// Held for reading while the handler runs; `remove` takes it for writing to wait out a
     /// call in progress, so that after `remove` returns the handler is never called again.
     gate: RwLock<()>,
 }
 
+impl<H: ?Sized> HandlerEntry<H> {
+    fn call(&self, mailbox_id: u64, f: impl FnOnce(&H)) {
+        let _gate = self.gate.read();
+        if !self.alive.load(Ordering::SeqCst) {
+            return;
+        }
+        DISPATCHING.with(|d| d.set(mailbox_id));
+        let result = catch_unwind(AssertUnwindSafe(|| f(&self.handler)));
+        DISPATCHING.with(|d| d.set(0));
+        if result.is_err() {
+            tracing::warn!(handler = %self.id, "an event handler panicked; it missed this event");
+        }
+    }
+}
+
+/// Handlers by id, copy-on-write so the dispatcher takes a snapshot per batch without holding
+/// the lock while handlers run.
+struct Registry<H: ?Sized> {
+    entries: Mutex<Arc<[Arc<HandlerEntry<H>>]>>,
+}
+
+impl<H: ?Sized> Default for Registry<H> {
+    fn default() -> Self {
+        Registry {
+            entries: Mutex::new(Arc::from(Vec::new())),
+        }
+    }
+}
+
+impl<H: ?Sized> Registry<H> {
+    fn snapshot(&self) -> Arc<[Arc<HandlerEntry<H>>]> {
+        self.entries.lock().clone()
+    }
+
+    /// Adds `handler` under `id`; returns the entry it replaced.
+    fn add(&self, id: String, handler: Arc<H>) -> Option<Arc<HandlerEntry<H>>> {
+        let entry = Arc::new(HandlerEntry {
+            id,
+            handler,
+            alive: AtomicBool::new(true),
+            gate: RwLock::new(()),
+        });
+        let mut entries = self.entries.lock();
+        let replaced = entries.iter().find(|h| h.id == entry.id).cloned();
+        let mut next: Vec<_> = entries
+            .iter()
+            .filter(|h| h.id != entry.id)
+            .cloned()
+            .collect();
+        next.push(entry);
+        *entries = next.into();
+        replaced
+    }
+
+    fn remove(&self, id: &str) -> Option<Arc<HandlerEntry<H>>> {
+        let mut entries = self.entries.lock();
+        let found = entries.iter().find(|h| h.id == id).cloned();
+        if found.is_some() {
+            let next: Vec<_> = entries.iter().filter(|h| h.id != id).cloned().collect();
+            *entries = next.into();
+        }
+        found
+    }
+}
+
 /// What the dispatcher feeds: shared by the session and its dispatcher task.
 #[derive(Default)]
 struct Subscribers {
-    /// Copy-on-write, so the dispatcher takes a snapshot per batch without holding the lock.
-    handlers: Mutex<Arc<[Arc<HandlerEntry>]>>,
+    room_handlers: Registry<dyn ChatRoomEventHandler>,
+    chat_handlers: Registry<dyn ChatEventHandler>,
     streams: Mutex<Vec<Arc<Mailbox>>>,
+}
+
+#[derive(Default)]
+struct Presence {
+    /// Live `ChatClient` handles of this user.
+    clients: usize,
+    /// Set by an explicit disconnect, cleared by reconnect.
+    disconnected: bool,
+}
+
+impl Presence {
+    fn online(&self) -> bool {
+        self.clients > 0 && !self.disconnected
+    }
 }
 
 /// A user's session. Shared by every `ChatClient` of that user and by the rooms it is in.
@@ -67,6 +149,8 @@ pub struct Session {
     stream_capacity: usize,
     dispatcher_started: AtomicBool,
     runtime: tokio::runtime::Handle,
+    presence: Mutex<Presence>,
+    rooms: Mutex<HashSet<RoomId>>,
 }
 
 impl Session {
@@ -75,13 +159,18 @@ impl Session {
         capacity: usize,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Session> {
+        let mailbox = Mailbox::for_session(capacity);
+        // A session starts offline (no client yet: e.g. a member added at creation).
+        mailbox.set_online(false);
         Arc::new(Session {
             user,
-            mailbox: Arc::new(Mailbox::new(capacity)),
+            mailbox: Arc::new(mailbox),
             subscribers: Arc::default(),
             stream_capacity: capacity,
             dispatcher_started: AtomicBool::new(false),
             runtime,
+            presence: Mutex::new(Presence::default()),
+            rooms: Mutex::new(HashSet::new()),
         })
     }
 
@@ -94,56 +183,89 @@ impl Session {
         &self.mailbox
     }
 
-    /// Registers `handler` under `id`, replacing any handler registered under the same id.
+    /// True if the session is online (has a client and is not disconnected).
+    pub fn is_online(&self) -> bool {
+        self.presence.lock().online()
+    }
+
+    /// Applies `change` to the presence; returns the new online state if it changed.
+    fn change_presence(&self, change: impl FnOnce(&mut Presence)) -> Option<bool> {
+        let mut presence = self.presence.lock();
+        let before = presence.online();
+        change(&mut presence);
+        let after = presence.online();
+        if before == after {
+            return None;
+        }
+        self.mailbox.set_online(after);
+        Some(after)
+    }
+
+    /// A client of this user appeared; `Some(true)` if the session came online.
+    pub(crate) fn client_opened(&self) -> Option<bool> {
+        self.change_presence(|p| p.clients += 1)
+    }
+
+    /// A client of this user was dropped; `Some(false)` if the session went offline.
+    pub(crate) fn client_closed(&self) -> Option<bool> {
+        self.change_presence(|p| p.clients = p.clients.saturating_sub(1))
+    }
+
+    /// Disconnects (`false`) or reconnects (`true`); the new state if it changed.
+    pub(crate) fn set_connected(&self, connected: bool) -> Option<bool> {
+        self.change_presence(|p| p.disconnected = !connected)
+    }
+
+    /// The rooms this user is in.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.rooms.lock().iter().copied().collect()
+    }
+
+    pub(crate) fn entered(&self, room: RoomId) {
+        self.rooms.lock().insert(room);
+    }
+
+    pub(crate) fn exited(&self, room: RoomId) {
+        self.rooms.lock().remove(&room);
+    }
+
+    /// Registers a chat-room event handler under `id`, replacing any with the same id.
     pub fn add_room_handler(&self, id: String, handler: Arc<dyn ChatRoomEventHandler>) {
-        let entry = Arc::new(HandlerEntry {
-            id,
-            handler,
-            alive: AtomicBool::new(true),
-            gate: RwLock::new(()),
-        });
-        let replaced = {
-            let mut handlers = self.subscribers.handlers.lock();
-            let replaced = handlers.iter().find(|h| h.id == entry.id).cloned();
-            let mut next: Vec<Arc<HandlerEntry>> = handlers
-                .iter()
-                .filter(|h| h.id != entry.id)
-                .cloned()
-                .collect();
-            next.push(entry);
-            *handlers = next.into();
-            replaced
-        };
-        if let Some(old) = replaced {
+        if let Some(old) = self.subscribers.room_handlers.add(id, handler) {
             self.retire(&old);
         }
         self.ensure_dispatcher();
     }
 
-    /// Removes the handler registered under `id`; true if there was one. Once this returns, the
-    /// handler is not called again (a call already running finishes first, unless the handler is
-    /// removing itself from inside that call).
+    /// Removes the chat-room event handler under `id`; true if there was one. Once this returns,
+    /// the handler is not called again (a call already running finishes first, unless the
+    /// handler is removing itself from inside that call).
     pub fn remove_room_handler(&self, id: &str) -> bool {
-        let removed = {
-            let mut handlers = self.subscribers.handlers.lock();
-            let found = handlers.iter().find(|h| h.id == id).cloned();
-            if found.is_some() {
-                let next: Vec<Arc<HandlerEntry>> =
-                    handlers.iter().filter(|h| h.id != id).cloned().collect();
-                *handlers = next.into();
-            }
-            found
-        };
-        match removed {
-            Some(entry) => {
-                self.retire(&entry);
-                true
-            }
-            None => false,
-        }
+        self.subscribers
+            .room_handlers
+            .remove(id)
+            .map(|e| self.retire(&e))
+            .is_some()
     }
 
-    fn retire(&self, entry: &HandlerEntry) {
+    /// Registers a message handler under `id`, replacing any with the same id.
+    pub fn add_chat_handler(&self, id: String, handler: Arc<dyn ChatEventHandler>) {
+        if let Some(old) = self.subscribers.chat_handlers.add(id, handler) {
+            self.retire(&old);
+        }
+        self.ensure_dispatcher();
+    }
+
+    /// Removes the message handler under `id`, as [`Session::remove_room_handler`].
+    pub fn remove_chat_handler(&self, id: &str) -> bool {
+        self.subscribers
+            .chat_handlers
+            .remove(id)
+            .map(|e| self.retire(&e))
+            .is_some()
+    }
+
+    fn retire<H: ?Sized>(&self, entry: &HandlerEntry<H>) {
         entry.alive.store(false, Ordering::SeqCst);
         if DISPATCHING.with(Cell::get) != self.mailbox.id() {
             drop(entry.gate.write());
@@ -177,57 +299,67 @@ impl Session {
         let mailbox = self.mailbox.clone();
         let subscribers = self.subscribers.clone();
         // The task holds the mailbox and the subscribers, not the session: it ends when the
-        // mailbox is closed (session closed or engine stopped).
-        drop(self.runtime.spawn(run_dispatcher(mailbox, subscribers)));
+        // mailbox is closed (engine stopped).
+        drop(
+            self.runtime
+                .spawn(run_dispatcher(mailbox.clone(), subscribers)),
+        );
+        mailbox.set_consumed();
     }
 }
 
 async fn run_dispatcher(mailbox: Arc<Mailbox>, subscribers: Arc<Subscribers>) {
+    let id = mailbox.id();
     let mut batch = VecDeque::new();
+    let mut messages: Vec<ChatMessage> = Vec::new();
     while let Some(missed) = poll_fn(|cx| mailbox.poll_drain(cx, &mut batch)).await {
+        let room_handlers = subscribers.room_handlers.snapshot();
+        let chat_handlers = subscribers.chat_handlers.snapshot();
+        let mut streams = subscribers.streams.lock().clone();
         if missed > 0 {
             tracing::warn!(
                 missed,
                 "a client's event queue overflowed; its oldest events were dropped"
             );
-        }
-        let handlers = subscribers.handlers.lock().clone();
-        let mut streams = subscribers.streams.lock().clone();
-        for s in &streams {
-            if missed > 0 {
+            for h in chat_handlers.iter() {
+                h.call(id, |h| h.on_events_missed(missed));
+            }
+            for s in &streams {
                 s.push_missed(missed);
             }
         }
-        for item in batch.drain(..) {
-            if let ClientEvent::Room(event) = &item {
-                for entry in handlers.iter() {
-                    call_handler(entry, mailbox.id(), event);
+        let flush = |messages: &mut Vec<ChatMessage>| {
+            if !messages.is_empty() {
+                for h in chat_handlers.iter() {
+                    h.call(id, |h| h.on_messages_received(messages));
                 }
+                messages.clear();
             }
-            streams.retain(|s| s.push(item.clone()));
+        };
+        for item in batch.drain(..) {
+            match &item {
+                ClientEvent::Message(m) => messages.push(m.clone()),
+                ClientEvent::Room(event) => {
+                    flush(&mut messages);
+                    for h in room_handlers.iter() {
+                        h.call(id, |h| dispatch(h, event));
+                    }
+                }
+                ClientEvent::Missed { .. } => {}
+            }
+            if !streams.is_empty() {
+                streams.retain(|s| s.push(item.clone()));
+            }
         }
-        let mut live = subscribers.streams.lock();
-        live.retain(|s| !s.is_closed());
+        flush(&mut messages);
+        subscribers.streams.lock().retain(|s| !s.is_closed());
     }
     for s in subscribers.streams.lock().drain(..) {
         s.close();
     }
 }
 
-fn call_handler(entry: &HandlerEntry, mailbox_id: u64, event: &ChatRoomEvent) {
-    let _gate = entry.gate.read();
-    if !entry.alive.load(Ordering::SeqCst) {
-        return;
-    }
-    DISPATCHING.with(|d| d.set(mailbox_id));
-    let result = catch_unwind(AssertUnwindSafe(|| dispatch(&*entry.handler, event)));
-    DISPATCHING.with(|d| d.set(0));
-    if result.is_err() {
-        tracing::warn!(handler = %entry.id, "a chat room event handler panicked; it missed this event");
-    }
-}
-
-/// A `Stream` of one client's events. Ends when the client's session ends or the engine stops.
+/// A `Stream` of one client's events. Ends when the engine stops.
 ///
 /// It is bounded: if it is not polled and falls behind, it drops its oldest events and yields
 /// [`ClientEvent::Missed`] with their count before the next event.

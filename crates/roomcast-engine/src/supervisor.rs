@@ -14,8 +14,8 @@ use roomcast_model::{ChatError, ChatRoom, Room, RoomId, RoomSpec, UserId};
 use roomcast_store::{Commit, Store};
 
 use crate::directory::RoomEntry;
-use crate::mailbox::Mailbox;
-use crate::room_actor::{RoomActor, RoomCall, RoomOp};
+use crate::room_actor::{RoomActor, RoomCall, RoomOp, RoomStart};
+use crate::session::Session;
 use crate::{mailbox_error, storage_error, Shared};
 
 pub(crate) struct Supervisor {
@@ -51,7 +51,7 @@ impl Supervisor {
     fn spawn(
         &mut self,
         room: Room,
-        mailboxes: HashMap<UserId, Arc<Mailbox>>,
+        sessions: HashMap<UserId, Arc<Session>>,
         entry: Arc<RoomEntry>,
         me: Addr<Supervisor>,
     ) -> Addr<RoomActor> {
@@ -59,12 +59,16 @@ impl Supervisor {
         let generation = self.generation;
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
-        let shared = self.shared.clone();
-        let store = self.store.clone();
-        let actor_entry = entry.clone();
-        let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
-            RoomActor::new(room, mailboxes, actor_entry, shared, store, me, generation)
-        });
+        let start = RoomStart {
+            room,
+            sessions,
+            entry: entry.clone(),
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+            supervisor: me,
+            generation,
+        };
+        let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
         entry.set_actor(generation, addr.clone());
         addr
     }
@@ -78,7 +82,7 @@ impl Actor for Supervisor {
 pub(crate) struct CreateRoom {
     pub(crate) owner: UserId,
     pub(crate) spec: RoomSpec,
-    pub(crate) members: Vec<(UserId, Arc<Mailbox>)>,
+    pub(crate) members: Vec<Arc<Session>>,
 }
 
 impl Message for CreateRoom {
@@ -98,7 +102,7 @@ impl Handler<CreateRoom> for Supervisor {
             )));
         }
         let now = shared.clock.now_ms();
-        let member_ids = msg.members.iter().map(|(u, _)| u.clone()).collect();
+        let member_ids = msg.members.iter().map(|s| s.user().clone()).collect();
         let id = self.next_id();
         let room = Room::create(id, msg.owner.clone(), msg.spec, member_ids, limits, now)?;
         self.store.put_room(room.record()).map_err(storage_error)?;
@@ -106,8 +110,12 @@ impl Handler<CreateRoom> for Supervisor {
         let snapshot = room.snapshot(Some(&msg.owner));
         let entry = RoomEntry::new(snapshot.clone());
         self.shared.directory.insert(entry.clone());
-        let mailboxes: HashMap<UserId, Arc<Mailbox>> = msg.members.into_iter().collect();
-        self.spawn(room, mailboxes, entry, ctx.address());
+        let sessions: HashMap<UserId, Arc<Session>> = msg
+            .members
+            .into_iter()
+            .map(|s| (s.user().clone(), s))
+            .collect();
+        self.spawn(room, sessions, entry, ctx.address());
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
     }
@@ -139,7 +147,14 @@ impl Handler<Activate> for Supervisor {
             .map_err(storage_error)?
             .ok_or_else(|| ChatError::RoomNotExist(id.to_string()))?;
         tracing::info!(room = %id, "activating room from the store");
-        let room = Room::from_record(record);
+        // Messages are retained in memory only, so a reactivated room starts a new sequence
+        // after the last one it handed out.
+        let room = Room::from_record(
+            record,
+            &self.shared.limits,
+            entry.last_seq(),
+            self.shared.clock.now_ms(),
+        );
         Ok(self.spawn(room, HashMap::new(), entry, ctx.address()))
     }
 }

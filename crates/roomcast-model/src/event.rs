@@ -185,6 +185,8 @@ pub enum Audience {
     MembersExcept(UserId),
     /// Every member of the room.
     Members,
+    /// The owner and the admins who are in the room, except one (the member who acted).
+    StaffExcept(UserId),
     /// Exactly these users (who need not still be members: a removed member is told so).
     Users(Vec<UserId>),
 }

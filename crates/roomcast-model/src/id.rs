@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +16,12 @@ pub const MAX_USER_ID_LEN: usize = 64;
 /// Agora user ids are 1 to 64 characters of `a-z`, `0-9`, `_`, `-` and `.`, and are
 /// case-insensitive: `"Alice"` and `"alice"` are the same user. Upper-case ASCII letters are folded
 /// to lower case; anything else outside that set is [`ChatError::InvalidParam`] (110).
+///
+/// Cloning is a reference-count increment: a user id is shared by every room and table that
+/// names the user, not copied.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct UserId(Box<str>);
+pub struct UserId(Arc<str>);
 
 impl UserId {
     /// Validates `raw` and folds it to lower case.
@@ -40,7 +44,7 @@ impl UserId {
                 }
             }
         }
-        Ok(UserId(folded.into_boxed_str()))
+        Ok(UserId(Arc::from(folded)))
     }
 
     /// The id as a string slice (always lower case).
@@ -84,7 +88,7 @@ impl TryFrom<String> for UserId {
 
 impl From<UserId> for String {
     fn from(id: UserId) -> String {
-        id.0.into()
+        id.0.to_string()
     }
 }
 

@@ -7,16 +7,26 @@
 
 mod error;
 mod event;
+mod gate;
+mod history;
 mod id;
 mod limits;
+mod message;
 mod page;
 mod room;
 
 pub use error::{ChatError, ErrorCode};
 pub use event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
+pub use gate::{DeliveryGate, RoomMessageStats};
+pub use history::{ChatCursorResult, History, HistoryQuery, SearchDirection};
 pub use id::{RoomId, UserId};
 pub use limits::Limits;
+pub use message::{
+    AttributeValue, ChatMessage, MessageBody, MessageData, MessageId, MessagePriority,
+    OutgoingMessage,
+};
 pub use page::ChatPageResult;
 pub use room::{
-    ChatRoom, ChatRoomPermissionType, Command, Effects, Room, RoomRecord, RoomSpec, Timestamp,
+    ChatRoom, ChatRoomPermissionType, Command, Effects, Room, RoomPolicy, RoomRecord, RoomSpec,
+    Timestamp,
 };

@@ -24,6 +24,41 @@ pub struct Limits {
     pub max_initial_members: usize,
     /// Largest page of the public room list. Default 100.
     pub public_room_page_max: u32,
+    /// Largest message (body plus extension attributes), in bytes (510 above). Default 5,120.
+    pub message_max_bytes: usize,
+    /// Messages replayed to a member who joins: the room's newest this many. Default 10, at
+    /// most 200.
+    pub join_replay_count: usize,
+    /// Messages each room retains for history and replay. Default 1,000.
+    pub history_retention: usize,
+    /// Largest page of history. Default 200.
+    pub history_page_max: usize,
+    /// How long a member may be offline before it is removed, in ms. Default 300,000 (5
+    /// minutes); a room may set its own.
+    pub offline_grace_ms: u64,
+    /// Per-room delivery threshold in messages per second, above which the room drops messages
+    /// by priority (low first). Default 20, as Agora; `None` turns it off.
+    pub room_delivery_rate: Option<u32>,
+    /// Above this many members, join and exit events go only to the owner and admins. Default
+    /// 1,000.
+    pub join_event_threshold: usize,
+}
+
+impl Limits {
+    /// Checks that the limits make sense together (110 otherwise).
+    pub fn validate(&self) -> Result<(), crate::ChatError> {
+        if self.join_replay_count > 200 {
+            return Err(crate::ChatError::InvalidParam(
+                "join_replay_count must be at most 200".into(),
+            ));
+        }
+        if self.history_page_max == 0 || self.public_room_page_max == 0 {
+            return Err(crate::ChatError::InvalidParam(
+                "page maxima must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -38,6 +73,13 @@ impl Default for Limits {
             max_rooms: 100_000,
             max_initial_members: 1_000,
             public_room_page_max: 100,
+            message_max_bytes: 5 * 1024,
+            join_replay_count: 10,
+            history_retention: 1_000,
+            history_page_max: 200,
+            offline_grace_ms: 5 * 60 * 1000,
+            room_delivery_rate: Some(20),
+            join_event_threshold: 1_000,
         }
     }
 }

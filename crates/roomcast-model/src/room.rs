@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
+use crate::gate::{DeliveryGate, RoomMessageStats};
+use crate::message::{ChatMessage, MessageData, MessageId, MessagePriority, OutgoingMessage};
 use crate::{ChatError, Limits, RoomId, UserId};
 
 /// Milliseconds since the Unix epoch, from the engine's clock.
@@ -26,6 +28,9 @@ pub struct RoomSpec {
     pub welcome_message: String,
     /// The most members the room may hold at once.
     pub max_users: u32,
+    /// How long a member may be offline before it is removed, in ms; `None`: the engine's
+    /// default (5 minutes unless configured).
+    pub offline_grace_ms: Option<u64>,
 }
 
 impl RoomSpec {
@@ -136,7 +141,7 @@ pub struct RoomRecord {
 }
 
 /// A state change asked of a room. Reads are plain methods on [`Room`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Command {
     /// `user` joins.
@@ -156,10 +161,37 @@ pub enum Command {
         /// Who destroys it (must be the owner).
         user: UserId,
     },
+    /// `from` sends a message, which the engine has given the id `msg_id`.
+    SendMessage {
+        /// The sender.
+        from: UserId,
+        /// The message.
+        message: OutgoingMessage,
+        /// Its engine-wide id.
+        msg_id: MessageId,
+        /// Now.
+        now: Timestamp,
+    },
+    /// `user`'s session went offline or came back online.
+    SetPresence {
+        /// Whose session.
+        user: UserId,
+        /// True if it is online now.
+        online: bool,
+        /// Now.
+        now: Timestamp,
+    },
+    /// The grace period of `user`, offline, may have ended: remove it if so.
+    ExpireOffline {
+        /// Who.
+        user: UserId,
+        /// Now.
+        now: Timestamp,
+    },
 }
 
 /// What applying a command did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
     /// Users who became members.
     pub joined: Vec<UserId>,
@@ -171,6 +203,32 @@ pub struct Effects {
     pub record_changed: bool,
     /// True if the room no longer exists.
     pub destroyed: bool,
+    /// The message accepted, to deliver to every member but its sender.
+    pub message: Option<ChatMessage>,
+    /// Check `user` for [`Command::ExpireOffline`] at this time.
+    pub offline_check: Option<(UserId, Timestamp)>,
+}
+
+/// The engine-wide settings a room applies, fixed when the room is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomPolicy {
+    /// Offline grace period for rooms that do not set their own, in ms.
+    pub offline_grace_ms: u64,
+    /// Above this many members, join and exit events go to the owner and admins only.
+    pub join_event_threshold: usize,
+    /// The delivery threshold, in messages per second (`None`: off).
+    pub delivery_rate: Option<u32>,
+}
+
+impl RoomPolicy {
+    /// The policy `limits` set.
+    pub fn from_limits(limits: &Limits) -> RoomPolicy {
+        RoomPolicy {
+            offline_grace_ms: limits.offline_grace_ms,
+            join_event_threshold: limits.join_event_threshold,
+            delivery_rate: limits.room_delivery_rate,
+        }
+    }
 }
 
 /// Current members, in join order. The member list is newest first, paged by join sequence.
@@ -212,11 +270,17 @@ impl Members {
     }
 }
 
-/// One chat room: its persisted record plus its current members.
+/// One chat room: its persisted record plus its current members and their presence.
 #[derive(Debug, Clone)]
 pub struct Room {
     record: RoomRecord,
     members: Members,
+    /// Members whose session is offline, and since when.
+    offline: HashMap<UserId, Timestamp>,
+    policy: RoomPolicy,
+    last_seq: u64,
+    gate: DeliveryGate,
+    stats: RoomMessageStats,
 }
 
 impl Room {
@@ -249,7 +313,13 @@ impl Room {
         if set.len() > spec.max_users as usize {
             return Err(ChatError::MembersFull(spec.max_users));
         }
+        let policy = RoomPolicy::from_limits(limits);
         Ok(Room {
+            offline: HashMap::new(),
+            policy,
+            last_seq: 0,
+            gate: DeliveryGate::new(policy.delivery_rate, now),
+            stats: RoomMessageStats::default(),
             record: RoomRecord {
                 id,
                 spec,
@@ -266,11 +336,93 @@ impl Room {
         })
     }
 
-    /// Restores a room from its persisted record, with no members (they rejoin).
-    pub fn from_record(record: RoomRecord) -> Room {
+    /// Restores a room from its persisted record, with no members (they rejoin). Messages
+    /// continue from `last_seq`.
+    pub fn from_record(record: RoomRecord, limits: &Limits, last_seq: u64, now: Timestamp) -> Room {
+        let policy = RoomPolicy::from_limits(limits);
         Room {
             record,
             members: Members::default(),
+            offline: HashMap::new(),
+            policy,
+            last_seq,
+            gate: DeliveryGate::new(policy.delivery_rate, now),
+            stats: RoomMessageStats::default(),
+        }
+    }
+
+    /// The sequence number of the room's last message (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Message counts since the room was loaded.
+    pub fn stats(&self) -> RoomMessageStats {
+        self.stats
+    }
+
+    /// This room's offline grace period in ms.
+    pub fn offline_grace_ms(&self) -> u64 {
+        self.record
+            .spec
+            .offline_grace_ms
+            .unwrap_or(self.policy.offline_grace_ms)
+    }
+
+    /// True if `user` is exempt from mute-all and the offline rule: the owner, an admin, or on
+    /// the allow list.
+    pub fn is_exempt(&self, user: &UserId) -> bool {
+        *user == self.record.owner
+            || self.record.admins.contains(user)
+            || self.record.allow_list.contains(user)
+    }
+
+    /// True if `user` is a member whose session is offline.
+    pub fn is_offline(&self, user: &UserId) -> bool {
+        self.offline.contains_key(user)
+    }
+
+    /// Decides whether `from` may send to the room now, and at which effective priority.
+    ///
+    /// In order: blocked 210, not a member 702, muted (until expiry) 215, mute-all and not
+    /// exempt 219. Exempt senders' messages count as high priority.
+    pub fn check_send(
+        &self,
+        from: &UserId,
+        priority: MessagePriority,
+        now: Timestamp,
+    ) -> Result<MessagePriority, ChatError> {
+        if self.record.block_list.contains(from) {
+            return Err(ChatError::UserPermissionDenied(
+                "blocked in this room".into(),
+            ));
+        }
+        if !self.members.contains(from) {
+            return Err(ChatError::NotJoined(from.to_string()));
+        }
+        if let Some(&until) = self.record.mute_list.get(from) {
+            if until < 0 || until > now {
+                return Err(ChatError::UserMuted);
+            }
+        }
+        let exempt = self.is_exempt(from);
+        if self.record.all_muted && !exempt {
+            return Err(ChatError::UserMutedByAdmin);
+        }
+        Ok(if exempt {
+            MessagePriority::High
+        } else {
+            priority
+        })
+    }
+
+    /// Who hears that a member joined or left: everyone else, or in a room above the join-event
+    /// threshold only the owner and admins, so that a join storm costs O(N), not O(N^2).
+    fn membership_audience(&self, user: &UserId) -> Audience {
+        if self.members.len() > self.policy.join_event_threshold {
+            Audience::StaffExcept(user.clone())
+        } else {
+            Audience::MembersExcept(user.clone())
         }
     }
 
@@ -350,6 +502,117 @@ impl Room {
                 owner_may_leave,
             } => self.leave(user, owner_may_leave),
             Command::Destroy { user } => self.destroy(user),
+            Command::SendMessage {
+                from,
+                message,
+                msg_id,
+                now,
+            } => self.send(from, message, msg_id, now),
+            Command::SetPresence { user, online, now } => Ok(self.set_presence(user, online, now)),
+            Command::ExpireOffline { user, now } => Ok(self.expire_offline(user, now)),
+        }
+    }
+
+    fn send(
+        &mut self,
+        from: UserId,
+        message: OutgoingMessage,
+        msg_id: MessageId,
+        now: Timestamp,
+    ) -> Result<Effects, ChatError> {
+        let priority = self.check_send(&from, message.priority, now)?;
+        if !self.gate.admit(priority, now) {
+            match priority {
+                MessagePriority::Low => self.stats.dropped_low += 1,
+                MessagePriority::Normal => self.stats.dropped_normal += 1,
+                MessagePriority::High => self.stats.dropped_high += 1,
+            }
+            return Err(ChatError::ExceedServiceLimit(format!(
+                "the room is over its delivery threshold; this {priority:?}-priority message was dropped"
+            )));
+        }
+        self.stats.accepted += 1;
+        self.last_seq += 1;
+        let sent = ChatMessage::new(MessageData {
+            msg_id,
+            room_id: self.record.id,
+            from,
+            seq: self.last_seq,
+            server_time: now,
+            body: message.body,
+            attributes: message.attributes,
+            priority: message.priority,
+        });
+        Ok(Effects {
+            message: Some(sent),
+            ..Effects::default()
+        })
+    }
+
+    fn set_presence(&mut self, user: UserId, online: bool, now: Timestamp) -> Effects {
+        if !self.members.contains(&user) {
+            return Effects::default();
+        }
+        if online {
+            self.offline.remove(&user);
+            return Effects::default();
+        }
+        self.offline.insert(user.clone(), now);
+        let due = now.saturating_add(self.offline_grace_ms() as Timestamp);
+        Effects {
+            offline_check: Some((user, due)),
+            ..Effects::default()
+        }
+    }
+
+    fn expire_offline(&mut self, user: UserId, now: Timestamp) -> Effects {
+        let Some(&since) = self.offline.get(&user) else {
+            return Effects::default();
+        };
+        let due = since.saturating_add(self.offline_grace_ms() as Timestamp);
+        if now < due {
+            return Effects {
+                offline_check: Some((user, due)),
+                ..Effects::default()
+            };
+        }
+        if self.is_exempt(&user) {
+            // Exempt members stay however long they are away (checked now, not when they left:
+            // a member made admin while away is exempt too).
+            return Effects::default();
+        }
+        self.remove_member(user, LeaveReason::Offline)
+    }
+
+    /// Removes `user` for `reason`: the others hear it left, the user hears it was removed.
+    fn remove_member(&mut self, user: UserId, reason: LeaveReason) -> Effects {
+        let audience = self.membership_audience(&user);
+        self.members.remove(&user);
+        self.offline.remove(&user);
+        let room_id = self.record.id;
+        let room_name = self.record.spec.name.clone();
+        Effects {
+            left: vec![user.clone()],
+            events: vec![
+                Outgoing {
+                    to: audience,
+                    event: ChatRoomEvent::MemberExited {
+                        room_id,
+                        room_name: room_name.clone(),
+                        participant: user.clone(),
+                    },
+                },
+                Outgoing {
+                    to: Audience::Users(vec![user.clone()]),
+                    event: ChatRoomEvent::RemovedFromChatRoom {
+                        room_id,
+                        room_name,
+                        participant: user,
+                        reason,
+                    },
+                },
+            ],
+            ..Effects::default()
         }
     }
 
@@ -364,10 +627,11 @@ impl Room {
             return Err(ChatError::MembersFull(self.record.spec.max_users));
         }
         self.members.insert(user.clone());
+        self.offline.remove(&user);
         Ok(Effects {
             joined: vec![user.clone()],
             events: vec![Outgoing {
-                to: Audience::MembersExcept(user.clone()),
+                to: self.membership_audience(&user),
                 event: ChatRoomEvent::MemberJoined {
                     room_id: self.record.id,
                     participant: user,
@@ -384,11 +648,13 @@ impl Room {
         if user == self.record.owner && !owner_may_leave {
             return Err(ChatError::OwnerNotAllowLeave);
         }
+        let audience = self.membership_audience(&user);
         self.members.remove(&user);
+        self.offline.remove(&user);
         Ok(Effects {
             left: vec![user.clone()],
             events: vec![Outgoing {
-                to: Audience::MembersExcept(user.clone()),
+                to: audience,
                 event: ChatRoomEvent::MemberExited {
                     room_id: self.record.id,
                     room_name: self.record.spec.name.clone(),
@@ -407,6 +673,7 @@ impl Room {
         }
         let room_id = self.record.id;
         let room_name = self.record.spec.name.clone();
+        self.offline.clear();
         let members: Vec<UserId> = std::mem::take(&mut self.members)
             .by_seq
             .into_values()
@@ -453,6 +720,7 @@ mod tests {
             description: String::new(),
             welcome_message: String::new(),
             max_users,
+            offline_grace_ms: None,
         }
     }
 
@@ -617,5 +885,189 @@ mod tests {
         assert_eq!(fx.events[0].to, Audience::Users(vec![uid("a"), uid("b")]));
         assert_eq!(fx.events.len(), 3);
         assert_eq!(r.member_count(), 0);
+    }
+
+    fn send_cmd(from: &str, p: MessagePriority, now: Timestamp) -> Command {
+        Command::SendMessage {
+            from: uid(from),
+            message: OutgoingMessage::text(RoomId::from_u64(1), "hi").with_priority(p),
+            msg_id: MessageId::from_u64(now as u64),
+            now,
+        }
+    }
+
+    #[test]
+    fn send_rules_in_order() {
+        let mut r = room(10);
+        r.apply(Command::Join { user: uid("m") }).unwrap();
+        r.apply(Command::Join {
+            user: uid("allowed"),
+        })
+        .unwrap();
+        r.record.allow_list.insert(uid("allowed"));
+        let code = |r: &Room, who: &str, now| {
+            r.check_send(&uid(who), MessagePriority::Low, now)
+                .map_err(|e| e.code())
+        };
+        assert_eq!(code(&r, "m", 0), Ok(MessagePriority::Low));
+        assert_eq!(code(&r, "owner", 0), Ok(MessagePriority::High));
+        assert_eq!(code(&r, "allowed", 0), Ok(MessagePriority::High));
+        assert_eq!(code(&r, "stranger", 0), Err(702));
+        r.record.all_muted = true;
+        assert_eq!(code(&r, "m", 0), Err(219));
+        assert_eq!(code(&r, "allowed", 0), Ok(MessagePriority::High));
+        r.record.mute_list.insert(uid("allowed"), 100);
+        assert_eq!(
+            code(&r, "allowed", 99),
+            Err(215),
+            "a personal mute beats the allow list"
+        );
+        assert_eq!(
+            code(&r, "allowed", 100),
+            Ok(MessagePriority::High),
+            "the mute expired"
+        );
+        r.record.mute_list.insert(uid("m"), -1);
+        assert_eq!(code(&r, "m", i64::MAX), Err(215));
+        r.record.block_list.insert(uid("m"));
+        assert_eq!(code(&r, "m", 0), Err(210));
+    }
+
+    #[test]
+    fn messages_get_consecutive_seqs_and_drops_are_counted() {
+        let mut r = Room::create(
+            RoomId::from_u64(1),
+            uid("owner"),
+            spec(10),
+            vec![uid("m")],
+            &Limits {
+                room_delivery_rate: Some(1),
+                ..Limits::default()
+            },
+            0,
+        )
+        .unwrap();
+        let fx = r.apply(send_cmd("m", MessagePriority::Normal, 0)).unwrap();
+        assert_eq!(fx.message.unwrap().seq(), 1);
+        // capacity 2, normal reserve 0.5: the second normal message is dropped, a high one passes.
+        assert_eq!(
+            r.apply(send_cmd("m", MessagePriority::Normal, 0))
+                .unwrap_err()
+                .code(),
+            4
+        );
+        let fx = r.apply(send_cmd("m", MessagePriority::High, 0)).unwrap();
+        assert_eq!(
+            fx.message.unwrap().seq(),
+            2,
+            "a dropped message takes no seq"
+        );
+        assert_eq!(r.stats().accepted, 2);
+        assert_eq!(r.stats().dropped_normal, 1);
+        assert_eq!(
+            r.apply(send_cmd("x", MessagePriority::High, 0))
+                .unwrap_err()
+                .code(),
+            702
+        );
+    }
+
+    #[test]
+    fn offline_members_leave_after_the_grace_period_unless_exempt() {
+        let mut r = room(10);
+        for u in ["a", "adm"] {
+            r.apply(Command::Join { user: uid(u) }).unwrap();
+        }
+        r.record.admins.push(uid("adm"));
+        let grace = r.offline_grace_ms() as Timestamp;
+        assert_eq!(grace, 300_000);
+        let presence = |user: &str, online, now| Command::SetPresence {
+            user: uid(user),
+            online,
+            now,
+        };
+        let expire = |user: &str, now| Command::ExpireOffline {
+            user: uid(user),
+            now,
+        };
+
+        let fx = r.apply(presence("a", false, 1_000)).unwrap();
+        assert_eq!(fx.offline_check, Some((uid("a"), 1_000 + grace)));
+        // Back online within the grace period: the old check finds nothing to do.
+        r.apply(presence("a", true, 2_000)).unwrap();
+        assert_eq!(
+            r.apply(expire("a", 1_000 + grace)).unwrap(),
+            Effects::default()
+        );
+        // Offline again: an early check reschedules, the due one removes.
+        r.apply(presence("a", false, 10_000)).unwrap();
+        let early = r.apply(expire("a", 10_000 + grace - 1)).unwrap();
+        assert_eq!(early.offline_check, Some((uid("a"), 10_000 + grace)));
+        let fx = r.apply(expire("a", 10_000 + grace)).unwrap();
+        assert_eq!(fx.left, vec![uid("a")]);
+        assert_eq!(fx.events[0].to, Audience::MembersExcept(uid("a")));
+        assert!(matches!(
+            &fx.events[1].event,
+            ChatRoomEvent::RemovedFromChatRoom {
+                reason: LeaveReason::Offline,
+                ..
+            }
+        ));
+        assert!(!r.is_member(&uid("a")));
+
+        for exempt in ["owner", "adm"] {
+            r.apply(presence(exempt, false, 0)).unwrap();
+            assert_eq!(
+                r.apply(expire(exempt, i64::MAX / 2)).unwrap(),
+                Effects::default()
+            );
+            assert!(r.is_member(&uid(exempt)));
+        }
+        assert_eq!(
+            r.apply(presence("stranger", false, 0)).unwrap(),
+            Effects::default()
+        );
+    }
+
+    #[test]
+    fn big_rooms_tell_only_staff_about_joins() {
+        let mut r = Room::create(
+            RoomId::from_u64(1),
+            uid("owner"),
+            spec(100),
+            vec![],
+            &Limits {
+                join_event_threshold: 3,
+                ..Limits::default()
+            },
+            0,
+        )
+        .unwrap();
+        let to = |fx: Effects| fx.events[0].to.clone();
+        assert_eq!(
+            to(r.apply(Command::Join { user: uid("a") }).unwrap()),
+            Audience::MembersExcept(uid("a"))
+        );
+        assert_eq!(
+            to(r.apply(Command::Join { user: uid("b") }).unwrap()),
+            Audience::MembersExcept(uid("b"))
+        );
+        assert_eq!(
+            to(r.apply(Command::Join { user: uid("c") }).unwrap()),
+            Audience::StaffExcept(uid("c"))
+        );
+        let leave = Command::Leave {
+            user: uid("c"),
+            owner_may_leave: true,
+        };
+        assert_eq!(to(r.apply(leave).unwrap()), Audience::StaffExcept(uid("c")));
+        let leave = Command::Leave {
+            user: uid("b"),
+            owner_may_leave: true,
+        };
+        assert_eq!(
+            to(r.apply(leave).unwrap()),
+            Audience::MembersExcept(uid("b"))
+        );
     }
 }

@@ -16,6 +16,7 @@ fn record(id: u64, name: &str) -> RoomRecord {
             description: "d".into(),
             welcome_message: String::new(),
             max_users: 300,
+            offline_grace_ms: Some(1_000),
         },
         owner: uid("owner"),
         admins: vec![uid("adm")],

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_engine::{Core, CoreConfig, Location};
-use roomcast_model::{ChatError, Limits, UserId};
+use roomcast_engine::{Core, CoreConfig, Location, RoomStats};
+use roomcast_model::{ChatError, Limits, RoomId, UserId};
 
 use crate::{ChatClient, ChatOptions, Clock, Durability};
 
@@ -179,8 +179,19 @@ impl Engine {
         options: ChatOptions,
     ) -> Result<ChatClient, ChatError> {
         let user = UserId::new(user.as_ref())?;
-        let session = self.core.session(user)?;
+        let session = self.core.open_client(user)?;
         Ok(ChatClient::new(self.core.clone(), session, options))
+    }
+
+    /// A room's counters: members, online members, messages accepted and dropped by priority.
+    pub async fn room_stats(&self, room_id: &RoomId) -> Result<RoomStats, ChatError> {
+        self.core.room_stats(*room_id).await
+    }
+
+    /// Deliveries dropped engine-wide (since the process started) because a client's event
+    /// queue was full.
+    pub fn overflowed_deliveries(&self) -> u64 {
+        roomcast_engine::overflowed_deliveries()
     }
 
     /// The engine's limits.

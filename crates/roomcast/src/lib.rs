@@ -45,22 +45,27 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod chat_manager;
 mod client;
 mod engine;
 mod options;
 mod room_manager;
 
+pub use chat_manager::ChatManager;
 pub use client::ChatClient;
 pub use engine::{Engine, EngineBuilder};
 pub use options::ChatOptions;
 pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
 
 pub use roomcast_engine::{
-    ChatRoomEventHandler, ClientEvent, Clock, Durability, EventStream, ManualClock, SystemClock,
+    ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability, EventStream,
+    ManualClock, RoomStats, SystemClock,
 };
 pub use roomcast_model::{
-    ChatError, ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode,
-    LeaveReason, Limits, RoomId, Timestamp, UserId,
+    AttributeValue, ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom,
+    ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery, LeaveReason, Limits,
+    MessageBody, MessageData, MessageId, MessagePriority, OutgoingMessage, RoomId,
+    RoomMessageStats, SearchDirection, Timestamp, UserId,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.
@@ -69,6 +74,7 @@ trait AssertSendSyncClone: Send + Sync + Clone + 'static {}
 impl AssertSendSyncClone for Engine {}
 impl AssertSendSyncClone for ChatClient {}
 impl AssertSendSyncClone for ChatRoomManager {}
+impl AssertSendSyncClone for ChatManager {}
 #[allow(dead_code)]
 trait AssertSend: Send + 'static {}
 impl AssertSend for EventStream {}

@@ -20,6 +20,9 @@ pub struct CreateChatRoomOptions {
     /// The most members the room may hold. Default: the engine's `default_max_users` (300, as
     /// the SDK), and at most its `max_users_cap`.
     pub max_users: Option<u32>,
+    /// How long a member may be offline before it is removed. Default: the engine's
+    /// (`Limits::offline_grace_ms`, 5 minutes).
+    pub offline_grace: Option<std::time::Duration>,
 }
 
 impl CreateChatRoomOptions {
@@ -31,7 +34,14 @@ impl CreateChatRoomOptions {
             welcome_message: String::new(),
             members: Vec::new(),
             max_users: None,
+            offline_grace: None,
         }
+    }
+
+    /// Sets this room's offline grace period.
+    pub fn offline_grace(mut self, grace: std::time::Duration) -> Self {
+        self.offline_grace = Some(grace);
+        self
     }
 
     /// Sets the description.
@@ -75,7 +85,7 @@ pub struct ChatRoomManager {
 
 impl ChatRoomManager {
     fn user(&self) -> &UserId {
-        self.client.session.user()
+        self.client.session().user()
     }
 
     /// Creates a room; only an app super admin may (703 otherwise). The creator becomes owner
@@ -107,12 +117,13 @@ impl ChatRoomManager {
         &self,
         options: CreateChatRoomOptions,
     ) -> Result<ChatRoom, ChatError> {
-        let limits = self.client.core.limits();
+        let limits = self.client.core().limits();
         let spec = RoomSpec {
             name: options.name,
             description: options.description,
             welcome_message: options.welcome_message,
             max_users: options.max_users.unwrap_or(limits.default_max_users),
+            offline_grace_ms: options.offline_grace.map(|d| d.as_millis() as u64),
         };
         let members = options
             .members
@@ -120,8 +131,8 @@ impl ChatRoomManager {
             .map(|m| UserId::new(m))
             .collect::<Result<Vec<_>, _>>()?;
         self.client
-            .core
-            .create_room(&self.client.session, spec, members)
+            .core()
+            .create_room(self.client.session(), spec, members)
             .await
     }
 
@@ -129,7 +140,7 @@ impl ChatRoomManager {
     /// `on_chat_room_destroyed` and then `on_removed_from_chat_room` with reason `Destroyed`;
     /// all are removed at once, and later calls on the room fail with 705.
     pub async fn destroy_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
-        self.client.core.destroy_room(self.user(), *room_id).await
+        self.client.core().destroy_room(self.user(), *room_id).await
     }
 
     /// Joins a room and returns it. The other members get `on_member_joined_from_chat_room`.
@@ -137,8 +148,8 @@ impl ChatRoomManager {
     /// full room is 704, a blocked user 707, an unknown room 705.
     pub async fn join_chat_room(&self, room_id: &RoomId) -> Result<ChatRoom, ChatError> {
         self.client
-            .core
-            .join_room(&self.client.session, *room_id)
+            .core()
+            .join_room(self.client.session(), *room_id)
             .await
     }
 
@@ -148,7 +159,7 @@ impl ChatRoomManager {
     pub async fn leave_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
         let owner_may_leave = self.client.options.is_chat_room_owner_leave_allowed;
         self.client
-            .core
+            .core()
             .leave_room(self.user(), *room_id, owner_may_leave)
             .await
     }
@@ -160,7 +171,7 @@ impl ChatRoomManager {
         &self,
         room_id: &RoomId,
     ) -> Result<ChatRoom, ChatError> {
-        self.client.core.room_info(self.user(), *room_id).await
+        self.client.core().room_info(self.user(), *room_id).await
     }
 
     /// One page of the public room list, newest first. Pages are numbered from 1; the page size
@@ -171,7 +182,7 @@ impl ChatRoomManager {
         page_num: u32,
         page_size: u32,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
-        self.client.core.public_rooms(page_num, page_size, None)
+        self.client.core().public_rooms(page_num, page_size, None)
     }
 
     /// Like [`ChatRoomManager::fetch_public_chat_rooms_from_server`], only rooms whose name
@@ -183,7 +194,7 @@ impl ChatRoomManager {
         page_size: u32,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
         self.client
-            .core
+            .core()
             .public_rooms(page_num, page_size, Some(name_contains))
     }
 
@@ -191,13 +202,13 @@ impl ChatRoomManager {
     /// with the same id). Handlers run on the engine's callback threads, never on a room.
     pub fn add_event_handler(&self, id: impl Into<String>, handler: impl ChatRoomEventHandler) {
         self.client
-            .session
+            .session()
             .add_room_handler(id.into(), Arc::new(handler));
     }
 
     /// Removes the handler registered under `id`; true if there was one. Once this returns, the
     /// handler gets nothing more.
     pub fn remove_event_handler(&self, id: &str) -> bool {
-        self.client.session.remove_room_handler(id)
+        self.client.session().remove_room_handler(id)
     }
 }

@@ -1,0 +1,88 @@
+//! The engine's timers: deadlines on the engine's [`Clock`], fired by one task.
+//!
+//! Rooms schedule checks (an offline member's grace period) here instead of running a timer
+//! each. One task on the callback runtime keeps a heap of deadlines and, when one is due by the
+//! engine clock, sends the room its check. It wakes when the earliest deadline is due in real
+//! time, when a new deadline is scheduled, and when a [`crate::ManualClock`] is moved, so tests
+//! drive grace periods by moving the clock, never by sleeping.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use roomcast_model::{RoomId, Timestamp, UserId};
+use tokio::sync::Notify;
+
+use crate::room_actor::ExpireOffline;
+use crate::Shared;
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Timestamp,
+    room: RoomId,
+    user: UserId,
+}
+
+#[derive(Default)]
+pub(crate) struct Timers {
+    heap: Mutex<BinaryHeap<Reverse<Due>>>,
+    changed: Notify,
+}
+
+impl Timers {
+    /// Asks `room` to check `user`'s offline grace at `at` (engine clock).
+    pub(crate) fn schedule_offline_check(&self, at: Timestamp, room: RoomId, user: UserId) {
+        self.heap.lock().push(Reverse(Due { at, room, user }));
+        self.changed.notify_one();
+    }
+
+    pub(crate) fn stop(&self) {
+        self.heap.lock().clear();
+    }
+}
+
+/// Runs until the engine's runtime shuts down.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut clock_changes = shared.clock.changes();
+    loop {
+        let now = shared.clock.now_ms();
+        let next = {
+            let mut heap = shared.timers.heap.lock();
+            let mut due = Vec::new();
+            while heap.peek().is_some_and(|Reverse(d)| d.at <= now) {
+                if let Some(Reverse(d)) = heap.pop() {
+                    due.push(d);
+                }
+            }
+            drop(heap);
+            for d in due {
+                if let Some(addr) = shared.directory.get(d.room).and_then(|e| e.live_actor()) {
+                    addr.do_send(ExpireOffline { user: d.user });
+                }
+            }
+            shared.timers.heap.lock().peek().map(|Reverse(d)| d.at)
+        };
+        // Sleep until the earliest deadline in real time (at most a second, so that a clock
+        // that jumps is noticed), or until something changes.
+        let wait = next.map_or(Duration::from_secs(1), |at| {
+            Duration::from_millis((at - now).clamp(1, 1_000) as u64)
+        });
+        match &mut clock_changes {
+            Some(changes) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shared.timers.changed.notified() => {}
+                    r = changes.changed() => if r.is_err() { clock_changes = None; },
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shared.timers.changed.notified() => {}
+                }
+            }
+        }
+    }
+}

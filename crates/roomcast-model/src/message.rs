@@ -1,0 +1,317 @@
+//! Chat-room messages: what a member sends and what every other member receives.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChatError, RoomId, Timestamp, UserId};
+
+/// A message's engine-wide unique id. Ids grow with time: a later message has a larger id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(u64);
+
+impl MessageId {
+    /// Wraps a raw id.
+    pub const fn from_u64(raw: u64) -> MessageId {
+        MessageId(raw)
+    }
+
+    /// The raw number.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// A message's priority in a chat room (the SDK's `ChatRoomMessagePriority`). Under overload a
+/// room drops low first, then normal, then high.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MessagePriority {
+    /// Dropped first.
+    Low,
+    /// The default.
+    Normal,
+    /// Dropped last. Messages from the owner, admins and allow-listed members count as high.
+    High,
+}
+
+/// A message's content (the SDK's message bodies that chat rooms carry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageBody {
+    /// A text message.
+    Text {
+        /// The text.
+        content: String,
+    },
+    /// A custom message: an application-defined event name with key-value parameters.
+    Custom {
+        /// The event name.
+        event: String,
+        /// The parameters.
+        params: BTreeMap<String, String>,
+    },
+}
+
+impl MessageBody {
+    fn size(&self) -> usize {
+        match self {
+            MessageBody::Text { content } => content.len(),
+            MessageBody::Custom { event, params } => {
+                event.len() + params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            }
+        }
+    }
+}
+
+/// The value of a message's extension attribute (the SDK's `attributes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AttributeValue {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A string.
+    String(String),
+    /// A JSON document, kept as text.
+    Json(String),
+}
+
+impl AttributeValue {
+    fn size(&self) -> usize {
+        match self {
+            AttributeValue::Bool(_) => 1,
+            AttributeValue::Int(_) | AttributeValue::Float(_) => 8,
+            AttributeValue::String(s) | AttributeValue::Json(s) => s.len(),
+        }
+    }
+}
+
+/// A message to send to a room. The engine assigns the id, sequence number and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// The room to send to.
+    pub room_id: RoomId,
+    /// The content.
+    pub body: MessageBody,
+    /// Extension attributes. Default none.
+    pub attributes: BTreeMap<String, AttributeValue>,
+    /// The priority. Default normal.
+    pub priority: MessagePriority,
+}
+
+impl OutgoingMessage {
+    /// A text message to `room_id` (the SDK's `createTxtSendMessage`).
+    pub fn text(room_id: RoomId, content: impl Into<String>) -> OutgoingMessage {
+        OutgoingMessage {
+            room_id,
+            body: MessageBody::Text {
+                content: content.into(),
+            },
+            attributes: BTreeMap::new(),
+            priority: MessagePriority::Normal,
+        }
+    }
+
+    /// A custom message to `room_id` (the SDK's `createCustomSendMessage`).
+    pub fn custom(
+        room_id: RoomId,
+        event: impl Into<String>,
+        params: BTreeMap<String, String>,
+    ) -> OutgoingMessage {
+        OutgoingMessage {
+            room_id,
+            body: MessageBody::Custom {
+                event: event.into(),
+                params,
+            },
+            attributes: BTreeMap::new(),
+            priority: MessagePriority::Normal,
+        }
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: MessagePriority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Adds an extension attribute.
+    pub fn with_attribute(mut self, key: impl Into<String>, value: AttributeValue) -> Self {
+        self.attributes.insert(key.into(), value);
+        self
+    }
+
+    /// The size that counts against the limit: the body plus the attributes' keys and values,
+    /// in bytes.
+    pub fn size(&self) -> usize {
+        self.body.size()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.size())
+                .sum::<usize>()
+    }
+
+    /// Checks the message's form: 500 for an empty text or event name, 510 if over `max_bytes`.
+    pub fn validate(&self, max_bytes: usize) -> Result<(), ChatError> {
+        match &self.body {
+            MessageBody::Text { content } if content.is_empty() => {
+                return Err(ChatError::MessageInvalid("empty text".into()))
+            }
+            MessageBody::Custom { event, .. } if event.is_empty() => {
+                return Err(ChatError::MessageInvalid("empty custom event name".into()))
+            }
+            _ => {}
+        }
+        let size = self.size();
+        if size > max_bytes {
+            return Err(ChatError::MessageSizeLimit {
+                size,
+                limit: max_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A message as the room sent it (the SDK's `ChatMessage`). Cloning is shallow: one message
+/// delivered to ten thousand members is one allocation.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage(Arc<MessageData>);
+
+/// The fields of a [`ChatMessage`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageData {
+    /// Unique id.
+    pub msg_id: MessageId,
+    /// The room.
+    pub room_id: RoomId,
+    /// The sender.
+    pub from: UserId,
+    /// The room's sequence number: 1 for the room's first message, then +1 each. Members see
+    /// a room's messages in this order.
+    pub seq: u64,
+    /// When the room accepted it (ms since the Unix epoch).
+    pub server_time: Timestamp,
+    /// The content.
+    pub body: MessageBody,
+    /// Extension attributes.
+    pub attributes: BTreeMap<String, AttributeValue>,
+    /// The priority it was sent with.
+    pub priority: MessagePriority,
+}
+
+impl ChatMessage {
+    /// Wraps message data.
+    pub fn new(data: MessageData) -> ChatMessage {
+        ChatMessage(Arc::new(data))
+    }
+
+    /// Unique id.
+    pub fn msg_id(&self) -> MessageId {
+        self.0.msg_id
+    }
+    /// The room.
+    pub fn room_id(&self) -> RoomId {
+        self.0.room_id
+    }
+    /// The sender.
+    pub fn from(&self) -> &UserId {
+        &self.0.from
+    }
+    /// The room's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.0.seq
+    }
+    /// Server time (ms since the Unix epoch).
+    pub fn server_time(&self) -> Timestamp {
+        self.0.server_time
+    }
+    /// The content.
+    pub fn body(&self) -> &MessageBody {
+        &self.0.body
+    }
+    /// The text, for a text message.
+    pub fn text(&self) -> Option<&str> {
+        match &self.0.body {
+            MessageBody::Text { content } => Some(content),
+            MessageBody::Custom { .. } => None,
+        }
+    }
+    /// Extension attributes.
+    pub fn attributes(&self) -> &BTreeMap<String, AttributeValue> {
+        &self.0.attributes
+    }
+    /// The priority it was sent with.
+    pub fn priority(&self) -> MessagePriority {
+        self.0.priority
+    }
+    /// All fields.
+    pub fn data(&self) -> &MessageData {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ChatMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The body is left out on purpose: message content is not for logs.
+        f.debug_struct("ChatMessage")
+            .field("msg_id", &self.0.msg_id)
+            .field("room_id", &self.0.room_id)
+            .field("from", &self.0.from)
+            .field("seq", &self.0.seq)
+            .field("priority", &self.0.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let room = RoomId::from_u64(1);
+        let cases: Vec<(OutgoingMessage, Option<u32>)> = vec![
+            (OutgoingMessage::text(room, "hi"), None),
+            (OutgoingMessage::text(room, ""), Some(500)),
+            (
+                OutgoingMessage::custom(room, "", BTreeMap::new()),
+                Some(500),
+            ),
+            (OutgoingMessage::text(room, "x".repeat(5120)), None),
+            (OutgoingMessage::text(room, "x".repeat(5121)), Some(510)),
+            (
+                OutgoingMessage::text(room, "x".repeat(5000))
+                    .with_attribute("k", AttributeValue::String("v".repeat(200))),
+                Some(510),
+            ),
+            (
+                OutgoingMessage::custom(
+                    room,
+                    "gift",
+                    BTreeMap::from([("k".to_string(), "v".repeat(5200))]),
+                ),
+                Some(510),
+            ),
+        ];
+        for (m, expect) in cases {
+            assert_eq!(m.validate(5120).err().map(|e| e.code()), expect, "{m:?}");
+        }
+    }
+}

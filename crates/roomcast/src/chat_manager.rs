@@ -1,0 +1,78 @@
+//! `ChatManager`: sending and fetching messages.
+
+use std::sync::Arc;
+
+use roomcast_model::{
+    ChatCursorResult, ChatError, ChatMessage, HistoryQuery, OutgoingMessage, RoomId,
+};
+
+use crate::{ChatClient, ChatEventHandler};
+
+/// The message calls of one client (the SDK's `ChatManager`). Cloning is shallow.
+#[derive(Clone)]
+pub struct ChatManager {
+    pub(crate) client: ChatClient,
+}
+
+impl ChatManager {
+    /// Sends a message to a room and returns it as the room accepted it, with its engine-wide
+    /// id, the room's next sequence number and the server time. Every other member online gets it
+    /// through `on_messages_received`; the sender does not get it back.
+    ///
+    /// Fails with 500 for an empty text or event name, 510 if the body and attributes are over
+    /// the size limit (5 KB), 702 if the sender is not in the room, 210 if blocked, 215 if muted,
+    /// 219 if the room is all-muted and the sender is not the owner, an admin or allow-listed,
+    /// and 4 if the room is over its delivery threshold and dropped this message by priority.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{CreateChatRoomOptions, Engine, MessagePriority, OutgoingMessage};
+    /// let engine = Engine::builder().build().await?;
+    /// engine.add_super_admin("host").await?;
+    /// let host = engine.login("host").await?;
+    /// let room = host
+    ///     .chat_room_manager()
+    ///     .create_chat_room(CreateChatRoomOptions::new("stream"))
+    ///     .await?;
+    /// let sent = host
+    ///     .chat_manager()
+    ///     .send_message(OutgoingMessage::text(room.room_id, "welcome!").with_priority(MessagePriority::High))
+    ///     .await?;
+    /// assert_eq!(sent.seq(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_message(&self, message: OutgoingMessage) -> Result<ChatMessage, ChatError> {
+        self.client
+            .core()
+            .send_message(self.client.current_user_id(), message)
+            .await
+    }
+
+    /// A page of a room's retained history (the SDK's `fetchHistoryMessages`), for a member of
+    /// the room (702 otherwise). `HistoryQuery::newest(n)` pages back from the newest;
+    /// `HistoryQuery::after(seq, n)` fetches what came after the last message seen, without gaps
+    /// or duplicates while it is retained. The page size is 1 to 200 (110 otherwise).
+    pub async fn fetch_history_messages(
+        &self,
+        room_id: &RoomId,
+        query: HistoryQuery,
+    ) -> Result<ChatCursorResult<ChatMessage>, ChatError> {
+        self.client
+            .core()
+            .fetch_history(self.client.current_user_id(), *room_id, query)
+            .await
+    }
+
+    /// Registers a message handler under `id`, replacing any with the same id.
+    pub fn add_event_handler(&self, id: impl Into<String>, handler: impl ChatEventHandler) {
+        self.client
+            .session()
+            .add_chat_handler(id.into(), Arc::new(handler));
+    }
+
+    /// Removes the message handler under `id`; true if there was one. Once this returns, the
+    /// handler gets nothing more.
+    pub fn remove_event_handler(&self, id: &str) -> bool {
+        self.client.session().remove_chat_handler(id)
+    }
+}

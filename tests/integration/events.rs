@@ -274,11 +274,17 @@ async fn a_stream_that_is_not_read_loses_its_oldest_events_and_says_how_many() {
     let alice = engine.login("alice").await.unwrap();
     let room = create_room(&alice, "r").await;
     let mut stream = alice.events();
+    let rec = record(&alice, "a");
+    let counter = inbox(&alice, "missed counter");
     for n in 0..30 {
         join(&engine, &format!("u{n}"), room.room_id).await;
     }
-    // Nothing reads the stream until all 30 joins are done. Whether the oldest events were
-    // dropped from the client's queue or from the stream's, the stream accounts for all 30.
+    // Wait until the dispatcher has handled (or counted as missed) all 30, so that they have
+    // all gone to the stream, which nobody has read: it must have overflowed.
+    rec.wait_until("all 30 joins handled or missed", |e| {
+        e.len() as u64 + counter.missed() == 30
+    })
+    .await;
     let mut missed = 0;
     let mut seen = Vec::new();
     while seen.len() + missed as usize != 30 {

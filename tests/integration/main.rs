@@ -16,3 +16,9 @@ mod persistence;
 
 /// Use from plain tokio runtimes, shutdown, concurrency, bad input.
 mod runtime;
+
+/// Sending, receiving, priorities, replay, history, ordering, slow consumers.
+mod messages;
+
+/// Online, offline, the grace period, automatic removal, resuming.
+mod presence;

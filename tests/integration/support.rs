@@ -246,3 +246,125 @@ pub fn exited(room: &ChatRoom, who: &str) -> ChatRoomEvent {
         participant: uid(who),
     }
 }
+
+/// A message handler that records what it gets.
+#[derive(Default, Clone)]
+pub struct Inbox {
+    inner: Arc<InboxInner>,
+}
+
+#[derive(Default)]
+struct InboxInner {
+    messages: Mutex<Vec<roomcast::ChatMessage>>,
+    calls: Mutex<usize>,
+    missed: Mutex<u64>,
+    changed: Notify,
+}
+
+impl Inbox {
+    /// Everything received so far.
+    pub fn messages(&self) -> Vec<roomcast::ChatMessage> {
+        self.inner.messages.lock().clone()
+    }
+
+    /// The texts received so far.
+    pub fn texts(&self) -> Vec<String> {
+        self.messages()
+            .iter()
+            .map(|m| m.text().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The sequence numbers received so far.
+    pub fn seqs(&self) -> Vec<u64> {
+        self.messages().iter().map(|m| m.seq()).collect()
+    }
+
+    /// How many `on_messages_received` calls there were.
+    pub fn calls(&self) -> usize {
+        *self.inner.calls.lock()
+    }
+
+    /// The sum of the missed counts reported.
+    pub fn missed(&self) -> u64 {
+        *self.inner.missed.lock()
+    }
+
+    /// Waits (up to [`DEADLINE`]) until `done` holds.
+    pub async fn wait_until(&self, what: &str, done: impl Fn(&Inbox) -> bool) {
+        let wait = async {
+            loop {
+                let notified = self.inner.changed.notified();
+                if done(self) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(DEADLINE, wait).await.is_err() {
+            panic!(
+                "timed out waiting for {what}; got seqs {:?}, missed {}",
+                self.seqs(),
+                self.missed()
+            );
+        }
+    }
+
+    /// Waits until at least `n` messages arrived.
+    pub async fn wait_for_count(&self, n: usize) {
+        self.wait_until(&format!("{n} messages"), |i| i.messages().len() >= n)
+            .await;
+    }
+}
+
+impl roomcast::ChatEventHandler for Inbox {
+    fn on_messages_received(&self, messages: &[roomcast::ChatMessage]) {
+        self.inner.messages.lock().extend_from_slice(messages);
+        *self.inner.calls.lock() += 1;
+        self.inner.changed.notify_waiters();
+    }
+
+    fn on_events_missed(&self, count: u64) {
+        *self.inner.missed.lock() += count;
+        self.inner.changed.notify_waiters();
+    }
+}
+
+/// Registers a fresh [`Inbox`] on `client` under `id`.
+pub fn inbox(client: &ChatClient, id: &str) -> Inbox {
+    let inbox = Inbox::default();
+    client.chat_manager().add_event_handler(id, inbox.clone());
+    inbox
+}
+
+/// Sends a text message as `client`.
+pub async fn say(client: &ChatClient, room: RoomId, text: &str) -> roomcast::ChatMessage {
+    client
+        .chat_manager()
+        .send_message(roomcast::OutgoingMessage::text(room, text))
+        .await
+        .unwrap()
+}
+
+/// An engine built from `limits` (and optionally a clock) with `admin` as super admin.
+pub async fn engine_with(
+    limits: roomcast::Limits,
+    clock: Option<roomcast::ManualClock>,
+    admin: &str,
+) -> (Engine, ChatClient) {
+    let mut builder = Engine::builder().limits(limits);
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
+    }
+    let engine = builder.build().await.unwrap();
+    engine.add_super_admin(admin).await.unwrap();
+    let client = engine.login(admin).await.unwrap();
+    (engine, client)
+}
+
+/// Limits with the per-room delivery threshold off (for tests that send many messages).
+pub fn unthrottled() -> roomcast::Limits {
+    let mut limits = roomcast::Limits::default();
+    limits.room_delivery_rate = None;
+    limits
+}

@@ -42,6 +42,10 @@ enum Job {
     DropRoom {
         room: RoomId,
     },
+    SetOnline {
+        mailbox: Arc<Mailbox>,
+        online: bool,
+    },
     Stop,
 }
 
@@ -121,6 +125,15 @@ impl Fanout {
         if !items.is_empty() {
             Self::send(self.shard_of(mailbox.id()), Job::SendTo { mailbox, items });
         }
+    }
+
+    /// Sets a mailbox's presence in order with its deliveries: what rooms sent before the change
+    /// is delivered (or not) as the mailbox was before it.
+    pub(crate) fn set_online(&self, mailbox: Arc<Mailbox>, online: bool) {
+        Self::send(
+            self.shard_of(mailbox.id()),
+            Job::SetOnline { mailbox, online },
+        );
     }
 
     pub(crate) fn drop_room(&self, room: RoomId) {
@@ -257,6 +270,7 @@ fn apply(rooms: &mut HashMap<RoomId, RoomSlice>, job: Job) -> bool {
         Job::DropRoom { room } => {
             rooms.remove(&room);
         }
+        Job::SetOnline { mailbox, online } => mailbox.set_online(online),
         Job::Broadcast { room, item, except } => {
             flush(
                 rooms,

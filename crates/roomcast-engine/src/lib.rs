@@ -363,12 +363,18 @@ impl Core {
         Ok(())
     }
 
-    /// Tells every room the session is in that it went offline or came back.
+    /// Tells the session's mailbox (through its shard) and every room the session is in that it
+    /// went offline or came back.
     fn presence_changed(&self, session: &Session, online: bool) {
         if self.is_stopped() {
             return;
         }
+        self.inner
+            .shared
+            .fanout
+            .set_online(session.mailbox().clone(), online);
         tracing::debug!(user = %session.user(), online, "presence changed");
+        let at = self.now_ms();
         for room in session.rooms() {
             if let Some(addr) = self
                 .inner
@@ -380,6 +386,7 @@ impl Core {
                 addr.do_send(SetPresence {
                     user: session.user().clone(),
                     online,
+                    at,
                 });
             }
         }

@@ -68,10 +68,12 @@ impl Message for RoomCall {
     type Result = Result<Replied, ChatError>;
 }
 
-/// A member's session went offline or came back.
+/// A member's session went offline or came back, at `at` (engine clock): the time of the
+/// change, not of its processing, so the grace period runs from when the member left.
 pub(crate) struct SetPresence {
     pub(crate) user: UserId,
     pub(crate) online: bool,
+    pub(crate) at: i64,
 }
 
 impl Message for SetPresence {
@@ -97,6 +99,7 @@ pub(crate) struct RoomActor {
     shared: Arc<Shared>,
     store: Store,
     exit: ExitGuard,
+    started_at: i64,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -128,6 +131,8 @@ pub(crate) struct RoomStart {
     pub(crate) store: Store,
     pub(crate) supervisor: Addr<Supervisor>,
     pub(crate) generation: u64,
+    /// When the room was created or activated (engine clock).
+    pub(crate) now: i64,
 }
 
 impl RoomActor {
@@ -146,6 +151,7 @@ impl RoomActor {
             shared: start.shared,
             store: start.store,
             exit,
+            started_at: start.now,
         }
     }
 
@@ -295,7 +301,8 @@ impl Actor for RoomActor {
             session.entered(room_id);
             self.shared.fanout.add(room_id, session.mailbox().clone());
         }
-        let now = self.now();
+        // Members added at creation without a client are offline from the room's creation.
+        let now = self.started_at;
         let offline: Vec<UserId> = self
             .sessions
             .values()
@@ -403,11 +410,10 @@ impl Handler<SetPresence> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: SetPresence, ctx: &mut Context<Self>) {
-        let now = self.now();
         let command = Command::SetPresence {
             user: msg.user,
             online: msg.online,
-            now,
+            now: msg.at,
         };
         self.presence(command, ctx);
     }

@@ -188,17 +188,15 @@ impl Session {
         self.presence.lock().online()
     }
 
-    /// Applies `change` to the presence; returns the new online state if it changed.
+    /// Applies `change` to the presence; returns the new online state if it changed. The
+    /// caller passes the change on to the mailbox through its fan-out shard, so that it takes
+    /// effect in order with the deliveries.
     fn change_presence(&self, change: impl FnOnce(&mut Presence)) -> Option<bool> {
         let mut presence = self.presence.lock();
         let before = presence.online();
         change(&mut presence);
         let after = presence.online();
-        if before == after {
-            return None;
-        }
-        self.mailbox.set_online(after);
-        Some(after)
+        (before != after).then_some(after)
     }
 
     /// A client of this user appeared; `Some(true)` if the session came online.

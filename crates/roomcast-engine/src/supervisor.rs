@@ -67,6 +67,7 @@ impl Supervisor {
             store: self.store.clone(),
             supervisor: me,
             generation,
+            now: self.shared.clock.now_ms(),
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
         entry.set_actor(generation, addr.clone());

@@ -1,0 +1,253 @@
+use std::time::Duration;
+
+use roomcast::{ChatRoomEvent, CreateChatRoomOptions, HistoryQuery, LeaveReason, ManualClock};
+
+use crate::support::*;
+
+const GRACE: Duration = Duration::from_secs(5 * 60);
+
+async fn setup() -> (
+    ManualClock,
+    roomcast::Engine,
+    roomcast::ChatClient,
+    roomcast::ChatRoom,
+) {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "r").await;
+    (clock, engine, owner, room)
+}
+
+fn removed(room: &roomcast::ChatRoom, who: &str, reason: LeaveReason) -> ChatRoomEvent {
+    ChatRoomEvent::RemovedFromChatRoom {
+        room_id: room.room_id,
+        room_name: room.name.clone(),
+        participant: uid(who),
+        reason,
+    }
+}
+
+#[tokio::test]
+async fn offline_members_get_no_pushes_and_resume_from_history_without_gaps() {
+    let (clock, engine, owner, room) = setup().await;
+    let bob = join(&engine, "bob", room.room_id).await;
+    let bob_in = inbox(&bob, "b");
+    say(&owner, room.room_id, "before").await;
+    bob_in.wait_for_count(1).await;
+    let last_seen = bob_in.seqs()[0];
+
+    bob.disconnect().unwrap();
+    assert!(!bob.is_online());
+    for n in 0..5 {
+        say(&owner, room.room_id, &format!("while away {n}")).await;
+    }
+    clock.advance(GRACE - Duration::from_secs(1));
+    bob.reconnect().unwrap();
+    say(&owner, room.room_id, "after").await;
+    bob_in.wait_for_count(2).await;
+    assert_eq!(
+        bob_in.texts(),
+        ["before", "after"],
+        "nothing was pushed while offline"
+    );
+
+    let missed = bob
+        .chat_manager()
+        .fetch_history_messages(&room.room_id, HistoryQuery::after(last_seen, 50))
+        .await
+        .unwrap();
+    let texts: Vec<_> = missed
+        .data
+        .iter()
+        .map(|m| m.text().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "while away 0",
+            "while away 1",
+            "while away 2",
+            "while away 3",
+            "while away 4",
+            "after"
+        ]
+    );
+    // Still a member after the whole grace period has passed, because it came back in time.
+    clock.advance(GRACE * 2);
+    let info = owner
+        .chat_room_manager()
+        .fetch_chat_room_info_from_server(&room.room_id)
+        .await
+        .unwrap();
+    assert_eq!(info.member_count, 2);
+}
+
+#[tokio::test]
+async fn a_member_away_past_the_grace_period_is_removed() {
+    let (clock, engine, owner, room) = setup().await;
+    let owner_rec = record(&owner, "o");
+    let bob = join(&engine, "bob", room.room_id).await;
+    let bob_rec = record(&bob, "b");
+    let carol = join(&engine, "carol", room.room_id).await;
+    let carol_rec = record(&carol, "c");
+    owner_rec.wait_for_count(2).await;
+    bob_rec.wait_for_count(1).await;
+
+    bob.disconnect().unwrap();
+    clock.advance(GRACE - Duration::from_millis(1));
+    // Not yet: a sentinel join proves the check ran without removing bob.
+    join(&engine, "dave", room.room_id).await;
+    carol_rec.wait_for_count(1).await;
+    assert_eq!(carol_rec.events(), vec![joined(room.room_id, "dave")]);
+
+    clock.advance(Duration::from_millis(1));
+    carol_rec.wait_for_count(2).await;
+    assert_eq!(carol_rec.events()[1], exited(&room, "bob"));
+    owner_rec
+        .wait_until("bob's exit", |e| e.contains(&exited(&room, "bob")))
+        .await;
+    let info = owner
+        .chat_room_manager()
+        .fetch_chat_room_info_from_server(&room.room_id)
+        .await
+        .unwrap();
+    assert_eq!(info.member_count, 3);
+
+    // bob heard carol join before it went away, and nothing while it was away (not dave).
+    assert_eq!(bob_rec.events(), vec![joined(room.room_id, "carol")]);
+    bob.reconnect().unwrap();
+    bob_rec.wait_for_count(2).await;
+    assert_eq!(
+        bob_rec.events(),
+        vec![
+            joined(room.room_id, "carol"),
+            removed(&room, "bob", LeaveReason::Offline)
+        ]
+    );
+    let err = bob
+        .chat_room_manager()
+        .leave_chat_room(&room.room_id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 702);
+    bob.chat_room_manager()
+        .join_chat_room(&room.room_id)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn dropping_every_client_is_going_offline() {
+    let (clock, engine, owner, room) = setup().await;
+    let owner_rec = record(&owner, "o");
+    let bob = join(&engine, "bob", room.room_id).await;
+    let bob2 = engine.login("bob").await.unwrap();
+    drop(bob);
+    clock.advance(GRACE * 2);
+    // bob2 still holds the session online: a sentinel shows no removal happened.
+    join(&engine, "zed", room.room_id).await;
+    owner_rec.wait_for_count(2).await;
+    assert_eq!(
+        owner_rec.events(),
+        vec![joined(room.room_id, "bob"), joined(room.room_id, "zed")]
+    );
+    drop(bob2);
+    clock.advance(GRACE);
+    owner_rec
+        .wait_until("bob's exit", |e| e.contains(&exited(&room, "bob")))
+        .await;
+}
+
+#[tokio::test]
+async fn the_owner_admins_and_allow_listed_are_exempt() {
+    let (clock, engine, owner, room) = setup().await;
+    let watcher = join(&engine, "watcher", room.room_id).await;
+    let watcher_rec = record(&watcher, "w");
+    owner.disconnect().unwrap();
+    clock.advance(GRACE * 10);
+    let probe = join(&engine, "probe", room.room_id).await;
+    watcher_rec.wait_for_count(1).await;
+    assert_eq!(watcher_rec.events(), vec![joined(room.room_id, "probe")]);
+    let info = probe
+        .chat_room_manager()
+        .fetch_chat_room_info_from_server(&room.room_id)
+        .await
+        .unwrap();
+    assert_eq!(info.member_count, 3, "the owner is still in");
+}
+
+#[tokio::test]
+async fn a_room_may_set_its_own_grace_period() {
+    let (clock, engine, owner, _) = setup().await;
+    let room = owner
+        .chat_room_manager()
+        .create_chat_room(
+            CreateChatRoomOptions::new("quick").offline_grace(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let owner_rec = record(&owner, "o");
+    let bob = join(&engine, "bob", room.room_id).await;
+    bob.disconnect().unwrap();
+    clock.advance(Duration::from_secs(10));
+    owner_rec
+        .wait_until("bob's exit", |e| e.contains(&exited(&room, "bob")))
+        .await;
+}
+
+#[tokio::test]
+async fn members_added_at_creation_without_a_client_are_offline() {
+    let (clock, _engine, owner, _) = setup().await;
+    let room = owner
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("invited").members(["ghost"]))
+        .await
+        .unwrap();
+    assert_eq!(room.member_count, 2);
+    let owner_rec = record(&owner, "o");
+    clock.advance(GRACE);
+    owner_rec
+        .wait_until("ghost's exit", |e| e.contains(&exited(&room, "ghost")))
+        .await;
+}
+
+#[tokio::test]
+async fn in_big_rooms_only_staff_hear_joins_and_exits() {
+    let mut limits = unthrottled();
+    limits.join_event_threshold = 3;
+    let (engine, owner) = engine_with(limits, None, "owner").await;
+    let room = create_room(&owner, "big").await;
+    let owner_rec = record(&owner, "o");
+    let a = join(&engine, "a", room.room_id).await;
+    let a_rec = record(&a, "a");
+    for who in ["b", "c", "d", "e"] {
+        join(&engine, who, room.room_id).await;
+    }
+    engine
+        .login("e")
+        .await
+        .unwrap()
+        .chat_room_manager()
+        .leave_chat_room(&room.room_id)
+        .await
+        .unwrap();
+    owner_rec.wait_for_count(6).await;
+    let id = room.room_id;
+    assert_eq!(
+        owner_rec.events(),
+        vec![
+            joined(id, "a"),
+            joined(id, "b"),
+            joined(id, "c"),
+            joined(id, "d"),
+            joined(id, "e"),
+            exited(&room, "e"),
+        ]
+    );
+    // `a` heard only the joins while the room was at most 3 members (b; c made it 4).
+    say(&owner, id, "sentinel").await;
+    let a_in = inbox(&a, "a_in");
+    say(&owner, id, "sentinel 2").await;
+    a_in.wait_for_count(1).await;
+    assert_eq!(a_rec.events(), vec![joined(id, "b")]);
+}

@@ -3,6 +3,8 @@
 //! This package exists to hold the workspace's `examples/`, `benches/` and `tests/`; it is not
 //! published. Library users depend on the `roomcast` crate.
 
+pub mod fanout;
+
 /// Summary statistics of a set of latency samples, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Percentiles {

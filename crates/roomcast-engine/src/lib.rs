@@ -7,8 +7,11 @@
 //!
 //! The public API lives in the `roomcast` facade crate, which wraps [`Core`].
 
+#![forbid(unsafe_code)]
+
 mod clock;
 mod directory;
+mod dispatch;
 mod fanout;
 mod handler;
 mod mailbox;
@@ -18,7 +21,7 @@ mod supervisor;
 mod system;
 mod timers;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -82,9 +85,15 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) timers: timers::Timers,
     last_message_id: AtomicU64,
+    /// Every user's session, by user: the one table of sessions (rooms look members up here).
+    pub(crate) sessions: RwLock<HashSet<SessionKey>>,
 }
 
 impl Shared {
+    pub(crate) fn session_of(&self, user: &UserId) -> Option<Arc<Session>> {
+        self.sessions.read().get(user).map(|k| k.0.clone())
+    }
+
     /// A new engine-wide message id: larger than every earlier one, and growing with time
     /// (ms x 1000), so that ids stay unique across restarts.
     fn next_message_id(&self) -> MessageId {
@@ -102,6 +111,30 @@ impl Shared {
                 Err(actual) => last = actual,
             }
         }
+    }
+}
+
+/// A session in the session table, found by its user: the set holds one pointer per user
+/// instead of a key and a value.
+pub(crate) struct SessionKey(pub(crate) Arc<Session>);
+
+impl PartialEq for SessionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.user() == other.0.user()
+    }
+}
+
+impl Eq for SessionKey {}
+
+impl std::hash::Hash for SessionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.user().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<UserId> for SessionKey {
+    fn borrow(&self) -> &UserId {
+        self.0.user()
     }
 }
 
@@ -142,7 +175,7 @@ struct Inner {
     store: Mutex<Option<Store>>,
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     runtime_handle: tokio::runtime::Handle,
-    sessions: Mutex<HashMap<UserId, Arc<Session>>>,
+    pool: Arc<dispatch::DispatchPool>,
     super_admins: RwLock<HashSet<UserId>>,
     mailbox_capacity: usize,
     call_timeout: Option<Duration>,
@@ -200,7 +233,12 @@ impl Core {
             limits: config.limits,
             timers: timers::Timers::default(),
             last_message_id: AtomicU64::new(0),
+            sessions: RwLock::new(HashSet::new()),
         });
+        let pool = Arc::new(
+            dispatch::DispatchPool::start(threads.max(2))
+                .map_err(|e| ChatError::General(format!("cannot start the dispatch pool: {e}")))?,
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(2))
             .thread_name("roomcast-callbacks")
@@ -222,8 +260,8 @@ impl Core {
                 fanout_threads,
                 store: Mutex::new(Some(store)),
                 runtime_handle: runtime.handle().clone(),
+                pool,
                 runtime: Mutex::new(Some(runtime)),
-                sessions: Mutex::new(HashMap::new()),
                 super_admins: RwLock::new(super_admins),
                 mailbox_capacity: config.mailbox_capacity,
                 call_timeout: config.call_timeout,
@@ -281,9 +319,10 @@ impl Core {
         self.inner.system.wait().await;
         self.inner.shared.fanout.stop();
         self.inner.shared.timers.stop();
-        for session in self.inner.sessions.lock().values() {
+        for SessionKey(session) in self.inner.shared.sessions.read().iter() {
             session.close();
         }
+        self.inner.pool.stop();
         let store = self.inner.store.lock().take();
         if let Some(store) = store {
             if let Err(e) = store.flush_blocking() {
@@ -400,15 +439,16 @@ impl Core {
     /// The session of `user`, created (offline) on first use. Every client of a user shares it.
     pub fn session(&self, user: UserId) -> Result<Arc<Session>, ChatError> {
         self.check_running()?;
-        let mut sessions = self.inner.sessions.lock();
-        let session = sessions.entry(user.clone()).or_insert_with(|| {
-            Session::new(
-                user,
-                self.inner.mailbox_capacity,
-                self.inner.runtime_handle.clone(),
-            )
-        });
-        Ok(session.clone())
+        if let Some(session) = self.inner.shared.session_of(&user) {
+            return Ok(session);
+        }
+        let mut sessions = self.inner.shared.sessions.write();
+        if let Some(SessionKey(session)) = sessions.get(&user) {
+            return Ok(session.clone());
+        }
+        let session = Session::new(user, self.inner.mailbox_capacity, self.inner.pool.clone());
+        sessions.insert(SessionKey(session.clone()));
+        Ok(session)
     }
 
     /// The engine's limits.
@@ -498,7 +538,9 @@ impl Core {
         message: OutgoingMessage,
     ) -> Result<ChatMessage, ChatError> {
         message.validate(self.limits().message_max_bytes)?;
+        let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
         let op = RoomOp::Send {
+            except,
             from: from.clone(),
             msg_id: self.inner.shared.next_message_id(),
             message: message.clone(),
@@ -655,9 +697,10 @@ impl Drop for Inner {
         // Dropped without shutdown(): stop without waiting (we may be inside an async context).
         self.system.stop();
         self.shared.fanout.stop();
-        for session in self.sessions.lock().values() {
+        for SessionKey(session) in self.shared.sessions.read().iter() {
             session.close();
         }
+        self.pool.stop();
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
         }

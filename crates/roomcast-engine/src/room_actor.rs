@@ -36,6 +36,8 @@ pub(crate) enum RoomOp {
         viewer: UserId,
     },
     Send {
+        /// The sender's mailbox, which the message skips.
+        except: Option<u64>,
         from: UserId,
         message: OutgoingMessage,
         msg_id: MessageId,
@@ -92,9 +94,10 @@ impl Message for ExpireOffline {
 pub(crate) struct RoomActor {
     room: Room,
     history: History,
-    /// The session of each member, for targeted deliveries and presence. Broadcasts go through
-    /// the shards, which keep their own per-room lists of mailboxes.
-    sessions: HashMap<UserId, Arc<Session>>,
+    /// Sessions of the members added at creation, registered when the actor starts. Later,
+    /// members' sessions are looked up in the engine's one session table: a room keeps no second
+    /// per-member map (the shards keep the mailbox lists broadcasts walk).
+    initial: Vec<Arc<Session>>,
     entry: Arc<RoomEntry>,
     shared: Arc<Shared>,
     store: Store,
@@ -125,7 +128,7 @@ impl Drop for ExitGuard {
 /// Everything a room actor starts with.
 pub(crate) struct RoomStart {
     pub(crate) room: Room,
-    pub(crate) sessions: HashMap<UserId, Arc<Session>>,
+    pub(crate) sessions: Vec<Arc<Session>>,
     pub(crate) entry: Arc<RoomEntry>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) store: Store,
@@ -146,7 +149,7 @@ impl RoomActor {
         RoomActor {
             history: History::new(start.shared.limits.history_retention),
             room: start.room,
-            sessions: start.sessions,
+            initial: start.sessions,
             entry: start.entry,
             shared: start.shared,
             store: start.store,
@@ -191,58 +194,67 @@ impl RoomActor {
 
     /// Applies membership changes to the delivery tables, then delivers the events in order.
     fn deliver(&mut self, fx: Effects, joining: Option<Arc<Session>>) {
+        self.deliver_except(fx, joining, None)
+    }
+
+    fn deliver_except(&mut self, fx: Effects, joining: Option<Arc<Session>>, sender: Option<u64>) {
         let room_id = self.room.id();
-        let fanout = &self.shared.fanout;
+        let shared = &self.shared;
+        let fanout = &shared.fanout;
         if let Some(session) = joining {
-            for user in &fx.joined {
+            if !fx.joined.is_empty() {
                 session.entered(room_id);
                 fanout.add(room_id, session.mailbox().clone());
-                self.sessions.insert(user.clone(), session.clone());
             }
         }
         let mut gone = HashMap::with_capacity(fx.left.len());
         for user in fx.left {
-            if let Some(session) = self.sessions.remove(&user) {
+            if let Some(session) = shared.session_of(&user) {
                 session.exited(room_id);
                 fanout.remove(room_id, session.mailbox());
                 gone.insert(user, session);
             }
         }
+        let mailbox_of = |user: &UserId| {
+            gone.get(user)
+                .cloned()
+                .or_else(|| shared.session_of(user))
+                .map(|s| s.mailbox().clone())
+        };
         for out in fx.events {
             let item = ClientEvent::Room(Arc::new(out.event));
             match out.to {
                 Audience::Members => fanout.broadcast(room_id, item, None),
                 Audience::MembersExcept(user) => {
-                    let except = self.sessions.get(&user).map(|s| s.mailbox().id());
+                    let except = mailbox_of(&user).map(|m| m.id());
                     fanout.broadcast(room_id, item, except);
                 }
                 Audience::StaffExcept(user) => {
                     let record = self.room.record();
                     for staff in std::iter::once(&record.owner).chain(&record.admins) {
-                        if *staff != user {
-                            if let Some(s) = self.sessions.get(staff) {
-                                fanout.send_to(s.mailbox().clone(), vec![item.clone()]);
+                        if *staff != user && self.room.is_member(staff) {
+                            if let Some(mailbox) = mailbox_of(staff) {
+                                fanout.send_to(mailbox, vec![item.clone()]);
                             }
                         }
                     }
                 }
                 Audience::Users(users) => {
                     for user in users {
-                        if let Some(s) = self.sessions.get(&user).or(gone.get(&user)) {
-                            fanout.send_to(s.mailbox().clone(), vec![item.clone()]);
+                        if let Some(mailbox) = mailbox_of(&user) {
+                            fanout.send_to(mailbox, vec![item.clone()]);
                         }
                     }
                 }
             }
         }
         if let Some(message) = fx.message {
-            let except = self.sessions.get(message.from()).map(|s| s.mailbox().id());
             self.entry.set_last_seq(message.seq());
             self.history.push(message.clone());
-            fanout.broadcast(room_id, ClientEvent::Message(message), except);
+            fanout.broadcast(room_id, ClientEvent::Message(message), sender);
         }
         if let Some((user, at)) = fx.offline_check {
-            self.shared.timers.schedule_offline_check(at, room_id, user);
+            shared.timers.schedule_offline_check(at, room_id, user);
         }
         if fx.destroyed {
             fanout.drop_room(room_id);
@@ -297,15 +309,15 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let room_id = self.room.id();
-        for session in self.sessions.values() {
+        let initial = std::mem::take(&mut self.initial);
+        for session in &initial {
             session.entered(room_id);
             self.shared.fanout.add(room_id, session.mailbox().clone());
         }
         // Members added at creation without a client are offline from the room's creation.
         let now = self.started_at;
-        let offline: Vec<UserId> = self
-            .sessions
-            .values()
+        let offline: Vec<UserId> = initial
+            .iter()
             .filter(|s| !s.is_online())
             .map(|s| s.user().clone())
             .collect();
@@ -359,6 +371,7 @@ impl Handler<RoomCall> for RoomActor {
                 commit: None,
             }),
             RoomOp::Send {
+                except,
                 from,
                 message,
                 msg_id,
@@ -372,7 +385,7 @@ impl Handler<RoomCall> for RoomActor {
                 };
                 let fx = self.room.apply(command)?;
                 let sent = fx.message.clone();
-                self.deliver(fx, None);
+                self.deliver_except(fx, None, except);
                 match sent {
                     Some(message) => Ok(Replied {
                         reply: RoomReply::Message(message),
@@ -395,7 +408,12 @@ impl Handler<RoomCall> for RoomActor {
                 reply: RoomReply::Stats(RoomStats {
                     room_id: self.room.id(),
                     member_count: self.room.member_count(),
-                    online_count: self.sessions.values().filter(|s| s.is_online()).count(),
+                    online_count: self
+                        .room
+                        .members()
+                        .iter()
+                        .filter(|u| self.shared.session_of(u).is_some_and(|s| s.is_online()))
+                        .count(),
                     last_seq: self.room.last_seq(),
                     retained: self.history.len(),
                     messages: self.room.stats(),

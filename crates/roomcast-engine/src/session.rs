@@ -1,15 +1,13 @@
 //! A user's session: its mailbox, presence, rooms, handlers and event streams, and the
 //! dispatcher that feeds them.
 //!
-//! Every delivery for a user lands in the session's one mailbox. One dispatcher task per session
-//! (started when the first handler or stream is registered) drains it in batches on the engine's
-//! callback runtime and hands each event to every registered handler, then to every open stream.
-//! So handlers never run on a room actor or a fan-out shard, and one slow or panicking handler
-//! delays only its own session.
+//! Every delivery for a user lands in the session's one mailbox. Once the first handler or stream
+//! is registered, the dispatch pool (see `dispatch.rs`) drains it in batches and hands each event
+//! to every registered handler, then to every open stream. So handlers never run on a room actor
+//! or a fan-out shard, and a panicking handler is contained.
 
 use std::cell::Cell;
-use std::collections::{HashSet, VecDeque};
-use std::future::poll_fn;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +18,7 @@ use futures_core::Stream;
 use parking_lot::{Mutex, RwLock};
 use roomcast_model::{ChatMessage, ChatRoomEvent, RoomId, UserId};
 
+use crate::dispatch::DispatchPool;
 use crate::handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
 use crate::mailbox::{Mailbox, Received};
 
@@ -46,7 +45,7 @@ thread_local! {
 }
 
 struct HandlerEntry<H: ?Sized> {
-    id: String,
+    id: Box<str>,
     handler: Arc<H>,
     alive: AtomicBool,
     /// Held for reading while the handler runs; `remove` takes it for writing to wait out a
@@ -69,68 +68,69 @@ impl<H: ?Sized> HandlerEntry<H> {
     }
 }
 
+type Entries<H> = Arc<[Arc<HandlerEntry<H>>]>;
+
 /// Handlers by id, copy-on-write so the dispatcher takes a snapshot per batch without holding
-/// the lock while handlers run.
+/// the lock while handlers run. `None` while empty, so that a session without handlers
+/// allocates nothing here.
 struct Registry<H: ?Sized> {
-    entries: Mutex<Arc<[Arc<HandlerEntry<H>>]>>,
+    entries: Mutex<Option<Entries<H>>>,
 }
 
 impl<H: ?Sized> Default for Registry<H> {
     fn default() -> Self {
         Registry {
-            entries: Mutex::new(Arc::from(Vec::new())),
+            entries: Mutex::new(None),
         }
     }
 }
 
 impl<H: ?Sized> Registry<H> {
-    fn snapshot(&self) -> Arc<[Arc<HandlerEntry<H>>]> {
+    fn snapshot(&self) -> Option<Entries<H>> {
         self.entries.lock().clone()
+    }
+
+    fn set(entries: &mut Option<Entries<H>>, next: Vec<Arc<HandlerEntry<H>>>) {
+        *entries = (!next.is_empty()).then(|| next.into());
     }
 
     /// Adds `handler` under `id`; returns the entry it replaced.
     fn add(&self, id: String, handler: Arc<H>) -> Option<Arc<HandlerEntry<H>>> {
         let entry = Arc::new(HandlerEntry {
-            id,
+            id: id.into_boxed_str(),
             handler,
             alive: AtomicBool::new(true),
             gate: RwLock::new(()),
         });
         let mut entries = self.entries.lock();
-        let replaced = entries.iter().find(|h| h.id == entry.id).cloned();
-        let mut next: Vec<_> = entries
+        let current = entries.as_deref().unwrap_or_default();
+        let replaced = current.iter().find(|h| h.id == entry.id).cloned();
+        let mut next: Vec<_> = current
             .iter()
             .filter(|h| h.id != entry.id)
             .cloned()
             .collect();
         next.push(entry);
-        *entries = next.into();
+        Self::set(&mut entries, next);
         replaced
     }
 
     fn remove(&self, id: &str) -> Option<Arc<HandlerEntry<H>>> {
         let mut entries = self.entries.lock();
-        let found = entries.iter().find(|h| h.id == id).cloned();
+        let current = entries.as_deref().unwrap_or_default();
+        let found = current.iter().find(|h| &*h.id == id).cloned();
         if found.is_some() {
-            let next: Vec<_> = entries.iter().filter(|h| h.id != id).cloned().collect();
-            *entries = next.into();
+            let next: Vec<_> = current.iter().filter(|h| &*h.id != id).cloned().collect();
+            Self::set(&mut entries, next);
         }
         found
     }
 }
 
-/// What the dispatcher feeds: shared by the session and its dispatcher task.
-#[derive(Default)]
-struct Subscribers {
-    room_handlers: Registry<dyn ChatRoomEventHandler>,
-    chat_handlers: Registry<dyn ChatEventHandler>,
-    streams: Mutex<Vec<Arc<Mailbox>>>,
-}
-
 #[derive(Default)]
 struct Presence {
     /// Live `ChatClient` handles of this user.
-    clients: usize,
+    clients: u32,
     /// Set by an explicit disconnect, cleared by reconnect.
     disconnected: bool,
 }
@@ -145,38 +145,43 @@ impl Presence {
 pub struct Session {
     user: UserId,
     mailbox: Arc<Mailbox>,
-    subscribers: Arc<Subscribers>,
-    stream_capacity: usize,
-    dispatcher_started: AtomicBool,
-    runtime: tokio::runtime::Handle,
+    room_handlers: Registry<dyn ChatRoomEventHandler>,
+    chat_handlers: Registry<dyn ChatEventHandler>,
+    /// Open event streams; boxed because most sessions have none (8 bytes against 24).
+    #[allow(clippy::box_collection)]
+    streams: Mutex<Option<Box<Vec<Arc<Mailbox>>>>>,
+    attached: AtomicBool,
+    pool: Arc<DispatchPool>,
     presence: Mutex<Presence>,
-    rooms: Mutex<HashSet<RoomId>>,
+    /// The rooms the user is in: a few, so a vector.
+    rooms: Mutex<Vec<RoomId>>,
 }
 
 impl Session {
-    pub(crate) fn new(
-        user: UserId,
-        capacity: usize,
-        runtime: tokio::runtime::Handle,
-    ) -> Arc<Session> {
+    pub(crate) fn new(user: UserId, capacity: usize, pool: Arc<DispatchPool>) -> Arc<Session> {
         let mailbox = Mailbox::for_session(capacity);
         // A session starts offline (no client yet: e.g. a member added at creation).
         mailbox.set_online(false);
         Arc::new(Session {
             user,
             mailbox: Arc::new(mailbox),
-            subscribers: Arc::default(),
-            stream_capacity: capacity,
-            dispatcher_started: AtomicBool::new(false),
-            runtime,
+            room_handlers: Registry::default(),
+            chat_handlers: Registry::default(),
+            streams: Mutex::new(None),
+            attached: AtomicBool::new(false),
+            pool,
             presence: Mutex::new(Presence::default()),
-            rooms: Mutex::new(HashSet::new()),
+            rooms: Mutex::new(Vec::new()),
         })
     }
 
     /// The session's user.
     pub fn user(&self) -> &UserId {
         &self.user
+    }
+
+    pub(crate) fn pool(&self) -> &DispatchPool {
+        &self.pool
     }
 
     pub(crate) fn mailbox(&self) -> &Arc<Mailbox> {
@@ -216,48 +221,51 @@ impl Session {
 
     /// The rooms this user is in.
     pub fn rooms(&self) -> Vec<RoomId> {
-        self.rooms.lock().iter().copied().collect()
+        self.rooms.lock().clone()
     }
 
     pub(crate) fn entered(&self, room: RoomId) {
-        self.rooms.lock().insert(room);
+        let mut rooms = self.rooms.lock();
+        if !rooms.contains(&room) {
+            // Most users are in one room: grow one slot at a time, not by four.
+            rooms.reserve_exact(1);
+            rooms.push(room);
+        }
     }
 
     pub(crate) fn exited(&self, room: RoomId) {
-        self.rooms.lock().remove(&room);
+        self.rooms.lock().retain(|r| *r != room);
     }
 
     /// Registers a chat-room event handler under `id`, replacing any with the same id.
-    pub fn add_room_handler(&self, id: String, handler: Arc<dyn ChatRoomEventHandler>) {
-        if let Some(old) = self.subscribers.room_handlers.add(id, handler) {
+    pub fn add_room_handler(self: &Arc<Self>, id: String, handler: Arc<dyn ChatRoomEventHandler>) {
+        if let Some(old) = self.room_handlers.add(id, handler) {
             self.retire(&old);
         }
-        self.ensure_dispatcher();
+        self.attach();
     }
 
     /// Removes the chat-room event handler under `id`; true if there was one. Once this returns,
     /// the handler is not called again (a call already running finishes first, unless the
     /// handler is removing itself from inside that call).
     pub fn remove_room_handler(&self, id: &str) -> bool {
-        self.subscribers
-            .room_handlers
+        self.room_handlers
             .remove(id)
             .map(|e| self.retire(&e))
             .is_some()
     }
 
     /// Registers a message handler under `id`, replacing any with the same id.
-    pub fn add_chat_handler(&self, id: String, handler: Arc<dyn ChatEventHandler>) {
-        if let Some(old) = self.subscribers.chat_handlers.add(id, handler) {
+    pub fn add_chat_handler(self: &Arc<Self>, id: String, handler: Arc<dyn ChatEventHandler>) {
+        if let Some(old) = self.chat_handlers.add(id, handler) {
             self.retire(&old);
         }
-        self.ensure_dispatcher();
+        self.attach();
     }
 
     /// Removes the message handler under `id`, as [`Session::remove_room_handler`].
     pub fn remove_chat_handler(&self, id: &str) -> bool {
-        self.subscribers
-            .chat_handlers
+        self.chat_handlers
             .remove(id)
             .map(|e| self.retire(&e))
             .is_some()
@@ -265,60 +273,65 @@ impl Session {
 
     fn retire<H: ?Sized>(&self, entry: &HandlerEntry<H>) {
         entry.alive.store(false, Ordering::SeqCst);
+        // From inside one of this session's own handlers this thread holds the gate already,
+        // and no other call of this session's handlers can be running: nothing to wait for.
         if DISPATCHING.with(Cell::get) != self.mailbox.id() {
             drop(entry.gate.write());
         }
     }
 
     /// A new stream of this session's events, from now on.
-    pub fn events(&self) -> EventStream {
-        let mailbox = Arc::new(Mailbox::new(self.stream_capacity));
+    pub fn events(self: &Arc<Self>) -> EventStream {
+        let mailbox = Arc::new(Mailbox::new(self.mailbox.capacity()));
         if self.mailbox.is_closed() {
             mailbox.close();
         } else {
-            self.subscribers.streams.lock().push(mailbox.clone());
-            self.ensure_dispatcher();
+            self.streams
+                .lock()
+                .get_or_insert_with(Default::default)
+                .push(mailbox.clone());
+            self.attach();
         }
         EventStream { mailbox }
     }
 
-    /// Ends the session's deliveries: the dispatcher stops and every stream ends.
+    /// Ends the session's deliveries: dispatching stops and every stream ends.
     pub(crate) fn close(&self) {
         self.mailbox.close();
-        for s in self.subscribers.streams.lock().drain(..) {
+        self.close_streams();
+    }
+
+    pub(crate) fn close_streams(&self) {
+        for s in self.streams.lock().take().into_iter().flat_map(|v| *v) {
             s.close();
         }
     }
 
-    fn ensure_dispatcher(&self) {
-        if self.dispatcher_started.swap(true, Ordering::SeqCst) {
+    /// Starts dispatching the session's mailbox (once): from now on its events are handled.
+    fn attach(self: &Arc<Self>) {
+        if self.attached.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mailbox = self.mailbox.clone();
-        let subscribers = self.subscribers.clone();
-        // The task holds the mailbox and the subscribers, not the session: it ends when the
-        // mailbox is closed (engine stopped).
-        drop(
-            self.runtime
-                .spawn(run_dispatcher(mailbox.clone(), subscribers)),
-        );
-        mailbox.set_consumed();
+        self.mailbox.set_consumed();
+        self.pool.attach(self);
     }
-}
 
-async fn run_dispatcher(mailbox: Arc<Mailbox>, subscribers: Arc<Subscribers>) {
-    let id = mailbox.id();
-    let mut batch = VecDeque::new();
-    let mut messages: Vec<ChatMessage> = Vec::new();
-    while let Some(missed) = poll_fn(|cx| mailbox.poll_drain(cx, &mut batch)).await {
-        let room_handlers = subscribers.room_handlers.snapshot();
-        let chat_handlers = subscribers.chat_handlers.snapshot();
-        let mut streams = subscribers.streams.lock().clone();
+    /// Hands one drained batch to the handlers and streams, in order. Runs on a dispatch thread.
+    pub(crate) fn dispatch(
+        &self,
+        missed: u64,
+        batch: &mut VecDeque<ClientEvent>,
+        messages: &mut Vec<ChatMessage>,
+    ) {
+        let id = self.mailbox.id();
+        let room_handlers = self.room_handlers.snapshot();
+        let room_handlers = room_handlers.as_deref().unwrap_or_default();
+        let chat_handlers = self.chat_handlers.snapshot();
+        let chat_handlers = chat_handlers.as_deref().unwrap_or_default();
+        let mut streams: Vec<Arc<Mailbox>> =
+            self.streams.lock().as_deref().cloned().unwrap_or_default();
         if missed > 0 {
-            tracing::warn!(
-                missed,
-                "a client's event queue overflowed; its oldest events were dropped"
-            );
+            tracing::warn!(user = %self.user, missed, "a client's event queue overflowed; its oldest events were dropped");
             for h in chat_handlers.iter() {
                 h.call(id, |h| h.on_events_missed(missed));
             }
@@ -335,25 +348,29 @@ async fn run_dispatcher(mailbox: Arc<Mailbox>, subscribers: Arc<Subscribers>) {
             }
         };
         for item in batch.drain(..) {
-            match &item {
-                ClientEvent::Message(m) => messages.push(m.clone()),
+            if !streams.is_empty() {
+                streams.retain(|s| s.push(item.clone()));
+            }
+            // Moved, not cloned: one message delivered to many members is one `Arc`, and every
+            // clone or drop of it is an atomic on a cache line all the members share.
+            match item {
+                ClientEvent::Message(m) => messages.push(m),
                 ClientEvent::Room(event) => {
-                    flush(&mut messages);
+                    flush(messages);
                     for h in room_handlers.iter() {
-                        h.call(id, |h| dispatch(h, event));
+                        h.call(id, |h| dispatch(h, &event));
                     }
                 }
                 ClientEvent::Missed { .. } => {}
             }
-            if !streams.is_empty() {
-                streams.retain(|s| s.push(item.clone()));
+        }
+        flush(messages);
+        let mut live = self.streams.lock();
+        if let Some(all) = live.as_mut() {
+            if streams.len() != all.len() {
+                all.retain(|s| !s.is_closed());
             }
         }
-        flush(&mut messages);
-        subscribers.streams.lock().retain(|s| !s.is_closed());
-    }
-    for s in subscribers.streams.lock().drain(..) {
-        s.close();
     }
 }
 

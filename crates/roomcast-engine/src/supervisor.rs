@@ -5,7 +5,6 @@
 //! that panicked, so each room actor reports its exit ([`RoomExited`]); the supervisor forgets a
 //! dead actor and the next call to the room activates a fresh one from the store.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -51,7 +50,7 @@ impl Supervisor {
     fn spawn(
         &mut self,
         room: Room,
-        sessions: HashMap<UserId, Arc<Session>>,
+        sessions: Vec<Arc<Session>>,
         entry: Arc<RoomEntry>,
         me: Addr<Supervisor>,
     ) -> Addr<RoomActor> {
@@ -111,12 +110,7 @@ impl Handler<CreateRoom> for Supervisor {
         let snapshot = room.snapshot(Some(&msg.owner));
         let entry = RoomEntry::new(snapshot.clone());
         self.shared.directory.insert(entry.clone());
-        let sessions: HashMap<UserId, Arc<Session>> = msg
-            .members
-            .into_iter()
-            .map(|s| (s.user().clone(), s))
-            .collect();
-        self.spawn(room, sessions, entry, ctx.address());
+        self.spawn(room, msg.members, entry, ctx.address());
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
     }
@@ -156,7 +150,7 @@ impl Handler<Activate> for Supervisor {
             entry.last_seq(),
             self.shared.clock.now_ms(),
         );
-        Ok(self.spawn(room, HashMap::new(), entry, ctx.address()))
+        Ok(self.spawn(room, Vec::new(), entry, ctx.address()))
     }
 }
 

@@ -5,6 +5,8 @@
 //! each rule is testable without an actor or a store. The engine is a thin shell that calls
 //! [`Room::apply`], persists what changed and delivers the resulting events.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod event;
 mod gate;

@@ -231,11 +231,12 @@ impl RoomPolicy {
     }
 }
 
-/// Current members, in join order. The member list is newest first, paged by join sequence.
+/// Current members and the order they joined in (the member list is newest first). One map,
+/// user to join sequence: it is the largest per-member structure of a room, so it is kept to one
+/// entry per member; listing in join order sorts on demand.
 #[derive(Debug, Clone, Default)]
 struct Members {
     seq_of: HashMap<UserId, u64>,
-    by_seq: BTreeMap<u64, UserId>,
     next_seq: u64,
 }
 
@@ -244,21 +245,13 @@ impl Members {
         if self.seq_of.contains_key(&user) {
             return false;
         }
-        let seq = self.next_seq;
+        self.seq_of.insert(user, self.next_seq);
         self.next_seq += 1;
-        self.seq_of.insert(user.clone(), seq);
-        self.by_seq.insert(seq, user);
         true
     }
 
     fn remove(&mut self, user: &UserId) -> bool {
-        match self.seq_of.remove(user) {
-            Some(seq) => {
-                self.by_seq.remove(&seq);
-                true
-            }
-            None => false,
-        }
+        self.seq_of.remove(user).is_some()
     }
 
     fn contains(&self, user: &UserId) -> bool {
@@ -267,6 +260,13 @@ impl Members {
 
     fn len(&self) -> usize {
         self.seq_of.len()
+    }
+
+    /// Members in join order, oldest first.
+    fn in_join_order(&self) -> Vec<UserId> {
+        let mut all: Vec<(u64, &UserId)> = self.seq_of.iter().map(|(u, s)| (*s, u)).collect();
+        all.sort_unstable_by_key(|(s, _)| *s);
+        all.into_iter().map(|(_, u)| u.clone()).collect()
     }
 }
 
@@ -457,8 +457,8 @@ impl Room {
     }
 
     /// Current members, oldest first.
-    pub fn members(&self) -> impl Iterator<Item = &UserId> {
-        self.members.by_seq.values()
+    pub fn members(&self) -> Vec<UserId> {
+        self.members.in_join_order()
     }
 
     /// `user`'s role: owner and admins keep their role while out of the room; anyone else in the
@@ -674,10 +674,7 @@ impl Room {
         let room_id = self.record.id;
         let room_name = self.record.spec.name.clone();
         self.offline.clear();
-        let members: Vec<UserId> = std::mem::take(&mut self.members)
-            .by_seq
-            .into_values()
-            .collect();
+        let members: Vec<UserId> = std::mem::take(&mut self.members).in_join_order();
         let told: Vec<UserId> = members.iter().filter(|m| **m != user).cloned().collect();
         let mut events = Vec::with_capacity(told.len() + 1);
         events.push(Outgoing {

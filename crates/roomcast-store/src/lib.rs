@@ -12,6 +12,8 @@
 //! ran, so many concurrent writers share one `fsync`. With [`Durability::Buffered`] `commit`
 //! resolves at once and sled flushes every `flush_every`; a crash loses up to that interval.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 mod commit;
 mod error;

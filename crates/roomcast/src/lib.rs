@@ -41,6 +41,8 @@
 //!
 //! See `docs/ARCHITECTURE.md` for how it is built and `docs/semantics.md` for its guarantees.
 
+#![forbid(unsafe_code)]
+
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

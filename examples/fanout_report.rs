@@ -115,8 +115,10 @@ fn burst_table(members: usize, messages: usize, runs: usize) {
     let base = actix.per_second();
     let mut rc = Roomcast::new(members, cap, None);
     let r = best_of(&mut rc, members, messages, runs);
-    drop(rc);
     row(&r, Some(base));
+    let mut rc = rc.awaiting_each_send();
+    row(&best_of(&mut rc, members, messages, runs), Some(base));
+    drop(rc);
     let mut b = TokioBroadcast::new(members, cap);
     row(&best_of(&mut b, members, messages, runs), Some(base));
     drop(b);
@@ -210,6 +212,10 @@ fn main() {
         loadavg()
     );
     let started = Instant::now();
+    if std::env::args().any(|a| a == "--paced") {
+        paced_table(10_000, 100, 3);
+        return;
+    }
     if std::env::args().any(|a| a == "--memory") {
         memory(100_000);
         return;

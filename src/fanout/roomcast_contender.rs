@@ -48,6 +48,7 @@ pub struct Roomcast {
     /// Streams of stalled members, held and never read.
     _stalled: Vec<EventStream>,
     last_seq: u64,
+    await_each: bool,
     pending: Vec<tokio::task::JoinHandle<Result<ChatMessage, roomcast::ChatError>>>,
 }
 
@@ -109,8 +110,16 @@ impl Roomcast {
             _clients: clients,
             _stalled: stalled,
             last_seq: 0,
+            await_each: false,
             pending: Vec::new(),
         }
+    }
+
+    /// Makes the publisher wait for each send's answer before the next (one message in flight,
+    /// the worst case for batching), instead of starting them all.
+    pub fn awaiting_each_send(mut self) -> Self {
+        self.await_each = true;
+        self
     }
 
     /// The engine, for stats.
@@ -142,7 +151,11 @@ impl Roomcast {
 
 impl Contender for Roomcast {
     fn name(&self) -> &'static str {
-        "roomcast"
+        if self.await_each {
+            "roomcast, publisher awaits each send"
+        } else {
+            "roomcast"
+        }
     }
 
     fn prepare(&mut self, probe: &Arc<Probe>) {
@@ -165,7 +178,7 @@ impl Contender for Roomcast {
     fn finish(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         let last = self.rt.block_on(async {
-            let mut last = 0;
+            let mut last = self.last_seq;
             for p in pending {
                 // unwrap: the threshold is off and the sender is the owner; a failure is a bug.
                 last = last.max(p.await.unwrap().unwrap().seq());

@@ -9,12 +9,13 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Wake, Waker};
+
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
+use crate::mailbox::{Drain, Notifier};
 use crate::session::Session;
 
 /// How many batches a thread drains from one session before it lets others go first.
@@ -23,26 +24,63 @@ const BATCHES_PER_TURN: usize = 4;
 /// What the pool's threads take off the ready queue.
 enum Ready {
     Session(Arc<SessionWaker>),
+    Many(Vec<Arc<SessionWaker>>),
     Stop,
 }
 
-/// What a session's mailbox wakes: puts the session on the ready queue. It holds only a weak
-/// reference (the session holds the waker through its mailbox, so a strong one would be a
-/// cycle), and finds the queue through the session.
+/// How many sessions one queue entry carries at most: large enough that a shard hands a
+/// broadcast's wake-ups over in a few operations, small enough that every pool thread gets a
+/// share of a big room.
+const CHUNK: usize = 256;
+
+/// A session waiting for the pool. It holds only a weak reference (the session holds it through
+/// its mailbox, so a strong one would be a cycle) and finds the pool through the session.
 pub(crate) struct SessionWaker {
     session: Weak<Session>,
 }
 
-impl Wake for SessionWaker {
-    fn wake(self: Arc<Self>) {
+impl SessionWaker {
+    /// Puts the session on the ready queue.
+    pub(crate) fn schedule(self: Arc<Self>) {
         if let Some(session) = self.session.upgrade() {
             let _ = session.pool().ready.send(Ready::Session(self));
         }
     }
+}
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(session) = self.session.upgrade() {
-            let _ = session.pool().ready.send(Ready::Session(self.clone()));
+/// Sessions collected by a shard while it delivers, handed to the pool together.
+#[derive(Default)]
+pub(crate) struct WakeBatch {
+    sessions: Vec<Arc<SessionWaker>>,
+}
+
+impl WakeBatch {
+    pub(crate) fn add(&mut self, notifier: Option<Notifier>, pool: &DispatchPool) {
+        match notifier {
+            Some(Notifier::Session(s)) => {
+                self.sessions.push(s);
+                if self.sessions.len() >= CHUNK {
+                    self.flush(pool);
+                }
+            }
+            Some(task) => task.notify(),
+            None => {}
+        }
+    }
+
+    pub(crate) fn flush(&mut self, pool: &DispatchPool) {
+        match self.sessions.len() {
+            0 => {}
+            1 => {
+                if let Some(s) = self.sessions.pop() {
+                    let _ = pool.ready.send(Ready::Session(s));
+                }
+            }
+            _ => {
+                let _ = pool
+                    .ready
+                    .send(Ready::Many(std::mem::take(&mut self.sessions)));
+            }
         }
     }
 }
@@ -70,7 +108,7 @@ impl DispatchPool {
         })
     }
 
-    /// Starts dispatching for `session`: it is polled once now, and again whenever its mailbox
+    /// Starts dispatching for `session`: it is drained once now, and again whenever its mailbox
     /// has something.
     pub(crate) fn attach(&self, session: &Arc<Session>) {
         let waker = Arc::new(SessionWaker {
@@ -94,33 +132,50 @@ impl DispatchPool {
     }
 }
 
-fn run(rx: Receiver<Ready>) {
-    let mut batch = VecDeque::new();
-    let mut scratch = Vec::new();
-    while let Ok(ready) = rx.recv() {
-        let task = match ready {
-            Ready::Session(task) => task,
-            Ready::Stop => return,
-        };
+struct Worker {
+    batch: VecDeque<crate::ClientEvent>,
+    messages: Vec<roomcast_model::ChatMessage>,
+}
+
+impl Worker {
+    fn serve(&mut self, task: Arc<SessionWaker>) {
         let Some(session) = task.session.upgrade() else {
-            continue;
+            return;
         };
-        let waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&waker);
         for turn in 0.. {
             if turn == BATCHES_PER_TURN {
                 // Others have waited long enough: go to the back of the queue.
-                waker.wake_by_ref();
-                break;
+                task.schedule();
+                return;
             }
-            match session.mailbox().poll_drain(&mut cx, &mut batch) {
-                Poll::Ready(Some(missed)) => session.dispatch(missed, &mut batch, &mut scratch),
-                Poll::Ready(None) => {
-                    session.close_streams();
-                    break;
+            match session.mailbox().drain(&task, &mut self.batch) {
+                Drain::Items(missed) => {
+                    session.dispatch(missed, &mut self.batch, &mut self.messages)
                 }
-                Poll::Pending => break,
+                Drain::Closed => {
+                    session.close_streams();
+                    return;
+                }
+                Drain::Empty => return,
             }
+        }
+    }
+}
+
+fn run(rx: Receiver<Ready>) {
+    let mut worker = Worker {
+        batch: VecDeque::new(),
+        messages: Vec::new(),
+    };
+    while let Ok(ready) = rx.recv() {
+        match ready {
+            Ready::Session(task) => worker.serve(task),
+            Ready::Many(tasks) => {
+                for task in tasks {
+                    worker.serve(task);
+                }
+            }
+            Ready::Stop => return,
         }
     }
 }

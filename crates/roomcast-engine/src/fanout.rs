@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use roomcast_model::RoomId;
 
+use crate::dispatch::{DispatchPool, WakeBatch};
 use crate::mailbox::Mailbox;
 use crate::ClientEvent;
 
@@ -61,16 +62,20 @@ pub(crate) struct FanoutThreads {
 }
 
 impl Fanout {
-    pub(crate) fn start(shards: usize) -> std::io::Result<(Fanout, FanoutThreads)> {
+    pub(crate) fn start(
+        shards: usize,
+        pool: Arc<DispatchPool>,
+    ) -> std::io::Result<(Fanout, FanoutThreads)> {
         let mut senders = Vec::with_capacity(shards.max(1));
         let mut threads = Vec::with_capacity(shards.max(1));
         for n in 0..shards.max(1) {
             let (tx, rx) = mpsc::channel();
             senders.push(tx);
+            let pool = pool.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("roomcast-fanout-{n}"))
-                    .spawn(move || run_shard(rx))?,
+                    .spawn(move || run_shard(rx, &pool))?,
             );
         }
         Ok((
@@ -176,7 +181,12 @@ struct Run {
     items: Vec<(ClientEvent, Option<u64>)>,
 }
 
-fn flush(rooms: &HashMap<RoomId, RoomSlice>, run: &mut Option<Run>) {
+fn flush(
+    rooms: &HashMap<RoomId, RoomSlice>,
+    run: &mut Option<Run>,
+    wakes: &mut WakeBatch,
+    pool: &DispatchPool,
+) {
     let Some(run) = run.take() else {
         return;
     };
@@ -186,26 +196,27 @@ fn flush(rooms: &HashMap<RoomId, RoomSlice>, run: &mut Option<Run>) {
     if let [(item, except)] = run.items.as_slice() {
         for mailbox in &slice.members {
             if Some(mailbox.id()) != *except {
-                mailbox.push(item.clone());
+                wakes.add(mailbox.push_many(std::iter::once(item.clone())).1, pool);
             }
         }
         return;
     }
     for mailbox in &slice.members {
         let id = mailbox.id();
-        mailbox.push_many(
-            run.items
-                .iter()
-                .filter(|(_, except)| *except != Some(id))
-                .map(|(item, _)| item.clone()),
-        );
+        let items = run
+            .items
+            .iter()
+            .filter(|(_, except)| *except != Some(id))
+            .map(|(item, _)| item.clone());
+        wakes.add(mailbox.push_many(items).1, pool);
     }
 }
 
-fn run_shard(rx: mpsc::Receiver<Job>) {
+fn run_shard(rx: mpsc::Receiver<Job>, pool: &DispatchPool) {
     let mut rooms: HashMap<RoomId, RoomSlice> = HashMap::new();
     let mut jobs: Vec<Job> = Vec::with_capacity(BATCH);
     let mut run: Option<Run> = None;
+    let mut wakes = WakeBatch::default();
     while let Ok(first) = rx.recv() {
         jobs.push(first);
         while jobs.len() < BATCH {
@@ -220,7 +231,7 @@ fn run_shard(rx: mpsc::Receiver<Job>) {
                     match &mut run {
                         Some(r) if r.room == room => r.items.push((item, except)),
                         _ => {
-                            flush(&rooms, &mut run);
+                            flush(&rooms, &mut run, &mut wakes, pool);
                             run = Some(Run {
                                 room,
                                 items: vec![(item, except)],
@@ -230,19 +241,28 @@ fn run_shard(rx: mpsc::Receiver<Job>) {
                     continue;
                 }
                 other => {
-                    flush(&rooms, &mut run);
-                    if !apply(&mut rooms, other) {
+                    flush(&rooms, &mut run, &mut wakes, pool);
+                    if !apply(&mut rooms, other, &mut wakes, pool) {
+                        wakes.flush(pool);
                         return;
                     }
                 }
             }
         }
-        flush(&rooms, &mut run);
+        flush(&rooms, &mut run, &mut wakes, pool);
+        // Every session this batch gave something to goes to the pool now, in a few queue
+        // operations instead of one per member.
+        wakes.flush(pool);
     }
 }
 
-/// Applies a job other than a broadcast; false for `Stop`.
-fn apply(rooms: &mut HashMap<RoomId, RoomSlice>, job: Job) -> bool {
+/// Applies a job; false for `Stop`.
+fn apply(
+    rooms: &mut HashMap<RoomId, RoomSlice>,
+    job: Job,
+    wakes: &mut WakeBatch,
+    pool: &DispatchPool,
+) -> bool {
     match job {
         Job::Add { room, mailbox } => {
             let slice = rooms.entry(room).or_default();
@@ -265,7 +285,7 @@ fn apply(rooms: &mut HashMap<RoomId, RoomSlice>, job: Job) -> bool {
             }
         }
         Job::SendTo { mailbox, items } => {
-            mailbox.push_many(items);
+            wakes.add(mailbox.push_many(items).1, pool);
         }
         Job::DropRoom { room } => {
             rooms.remove(&room);
@@ -278,6 +298,8 @@ fn apply(rooms: &mut HashMap<RoomId, RoomSlice>, job: Job) -> bool {
                     room,
                     items: vec![(item, except)],
                 }),
+                wakes,
+                pool,
             );
         }
         Job::Stop => return false,

@@ -223,8 +223,12 @@ impl Core {
             .map_err(storage_error)?
             .into_iter()
             .collect();
+        let pool = Arc::new(
+            dispatch::DispatchPool::start(threads.max(2))
+                .map_err(|e| ChatError::General(format!("cannot start the dispatch pool: {e}")))?,
+        );
         let (fanout, fanout_threads) =
-            Fanout::start(threads).map_err(|e| ChatError::General(e.to_string()))?;
+            Fanout::start(threads, pool.clone()).map_err(|e| ChatError::General(e.to_string()))?;
         config.limits.validate()?;
         let shared = Arc::new(Shared {
             directory,
@@ -235,10 +239,6 @@ impl Core {
             last_message_id: AtomicU64::new(0),
             sessions: RwLock::new(HashSet::new()),
         });
-        let pool = Arc::new(
-            dispatch::DispatchPool::start(threads.max(2))
-                .map_err(|e| ChatError::General(format!("cannot start the dispatch pool: {e}")))?,
-        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(2))
             .thread_name("roomcast-callbacks")

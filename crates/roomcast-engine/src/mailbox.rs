@@ -11,16 +11,21 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 use roomcast_model::ChatRoomEvent;
 
+use crate::dispatch::SessionWaker;
 use crate::ClientEvent;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Deliveries dropped from full mailboxes, engine-wide (for reports).
+/// Largest queue buffer (in items) a mailbox keeps between batches.
+const SMALL_QUEUE: usize = 8;
+
+/// Deliveries dropped engine-wide because a consumer's queue was full (for reports).
 pub(crate) static OVERFLOWED: AtomicU64 = AtomicU64::new(0);
 
 /// What a consumer takes out of a mailbox.
@@ -30,6 +35,35 @@ pub(crate) enum Received {
     Missed(u64),
     /// The next item.
     Item(ClientEvent),
+}
+
+/// Who is waiting for a mailbox to have something.
+pub(crate) enum Notifier {
+    /// A task polling an event stream.
+    Task(Waker),
+    /// A session waiting for the dispatch pool. Fan-out shards collect these and hand them to
+    /// the pool in batches, one queue operation for many sessions.
+    Session(Arc<SessionWaker>),
+}
+
+impl Notifier {
+    /// Wakes the waiter now (one at a time; shards batch sessions instead).
+    pub(crate) fn notify(self) {
+        match self {
+            Notifier::Task(w) => w.wake(),
+            Notifier::Session(s) => s.schedule(),
+        }
+    }
+}
+
+/// The outcome of a session's drain.
+pub(crate) enum Drain {
+    /// Items were moved out; the number before them that were missed.
+    Items(u64),
+    /// Nothing queued: the session is registered to be scheduled on the next push.
+    Empty,
+    /// Closed and empty.
+    Closed,
 }
 
 pub(crate) struct Mailbox {
@@ -43,7 +77,7 @@ pub(crate) struct Mailbox {
 struct State {
     queue: VecDeque<ClientEvent>,
     missed: u64,
-    waker: Option<Waker>,
+    notifier: Option<Notifier>,
     closed: bool,
     online: bool,
     consumed: bool,
@@ -55,6 +89,12 @@ struct State {
 
 fn is_removal(item: &ClientEvent) -> bool {
     matches!(item, ClientEvent::Room(e) if matches!(**e, ChatRoomEvent::RemovedFromChatRoom { .. }))
+}
+
+fn notify(n: Option<Notifier>) {
+    if let Some(n) = n {
+        n.notify();
+    }
 }
 
 impl Mailbox {
@@ -76,7 +116,7 @@ impl Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 missed: 0,
-                waker: None,
+                notifier: None,
                 closed: false,
                 online,
                 consumed,
@@ -112,7 +152,7 @@ impl Mailbox {
     /// Sets the session's presence. Going offline drops what is queued; coming back online
     /// queues the removal notices kept meanwhile.
     pub(crate) fn set_online(&self, online: bool) {
-        let waker = {
+        let notifier = {
             let mut state = self.state.lock();
             state.online = online;
             if online {
@@ -123,11 +163,13 @@ impl Mailbox {
                 state.queue.clear();
             }
             self.update_live(&state);
-            state.waker.take()
+            if state.queue.is_empty() {
+                None
+            } else {
+                state.notifier.take()
+            }
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        notify(notifier);
     }
 
     fn enqueue(&self, state: &mut State, item: ClientEvent) {
@@ -139,91 +181,71 @@ impl Mailbox {
         state.queue.push_back(item);
     }
 
-    /// Queues `item`, dropping the oldest if full. False only if the mailbox is closed.
+    /// Queues `item`, dropping the oldest if full, and wakes the consumer. False only if the
+    /// mailbox is closed.
     pub(crate) fn push(&self, item: ClientEvent) -> bool {
-        self.push_many(std::iter::once(item))
+        let (open, notifier) = self.push_many(std::iter::once(item));
+        notify(notifier);
+        open
     }
 
-    /// Queues `items` under one lock and one wake-up. False only if the mailbox is closed.
-    pub(crate) fn push_many(&self, items: impl IntoIterator<Item = ClientEvent>) -> bool {
-        if !self.live.load(Ordering::Acquire) {
-            return self.push_slow(items);
-        }
-        let waker = {
-            let mut state = self.state.lock();
-            if !(state.online && state.consumed && !state.closed) {
-                drop(state);
-                return self.push_slow(items);
-            }
-            for item in items {
-                self.enqueue(&mut state, item);
-            }
-            state.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-        true
-    }
-
-    /// A push to a mailbox that is not live: closed, offline or unconsumed.
-    fn push_slow(&self, items: impl IntoIterator<Item = ClientEvent>) -> bool {
+    /// Queues `items` under one lock. Returns false if the mailbox is closed, and the waiting
+    /// consumer (if any) for the caller to notify: a shard collects many and notifies them
+    /// together.
+    pub(crate) fn push_many(
+        &self,
+        items: impl IntoIterator<Item = ClientEvent>,
+    ) -> (bool, Option<Notifier>) {
         let mut state = self.state.lock();
         if state.closed {
-            return false;
+            return (false, None);
         }
-        if state.online && state.consumed {
-            // Became live since the caller looked.
-            for item in items {
-                self.enqueue(&mut state, item);
-            }
-            let waker = state.waker.take();
-            drop(state);
-            if let Some(w) = waker {
-                w.wake();
-            }
-            return true;
-        }
-        if !state.online {
-            for item in items {
-                if is_removal(&item) {
-                    let deferred = state.deferred.get_or_insert_with(Default::default);
-                    if deferred.len() < self.capacity() {
-                        deferred.push(item);
+        if !self.live.load(Ordering::Acquire) || !(state.online && state.consumed) {
+            if !state.online {
+                for item in items {
+                    if is_removal(&item) {
+                        let deferred = state.deferred.get_or_insert_with(Default::default);
+                        if deferred.len() < self.capacity() {
+                            deferred.push(item);
+                        }
                     }
                 }
             }
+            return (true, None);
         }
-        true
+        let before = state.queue.len();
+        for item in items {
+            self.enqueue(&mut state, item);
+        }
+        if state.queue.len() == before && state.missed == 0 {
+            return (true, None);
+        }
+        (true, state.notifier.take())
     }
 
     /// Records that `count` items upstream of this mailbox were dropped, so that the consumer is
     /// told before its next item.
     pub(crate) fn push_missed(&self, count: u64) {
-        let waker = {
+        let notifier = {
             let mut state = self.state.lock();
             if state.closed {
                 return;
             }
             state.missed += count;
-            state.waker.take()
+            state.notifier.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        notify(notifier);
     }
 
     /// Closes the mailbox: pushes are refused, and the consumer ends after what is queued.
     pub(crate) fn close(&self) {
-        let waker = {
+        let notifier = {
             let mut state = self.state.lock();
             state.closed = true;
             self.update_live(&state);
-            state.waker.take()
+            state.notifier.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        notify(notifier);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -242,36 +264,38 @@ impl Mailbox {
         if state.closed {
             return Poll::Ready(None);
         }
-        state.waker = Some(cx.waker().clone());
+        state.notifier = Some(Notifier::Task(cx.waker().clone()));
         Poll::Pending
     }
 
-    /// Moves everything queued into `out` (replacing it) and returns how many items were
-    /// missed before them. `None` once closed and empty.
-    pub(crate) fn poll_drain(
+    /// Moves everything queued into `out` (which must be empty), or registers `waiter` to be
+    /// scheduled on the next push.
+    pub(crate) fn drain(
         &self,
-        cx: &mut Context<'_>,
+        waiter: &Arc<SessionWaker>,
         out: &mut VecDeque<ClientEvent>,
-    ) -> Poll<Option<u64>> {
+    ) -> Drain {
         let mut state = self.state.lock();
         if state.queue.is_empty() && state.missed == 0 {
             if state.closed {
-                return Poll::Ready(None);
+                return Drain::Closed;
             }
-            state.waker = Some(cx.waker().clone());
-            return Poll::Pending;
+            state.notifier = Some(Notifier::Session(waiter.clone()));
+            return Drain::Empty;
         }
-        // The mailbox keeps no buffer: an idle member's queue costs nothing, and a burst's
-        // buffer leaves with the batch.
-        *out = std::mem::take(&mut state.queue);
-        Poll::Ready(Some(std::mem::take(&mut state.missed)))
+        // Items move to the dispatcher's own buffer; the mailbox keeps its buffer for the next
+        // push (no allocation per delivery) unless a burst grew it large, in which case it is
+        // released so that an idle member holds at most a small one.
+        out.extend(state.queue.drain(..));
+        if state.queue.capacity() > SMALL_QUEUE {
+            state.queue = VecDeque::new();
+        }
+        Drain::Items(std::mem::take(&mut state.missed))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use roomcast_model::{ChatRoomEvent, LeaveReason, RoomId, UserId};
 
     use super::*;

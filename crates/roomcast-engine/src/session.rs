@@ -150,6 +150,9 @@ pub struct Session {
     /// Open event streams; boxed because most sessions have none (8 bytes against 24).
     #[allow(clippy::box_collection)]
     streams: Mutex<Option<Box<Vec<Arc<Mailbox>>>>>,
+    /// True once a stream was opened, so that dispatching a batch of a session without streams
+    /// takes no lock for them.
+    has_streams: AtomicBool,
     attached: AtomicBool,
     pool: Arc<DispatchPool>,
     presence: Mutex<Presence>,
@@ -168,6 +171,7 @@ impl Session {
             room_handlers: Registry::default(),
             chat_handlers: Registry::default(),
             streams: Mutex::new(None),
+            has_streams: AtomicBool::new(false),
             attached: AtomicBool::new(false),
             pool,
             presence: Mutex::new(Presence::default()),
@@ -290,6 +294,7 @@ impl Session {
                 .lock()
                 .get_or_insert_with(Default::default)
                 .push(mailbox.clone());
+            self.has_streams.store(true, Ordering::Release);
             self.attach();
         }
         EventStream { mailbox }
@@ -328,8 +333,12 @@ impl Session {
         let room_handlers = room_handlers.as_deref().unwrap_or_default();
         let chat_handlers = self.chat_handlers.snapshot();
         let chat_handlers = chat_handlers.as_deref().unwrap_or_default();
-        let mut streams: Vec<Arc<Mailbox>> =
-            self.streams.lock().as_deref().cloned().unwrap_or_default();
+        let with_streams = self.has_streams.load(Ordering::Acquire);
+        let mut streams: Vec<Arc<Mailbox>> = if with_streams {
+            self.streams.lock().as_deref().cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if missed > 0 {
             tracing::warn!(user = %self.user, missed, "a client's event queue overflowed; its oldest events were dropped");
             for h in chat_handlers.iter() {
@@ -365,10 +374,12 @@ impl Session {
             }
         }
         flush(messages);
-        let mut live = self.streams.lock();
-        if let Some(all) = live.as_mut() {
-            if streams.len() != all.len() {
-                all.retain(|s| !s.is_closed());
+        if with_streams {
+            let mut live = self.streams.lock();
+            if let Some(all) = live.as_mut() {
+                if streams.len() != all.len() {
+                    all.retain(|s| !s.is_closed());
+                }
             }
         }
     }

@@ -10,7 +10,7 @@
 //! it was removed from a room, which is kept until it is back online.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -69,8 +69,6 @@ pub(crate) enum Drain {
 pub(crate) struct Mailbox {
     id: u64,
     capacity: u32,
-    /// Online and consumed: pushes are queued only while this is true.
-    live: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -112,7 +110,6 @@ impl Mailbox {
         Mailbox {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             capacity: capacity.clamp(1, u32::MAX as usize) as u32,
-            live: AtomicBool::new(online && consumed),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 missed: 0,
@@ -146,7 +143,6 @@ impl Mailbox {
     pub(crate) fn set_consumed(&self) {
         let mut state = self.state.lock();
         state.consumed = true;
-        self.update_live(&state);
     }
 
     /// Sets the session's presence. Going offline drops what is queued; coming back online
@@ -162,7 +158,6 @@ impl Mailbox {
             } else {
                 state.queue.clear();
             }
-            self.update_live(&state);
             if state.queue.is_empty() {
                 None
             } else {
@@ -200,7 +195,8 @@ impl Mailbox {
         if state.closed {
             return (false, None);
         }
-        if !self.live.load(Ordering::Acquire) || !(state.online && state.consumed) {
+        // Queued only while online and consumed (a handler or stream reads it).
+        if !(state.online && state.consumed) {
             if !state.online {
                 for item in items {
                     if is_removal(&item) {
@@ -242,7 +238,6 @@ impl Mailbox {
         let notifier = {
             let mut state = self.state.lock();
             state.closed = true;
-            self.update_live(&state);
             state.notifier.take()
         };
         notify(notifier);

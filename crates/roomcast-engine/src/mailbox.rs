@@ -132,13 +132,6 @@ impl Mailbox {
         self.id
     }
 
-    fn update_live(&self, state: &State) {
-        self.live.store(
-            state.online && state.consumed && !state.closed,
-            Ordering::Release,
-        );
-    }
-
     /// Marks the mailbox consumed (a handler or stream now reads it).
     pub(crate) fn set_consumed(&self) {
         let mut state = self.state.lock();

@@ -182,25 +182,46 @@ fn slow_consumers(members: usize, rate: u32, seconds: u32) {
     );
 }
 
-fn memory(members: usize) {
-    println!("\n### memory: {members} idle online members\n");
+/// Live heap and RSS of an engine with `members` idle online members (each with a handler),
+/// measured from before the engine starts.
+fn engine_footprint(members: usize) -> (i64, u64, usize) {
     let (rss0, heap0) = (rss_bytes(), live_heap());
-    let start = Instant::now();
     let rc = Roomcast::new(members, 1024, None);
+    // Let the engine finish what setup queued (handler attachments, join events) so that what is
+    // measured is what idle members hold, not work in flight.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let (rss1, heap1) = (rss_bytes(), live_heap());
     let harness = rc.harness_bytes_per_member();
-    let heap_per = (heap1 - heap0) / members as i64;
-    println!(
-        "roomcast, {members} members joined to one room, each with a handler (setup {:.1} s):\n\
-         - live heap: {heap_per} bytes per member, of which the harness's own client handle, \
-         handler and counter slot are about {harness}: **{} bytes per member on the engine side**\n\
-         - RSS grew {:.1} MiB, {} bytes per member (includes what the allocator keeps from setup)",
-        start.elapsed().as_secs_f64(),
-        heap_per - harness as i64,
-        (rss1 - rss0) as f64 / 1048576.0,
-        (rss1 - rss0) / members as u64,
-    );
     drop(rc);
+    (heap1 - heap0, rss1.saturating_sub(rss0), harness)
+}
+
+fn memory(members: usize) {
+    println!("\n### memory: {members} idle online members\n");
+    // The engine's fixed costs (threads' buffers, the temporary store, runtimes) do not depend on
+    // the member count: the per-member cost is the slope between two sizes.
+    let _warm_up = engine_footprint(1_000);
+    let small = members / 2;
+    let (heap_small, _, _) = engine_footprint(small);
+    let start = Instant::now();
+    let (heap_large, rss_large, harness) = engine_footprint(members);
+    let slope = (heap_large - heap_small) / (members - small) as i64;
+    println!(
+        "roomcast, one room, members each with a handler (setup of {members}: {:.1} s):\n\
+         - live heap {:.1} MiB with {small} members, {:.1} MiB with {members}: {slope} bytes per \
+         added member, of which the harness's own client handle, handler and counter slot are \
+         about {harness}: **{} bytes per member on the engine side**\n\
+         - fixed cost of an engine (heap at {members} members less {slope} per member): {:.1} MiB\n\
+         - RSS grew {:.1} MiB with {members} members ({} bytes per member, fixed costs and what \
+         the allocator keeps included)",
+        start.elapsed().as_secs_f64(),
+        heap_small as f64 / 1048576.0,
+        heap_large as f64 / 1048576.0,
+        slope - harness as i64,
+        (heap_large - slope * members as i64) as f64 / 1048576.0,
+        rss_large as f64 / 1048576.0,
+        rss_large / members as u64,
+    );
 }
 
 fn main() {

@@ -19,13 +19,13 @@ use parking_lot::Mutex;
 use roomcast_model::RoomId;
 
 use crate::dispatch::{DispatchPool, WakeBatch};
-use crate::mailbox::Mailbox;
+use crate::session::Session;
 use crate::ClientEvent;
 
 enum Job {
     Add {
         room: RoomId,
-        mailbox: Arc<Mailbox>,
+        member: Arc<Session>,
     },
     Remove {
         room: RoomId,
@@ -37,14 +37,14 @@ enum Job {
         except: Option<u64>,
     },
     SendTo {
-        mailbox: Arc<Mailbox>,
+        member: Arc<Session>,
         items: Vec<ClientEvent>,
     },
     DropRoom {
         room: RoomId,
     },
     SetOnline {
-        mailbox: Arc<Mailbox>,
+        member: Arc<Session>,
         online: bool,
     },
     Stop,
@@ -97,18 +97,16 @@ impl Fanout {
         let _ = tx.send(job);
     }
 
-    pub(crate) fn add(&self, room: RoomId, mailbox: Arc<Mailbox>) {
-        Self::send(self.shard_of(mailbox.id()), Job::Add { room, mailbox });
+    pub(crate) fn add(&self, room: RoomId, member: Arc<Session>) {
+        Self::send(
+            self.shard_of(member.mailbox().id()),
+            Job::Add { room, member },
+        );
     }
 
-    pub(crate) fn remove(&self, room: RoomId, mailbox: &Mailbox) {
-        Self::send(
-            self.shard_of(mailbox.id()),
-            Job::Remove {
-                room,
-                mailbox_id: mailbox.id(),
-            },
-        );
+    pub(crate) fn remove(&self, room: RoomId, member: &Session) {
+        let mailbox_id = member.mailbox().id();
+        Self::send(self.shard_of(mailbox_id), Job::Remove { room, mailbox_id });
     }
 
     /// Delivers `item` to every member of `room` but the mailbox `except`.
@@ -125,20 +123,19 @@ impl Fanout {
         }
     }
 
-    /// Delivers `items` to one mailbox, in order with that mailbox's broadcasts.
-    pub(crate) fn send_to(&self, mailbox: Arc<Mailbox>, items: Vec<ClientEvent>) {
+    /// Delivers `items` to one member, in order with that member's broadcasts.
+    pub(crate) fn send_to(&self, member: Arc<Session>, items: Vec<ClientEvent>) {
         if !items.is_empty() {
-            Self::send(self.shard_of(mailbox.id()), Job::SendTo { mailbox, items });
+            let shard = self.shard_of(member.mailbox().id());
+            Self::send(shard, Job::SendTo { member, items });
         }
     }
 
     /// Sets a mailbox's presence in order with its deliveries: what rooms sent before the change
     /// is delivered (or not) as the mailbox was before it.
-    pub(crate) fn set_online(&self, mailbox: Arc<Mailbox>, online: bool) {
-        Self::send(
-            self.shard_of(mailbox.id()),
-            Job::SetOnline { mailbox, online },
-        );
+    pub(crate) fn set_online(&self, member: Arc<Session>, online: bool) {
+        let shard = self.shard_of(member.mailbox().id());
+        Self::send(shard, Job::SetOnline { member, online });
     }
 
     pub(crate) fn drop_room(&self, room: RoomId) {
@@ -168,7 +165,7 @@ impl FanoutThreads {
 
 #[derive(Default)]
 struct RoomSlice {
-    members: Vec<Arc<Mailbox>>,
+    members: Vec<Arc<Session>>,
     index: HashMap<u64, usize>,
 }
 
@@ -194,14 +191,16 @@ fn flush(
         return;
     };
     if let [(item, except)] = run.items.as_slice() {
-        for mailbox in &slice.members {
+        for member in &slice.members {
+            let mailbox = member.mailbox();
             if Some(mailbox.id()) != *except {
                 wakes.add(mailbox.push_many(std::iter::once(item.clone())).1, pool);
             }
         }
         return;
     }
-    for mailbox in &slice.members {
+    for member in &slice.members {
+        let mailbox = member.mailbox();
         let id = mailbox.id();
         let items = run
             .items
@@ -264,11 +263,12 @@ fn apply(
     pool: &DispatchPool,
 ) -> bool {
     match job {
-        Job::Add { room, mailbox } => {
+        Job::Add { room, member } => {
             let slice = rooms.entry(room).or_default();
-            if let std::collections::hash_map::Entry::Vacant(v) = slice.index.entry(mailbox.id()) {
+            let id = member.mailbox().id();
+            if let std::collections::hash_map::Entry::Vacant(v) = slice.index.entry(id) {
                 v.insert(slice.members.len());
-                slice.members.push(mailbox);
+                slice.members.push(member);
             }
         }
         Job::Remove { room, mailbox_id } => {
@@ -276,7 +276,7 @@ fn apply(
                 if let Some(at) = slice.index.remove(&mailbox_id) {
                     slice.members.swap_remove(at);
                     if let Some(moved) = slice.members.get(at) {
-                        slice.index.insert(moved.id(), at);
+                        slice.index.insert(moved.mailbox().id(), at);
                     }
                 }
                 if slice.members.is_empty() {
@@ -284,13 +284,13 @@ fn apply(
                 }
             }
         }
-        Job::SendTo { mailbox, items } => {
-            wakes.add(mailbox.push_many(items).1, pool);
+        Job::SendTo { member, items } => {
+            wakes.add(member.mailbox().push_many(items).1, pool);
         }
         Job::DropRoom { room } => {
             rooms.remove(&room);
         }
-        Job::SetOnline { mailbox, online } => mailbox.set_online(online),
+        Job::SetOnline { member, online } => member.mailbox().set_online(online),
         Job::Broadcast { room, item, except } => {
             flush(
                 rooms,

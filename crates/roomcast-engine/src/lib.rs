@@ -387,14 +387,14 @@ impl Core {
     }
 
     /// A client of `session` was dropped: the session goes offline with its last client.
-    pub fn close_client(&self, session: &Session) {
+    pub fn close_client(&self, session: &Arc<Session>) {
         if let Some(online) = session.client_closed() {
             self.presence_changed(session, online);
         }
     }
 
     /// Disconnects (`false`) or reconnects (`true`) a session explicitly.
-    pub fn set_connected(&self, session: &Session, connected: bool) -> Result<(), ChatError> {
+    pub fn set_connected(&self, session: &Arc<Session>, connected: bool) -> Result<(), ChatError> {
         self.check_running()?;
         if let Some(online) = session.set_connected(connected) {
             self.presence_changed(session, online);
@@ -404,14 +404,11 @@ impl Core {
 
     /// Tells the session's mailbox (through its shard) and every room the session is in that it
     /// went offline or came back.
-    fn presence_changed(&self, session: &Session, online: bool) {
+    fn presence_changed(&self, session: &Arc<Session>, online: bool) {
         if self.is_stopped() {
             return;
         }
-        self.inner
-            .shared
-            .fanout
-            .set_online(session.mailbox().clone(), online);
+        self.inner.shared.fanout.set_online(session.clone(), online);
         tracing::debug!(user = %session.user(), online, "presence changed");
         let at = self.now_ms();
         for room in session.rooms() {

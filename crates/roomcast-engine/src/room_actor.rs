@@ -204,45 +204,40 @@ impl RoomActor {
         if let Some(session) = joining {
             if !fx.joined.is_empty() {
                 session.entered(room_id);
-                fanout.add(room_id, session.mailbox().clone());
+                fanout.add(room_id, session.clone());
             }
         }
         let mut gone = HashMap::with_capacity(fx.left.len());
         for user in fx.left {
             if let Some(session) = shared.session_of(&user) {
                 session.exited(room_id);
-                fanout.remove(room_id, session.mailbox());
+                fanout.remove(room_id, &session);
                 gone.insert(user, session);
             }
         }
-        let mailbox_of = |user: &UserId| {
-            gone.get(user)
-                .cloned()
-                .or_else(|| shared.session_of(user))
-                .map(|s| s.mailbox().clone())
-        };
+        let member = |user: &UserId| gone.get(user).cloned().or_else(|| shared.session_of(user));
         for out in fx.events {
             let item = ClientEvent::Room(Arc::new(out.event));
             match out.to {
                 Audience::Members => fanout.broadcast(room_id, item, None),
                 Audience::MembersExcept(user) => {
-                    let except = mailbox_of(&user).map(|m| m.id());
+                    let except = member(&user).map(|m| m.mailbox().id());
                     fanout.broadcast(room_id, item, except);
                 }
                 Audience::StaffExcept(user) => {
                     let record = self.room.record();
                     for staff in std::iter::once(&record.owner).chain(&record.admins) {
                         if *staff != user && self.room.is_member(staff) {
-                            if let Some(mailbox) = mailbox_of(staff) {
-                                fanout.send_to(mailbox, vec![item.clone()]);
+                            if let Some(m) = member(staff) {
+                                fanout.send_to(m, vec![item.clone()]);
                             }
                         }
                     }
                 }
                 Audience::Users(users) => {
                     for user in users {
-                        if let Some(mailbox) = mailbox_of(&user) {
-                            fanout.send_to(mailbox, vec![item.clone()]);
+                        if let Some(m) = member(&user) {
+                            fanout.send_to(m, vec![item.clone()]);
                         }
                     }
                 }
@@ -275,7 +270,7 @@ impl RoomActor {
         ctx: &mut Context<Self>,
     ) -> Result<Replied, ChatError> {
         let user = session.user().clone();
-        let mailbox = session.mailbox().clone();
+        let joiner = session.clone();
         let online = session.is_online();
         let commit = self.execute(Command::Join { user: user.clone() }, Some(session), ctx)?;
         let replay = self.shared.limits.join_replay_count;
@@ -285,7 +280,7 @@ impl RoomActor {
             .into_iter()
             .map(ClientEvent::Message)
             .collect();
-        self.shared.fanout.send_to(mailbox, recent);
+        self.shared.fanout.send_to(joiner, recent);
         if !online {
             let now = self.now();
             self.presence(
@@ -312,7 +307,7 @@ impl Actor for RoomActor {
         let initial = std::mem::take(&mut self.initial);
         for session in &initial {
             session.entered(room_id);
-            self.shared.fanout.add(room_id, session.mailbox().clone());
+            self.shared.fanout.add(room_id, session.clone());
         }
         // Members added at creation without a client are offline from the room's creation.
         let now = self.started_at;

@@ -144,7 +144,8 @@ impl Presence {
 /// A user's session. Shared by every `ChatClient` of that user and by the rooms it is in.
 pub struct Session {
     user: UserId,
-    mailbox: Arc<Mailbox>,
+    /// Inline, not behind its own `Arc`: shards and rooms hold the session.
+    mailbox: Mailbox,
     room_handlers: Registry<dyn ChatRoomEventHandler>,
     chat_handlers: Registry<dyn ChatEventHandler>,
     /// Open event streams; boxed because most sessions have none (8 bytes against 24).
@@ -167,7 +168,7 @@ impl Session {
         mailbox.set_online(false);
         Arc::new(Session {
             user,
-            mailbox: Arc::new(mailbox),
+            mailbox,
             room_handlers: Registry::default(),
             chat_handlers: Registry::default(),
             streams: Mutex::new(None),
@@ -188,7 +189,7 @@ impl Session {
         &self.pool
     }
 
-    pub(crate) fn mailbox(&self) -> &Arc<Mailbox> {
+    pub(crate) fn mailbox(&self) -> &Mailbox {
         &self.mailbox
     }
 

@@ -27,6 +27,7 @@ impl ChatRoomEventHandler for Printer {
         _name: &str,
         _me: &UserId,
         reason: LeaveReason,
+        _operator: Option<&UserId>,
     ) {
         println!("  [{}] removed from room {room_id}: {reason:?}", self.0);
     }

@@ -93,6 +93,7 @@ async fn destroy_tells_every_other_member_and_removes_all() {
                 room_name: "doomed".into(),
                 participant: uid(who),
                 reason: LeaveReason::Destroyed,
+                operator: Some(uid("alice")),
             },
         ]
     };

@@ -24,6 +24,7 @@ fn removed(room: &roomcast::ChatRoom, who: &str, reason: LeaveReason) -> ChatRoo
         room_name: room.name.clone(),
         participant: uid(who),
         reason,
+        operator: None,
     }
 }
 

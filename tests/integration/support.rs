@@ -101,24 +101,44 @@ impl Recorder {
 }
 
 impl ChatRoomEventHandler for Recorder {
-    fn on_owner_changed_from_chat_room(&self, room_id: &RoomId, new: &UserId, old: &UserId) {
+    fn on_owner_changed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        new: &UserId,
+        old: &UserId,
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::OwnerChanged {
             room_id: *room_id,
             new_owner: new.clone(),
             old_owner: old.clone(),
+            operator: operator.cloned(),
         });
     }
-    fn on_mute_list_added_from_chat_room(&self, room_id: &RoomId, m: &[UserId], expire: i64) {
+    fn on_mute_list_added_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        m: &[UserId],
+        expire: i64,
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::MuteListAdded {
             room_id: *room_id,
             members: m.to_vec(),
             expire_time: expire,
+            operator: operator.cloned(),
         });
     }
-    fn on_mute_list_removed_from_chat_room(&self, room_id: &RoomId, m: &[UserId]) {
+    fn on_mute_list_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        m: &[UserId],
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::MuteListRemoved {
             room_id: *room_id,
             members: m.to_vec(),
+            operator: operator.cloned(),
         });
     }
     fn on_chat_room_destroyed(&self, room_id: &RoomId, room_name: &str) {
@@ -127,9 +147,10 @@ impl ChatRoomEventHandler for Recorder {
             room_name: room_name.into(),
         });
     }
-    fn on_specification_changed(&self, room: &ChatRoom) {
+    fn on_specification_changed(&self, room: &ChatRoom, operator: Option<&UserId>) {
         self.push(ChatRoomEvent::SpecificationChanged {
             room: Box::new(room.clone()),
+            operator: operator.cloned(),
         });
     }
     fn on_member_joined_from_chat_room(&self, room_id: &RoomId, participant: &UserId) {
@@ -151,48 +172,86 @@ impl ChatRoomEventHandler for Recorder {
         name: &str,
         who: &UserId,
         reason: LeaveReason,
+        operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::RemovedFromChatRoom {
             room_id: *room_id,
             room_name: name.into(),
             participant: who.clone(),
             reason,
+            operator: operator.cloned(),
         });
     }
-    fn on_announcement_changed_from_chat_room(&self, room_id: &RoomId, text: &str) {
+    fn on_announcement_changed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        text: &str,
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::AnnouncementChanged {
             room_id: *room_id,
             announcement: text.into(),
+            operator: operator.cloned(),
         });
     }
-    fn on_allow_list_added_from_chat_room(&self, room_id: &RoomId, m: &[UserId]) {
+    fn on_allow_list_added_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        m: &[UserId],
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::AllowListAdded {
             room_id: *room_id,
             members: m.to_vec(),
+            operator: operator.cloned(),
         });
     }
-    fn on_allow_list_removed_from_chat_room(&self, room_id: &RoomId, m: &[UserId]) {
+    fn on_allow_list_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        m: &[UserId],
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::AllowListRemoved {
             room_id: *room_id,
             members: m.to_vec(),
+            operator: operator.cloned(),
         });
     }
-    fn on_all_chat_room_member_mute_state_changed(&self, room_id: &RoomId, all: bool) {
+    fn on_all_chat_room_member_mute_state_changed(
+        &self,
+        room_id: &RoomId,
+        all: bool,
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::AllMemberMuteStateChanged {
             room_id: *room_id,
             is_all_muted: all,
+            operator: operator.cloned(),
         });
     }
-    fn on_admin_added_from_chat_room(&self, room_id: &RoomId, admin: &UserId) {
+    fn on_admin_added_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        admin: &UserId,
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::AdminAdded {
             room_id: *room_id,
             admin: admin.clone(),
+            operator: operator.cloned(),
         });
     }
-    fn on_admin_removed_from_chat_room(&self, room_id: &RoomId, admin: &UserId) {
+    fn on_admin_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        admin: &UserId,
+        operator: Option<&UserId>,
+    ) {
         self.push(ChatRoomEvent::AdminRemoved {
             room_id: *room_id,
             admin: admin.clone(),
+            operator: operator.cloned(),
         });
     }
     fn on_attributes_updated(

@@ -7,6 +7,10 @@ use roomcast_model::{ChatMessage, ChatRoom, ChatRoomEvent, LeaveReason, RoomId, 
 
 /// Receives chat-room events (the SDK's `ChatRoomEventHandler`).
 ///
+/// The methods are the SDK's callbacks in snake case, with one addition: moderation callbacks
+/// also get the `operator`, the member who acted (`None` when the engine did, e.g. a mute that
+/// ended by itself or an offline member removed after its grace period).
+///
 /// Register one with `ChatRoomManager::add_event_handler(id, handler)`. Every method has a default
 /// that does nothing, so implement only those you need. Methods run on the engine's callback
 /// threads, never on a room actor, one event at a time per client and in each room's order. Keep
@@ -20,6 +24,7 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         room_id: &RoomId,
         new_owner: &UserId,
         old_owner: &UserId,
+        operator: Option<&UserId>,
     ) {
     }
     /// `onMuteListAddedFromChatRoom`: `mute_members` muted until `expire_time` (-1: forever).
@@ -28,14 +33,21 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         room_id: &RoomId,
         mute_members: &[UserId],
         expire_time: i64,
+        operator: Option<&UserId>,
     ) {
     }
     /// `onMuteListRemovedFromChatRoom`: `mute_members` unmuted.
-    fn on_mute_list_removed_from_chat_room(&self, room_id: &RoomId, mute_members: &[UserId]) {}
+    fn on_mute_list_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        mute_members: &[UserId],
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onChatRoomDestroyed`: the room was destroyed by its owner.
     fn on_chat_room_destroyed(&self, room_id: &RoomId, room_name: &str) {}
     /// `onSpecificationChanged`: name, description or max members changed.
-    fn on_specification_changed(&self, room: &ChatRoom) {}
+    fn on_specification_changed(&self, room: &ChatRoom, operator: Option<&UserId>) {}
     /// `onMemberJoinedFromChatRoom`: `participant` joined.
     fn on_member_joined_from_chat_room(&self, room_id: &RoomId, participant: &UserId) {}
     /// `onMemberExitedFromChatRoom`: `participant` left the room.
@@ -53,20 +65,57 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         room_name: &str,
         participant: &UserId,
         reason: LeaveReason,
+        operator: Option<&UserId>,
     ) {
     }
     /// `onAnnouncementChangedFromChatRoom`: the announcement changed.
-    fn on_announcement_changed_from_chat_room(&self, room_id: &RoomId, announcement: &str) {}
+    fn on_announcement_changed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        announcement: &str,
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onAllowListAddedFromChatRoom`: `members` added to the allow list.
-    fn on_allow_list_added_from_chat_room(&self, room_id: &RoomId, members: &[UserId]) {}
+    fn on_allow_list_added_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        members: &[UserId],
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onAllowListRemovedFromChatRoom`: `members` removed from the allow list.
-    fn on_allow_list_removed_from_chat_room(&self, room_id: &RoomId, members: &[UserId]) {}
+    fn on_allow_list_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        members: &[UserId],
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onAllChatRoomMemberMuteStateChanged`: mute-all turned on or off.
-    fn on_all_chat_room_member_mute_state_changed(&self, room_id: &RoomId, is_all_muted: bool) {}
+    fn on_all_chat_room_member_mute_state_changed(
+        &self,
+        room_id: &RoomId,
+        is_all_muted: bool,
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onAdminAddedFromChatRoom`: `admin` became an admin.
-    fn on_admin_added_from_chat_room(&self, room_id: &RoomId, admin: &UserId) {}
+    fn on_admin_added_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        admin: &UserId,
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onAdminRemovedFromChatRoom`: `admin` is no longer an admin.
-    fn on_admin_removed_from_chat_room(&self, room_id: &RoomId, admin: &UserId) {}
+    fn on_admin_removed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        admin: &UserId,
+        operator: Option<&UserId>,
+    ) {
+    }
     /// `onAttributesUpdated`: `from` set `attributes`.
     fn on_attributes_updated(
         &self,
@@ -87,21 +136,38 @@ pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
             room_id,
             new_owner,
             old_owner,
+            operator,
             ..
-        } => handler.on_owner_changed_from_chat_room(room_id, new_owner, old_owner),
+        } => handler.on_owner_changed_from_chat_room(
+            room_id,
+            new_owner,
+            old_owner,
+            operator.as_ref(),
+        ),
         E::MuteListAdded {
             room_id,
             members,
             expire_time,
+            operator,
             ..
-        } => handler.on_mute_list_added_from_chat_room(room_id, members, *expire_time),
+        } => handler.on_mute_list_added_from_chat_room(
+            room_id,
+            members,
+            *expire_time,
+            operator.as_ref(),
+        ),
         E::MuteListRemoved {
-            room_id, members, ..
-        } => handler.on_mute_list_removed_from_chat_room(room_id, members),
+            room_id,
+            members,
+            operator,
+            ..
+        } => handler.on_mute_list_removed_from_chat_room(room_id, members, operator.as_ref()),
         E::ChatRoomDestroyed {
             room_id, room_name, ..
         } => handler.on_chat_room_destroyed(room_id, room_name),
-        E::SpecificationChanged { room, .. } => handler.on_specification_changed(room),
+        E::SpecificationChanged { room, operator, .. } => {
+            handler.on_specification_changed(room, operator.as_ref())
+        }
         E::MemberJoined {
             room_id,
             participant,
@@ -118,30 +184,57 @@ pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
             room_name,
             participant,
             reason,
+            operator,
             ..
-        } => handler.on_removed_from_chat_room(room_id, room_name, participant, *reason),
+        } => handler.on_removed_from_chat_room(
+            room_id,
+            room_name,
+            participant,
+            *reason,
+            operator.as_ref(),
+        ),
         E::AnnouncementChanged {
             room_id,
             announcement,
+            operator,
             ..
-        } => handler.on_announcement_changed_from_chat_room(room_id, announcement),
+        } => {
+            handler.on_announcement_changed_from_chat_room(room_id, announcement, operator.as_ref())
+        }
         E::AllowListAdded {
-            room_id, members, ..
-        } => handler.on_allow_list_added_from_chat_room(room_id, members),
+            room_id,
+            members,
+            operator,
+            ..
+        } => handler.on_allow_list_added_from_chat_room(room_id, members, operator.as_ref()),
         E::AllowListRemoved {
-            room_id, members, ..
-        } => handler.on_allow_list_removed_from_chat_room(room_id, members),
+            room_id,
+            members,
+            operator,
+            ..
+        } => handler.on_allow_list_removed_from_chat_room(room_id, members, operator.as_ref()),
         E::AllMemberMuteStateChanged {
             room_id,
             is_all_muted,
+            operator,
             ..
-        } => handler.on_all_chat_room_member_mute_state_changed(room_id, *is_all_muted),
-        E::AdminAdded { room_id, admin, .. } => {
-            handler.on_admin_added_from_chat_room(room_id, admin)
-        }
-        E::AdminRemoved { room_id, admin, .. } => {
-            handler.on_admin_removed_from_chat_room(room_id, admin)
-        }
+        } => handler.on_all_chat_room_member_mute_state_changed(
+            room_id,
+            *is_all_muted,
+            operator.as_ref(),
+        ),
+        E::AdminAdded {
+            room_id,
+            admin,
+            operator,
+            ..
+        } => handler.on_admin_added_from_chat_room(room_id, admin, operator.as_ref()),
+        E::AdminRemoved {
+            room_id,
+            admin,
+            operator,
+            ..
+        } => handler.on_admin_removed_from_chat_room(room_id, admin, operator.as_ref()),
         E::AttributesUpdated {
             room_id,
             attributes,

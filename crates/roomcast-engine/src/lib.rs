@@ -30,8 +30,9 @@ use std::time::Duration;
 use actix::{Addr, MailboxError};
 use parking_lot::{Mutex, RwLock};
 use roomcast_model::{
-    ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, HistoryQuery, Limits,
-    MessageId, OutgoingMessage, RoomId, RoomMessageStats, RoomSpec, Timestamp, UserId,
+    AttributeFailures, ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, Command,
+    HistoryQuery, Limits, MessageId, Moderation, OutgoingMessage, RoomId, RoomMessageStats,
+    RoomSpec, SetAttributes, Timestamp, UserId,
 };
 use roomcast_store::{Store, StoreConfig, StoreError};
 
@@ -136,6 +137,57 @@ impl std::borrow::Borrow<UserId> for SessionKey {
     fn borrow(&self) -> &UserId {
         self.0.user()
     }
+}
+
+/// A read of a room's lists and settings (see the facade's `ChatRoomManager` for who may).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoomQuery {
+    /// The mute list (owner, admins).
+    MuteList,
+    /// The allow list (owner, admins).
+    AllowList,
+    /// Whether the viewer is on the allow list (any member).
+    IsOnAllowList,
+    /// A page of the block list (owner, admins).
+    BlockList {
+        /// From 1.
+        page_num: u32,
+        /// Items per page.
+        page_size: u32,
+    },
+    /// A page of members, newest first (members).
+    Members {
+        /// Where the previous page ended.
+        cursor: Option<u64>,
+        /// Items per page.
+        page_size: usize,
+    },
+    /// The announcement (members).
+    Announcement,
+    /// Custom attributes, these keys or all (members).
+    Attributes {
+        /// Keys; empty for all.
+        keys: Vec<String>,
+    },
+}
+
+/// The answer to a [`RoomQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueryAnswer {
+    /// Muted members and when each mute ends (-1 never).
+    MuteList(std::collections::BTreeMap<UserId, Timestamp>),
+    /// A list of users.
+    Users(Vec<UserId>),
+    /// Yes or no.
+    Bool(bool),
+    /// A page of members.
+    Members(ChatCursorResult<UserId>),
+    /// A text.
+    Text(String),
+    /// Attributes, key to value.
+    Attributes(std::collections::BTreeMap<String, String>),
 }
 
 /// A room's message and membership counts (roomcast's own, for monitoring).
@@ -569,6 +621,76 @@ impl Core {
         match self.room_call(room, op).await? {
             RoomReply::History(page) => Ok(page),
             _ => Err(unexpected("history")),
+        }
+    }
+
+    /// `by` moderates `room` (roles, lists, mutes, specification, announcement).
+    pub async fn moderate(
+        &self,
+        by: &UserId,
+        room: RoomId,
+        action: Moderation,
+    ) -> Result<(), ChatError> {
+        let command = Command::Moderate {
+            by: by.clone(),
+            action,
+            now: self.now_ms(),
+        };
+        self.room_call(room, RoomOp::Apply(command))
+            .await
+            .map(|_| ())
+    }
+
+    /// `by` sets attributes of `room`; returns the keys that failed and why.
+    pub async fn set_attributes(
+        &self,
+        by: &UserId,
+        room: RoomId,
+        set: SetAttributes,
+    ) -> Result<AttributeFailures, ChatError> {
+        let command = Command::SetAttributes {
+            by: by.clone(),
+            set,
+        };
+        match self.room_call(room, RoomOp::Apply(command)).await? {
+            RoomReply::Failures(f) => Ok(f),
+            _ => Err(unexpected("set attributes")),
+        }
+    }
+
+    /// `by` removes attributes of `room`; returns the keys that failed and why.
+    pub async fn remove_attributes(
+        &self,
+        by: &UserId,
+        room: RoomId,
+        keys: Vec<String>,
+        force: bool,
+    ) -> Result<AttributeFailures, ChatError> {
+        let command = Command::RemoveAttributes {
+            by: by.clone(),
+            keys,
+            force,
+        };
+        match self.room_call(room, RoomOp::Apply(command)).await? {
+            RoomReply::Failures(f) => Ok(f),
+            _ => Err(unexpected("remove attributes")),
+        }
+    }
+
+    /// Reads `room`'s lists or settings as `viewer`.
+    pub async fn query(
+        &self,
+        viewer: &UserId,
+        room: RoomId,
+        query: RoomQuery,
+    ) -> Result<QueryAnswer, ChatError> {
+        let op = RoomOp::Query {
+            viewer: viewer.clone(),
+            query,
+        };
+        match self.room_call(room, op).await? {
+            RoomReply::Answer(a) => Ok(a),
+            _ => Err(unexpected("query")),
         }
     }
 

@@ -292,6 +292,7 @@ mod tests {
         ClientEvent::Room(Arc::new(ChatRoomEvent::AllMemberMuteStateChanged {
             room_id: RoomId::from_u64(n),
             is_all_muted: false,
+            operator: None,
         }))
     }
 
@@ -301,6 +302,7 @@ mod tests {
             room_name: String::new(),
             participant: UserId::new("u").unwrap(),
             reason: LeaveReason::Offline,
+            operator: None,
         }))
     }
 

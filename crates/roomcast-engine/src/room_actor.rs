@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 use roomcast_model::{
-    Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, Command, Effects, History,
-    HistoryQuery, MessageId, OutgoingMessage, Room, RoomId, UserId,
+    AttributeFailures, Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, Command,
+    Effects, History, HistoryQuery, MessageId, OutgoingMessage, Room, RoomId, Timer, UserId,
 };
 use roomcast_store::{Commit, Store};
 
 use crate::directory::RoomEntry;
 use crate::session::Session;
 use crate::supervisor::{RoomExited, Supervisor};
-use crate::{storage_error, ClientEvent, RoomStats, Shared};
+use crate::{storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
 
 /// A call to a room.
 pub(crate) enum RoomOp {
@@ -47,6 +47,13 @@ pub(crate) enum RoomOp {
         query: HistoryQuery,
     },
     Stats,
+    /// A state change with no reply but its per-key failures (moderation, attributes).
+    Apply(Command),
+    /// A read.
+    Query {
+        viewer: UserId,
+        query: RoomQuery,
+    },
 }
 
 /// What a room call returns.
@@ -56,6 +63,8 @@ pub(crate) enum RoomReply {
     Message(ChatMessage),
     History(ChatCursorResult<ChatMessage>),
     Stats(RoomStats),
+    Failures(AttributeFailures),
+    Answer(QueryAnswer),
 }
 
 /// A reply and the commit to await before the call may report success.
@@ -88,6 +97,15 @@ pub(crate) struct ExpireOffline {
 }
 
 impl Message for ExpireOffline {
+    type Result = ();
+}
+
+/// A member's mute may have ended.
+pub(crate) struct ExpireMute {
+    pub(crate) user: UserId,
+}
+
+impl Message for ExpireMute {
     type Result = ();
 }
 
@@ -168,7 +186,18 @@ impl RoomActor {
         joining: Option<Arc<Session>>,
         ctx: &mut Context<Self>,
     ) -> Result<Option<Commit>, ChatError> {
-        let fx = self.room.apply(command)?;
+        self.execute_with_failures(command, joining, ctx)
+            .map(|(commit, _)| commit)
+    }
+
+    fn execute_with_failures(
+        &mut self,
+        command: Command,
+        joining: Option<Arc<Session>>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(Option<Commit>, AttributeFailures), ChatError> {
+        let mut fx = self.room.apply(command)?;
+        let failures = std::mem::take(&mut fx.failures);
         let mut commit = None;
         if fx.record_changed {
             let written = if fx.destroyed {
@@ -189,7 +218,31 @@ impl RoomActor {
             }
         }
         self.deliver(fx, joining);
-        Ok(commit)
+        Ok((commit, failures))
+    }
+
+    fn answer(&self, viewer: &UserId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
+        let room = &self.room;
+        Ok(match query {
+            RoomQuery::MuteList => QueryAnswer::MuteList(room.mute_list(viewer, self.now())?),
+            RoomQuery::AllowList => QueryAnswer::Users(room.allow_list(viewer)?),
+            RoomQuery::IsOnAllowList => QueryAnswer::Bool(room.is_on_allow_list(viewer)?),
+            RoomQuery::BlockList {
+                page_num,
+                page_size,
+            } => QueryAnswer::Users(room.block_list(viewer, page_num, page_size)?),
+            RoomQuery::Members { cursor, page_size } => {
+                let (users, next) = room.members_page(viewer, cursor, page_size)?;
+                QueryAnswer::Members(ChatCursorResult {
+                    data: users,
+                    cursor: next,
+                })
+            }
+            RoomQuery::Announcement => QueryAnswer::Text(room.announcement(viewer)?.to_string()),
+            RoomQuery::Attributes { keys } => {
+                QueryAnswer::Attributes(room.attributes(viewer, &keys)?)
+            }
+        })
     }
 
     /// Applies membership changes to the delivery tables, then delivers the events in order.
@@ -241,6 +294,15 @@ impl RoomActor {
                         }
                     }
                 }
+                Audience::MembersAmong(users) => {
+                    for user in users {
+                        if self.room.is_member(&user) {
+                            if let Some(m) = member(&user) {
+                                fanout.send_to(m, vec![item.clone()]);
+                            }
+                        }
+                    }
+                }
             }
         }
         if let Some(message) = fx.message {
@@ -248,8 +310,8 @@ impl RoomActor {
             self.history.push(message.clone());
             fanout.broadcast(room_id, ClientEvent::Message(message), sender);
         }
-        if let Some((user, at)) = fx.offline_check {
-            shared.timers.schedule_offline_check(at, room_id, user);
+        for timer in fx.timers {
+            shared.timers.schedule(room_id, timer);
         }
         if fx.destroyed {
             fanout.drop_room(room_id);
@@ -326,6 +388,22 @@ impl Actor for RoomActor {
                 ctx,
             );
         }
+        // Mutes that end later (of a room loaded from the store) get their timers again; those
+        // that ended while the room was not running are lifted at once.
+        let mutes: Vec<Timer> = self
+            .room
+            .record()
+            .mute_list
+            .iter()
+            .filter(|(_, &at)| at >= 0)
+            .map(|(user, &at)| Timer::MuteExpiry {
+                user: user.clone(),
+                at,
+            })
+            .collect();
+        for timer in mutes {
+            self.shared.timers.schedule(room_id, timer);
+        }
         self.entry.set_member_count(self.room.member_count());
         tracing::debug!(room = %room_id, "room actor started");
     }
@@ -399,6 +477,17 @@ impl Handler<RoomCall> for RoomActor {
                     commit: None,
                 })
             }
+            RoomOp::Apply(command) => {
+                let (commit, failures) = self.execute_with_failures(command, None, ctx)?;
+                Ok(Replied {
+                    reply: RoomReply::Failures(failures),
+                    commit,
+                })
+            }
+            RoomOp::Query { viewer, query } => Ok(Replied {
+                reply: RoomReply::Answer(self.answer(&viewer, query)?),
+                commit: None,
+            }),
             RoomOp::Stats => Ok(Replied {
                 reply: RoomReply::Stats(RoomStats {
                     room_id: self.room.id(),
@@ -429,6 +518,21 @@ impl Handler<SetPresence> for RoomActor {
             now: msg.at,
         };
         self.presence(command, ctx);
+    }
+}
+
+impl Handler<ExpireMute> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpireMute, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.presence(
+            Command::ExpireMute {
+                user: msg.user,
+                now,
+            },
+            ctx,
+        );
     }
 }
 

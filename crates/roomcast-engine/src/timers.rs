@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use roomcast_model::{RoomId, Timestamp, UserId};
+use roomcast_model::{RoomId, Timer, Timestamp, UserId};
 use tokio::sync::Notify;
 
-use crate::room_actor::ExpireOffline;
+use crate::room_actor::{ExpireMute, ExpireOffline};
 use crate::Shared;
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +23,7 @@ struct Due {
     at: Timestamp,
     room: RoomId,
     user: UserId,
+    mute: bool,
 }
 
 #[derive(Default)]
@@ -32,9 +33,23 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    /// Asks `room` to check `user`'s offline grace at `at` (engine clock).
-    pub(crate) fn schedule_offline_check(&self, at: Timestamp, room: RoomId, user: UserId) {
-        self.heap.lock().push(Reverse(Due { at, room, user }));
+    /// Asks `room` to run `timer`'s check when it is due (engine clock).
+    pub(crate) fn schedule(&self, room: RoomId, timer: Timer) {
+        let due = match timer {
+            Timer::OfflineCheck { user, at } => Due {
+                at,
+                room,
+                user,
+                mute: false,
+            },
+            Timer::MuteExpiry { user, at } => Due {
+                at,
+                room,
+                user,
+                mute: true,
+            },
+        };
+        self.heap.lock().push(Reverse(due));
         self.changed.notify_one();
     }
 
@@ -59,7 +74,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             drop(heap);
             for d in due {
                 if let Some(addr) = shared.directory.get(d.room).and_then(|e| e.live_actor()) {
-                    addr.do_send(ExpireOffline { user: d.user });
+                    if d.mute {
+                        addr.do_send(ExpireMute { user: d.user });
+                    } else {
+                        addr.do_send(ExpireOffline { user: d.user });
+                    }
                 }
             }
             shared.timers.heap.lock().peek().map(|Reverse(d)| d.at)

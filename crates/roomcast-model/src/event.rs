@@ -35,6 +35,9 @@ pub enum ChatRoomEvent {
         new_owner: UserId,
         /// The previous owner, now a plain member.
         old_owner: UserId,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onMuteListAddedFromChatRoom`: members were muted until `expire_time`.
     MuteListAdded {
@@ -44,6 +47,9 @@ pub enum ChatRoomEvent {
         members: Vec<UserId>,
         /// When the mute ends, in ms since the Unix epoch; -1 for never.
         expire_time: i64,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onMuteListRemovedFromChatRoom`: members were unmuted (by a call or by expiry).
     MuteListRemoved {
@@ -51,6 +57,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The members unmuted.
         members: Vec<UserId>,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onChatRoomDestroyed`: the owner destroyed the room; every member was removed.
     ChatRoomDestroyed {
@@ -63,6 +72,9 @@ pub enum ChatRoomEvent {
     SpecificationChanged {
         /// The room as it is now.
         room: Box<ChatRoom>,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onMemberJoinedFromChatRoom`: `participant` joined.
     MemberJoined {
@@ -90,6 +102,9 @@ pub enum ChatRoomEvent {
         participant: UserId,
         /// Why.
         reason: LeaveReason,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAnnouncementChangedFromChatRoom`: the announcement is now `announcement`.
     AnnouncementChanged {
@@ -97,6 +112,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The new announcement (empty when cleared).
         announcement: String,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAllowListAddedFromChatRoom`: members were added to the allow list.
     AllowListAdded {
@@ -104,6 +122,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The members added.
         members: Vec<UserId>,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAllowListRemovedFromChatRoom`: members were removed from the allow list.
     AllowListRemoved {
@@ -111,6 +132,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The members removed.
         members: Vec<UserId>,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAllChatRoomMemberMuteStateChanged`: mute-all was turned on or off.
     AllMemberMuteStateChanged {
@@ -118,6 +142,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// True if all members are now muted.
         is_all_muted: bool,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAdminAddedFromChatRoom`: `admin` became an admin.
     AdminAdded {
@@ -125,6 +152,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The new admin.
         admin: UserId,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAdminRemovedFromChatRoom`: `admin` is no longer an admin.
     AdminRemoved {
@@ -132,6 +162,9 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The former admin.
         admin: UserId,
+        /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
+        /// (an expiry, an offline removal).
+        operator: Option<UserId>,
     },
     /// `onAttributesUpdated`: custom attributes were set by `from`.
     AttributesUpdated {
@@ -172,7 +205,7 @@ impl ChatRoomEvent {
             | ChatRoomEvent::AdminRemoved { room_id, .. }
             | ChatRoomEvent::AttributesUpdated { room_id, .. }
             | ChatRoomEvent::AttributesRemoved { room_id, .. } => *room_id,
-            ChatRoomEvent::SpecificationChanged { room } => room.room_id,
+            ChatRoomEvent::SpecificationChanged { room, .. } => room.room_id,
         }
     }
 }
@@ -187,6 +220,8 @@ pub enum Audience {
     Members,
     /// The owner and the admins who are in the room, except one (the member who acted).
     StaffExcept(UserId),
+    /// Those of these users who are in the room.
+    MembersAmong(Vec<UserId>),
     /// Exactly these users (who need not still be members: a removed member is told so).
     Users(Vec<UserId>),
 }

@@ -15,8 +15,8 @@ pub enum SearchDirection {
     Down,
 }
 
-/// One page of history, with where to start the next.
-#[derive(Debug, Clone, PartialEq)]
+/// One page of a cursor listing (history, members), with where to start the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatCursorResult<T> {
     /// The page's items, in the query's direction.
     pub data: Vec<T>,

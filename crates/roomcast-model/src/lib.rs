@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod attributes;
 mod error;
 mod event;
 mod gate;
@@ -14,9 +15,14 @@ mod history;
 mod id;
 mod limits;
 mod message;
+mod moderation;
 mod page;
 mod room;
 
+pub use attributes::{
+    AttributeFailures, RoomAttribute, SetAttributes, MAX_KEYS_PER_CALL, MAX_KEYS_PER_ROOM,
+    MAX_KEY_CHARS, MAX_VALUE_CHARS,
+};
 pub use error::{ChatError, ErrorCode};
 pub use event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 pub use gate::{DeliveryGate, RoomMessageStats};
@@ -27,8 +33,9 @@ pub use message::{
     AttributeValue, ChatMessage, MessageBody, MessageData, MessageId, MessagePriority,
     OutgoingMessage,
 };
+pub use moderation::{check_permission, Moderation, Operation, MAX_ADMINS};
 pub use page::ChatPageResult;
 pub use room::{
     ChatRoom, ChatRoomPermissionType, Command, Effects, Room, RoomPolicy, RoomRecord, RoomSpec,
-    Timestamp,
+    Timer, Timestamp,
 };

@@ -9,9 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::attributes::{AttributeFailures, RoomAttribute, SetAttributes};
 use crate::event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 use crate::gate::{DeliveryGate, RoomMessageStats};
 use crate::message::{ChatMessage, MessageData, MessageId, MessagePriority, OutgoingMessage};
+use crate::moderation::{check_permission, Moderation, Operation};
 use crate::{ChatError, Limits, RoomId, UserId};
 
 /// Milliseconds since the Unix epoch, from the engine's clock.
@@ -136,6 +140,8 @@ pub struct RoomRecord {
     pub allow_list: BTreeSet<UserId>,
     /// Blocked users.
     pub block_list: BTreeSet<UserId>,
+    /// Custom attributes, by key.
+    pub attributes: BTreeMap<String, RoomAttribute>,
     /// Creation time.
     pub created_at: Timestamp,
 }
@@ -188,6 +194,57 @@ pub enum Command {
         /// Now.
         now: Timestamp,
     },
+    /// `by` moderates the room.
+    Moderate {
+        /// Who acts.
+        by: UserId,
+        /// What it does.
+        action: Moderation,
+        /// Now (mute expiries count from it).
+        now: Timestamp,
+    },
+    /// `user`'s mute may have expired: lift it if so.
+    ExpireMute {
+        /// Who.
+        user: UserId,
+        /// Now.
+        now: Timestamp,
+    },
+    /// `by` sets custom attributes.
+    SetAttributes {
+        /// Who.
+        by: UserId,
+        /// What and how.
+        set: SetAttributes,
+    },
+    /// `by` removes custom attributes (`force`: also keys others own).
+    RemoveAttributes {
+        /// Who.
+        by: UserId,
+        /// Which keys.
+        keys: Vec<String>,
+        /// Remove keys owned by others too.
+        force: bool,
+    },
+}
+
+/// A check a room asks the engine's timers for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// Apply [`Command::ExpireOffline`] for `user` at `at`.
+    OfflineCheck {
+        /// Who.
+        user: UserId,
+        /// When (engine clock).
+        at: Timestamp,
+    },
+    /// Apply [`Command::ExpireMute`] for `user` at `at`.
+    MuteExpiry {
+        /// Who.
+        user: UserId,
+        /// When (engine clock).
+        at: Timestamp,
+    },
 }
 
 /// What applying a command did.
@@ -205,8 +262,26 @@ pub struct Effects {
     pub destroyed: bool,
     /// The message accepted, to deliver to every member but its sender.
     pub message: Option<ChatMessage>,
-    /// Check `user` for [`Command::ExpireOffline`] at this time.
-    pub offline_check: Option<(UserId, Timestamp)>,
+    /// Checks to schedule.
+    pub timers: Vec<Timer>,
+    /// Per-key failures of an attribute call.
+    pub failures: AttributeFailures,
+}
+
+impl Effects {
+    /// Appends `other`'s effects after these.
+    pub fn merge(&mut self, other: Effects) {
+        self.joined.extend(other.joined);
+        self.left.extend(other.left);
+        self.events.extend(other.events);
+        self.record_changed |= other.record_changed;
+        self.destroyed |= other.destroyed;
+        if other.message.is_some() {
+            self.message = other.message;
+        }
+        self.timers.extend(other.timers);
+        self.failures.extend(other.failures);
+    }
 }
 
 /// The engine-wide settings a room applies, fixed when the room is loaded.
@@ -277,6 +352,7 @@ pub struct Room {
     members: Members,
     /// Members whose session is offline, and since when.
     offline: HashMap<UserId, Timestamp>,
+    limits: Arc<Limits>,
     policy: RoomPolicy,
     last_seq: u64,
     gate: DeliveryGate,
@@ -316,6 +392,7 @@ impl Room {
         let policy = RoomPolicy::from_limits(limits);
         Ok(Room {
             offline: HashMap::new(),
+            limits: Arc::new(limits.clone()),
             policy,
             last_seq: 0,
             gate: DeliveryGate::new(policy.delivery_rate, now),
@@ -330,6 +407,7 @@ impl Room {
                 mute_list: BTreeMap::new(),
                 allow_list: BTreeSet::new(),
                 block_list: BTreeSet::new(),
+                attributes: BTreeMap::new(),
                 created_at: now,
             },
             members: set,
@@ -344,6 +422,7 @@ impl Room {
             record,
             members: Members::default(),
             offline: HashMap::new(),
+            limits: Arc::new(limits.clone()),
             policy,
             last_seq,
             gate: DeliveryGate::new(policy.delivery_rate, now),
@@ -431,6 +510,131 @@ impl Room {
         &self.record
     }
 
+    pub(crate) fn record_mut(&mut self) -> &mut RoomRecord {
+        &mut self.record
+    }
+
+    /// The limits the room applies.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Effects of a change to the record, with these events.
+    pub(crate) fn changed(&self, events: Vec<Outgoing>) -> Effects {
+        Effects {
+            events,
+            record_changed: true,
+            ..Effects::default()
+        }
+    }
+
+    /// The announcement, for a member (702 otherwise).
+    pub fn announcement(&self, viewer: &UserId) -> Result<&str, ChatError> {
+        self.require_member(viewer)?;
+        Ok(&self.record.announcement)
+    }
+
+    fn require_member(&self, user: &UserId) -> Result<(), ChatError> {
+        if self.is_member(user) {
+            Ok(())
+        } else {
+            Err(ChatError::NotJoined(user.to_string()))
+        }
+    }
+
+    /// The mute list with each mute's end (ms since the epoch, -1 never), leaving out mutes that
+    /// have ended by `now`. Owner and admins only.
+    pub fn mute_list(
+        &self,
+        viewer: &UserId,
+        now: Timestamp,
+    ) -> Result<BTreeMap<UserId, Timestamp>, ChatError> {
+        check_permission(Operation::FetchMuteList, self.role_of(viewer), None)?;
+        Ok(self
+            .record
+            .mute_list
+            .iter()
+            .filter(|(_, &until)| until < 0 || until > now)
+            .map(|(u, t)| (u.clone(), *t))
+            .collect())
+    }
+
+    /// The allow list. Owner and admins only.
+    pub fn allow_list(&self, viewer: &UserId) -> Result<Vec<UserId>, ChatError> {
+        check_permission(Operation::FetchAllowList, self.role_of(viewer), None)?;
+        Ok(self.record.allow_list.iter().cloned().collect())
+    }
+
+    /// True if `user` is on the allow list (the owner and admins always are). Any member may ask
+    /// about itself.
+    pub fn is_on_allow_list(&self, user: &UserId) -> Result<bool, ChatError> {
+        if !self.is_member(user) && self.role_of(user) == ChatRoomPermissionType::None {
+            return Err(ChatError::NotJoined(user.to_string()));
+        }
+        Ok(self.is_exempt(user))
+    }
+
+    /// Page `page_num` (from 1) of the block list, sorted by user id. Owner and admins only.
+    pub fn block_list(
+        &self,
+        viewer: &UserId,
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<Vec<UserId>, ChatError> {
+        check_permission(Operation::FetchBlockList, self.role_of(viewer), None)?;
+        if page_num == 0 || page_size == 0 {
+            return Err(ChatError::InvalidParam(
+                "pages are numbered from 1, of 1 or more".into(),
+            ));
+        }
+        let skip = (page_num as usize - 1).saturating_mul(page_size as usize);
+        Ok(self
+            .record
+            .block_list
+            .iter()
+            .skip(skip)
+            .take(page_size as usize)
+            .cloned()
+            .collect())
+    }
+
+    /// A page of the member list, newest first: up to `page_size` members who joined before
+    /// the cursor (`None`: from the newest), and the cursor of the next page (`None` at the end).
+    /// Members only.
+    pub fn members_page(
+        &self,
+        viewer: &UserId,
+        cursor: Option<u64>,
+        page_size: usize,
+    ) -> Result<(Vec<UserId>, Option<u64>), ChatError> {
+        self.require_member(viewer)?;
+        if page_size == 0 {
+            return Err(ChatError::InvalidParam(
+                "page size must be at least 1".into(),
+            ));
+        }
+        let before = cursor.unwrap_or(u64::MAX);
+        let mut older: Vec<(u64, &UserId)> = self
+            .members
+            .seq_of
+            .iter()
+            .filter(|(_, s)| **s < before)
+            .map(|(u, s)| (*s, u))
+            .collect();
+        let more = older.len() > page_size;
+        if more {
+            older.select_nth_unstable_by(page_size, |a, b| b.0.cmp(&a.0));
+            older.truncate(page_size);
+        }
+        older.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let next = if more {
+            older.last().map(|(s, _)| *s)
+        } else {
+            None
+        };
+        Ok((older.into_iter().map(|(_, u)| u.clone()).collect(), next))
+    }
+
     /// The room's id.
     pub fn id(&self) -> RoomId {
         self.record.id
@@ -510,6 +714,12 @@ impl Room {
             } => self.send(from, message, msg_id, now),
             Command::SetPresence { user, online, now } => Ok(self.set_presence(user, online, now)),
             Command::ExpireOffline { user, now } => Ok(self.expire_offline(user, now)),
+            Command::Moderate { by, action, now } => self.moderate(by, action, now),
+            Command::ExpireMute { user, now } => Ok(self.expire_mute(user, now)),
+            Command::SetAttributes { by, set } => self.set_attributes(by, set),
+            Command::RemoveAttributes { by, keys, force } => {
+                self.remove_attributes(by, keys, force)
+            }
         }
     }
 
@@ -560,7 +770,7 @@ impl Room {
         self.offline.insert(user.clone(), now);
         let due = now.saturating_add(self.offline_grace_ms() as Timestamp);
         Effects {
-            offline_check: Some((user, due)),
+            timers: vec![Timer::OfflineCheck { user, at: due }],
             ..Effects::default()
         }
     }
@@ -572,7 +782,7 @@ impl Room {
         let due = since.saturating_add(self.offline_grace_ms() as Timestamp);
         if now < due {
             return Effects {
-                offline_check: Some((user, due)),
+                timers: vec![Timer::OfflineCheck { user, at: due }],
                 ..Effects::default()
             };
         }
@@ -581,17 +791,22 @@ impl Room {
             // a member made admin while away is exempt too).
             return Effects::default();
         }
-        self.remove_member(user, LeaveReason::Offline)
+        self.remove_member(user, LeaveReason::Offline, None)
     }
 
     /// Removes `user` for `reason`: the others hear it left, the user hears it was removed.
-    fn remove_member(&mut self, user: UserId, reason: LeaveReason) -> Effects {
+    pub(crate) fn remove_member(
+        &mut self,
+        user: UserId,
+        reason: LeaveReason,
+        operator: Option<UserId>,
+    ) -> Effects {
         let audience = self.membership_audience(&user);
         self.members.remove(&user);
         self.offline.remove(&user);
         let room_id = self.record.id;
         let room_name = self.record.spec.name.clone();
-        Effects {
+        let mut fx = Effects {
             left: vec![user.clone()],
             events: vec![
                 Outgoing {
@@ -607,13 +822,16 @@ impl Room {
                     event: ChatRoomEvent::RemovedFromChatRoom {
                         room_id,
                         room_name,
-                        participant: user,
+                        participant: user.clone(),
                         reason,
+                        operator,
                     },
                 },
             ],
             ..Effects::default()
-        }
+        };
+        fx.merge(self.drop_attributes_of(&user));
+        fx
     }
 
     fn join(&mut self, user: UserId) -> Result<Effects, ChatError> {
@@ -651,18 +869,20 @@ impl Room {
         let audience = self.membership_audience(&user);
         self.members.remove(&user);
         self.offline.remove(&user);
-        Ok(Effects {
+        let mut fx = Effects {
             left: vec![user.clone()],
             events: vec![Outgoing {
                 to: audience,
                 event: ChatRoomEvent::MemberExited {
                     room_id: self.record.id,
                     room_name: self.record.spec.name.clone(),
-                    participant: user,
+                    participant: user.clone(),
                 },
             }],
             ..Effects::default()
-        })
+        };
+        fx.merge(self.drop_attributes_of(&user));
+        Ok(fx)
     }
 
     fn destroy(&mut self, user: UserId) -> Result<Effects, ChatError> {
@@ -691,6 +911,7 @@ impl Room {
                 room_name: room_name.clone(),
                 participant,
                 reason: LeaveReason::Destroyed,
+                operator: Some(user.clone()),
             },
         }));
         Ok(Effects {
@@ -989,7 +1210,13 @@ mod tests {
         };
 
         let fx = r.apply(presence("a", false, 1_000)).unwrap();
-        assert_eq!(fx.offline_check, Some((uid("a"), 1_000 + grace)));
+        assert_eq!(
+            fx.timers,
+            vec![Timer::OfflineCheck {
+                user: uid("a"),
+                at: 1_000 + grace
+            }]
+        );
         // Back online within the grace period: the old check finds nothing to do.
         r.apply(presence("a", true, 2_000)).unwrap();
         assert_eq!(
@@ -999,7 +1226,13 @@ mod tests {
         // Offline again: an early check reschedules, the due one removes.
         r.apply(presence("a", false, 10_000)).unwrap();
         let early = r.apply(expire("a", 10_000 + grace - 1)).unwrap();
-        assert_eq!(early.offline_check, Some((uid("a"), 10_000 + grace)));
+        assert_eq!(
+            early.timers,
+            vec![Timer::OfflineCheck {
+                user: uid("a"),
+                at: 10_000 + grace
+            }]
+        );
         let fx = r.apply(expire("a", 10_000 + grace)).unwrap();
         assert_eq!(fx.left, vec![uid("a")]);
         assert_eq!(fx.events[0].to, Audience::MembersExcept(uid("a")));

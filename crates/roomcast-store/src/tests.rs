@@ -25,6 +25,15 @@ fn record(id: u64, name: &str) -> RoomRecord {
         mute_list: BTreeMap::from([(uid("m"), -1)]),
         allow_list: BTreeSet::from([uid("a")]),
         block_list: BTreeSet::from([uid("b")]),
+        attributes: BTreeMap::from([(
+            "pinned".to_string(),
+            roomcast_model::RoomAttribute {
+                value: "poll-7".into(),
+                owner: uid("adm"),
+                delete_when_left: true,
+                version: 3,
+            },
+        )]),
         created_at: 42,
     }
 }

@@ -50,6 +50,7 @@ pub struct ReadmeDoctests;
 mod chat_manager;
 mod client;
 mod engine;
+mod moderation;
 mod options;
 mod room_manager;
 
@@ -59,15 +60,16 @@ pub use engine::{Engine, EngineBuilder};
 pub use options::ChatOptions;
 pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
 
+pub use moderation::MEMBER_PAGE_MAX;
 pub use roomcast_engine::{
     ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability, EventStream,
     ManualClock, RoomStats, SystemClock,
 };
 pub use roomcast_model::{
-    AttributeValue, ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom,
-    ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery, LeaveReason, Limits,
-    MessageBody, MessageData, MessageId, MessagePriority, OutgoingMessage, RoomId,
-    RoomMessageStats, SearchDirection, Timestamp, UserId,
+    check_permission, AttributeFailures, AttributeValue, ChatCursorResult, ChatError, ChatMessage,
+    ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery,
+    LeaveReason, Limits, MessageBody, MessageData, MessageId, MessagePriority, Operation,
+    OutgoingMessage, RoomId, RoomMessageStats, SearchDirection, SetAttributes, Timestamp, UserId,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

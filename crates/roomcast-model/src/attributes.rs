@@ -1,0 +1,288 @@
+//! Custom room attributes: key-value pairs, each owned by the member who set it.
+//!
+//! Agora's rules: at most 100 keys per room; a key is 1 to 128 characters of `[A-Za-z0-9_.-]`;
+//! a value at most 4,096 characters; at most 10 pairs per set call and 10 keys per remove call.
+//! A key belongs to whoever set it: without `overwrite` (or `force` for removal) a key owned by
+//! someone else is left alone and reported as failed; with it, it is taken over. Keys set with
+//! `delete_when_left` are removed when their owner leaves the room. Beyond Agora, every key has a
+//! version (1 when created, +1 per change) for compare-and-set.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Audience, ChatRoomEvent, Outgoing};
+use crate::room::{Effects, Room};
+use crate::{ChatError, UserId};
+
+/// Most keys a room may hold.
+pub const MAX_KEYS_PER_ROOM: usize = 100;
+/// Longest key, in characters.
+pub const MAX_KEY_CHARS: usize = 128;
+/// Longest value, in characters.
+pub const MAX_VALUE_CHARS: usize = 4096;
+/// Most pairs per set call, and keys per remove call.
+pub const MAX_KEYS_PER_CALL: usize = 10;
+
+/// One stored attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomAttribute {
+    /// The value.
+    pub value: String,
+    /// Who set it last.
+    pub owner: UserId,
+    /// Removed when its owner leaves the room.
+    pub delete_when_left: bool,
+    /// 1 when created, +1 on every change.
+    pub version: u64,
+}
+
+/// How to set attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttributes {
+    /// Key to value.
+    pub attributes: BTreeMap<String, String>,
+    /// Remove these keys when the setter leaves the room.
+    pub delete_when_left: bool,
+    /// Take over keys owned by other members.
+    pub overwrite: bool,
+    /// Compare-and-set: a key listed here is set only if its current version is the one given
+    /// (0: only if the key does not exist yet).
+    pub if_versions: BTreeMap<String, u64>,
+}
+
+impl SetAttributes {
+    /// Sets `attributes`, as their owner, without taking over keys of others.
+    pub fn new<K: Into<String>, V: Into<String>>(
+        attributes: impl IntoIterator<Item = (K, V)>,
+    ) -> SetAttributes {
+        SetAttributes {
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            ..SetAttributes::default()
+        }
+    }
+
+    /// Removes the keys when the setter leaves the room.
+    pub fn delete_when_left(mut self, yes: bool) -> Self {
+        self.delete_when_left = yes;
+        self
+    }
+
+    /// Takes over keys owned by other members.
+    pub fn overwrite(mut self, yes: bool) -> Self {
+        self.overwrite = yes;
+        self
+    }
+
+    /// Sets `key` only if its version is `version` (0: only if it does not exist).
+    pub fn if_version(mut self, key: impl Into<String>, version: u64) -> Self {
+        self.if_versions.insert(key.into(), version);
+        self
+    }
+}
+
+/// Per-key failures of an attribute call; keys not in it succeeded.
+pub type AttributeFailures = BTreeMap<String, ChatError>;
+
+fn check_key(key: &str) -> Result<(), ChatError> {
+    let chars = key.chars().count();
+    if chars == 0 || chars > MAX_KEY_CHARS {
+        return Err(ChatError::InvalidParam(format!(
+            "attribute key must be 1 to {MAX_KEY_CHARS} characters"
+        )));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(ChatError::InvalidParam(
+            "attribute keys may hold A-Z, a-z, 0-9, '_', '.', '-' only".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Room {
+    fn check_attribute_caller(&self, by: &UserId, count: usize) -> Result<(), ChatError> {
+        if !self.is_member(by) {
+            return Err(ChatError::NotJoined(by.to_string()));
+        }
+        if count == 0 || count > MAX_KEYS_PER_CALL {
+            return Err(ChatError::InvalidParam(format!(
+                "give 1 to {MAX_KEYS_PER_CALL} attributes per call, not {count}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The attributes named by `keys` (all if empty), as key to value. Members only.
+    pub fn attributes(
+        &self,
+        viewer: &UserId,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, String>, ChatError> {
+        if !self.is_member(viewer) {
+            return Err(ChatError::NotJoined(viewer.to_string()));
+        }
+        let all = &self.record().attributes;
+        Ok(if keys.is_empty() {
+            all.iter()
+                .map(|(k, a)| (k.clone(), a.value.clone()))
+                .collect()
+        } else {
+            keys.iter()
+                .filter_map(|k| all.get(k).map(|a| (k.clone(), a.value.clone())))
+                .collect()
+        })
+    }
+
+    pub(crate) fn set_attributes(
+        &mut self,
+        by: UserId,
+        set: SetAttributes,
+    ) -> Result<Effects, ChatError> {
+        self.check_attribute_caller(&by, set.attributes.len())?;
+        let mut failures = AttributeFailures::new();
+        let mut updated = BTreeMap::new();
+        for (key, value) in set.attributes {
+            let outcome = check_key(&key).and_then(|()| {
+                if value.chars().count() > MAX_VALUE_CHARS {
+                    return Err(ChatError::InvalidParam(format!(
+                        "attribute value is over {MAX_VALUE_CHARS} characters"
+                    )));
+                }
+                let attrs = &self.record().attributes;
+                let current = attrs.get(&key);
+                if let Some(&expected) = set.if_versions.get(&key) {
+                    let actual = current.map_or(0, |a| a.version);
+                    if actual != expected {
+                        return Err(ChatError::PermissionDenied(format!(
+                            "version is {actual}, not {expected}"
+                        )));
+                    }
+                }
+                match current {
+                    Some(a) if a.owner != by && !set.overwrite => Err(ChatError::PermissionDenied(
+                        format!("the key belongs to {}", a.owner),
+                    )),
+                    None if attrs.len() >= MAX_KEYS_PER_ROOM => Err(ChatError::ExceedServiceLimit(
+                        format!("a room holds at most {MAX_KEYS_PER_ROOM} attributes"),
+                    )),
+                    _ => Ok(current.map_or(1, |a| a.version + 1)),
+                }
+            });
+            match outcome {
+                Ok(version) => {
+                    self.record_mut().attributes.insert(
+                        key.clone(),
+                        RoomAttribute {
+                            value: value.clone(),
+                            owner: by.clone(),
+                            delete_when_left: set.delete_when_left,
+                            version,
+                        },
+                    );
+                    updated.insert(key, value);
+                }
+                Err(e) => {
+                    failures.insert(key, e);
+                }
+            }
+        }
+        let mut fx = Effects {
+            failures,
+            ..Effects::default()
+        };
+        if !updated.is_empty() {
+            fx.record_changed = true;
+            fx.events.push(Outgoing {
+                to: Audience::MembersExcept(by.clone()),
+                event: ChatRoomEvent::AttributesUpdated {
+                    room_id: self.id(),
+                    attributes: updated,
+                    from: by,
+                },
+            });
+        }
+        Ok(fx)
+    }
+
+    pub(crate) fn remove_attributes(
+        &mut self,
+        by: UserId,
+        keys: Vec<String>,
+        force: bool,
+    ) -> Result<Effects, ChatError> {
+        self.check_attribute_caller(&by, keys.len())?;
+        let mut failures = AttributeFailures::new();
+        let mut removed = Vec::new();
+        for key in keys {
+            let outcome = check_key(&key).and_then(|()| match self.record().attributes.get(&key) {
+                None => Err(ChatError::InvalidParam("no such attribute".into())),
+                Some(a) if a.owner != by && !force => Err(ChatError::PermissionDenied(format!(
+                    "the key belongs to {}",
+                    a.owner
+                ))),
+                Some(_) => Ok(()),
+            });
+            match outcome {
+                Ok(()) => {
+                    self.record_mut().attributes.remove(&key);
+                    removed.push(key);
+                }
+                Err(e) => {
+                    failures.insert(key, e);
+                }
+            }
+        }
+        let mut fx = Effects {
+            failures,
+            ..Effects::default()
+        };
+        if !removed.is_empty() {
+            fx.record_changed = true;
+            fx.events.push(Outgoing {
+                to: Audience::MembersExcept(by.clone()),
+                event: ChatRoomEvent::AttributesRemoved {
+                    room_id: self.id(),
+                    keys: removed,
+                    from: by,
+                },
+            });
+        }
+        Ok(fx)
+    }
+
+    /// Removes `user`'s keys marked delete-when-left (it has just left); the event goes to the
+    /// remaining members.
+    pub(crate) fn drop_attributes_of(&mut self, user: &UserId) -> Effects {
+        let keys: Vec<String> = self
+            .record()
+            .attributes
+            .iter()
+            .filter(|(_, a)| a.owner == *user && a.delete_when_left)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if keys.is_empty() {
+            return Effects::default();
+        }
+        for k in &keys {
+            self.record_mut().attributes.remove(k);
+        }
+        Effects {
+            record_changed: true,
+            events: vec![Outgoing {
+                to: Audience::Members,
+                event: ChatRoomEvent::AttributesRemoved {
+                    room_id: self.id(),
+                    keys,
+                    from: user.clone(),
+                },
+            }],
+            ..Effects::default()
+        }
+    }
+}

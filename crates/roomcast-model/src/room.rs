@@ -626,7 +626,7 @@ impl Room {
             older.select_nth_unstable_by(page_size, |a, b| b.0.cmp(&a.0));
             older.truncate(page_size);
         }
-        older.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        older.sort_unstable_by_key(|(s, _)| std::cmp::Reverse(*s));
         let next = if more {
             older.last().map(|(s, _)| *s)
         } else {

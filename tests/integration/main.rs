@@ -22,3 +22,6 @@ mod messages;
 
 /// Online, offline, the grace period, automatic removal, resuming.
 mod presence;
+
+/// Roles, moderation lists, mutes, specification, announcement, member list, attributes.
+mod moderation;

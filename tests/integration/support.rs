@@ -74,6 +74,11 @@ impl Recorder {
         self.inner.events.lock().clone()
     }
 
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.inner.events.lock().clear();
+    }
+
     /// Waits (up to [`DEADLINE`]) until `done` holds for the recorded events.
     pub async fn wait_until(&self, what: &str, done: impl Fn(&[ChatRoomEvent]) -> bool) {
         let wait = async {

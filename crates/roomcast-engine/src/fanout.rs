@@ -34,7 +34,7 @@ enum Job {
     Broadcast {
         room: RoomId,
         item: ClientEvent,
-        except: Option<u64>,
+        except: Except,
     },
     SendTo {
         member: Arc<Session>,
@@ -109,8 +109,8 @@ impl Fanout {
         Self::send(self.shard_of(mailbox_id), Job::Remove { room, mailbox_id });
     }
 
-    /// Delivers `item` to every member of `room` but the mailbox `except`.
-    pub(crate) fn broadcast(&self, room: RoomId, item: ClientEvent, except: Option<u64>) {
+    /// Delivers `item` to every member of `room` but the mailboxes in `except`.
+    pub(crate) fn broadcast(&self, room: RoomId, item: ClientEvent, except: Except) {
         for tx in self.senders.iter() {
             Self::send(
                 tx,
@@ -172,10 +172,33 @@ struct RoomSlice {
 /// Most jobs a shard takes off its channel at once.
 const BATCH: usize = 1024;
 
+/// The mailboxes a broadcast skips: at most two (the member who acted and the one it acted
+/// on), by id; 0 is no mailbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Except([u64; 2]);
+
+impl Except {
+    /// Skips nobody.
+    pub(crate) const NONE: Except = Except([0, 0]);
+
+    /// Skips the mailboxes of `ids` (at most two are kept).
+    pub(crate) fn of(ids: impl IntoIterator<Item = u64>) -> Except {
+        let mut e = [0; 2];
+        for (slot, id) in e.iter_mut().zip(ids) {
+            *slot = id;
+        }
+        Except(e)
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.0[0] == id || self.0[1] == id
+    }
+}
+
 /// A run of consecutive broadcasts to one room, delivered to each member under one lock.
 struct Run {
     room: RoomId,
-    items: Vec<(ClientEvent, Option<u64>)>,
+    items: Vec<(ClientEvent, Except)>,
 }
 
 fn flush(
@@ -193,7 +216,7 @@ fn flush(
     if let [(item, except)] = run.items.as_slice() {
         for member in &slice.members {
             let mailbox = member.mailbox();
-            if Some(mailbox.id()) != *except {
+            if !except.contains(mailbox.id()) {
                 wakes.add(mailbox.push_many(std::iter::once(item.clone())).1, pool);
             }
         }
@@ -205,7 +228,7 @@ fn flush(
         let items = run
             .items
             .iter()
-            .filter(|(_, except)| *except != Some(id))
+            .filter(|(_, except)| !except.contains(id))
             .map(|(item, _)| item.clone());
         wakes.add(mailbox.push_many(items).1, pool);
     }

@@ -16,6 +16,7 @@ use roomcast_model::{
 use roomcast_store::{Commit, Store};
 
 use crate::directory::RoomEntry;
+use crate::fanout::Except;
 use crate::session::Session;
 use crate::supervisor::{RoomExited, Supervisor};
 use crate::{storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
@@ -272,15 +273,18 @@ impl RoomActor {
         for out in fx.events {
             let item = ClientEvent::Room(Arc::new(out.event));
             match out.to {
-                Audience::Members => fanout.broadcast(room_id, item, None),
-                Audience::MembersExcept(user) => {
-                    let except = member(&user).map(|m| m.mailbox().id());
-                    fanout.broadcast(room_id, item, except);
+                Audience::Members => fanout.broadcast(room_id, item, Except::NONE),
+                Audience::MembersExcept(users) => {
+                    debug_assert!(users.len() <= 2, "a broadcast skips at most two members");
+                    let ids = users
+                        .iter()
+                        .filter_map(|u| member(u).map(|m| m.mailbox().id()));
+                    fanout.broadcast(room_id, item, Except::of(ids));
                 }
-                Audience::StaffExcept(user) => {
+                Audience::StaffExcept(users) => {
                     let record = self.room.record();
                     for staff in std::iter::once(&record.owner).chain(&record.admins) {
-                        if *staff != user && self.room.is_member(staff) {
+                        if !users.contains(staff) && self.room.is_member(staff) {
                             if let Some(m) = member(staff) {
                                 fanout.send_to(m, vec![item.clone()]);
                             }
@@ -308,7 +312,7 @@ impl RoomActor {
         if let Some(message) = fx.message {
             self.entry.set_last_seq(message.seq());
             self.history.push(message.clone());
-            fanout.broadcast(room_id, ClientEvent::Message(message), sender);
+            fanout.broadcast(room_id, ClientEvent::Message(message), Except::of(sender));
         }
         for timer in fx.timers {
             shared.timers.schedule(room_id, timer);

@@ -199,7 +199,7 @@ impl Room {
         if !updated.is_empty() {
             fx.record_changed = true;
             fx.events.push(Outgoing {
-                to: Audience::MembersExcept(by.clone()),
+                to: Audience::MembersExcept(vec![by.clone()]),
                 event: ChatRoomEvent::AttributesUpdated {
                     room_id: self.id(),
                     attributes: updated,
@@ -245,7 +245,7 @@ impl Room {
         if !removed.is_empty() {
             fx.record_changed = true;
             fx.events.push(Outgoing {
-                to: Audience::MembersExcept(by.clone()),
+                to: Audience::MembersExcept(vec![by.clone()]),
                 event: ChatRoomEvent::AttributesRemoved {
                     room_id: self.id(),
                     keys: removed,
@@ -284,5 +284,197 @@ impl Room {
             }],
             ..Effects::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Command, Limits, RoomId, RoomSpec};
+
+    fn uid(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    fn room() -> Room {
+        let spec = RoomSpec {
+            name: "r".into(),
+            description: String::new(),
+            welcome_message: String::new(),
+            max_users: 100,
+            offline_grace_ms: None,
+        };
+        Room::create(
+            RoomId::from_u64(1),
+            uid("o"),
+            spec,
+            vec![uid("a"), uid("b")],
+            &Limits::default(),
+            0,
+        )
+        .unwrap()
+    }
+
+    fn set(r: &mut Room, by: &str, s: SetAttributes) -> Result<AttributeFailures, ChatError> {
+        r.apply(Command::SetAttributes {
+            by: uid(by),
+            set: s,
+        })
+        .map(|fx| fx.failures)
+    }
+
+    fn codes(f: &AttributeFailures) -> BTreeMap<&str, u32> {
+        f.iter().map(|(k, e)| (k.as_str(), e.code())).collect()
+    }
+
+    #[test]
+    fn ownership_and_overwrite() {
+        let mut r = room();
+        assert!(set(&mut r, "a", SetAttributes::new([("k", "1")]))
+            .unwrap()
+            .is_empty());
+        let failed = set(&mut r, "b", SetAttributes::new([("k", "2"), ("j", "x")])).unwrap();
+        assert_eq!(
+            codes(&failed),
+            BTreeMap::from([("k", 703)]),
+            "j applied, k refused"
+        );
+        assert_eq!(r.record().attributes["k"].value, "1");
+        let failed = set(
+            &mut r,
+            "b",
+            SetAttributes::new([("k", "2")]).overwrite(true),
+        )
+        .unwrap();
+        assert!(failed.is_empty());
+        assert_eq!(r.record().attributes["k"].owner, uid("b"));
+        assert_eq!(r.record().attributes["k"].version, 2);
+        let rm = |r: &mut Room, by: &str, keys: &[&str], force| {
+            r.apply(Command::RemoveAttributes {
+                by: uid(by),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                force,
+            })
+            .map(|fx| fx.failures)
+        };
+        assert_eq!(
+            codes(&rm(&mut r, "a", &["k", "nope"], false).unwrap()),
+            BTreeMap::from([("k", 703), ("nope", 110)])
+        );
+        assert!(rm(&mut r, "a", &["k"], true).unwrap().is_empty());
+        assert!(!r.record().attributes.contains_key("k"));
+        assert_eq!(rm(&mut r, "x", &["j"], true).unwrap_err().code(), 702);
+    }
+
+    #[test]
+    fn limits() {
+        let mut r = room();
+        let eleven: Vec<(String, String)> =
+            (0..11).map(|n| (format!("k{n}"), "v".into())).collect();
+        assert_eq!(
+            set(&mut r, "a", SetAttributes::new(eleven))
+                .unwrap_err()
+                .code(),
+            110
+        );
+        assert_eq!(
+            set(&mut r, "a", SetAttributes::default())
+                .unwrap_err()
+                .code(),
+            110
+        );
+        assert_eq!(
+            set(&mut r, "x", SetAttributes::new([("k", "v")]))
+                .unwrap_err()
+                .code(),
+            702
+        );
+        let bad = SetAttributes::new([
+            ("ok-key_1.x", "v".repeat(MAX_VALUE_CHARS)),
+            ("", "v".to_string()),
+            ("bad key", "v".to_string()),
+            ("k".repeat(129).as_str(), "v".to_string()),
+            ("long", "v".repeat(MAX_VALUE_CHARS + 1)),
+        ]);
+        let failed = set(&mut r, "a", bad).unwrap();
+        assert_eq!(
+            codes(&failed),
+            BTreeMap::from([
+                ("", 110),
+                ("bad key", 110),
+                ("long", 110),
+                ("k".repeat(129).as_str(), 110)
+            ])
+        );
+        for batch in 0..10 {
+            let pairs: Vec<(String, String)> = (0..10)
+                .map(|n| (format!("b{batch}-{n}"), "v".into()))
+                .collect();
+            set(&mut r, "a", SetAttributes::new(pairs)).unwrap();
+        }
+        assert_eq!(r.record().attributes.len(), MAX_KEYS_PER_ROOM);
+        let failed = set(
+            &mut r,
+            "a",
+            SetAttributes::new([("more", "v"), ("b0-0", "v2")]),
+        )
+        .unwrap();
+        assert_eq!(
+            codes(&failed),
+            BTreeMap::from([("more", 4)]),
+            "updates still apply when full"
+        );
+    }
+
+    #[test]
+    fn compare_and_set() {
+        let mut r = room();
+        assert!(set(
+            &mut r,
+            "a",
+            SetAttributes::new([("k", "1")]).if_version("k", 0)
+        )
+        .unwrap()
+        .is_empty());
+        let failed = set(
+            &mut r,
+            "a",
+            SetAttributes::new([("k", "2")]).if_version("k", 0),
+        )
+        .unwrap();
+        assert_eq!(codes(&failed), BTreeMap::from([("k", 703)]));
+        assert!(set(
+            &mut r,
+            "a",
+            SetAttributes::new([("k", "2")]).if_version("k", 1)
+        )
+        .unwrap()
+        .is_empty());
+        assert_eq!(r.record().attributes["k"].value, "2");
+    }
+
+    #[test]
+    fn keys_marked_delete_when_left_go_with_their_owner() {
+        let mut r = room();
+        set(
+            &mut r,
+            "a",
+            SetAttributes::new([("temp", "1")]).delete_when_left(true),
+        )
+        .unwrap();
+        set(&mut r, "a", SetAttributes::new([("kept", "1")])).unwrap();
+        let fx = r
+            .apply(Command::Leave {
+                user: uid("a"),
+                owner_may_leave: true,
+            })
+            .unwrap();
+        assert!(fx.record_changed);
+        assert!(matches!(
+            &fx.events[1].event,
+            ChatRoomEvent::AttributesRemoved { keys, from, .. } if keys == &["temp"] && *from == uid("a")
+        ));
+        assert!(!r.record().attributes.contains_key("temp"));
+        assert!(r.record().attributes.contains_key("kept"));
     }
 }

@@ -214,12 +214,13 @@ impl ChatRoomEvent {
 /// command was applied, so a member who just joined is in it and one who just left is not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
-    /// Every member of the room except one (the member who acted).
-    MembersExcept(UserId),
+    /// Every member of the room except these (the member who acted, and the one it acted on
+    /// when that one is told apart): at most two.
+    MembersExcept(Vec<UserId>),
     /// Every member of the room.
     Members,
-    /// The owner and the admins who are in the room, except one (the member who acted).
-    StaffExcept(UserId),
+    /// The owner and the admins who are in the room, except these (at most two, as above).
+    StaffExcept(Vec<UserId>),
     /// Those of these users who are in the room.
     MembersAmong(Vec<UserId>),
     /// Exactly these users (who need not still be members: a removed member is told so).

@@ -151,18 +151,18 @@ fn non_empty(users: &[UserId]) -> Result<(), ChatError> {
 }
 
 impl Room {
-    /// The owner, the admins and `targets`, each once, for events that go to the people
-    /// concerned and the staff.
-    fn staff_and(&self, targets: &[UserId]) -> Vec<UserId> {
+    /// `targets`, the owner and the admins, each once, but not `actor`: for events that go to
+    /// the people concerned and the staff (never to whoever acted).
+    fn staff_and(&self, targets: &[UserId], actor: Option<&UserId>) -> Vec<UserId> {
         let r = self.record();
         let mut all: Vec<UserId> = Vec::with_capacity(targets.len() + r.admins.len() + 1);
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<&UserId> = actor.into_iter().collect();
         for u in targets
             .iter()
             .chain(std::iter::once(&r.owner))
             .chain(&r.admins)
         {
-            if seen.insert(u.clone()) {
+            if seen.insert(u) {
                 all.push(u.clone());
             }
         }
@@ -213,7 +213,9 @@ impl Room {
                     )));
                 }
                 self.record_mut().admins.push(target.clone());
-                let to = Audience::MembersAmong(self.staff_and(std::slice::from_ref(&target)));
+                let to = Audience::MembersAmong(
+                    self.staff_and(std::slice::from_ref(&target), Some(&by)),
+                );
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AdminAdded {
@@ -228,7 +230,9 @@ impl Room {
                 if !self.record().admins.contains(&target) {
                     return Err(ChatError::InvalidParam(format!("{target} is not an admin")));
                 }
-                let to = Audience::MembersAmong(self.staff_and(std::slice::from_ref(&target)));
+                let to = Audience::MembersAmong(
+                    self.staff_and(std::slice::from_ref(&target), Some(&by)),
+                );
                 self.record_mut().admins.retain(|a| *a != target);
                 Ok(self.changed(vec![Outgoing {
                     to,
@@ -250,7 +254,7 @@ impl Room {
                 let old = std::mem::replace(&mut r.owner, target.clone());
                 r.admins.retain(|a| *a != target);
                 Ok(self.changed(vec![Outgoing {
-                    to: Audience::MembersExcept(by.clone()),
+                    to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::OwnerChanged {
                         room_id,
                         new_owner: target,
@@ -315,7 +319,7 @@ impl Room {
                 for t in &targets {
                     self.record_mut().mute_list.insert(t.clone(), expire);
                 }
-                let to = Audience::MembersAmong(self.staff_and(&targets));
+                let to = Audience::MembersAmong(self.staff_and(&targets, Some(&by)));
                 let mut fx = self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::MuteListAdded {
@@ -348,7 +352,7 @@ impl Room {
                 if unmuted.is_empty() {
                     return Ok(Effects::default());
                 }
-                let to = Audience::MembersAmong(self.staff_and(&unmuted));
+                let to = Audience::MembersAmong(self.staff_and(&unmuted, Some(&by)));
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::MuteListRemoved {
@@ -365,7 +369,7 @@ impl Room {
                 }
                 self.record_mut().all_muted = on;
                 Ok(self.changed(vec![Outgoing {
-                    to: Audience::MembersExcept(by.clone()),
+                    to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::AllMemberMuteStateChanged {
                         room_id,
                         is_all_muted: on,
@@ -380,7 +384,7 @@ impl Room {
                 for t in &targets {
                     self.record_mut().allow_list.insert(t.clone());
                 }
-                let to = Audience::MembersAmong(self.staff_and(&targets));
+                let to = Audience::MembersAmong(self.staff_and(&targets, Some(&by)));
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AllowListAdded {
@@ -401,7 +405,7 @@ impl Room {
                 if removed.is_empty() {
                     return Ok(Effects::default());
                 }
-                let to = Audience::MembersAmong(self.staff_and(&removed));
+                let to = Audience::MembersAmong(self.staff_and(&removed, Some(&by)));
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AllowListRemoved {
@@ -435,7 +439,7 @@ impl Room {
                 }
                 self.record_mut().announcement = text.clone();
                 Ok(self.changed(vec![Outgoing {
-                    to: Audience::MembersExcept(by.clone()),
+                    to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::AnnouncementChanged {
                         room_id,
                         announcement: text,
@@ -458,7 +462,7 @@ impl Room {
         self.record_mut().spec = spec;
         let room = Box::new(self.snapshot(None));
         Ok(self.changed(vec![Outgoing {
-            to: Audience::MembersExcept(by.clone()),
+            to: Audience::MembersExcept(vec![by.clone()]),
             event: ChatRoomEvent::SpecificationChanged {
                 room,
                 operator: Some(by.clone()),
@@ -473,7 +477,7 @@ impl Room {
             _ => return Effects::default(),
         }
         self.record_mut().mute_list.remove(&user);
-        let to = Audience::MembersAmong(self.staff_and(std::slice::from_ref(&user)));
+        let to = Audience::MembersAmong(self.staff_and(std::slice::from_ref(&user), None));
         let room_id = self.id();
         self.changed(vec![Outgoing {
             to,
@@ -483,5 +487,403 @@ impl Room {
                 operator: None,
             },
         }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The permission table: every operation, by every role, on every kind of target, through
+    //! the room's real commands. A change to the rules is a change to this table.
+
+    use super::*;
+    use crate::{Command, Limits, RoomId, RoomSpec};
+
+    fn uid(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    /// A room owned by `o`, with admins `a` and `a2`, members `m` and `m2`; `x` is not in it.
+    fn room() -> Room {
+        let spec = RoomSpec {
+            name: "r".into(),
+            description: String::new(),
+            welcome_message: String::new(),
+            max_users: 100,
+            offline_grace_ms: None,
+        };
+        let members = ["a", "a2", "m", "m2"].map(uid).to_vec();
+        let mut r = Room::create(
+            RoomId::from_u64(1),
+            uid("o"),
+            spec,
+            members,
+            &Limits::default(),
+            0,
+        )
+        .unwrap();
+        for a in ["a", "a2"] {
+            r.apply(Command::Moderate {
+                by: uid("o"),
+                action: Moderation::AddAdmin(uid(a)),
+                now: 0,
+            })
+            .unwrap();
+        }
+        r
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Actor {
+        Owner,
+        Admin,
+        Member,
+        Stranger,
+    }
+
+    impl Actor {
+        fn id(self) -> UserId {
+            uid(match self {
+                Actor::Owner => "o",
+                Actor::Admin => "a",
+                Actor::Member => "m",
+                Actor::Stranger => "x",
+            })
+        }
+    }
+
+    /// Targets, in table column order: the owner, another admin, another member, a stranger.
+    fn target(actor: Actor, column: usize) -> UserId {
+        uid(match (column, actor) {
+            (0, _) => "o",
+            (1, Actor::Admin) => "a2",
+            (1, _) => "a",
+            (2, Actor::Member) => "m2",
+            (2, _) => "m",
+            _ => "x",
+        })
+    }
+
+    const OK: u32 = 0;
+    use Actor::*;
+
+    type Make = fn(UserId) -> Moderation;
+
+    /// (operation, actor, [on owner, on another admin, on another member, on a stranger]).
+    #[rustfmt::skip]
+    fn targeted() -> Vec<(&'static str, Make, Actor, [u32; 4])> {
+        let add_admin: Make = Moderation::AddAdmin;
+        let remove_admin: Make = Moderation::RemoveAdmin;
+        let change_owner: Make = Moderation::ChangeOwner;
+        let kick: Make = |u| Moderation::Kick(vec![u]);
+        let block: Make = |u| Moderation::Block(vec![u]);
+        let unblock: Make = |u| Moderation::Unblock(vec![u]);
+        let mute: Make = |u| Moderation::Mute { targets: vec![u], duration_ms: 1_000 };
+        let unmute: Make = |u| Moderation::Unmute(vec![u]);
+        let allow: Make = |u| Moderation::AllowListAdd(vec![u]);
+        let disallow: Make = |u| Moderation::AllowListRemove(vec![u]);
+        vec![
+            ("add admin", add_admin, Owner, [703, OK, OK, 702]),
+            ("add admin", add_admin, Admin, [703, 703, 703, 703]),
+            ("add admin", add_admin, Member, [703, 703, 703, 703]),
+            ("add admin", add_admin, Stranger, [703, 703, 703, 703]),
+            ("remove admin", remove_admin, Owner, [110, OK, 110, 110]),
+            ("remove admin", remove_admin, Admin, [703, 703, 703, 703]),
+            ("remove admin", remove_admin, Member, [703, 703, 703, 703]),
+            ("change owner", change_owner, Owner, [703, OK, OK, 702]),
+            ("change owner", change_owner, Admin, [703, 703, 703, 703]),
+            ("change owner", change_owner, Member, [703, 703, 703, 703]),
+            ("kick", kick, Owner, [703, OK, OK, 702]),
+            ("kick", kick, Admin, [703, 703, OK, 702]),
+            ("kick", kick, Member, [703, 703, 703, 703]),
+            ("kick", kick, Stranger, [703, 703, 703, 703]),
+            ("block", block, Owner, [703, OK, OK, OK]),
+            ("block", block, Admin, [703, 703, OK, OK]),
+            ("block", block, Member, [703, 703, 703, 703]),
+            ("unblock", unblock, Owner, [OK, OK, OK, OK]),
+            ("unblock", unblock, Admin, [OK, OK, OK, OK]),
+            ("unblock", unblock, Member, [703, 703, 703, 703]),
+            ("mute", mute, Owner, [703, OK, OK, 702]),
+            ("mute", mute, Admin, [703, 703, OK, 702]),
+            ("mute", mute, Member, [703, 703, 703, 703]),
+            ("mute", mute, Stranger, [703, 703, 703, 703]),
+            ("unmute", unmute, Owner, [703, OK, OK, OK]),
+            ("unmute", unmute, Admin, [703, 703, OK, OK]),
+            ("unmute", unmute, Member, [703, 703, 703, 703]),
+            ("allow", allow, Owner, [OK, OK, OK, 702]),
+            ("allow", allow, Admin, [OK, OK, OK, 702]),
+            ("allow", allow, Member, [703, 703, 703, 703]),
+            ("disallow", disallow, Owner, [OK, OK, OK, OK]),
+            ("disallow", disallow, Admin, [OK, OK, OK, OK]),
+            ("disallow", disallow, Member, [703, 703, 703, 703]),
+        ]
+    }
+
+    /// (operation, [by owner, by admin, by member, by stranger]).
+    #[rustfmt::skip]
+    fn untargeted() -> Vec<(&'static str, Moderation, [u32; 4])> {
+        vec![
+            ("mute all", Moderation::MuteAll(true), [OK, OK, 703, 703]),
+            ("unmute all", Moderation::MuteAll(false), [OK, OK, 703, 703]),
+            ("name", Moderation::ChangeName("n".into()), [OK, OK, 703, 703]),
+            ("description", Moderation::ChangeDescription("d".into()), [OK, OK, 703, 703]),
+            ("max members", Moderation::ChangeMaxUsers(50), [OK, OK, 703, 703]),
+            ("announcement", Moderation::UpdateAnnouncement("hi".into()), [OK, OK, 703, 703]),
+        ]
+    }
+
+    fn code(r: Result<Effects, ChatError>) -> u32 {
+        r.map_or_else(|e| e.code(), |_| OK)
+    }
+
+    #[test]
+    fn the_permission_table() {
+        for (name, make, actor, expected) in targeted() {
+            for (column, want) in expected.into_iter().enumerate() {
+                let mut r = room();
+                let target = target(actor, column);
+                let got = code(r.apply(Command::Moderate {
+                    by: actor.id(),
+                    action: make(target.clone()),
+                    now: 0,
+                }));
+                assert_eq!(got, want, "{name} by {actor:?} on {target}");
+            }
+        }
+        for (name, action, expected) in untargeted() {
+            for (actor, want) in [Owner, Admin, Member, Stranger].into_iter().zip(expected) {
+                let mut r = room();
+                let got = code(r.apply(Command::Moderate {
+                    by: actor.id(),
+                    action: action.clone(),
+                    now: 0,
+                }));
+                assert_eq!(got, want, "{name} by {actor:?}");
+            }
+        }
+        type Read = fn(&Room, &UserId) -> Result<(), ChatError>;
+        let reads: [(&str, Read, [u32; 4]); 5] = [
+            (
+                "mute list",
+                |r, u| r.mute_list(u, 0).map(drop),
+                [OK, OK, 703, 703],
+            ),
+            (
+                "allow list",
+                |r, u| r.allow_list(u).map(drop),
+                [OK, OK, 703, 703],
+            ),
+            (
+                "block list",
+                |r, u| r.block_list(u, 1, 10).map(drop),
+                [OK, OK, 703, 703],
+            ),
+            (
+                "announcement",
+                |r, u| r.announcement(u).map(drop),
+                [OK, OK, OK, 702],
+            ),
+            (
+                "members",
+                |r, u| r.members_page(u, None, 10).map(drop),
+                [OK, OK, OK, 702],
+            ),
+        ];
+        for (name, read, expected) in reads {
+            for (actor, want) in [Owner, Admin, Member, Stranger].into_iter().zip(expected) {
+                let got = read(&room(), &actor.id()).map_or_else(|e| e.code(), |_| OK);
+                assert_eq!(got, want, "{name} by {actor:?}");
+            }
+        }
+        for (actor, want) in [Owner, Admin, Member, Stranger]
+            .into_iter()
+            .zip([OK, 703, 703, 703])
+        {
+            let got = code(room().apply(Command::Destroy { user: actor.id() }));
+            assert_eq!(got, want, "destroy by {actor:?}");
+        }
+    }
+
+    #[test]
+    fn ownership_transfer_moves_every_right() {
+        let mut r = room();
+        let by = |u: &str, action| Command::Moderate {
+            by: uid(u),
+            action,
+            now: 0,
+        };
+        r.apply(by("o", Moderation::ChangeOwner(uid("a")))).unwrap();
+        assert_eq!(r.owner(), &uid("a"));
+        assert!(
+            !r.record().admins.contains(&uid("a")),
+            "the new owner is no longer an admin"
+        );
+        assert_eq!(r.role_of(&uid("o")), Role::Member);
+        assert_eq!(
+            code(r.apply(by("o", Moderation::Kick(vec![uid("m")])))),
+            703
+        );
+        assert_eq!(code(r.apply(Command::Destroy { user: uid("o") })), 703);
+        assert_eq!(code(r.apply(by("a", Moderation::Kick(vec![uid("o")])))), OK);
+    }
+
+    #[test]
+    fn blocking_removes_and_bars_until_unblocked() {
+        let mut r = room();
+        let by = |action| Command::Moderate {
+            by: uid("a"),
+            action,
+            now: 0,
+        };
+        let fx = r
+            .apply(by(Moderation::Block(vec![uid("m"), uid("x")])))
+            .unwrap();
+        assert_eq!(
+            fx.left,
+            vec![uid("m")],
+            "members among the blocked are removed"
+        );
+        assert_eq!(code(r.apply(Command::Join { user: uid("m") })), 707);
+        assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 707);
+        r.apply(by(Moderation::Unblock(vec![uid("m")]))).unwrap();
+        assert_eq!(code(r.apply(Command::Join { user: uid("m") })), OK);
+        assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 707);
+    }
+
+    #[test]
+    fn mutes_end_by_themselves_and_beat_the_allow_list() {
+        let mut r = room();
+        let by = |action| Command::Moderate {
+            by: uid("o"),
+            action,
+            now: 1_000,
+        };
+        r.apply(by(Moderation::AllowListAdd(vec![uid("m")])))
+            .unwrap();
+        let fx = r
+            .apply(by(Moderation::Mute {
+                targets: vec![uid("m")],
+                duration_ms: 500,
+            }))
+            .unwrap();
+        assert_eq!(
+            fx.timers,
+            vec![Timer::MuteExpiry {
+                user: uid("m"),
+                at: 1_500
+            }]
+        );
+        assert_eq!(
+            r.check_send(&uid("m"), crate::MessagePriority::Low, 1_499)
+                .unwrap_err()
+                .code(),
+            215
+        );
+        assert_eq!(r.mute_list(&uid("o"), 1_499).unwrap().len(), 1);
+        assert_eq!(
+            r.mute_list(&uid("o"), 1_500).unwrap().len(),
+            0,
+            "an ended mute is not listed"
+        );
+        // An early check does nothing; the due one lifts the mute and tells the target and staff.
+        assert_eq!(
+            r.apply(Command::ExpireMute {
+                user: uid("m"),
+                now: 1_499
+            })
+            .unwrap(),
+            Effects::default()
+        );
+        let fx = r
+            .apply(Command::ExpireMute {
+                user: uid("m"),
+                now: 1_500,
+            })
+            .unwrap();
+        assert!(matches!(
+            &fx.events[0],
+            Outgoing { to: Audience::MembersAmong(to), event: ChatRoomEvent::MuteListRemoved { operator: None, .. } }
+                if to.contains(&uid("m")) && to.contains(&uid("o")) && to.contains(&uid("a2"))
+        ));
+        assert!(r.record().mute_list.is_empty());
+        // Mute-all and the mute list are independent.
+        r.apply(by(Moderation::Mute {
+            targets: vec![uid("m2")],
+            duration_ms: -1,
+        }))
+        .unwrap();
+        r.apply(by(Moderation::MuteAll(true))).unwrap();
+        r.apply(by(Moderation::MuteAll(false))).unwrap();
+        assert_eq!(r.record().mute_list.get(&uid("m2")), Some(&-1));
+        assert_eq!(
+            code(r.apply(by(Moderation::Mute {
+                targets: vec![uid("m")],
+                duration_ms: 0
+            }))),
+            110
+        );
+    }
+
+    #[test]
+    fn max_members_cannot_go_below_the_count() {
+        let mut r = room();
+        let by = |action| Command::Moderate {
+            by: uid("o"),
+            action,
+            now: 0,
+        };
+        assert_eq!(code(r.apply(by(Moderation::ChangeMaxUsers(4)))), 110);
+        assert_eq!(code(r.apply(by(Moderation::ChangeMaxUsers(5)))), OK);
+        assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 704);
+        assert_eq!(
+            code(r.apply(by(Moderation::ChangeName(String::new())))),
+            110
+        );
+        assert_eq!(
+            code(r.apply(by(Moderation::UpdateAnnouncement("a".repeat(513))))),
+            110
+        );
+        assert_eq!(
+            code(r.apply(by(Moderation::UpdateAnnouncement("a".repeat(512))))),
+            OK
+        );
+    }
+
+    #[test]
+    fn at_most_99_admins() {
+        let spec = RoomSpec {
+            name: "r".into(),
+            description: String::new(),
+            welcome_message: String::new(),
+            max_users: 200,
+            offline_grace_ms: None,
+        };
+        let members: Vec<UserId> = (0..100).map(|n| uid(&format!("u{n}"))).collect();
+        let mut r = Room::create(
+            RoomId::from_u64(1),
+            uid("o"),
+            spec,
+            members,
+            &Limits::default(),
+            0,
+        )
+        .unwrap();
+        for n in 0..99 {
+            let add = Moderation::AddAdmin(uid(&format!("u{n}")));
+            r.apply(Command::Moderate {
+                by: uid("o"),
+                action: add,
+                now: 0,
+            })
+            .unwrap();
+        }
+        let add = Moderation::AddAdmin(uid("u99"));
+        assert_eq!(
+            code(r.apply(Command::Moderate {
+                by: uid("o"),
+                action: add,
+                now: 0
+            })),
+            4
+        );
     }
 }

@@ -497,11 +497,12 @@ impl Room {
 
     /// Who hears that a member joined or left: everyone else, or in a room above the join-event
     /// threshold only the owner and admins, so that a join storm costs O(N), not O(N^2).
-    fn membership_audience(&self, user: &UserId) -> Audience {
+    fn membership_audience(&self, user: &UserId, actor: Option<&UserId>) -> Audience {
+        let except: Vec<UserId> = std::iter::once(user).chain(actor).cloned().collect();
         if self.members.len() > self.policy.join_event_threshold {
-            Audience::StaffExcept(user.clone())
+            Audience::StaffExcept(except)
         } else {
-            Audience::MembersExcept(user.clone())
+            Audience::MembersExcept(except)
         }
     }
 
@@ -801,7 +802,7 @@ impl Room {
         reason: LeaveReason,
         operator: Option<UserId>,
     ) -> Effects {
-        let audience = self.membership_audience(&user);
+        let audience = self.membership_audience(&user, operator.as_ref());
         self.members.remove(&user);
         self.offline.remove(&user);
         let room_id = self.record.id;
@@ -849,7 +850,7 @@ impl Room {
         Ok(Effects {
             joined: vec![user.clone()],
             events: vec![Outgoing {
-                to: self.membership_audience(&user),
+                to: self.membership_audience(&user, None),
                 event: ChatRoomEvent::MemberJoined {
                     room_id: self.record.id,
                     participant: user,
@@ -866,7 +867,7 @@ impl Room {
         if user == self.record.owner && !owner_may_leave {
             return Err(ChatError::OwnerNotAllowLeave);
         }
-        let audience = self.membership_audience(&user);
+        let audience = self.membership_audience(&user, None);
         self.members.remove(&user);
         self.offline.remove(&user);
         let mut fx = Effects {
@@ -1052,7 +1053,7 @@ mod tests {
         );
         let fx = r.apply(Command::Join { user: uid("a") }).unwrap();
         assert_eq!(fx.joined, vec![uid("a")]);
-        assert_eq!(fx.events[0].to, Audience::MembersExcept(uid("a")));
+        assert_eq!(fx.events[0].to, Audience::MembersExcept(vec![uid("a")]));
         assert_eq!(
             r.apply(Command::Join { user: uid("b") })
                 .unwrap_err()
@@ -1235,7 +1236,7 @@ mod tests {
         );
         let fx = r.apply(expire("a", 10_000 + grace)).unwrap();
         assert_eq!(fx.left, vec![uid("a")]);
-        assert_eq!(fx.events[0].to, Audience::MembersExcept(uid("a")));
+        assert_eq!(fx.events[0].to, Audience::MembersExcept(vec![uid("a")]));
         assert!(matches!(
             &fx.events[1].event,
             ChatRoomEvent::RemovedFromChatRoom {
@@ -1276,28 +1277,31 @@ mod tests {
         let to = |fx: Effects| fx.events[0].to.clone();
         assert_eq!(
             to(r.apply(Command::Join { user: uid("a") }).unwrap()),
-            Audience::MembersExcept(uid("a"))
+            Audience::MembersExcept(vec![uid("a")])
         );
         assert_eq!(
             to(r.apply(Command::Join { user: uid("b") }).unwrap()),
-            Audience::MembersExcept(uid("b"))
+            Audience::MembersExcept(vec![uid("b")])
         );
         assert_eq!(
             to(r.apply(Command::Join { user: uid("c") }).unwrap()),
-            Audience::StaffExcept(uid("c"))
+            Audience::StaffExcept(vec![uid("c")])
         );
         let leave = Command::Leave {
             user: uid("c"),
             owner_may_leave: true,
         };
-        assert_eq!(to(r.apply(leave).unwrap()), Audience::StaffExcept(uid("c")));
+        assert_eq!(
+            to(r.apply(leave).unwrap()),
+            Audience::StaffExcept(vec![uid("c")])
+        );
         let leave = Command::Leave {
             user: uid("b"),
             owner_may_leave: true,
         };
         assert_eq!(
             to(r.apply(leave).unwrap()),
-            Audience::MembersExcept(uid("b"))
+            Audience::MembersExcept(vec![uid("b")])
         );
     }
 }

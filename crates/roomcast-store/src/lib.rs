@@ -106,7 +106,7 @@ impl Store {
             Location::Temporary => sled_config.temporary(true),
             Location::Dir(path) => sled_config.path(path),
         };
-        let db = sled_config.open()?;
+        let db = open_with_retry(&sled_config)?;
         let rooms = db.open_tree("rooms/v1")?;
         let super_admins = db.open_tree("super_admins/v1")?;
         // A temporary store is deleted at exit: there is nothing to make durable, so it never
@@ -201,6 +201,27 @@ impl Store {
     /// Removes a super admin; true if it was one.
     pub fn remove_super_admin(&self, user: &UserId) -> Result<bool, StoreError> {
         Ok(self.inner.super_admins.remove(user.as_str())?.is_some())
+    }
+}
+
+/// Opens sled, waiting a little if the directory's lock is still held: sled releases it from its
+/// own background threads a moment after the previous store in this process was dropped. A
+/// lock held by another live store (or process) is still an error, after `LOCK_WAIT`.
+fn open_with_retry(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    const LOCK_WAIT: Duration = Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an `Other` IO error with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

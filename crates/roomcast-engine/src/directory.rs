@@ -6,7 +6,7 @@
 //! across an await).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -20,8 +20,6 @@ pub(crate) struct RoomEntry {
     /// The room as the public list shows it (no caller role; member count kept apart).
     summary: Mutex<ChatRoom>,
     member_count: AtomicU32,
-    /// The room's last message sequence number, so that a restarted actor continues it.
-    last_seq: AtomicU64,
     /// The live actor and the generation it was spawned with.
     actor: Mutex<Option<(u64, Addr<RoomActor>)>>,
     destroyed: AtomicBool,
@@ -32,7 +30,6 @@ impl RoomEntry {
         Arc::new(RoomEntry {
             id: snapshot.room_id,
             member_count: AtomicU32::new(snapshot.member_count),
-            last_seq: AtomicU64::new(0),
             summary: Mutex::new(ChatRoom {
                 permission_type: ChatRoomPermissionType::None,
                 ..snapshot
@@ -57,14 +54,6 @@ impl RoomEntry {
 
     pub(crate) fn set_member_count(&self, n: usize) {
         self.member_count.store(n as u32, Ordering::Relaxed);
-    }
-
-    pub(crate) fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_last_seq(&self, seq: u64) {
-        self.last_seq.store(seq, Ordering::Relaxed);
     }
 
     pub(crate) fn live_actor(&self) -> Option<Addr<RoomActor>> {

@@ -126,6 +126,10 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
     }
     /// `onAttributesRemoved`: `from` removed `keys`.
     fn on_attributes_removed(&self, room_id: &RoomId, keys: &[String], from: &UserId) {}
+    /// roomcast's own: the room was restarted after a failure; this user is still a member, and
+    /// the room's history holds its messages up to `last_seq` (fetch what came after the last
+    /// sequence number this client saw).
+    fn on_chat_room_recovered(&self, room_id: &RoomId, last_seq: u64) {}
 }
 
 /// Calls the method of `handler` that corresponds to `event`.
@@ -247,6 +251,9 @@ pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
             from,
             ..
         } => handler.on_attributes_removed(room_id, keys, from),
+        E::ChatRoomRecovered { room_id, last_seq } => {
+            handler.on_chat_room_recovered(room_id, *last_seq)
+        }
     }
 }
 

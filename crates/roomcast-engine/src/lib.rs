@@ -430,8 +430,13 @@ impl Core {
 
     /// Opens a client on `user`'s session: the session comes online if it was not. Pair with
     /// [`Core::close_client`] when the client is dropped.
-    pub fn open_client(&self, user: UserId) -> Result<Arc<Session>, ChatError> {
+    pub fn open_client(
+        &self,
+        user: UserId,
+        delete_messages_on_exit: bool,
+    ) -> Result<Arc<Session>, ChatError> {
         let session = self.session(user)?;
+        session.set_delete_on_exit(delete_messages_on_exit);
         if let Some(online) = session.client_opened() {
             self.presence_changed(&session, online);
         }
@@ -692,6 +697,64 @@ impl Core {
             RoomReply::Answer(a) => Ok(a),
             _ => Err(unexpected("query")),
         }
+    }
+
+    /// Up to `count` messages of `user`'s local copy of `room`'s conversation (the messages of
+    /// the spans it was a member for, while the room retains them), newest first, older than
+    /// `before` if given.
+    pub async fn load_local_messages(
+        &self,
+        user: &UserId,
+        room: RoomId,
+        before: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
+        use std::ops::Bound::Included;
+        self.check_running()?;
+        let store = self
+            .inner
+            .store
+            .lock()
+            .clone()
+            .ok_or(ChatError::EngineStopped)?;
+        let user = user.clone();
+        self.run(async move {
+            let Some(copy) = store.copy(&user, room).map_err(storage_error)? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::with_capacity(count.min(1024));
+            for &(from, to) in copy.spans.iter().rev() {
+                if out.len() >= count {
+                    break;
+                }
+                let mut hi = to.unwrap_or(u64::MAX);
+                if let Some(b) = before {
+                    hi = hi.min(b.saturating_sub(1));
+                }
+                if before == Some(0) || hi < from {
+                    continue;
+                }
+                let page = store
+                    .messages(
+                        room,
+                        (Included(from), Included(hi)),
+                        true,
+                        count - out.len(),
+                    )
+                    .map_err(storage_error)?;
+                out.extend(page.into_iter().map(ChatMessage::new));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Test support: makes `room`'s actor panic while handling its next call, to exercise the
+    /// supervisor's recovery.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn inject_room_panic(&self, room: RoomId) -> Result<(), ChatError> {
+        self.room_call(room, RoomOp::Panic).await.map(|_| ())
     }
 
     /// `room`'s counters.

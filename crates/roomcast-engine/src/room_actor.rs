@@ -1,4 +1,5 @@
-//! The room actor: a thin shell over one pure [`Room`] and its retained [`History`].
+//! The room actor: a thin shell over one pure [`Room`], with its newest messages cached for
+//! replay (the store holds every retained message).
 //!
 //! For each call it runs the pure rules (`Room::apply`), persists what changed, hands the events
 //! to the fan-out shards and replies. It never waits: the store's flush is a [`Commit`] future
@@ -10,10 +11,11 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 use roomcast_model::{
-    AttributeFailures, Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, Command,
-    Effects, History, HistoryQuery, MessageId, OutgoingMessage, Room, RoomId, Timer, UserId,
+    AttributeFailures, Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, ChatRoomEvent,
+    Command, Effects, History, HistoryQuery, MessageId, OutgoingMessage, Room, RoomId,
+    SearchDirection, Timer, UserId,
 };
-use roomcast_store::{Commit, Store};
+use roomcast_store::{Commit, LocalCopy, Store};
 
 use crate::directory::RoomEntry;
 use crate::fanout::Except;
@@ -55,6 +57,9 @@ pub(crate) enum RoomOp {
         viewer: UserId,
         query: RoomQuery,
     },
+    /// Panics (fault injection for tests of the supervisor's recovery).
+    #[cfg(feature = "fault-injection")]
+    Panic,
 }
 
 /// What a room call returns.
@@ -110,9 +115,13 @@ impl Message for ExpireMute {
     type Result = ();
 }
 
+/// How often (in messages) a room looks for messages past the retention age.
+const AGE_CHECK_EVERY: u64 = 64;
+
 pub(crate) struct RoomActor {
     room: Room,
-    history: History,
+    /// The newest messages, for replay on join (the store holds all retained ones).
+    recent: History,
     /// Sessions of the members added at creation, registered when the actor starts. Later,
     /// members' sessions are looked up in the engine's one session table: a room keeps no second
     /// per-member map (the shards keep the mailbox lists broadcasts walk).
@@ -122,6 +131,7 @@ pub(crate) struct RoomActor {
     store: Store,
     exit: ExitGuard,
     started_at: i64,
+    recovered: bool,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -155,6 +165,10 @@ pub(crate) struct RoomStart {
     pub(crate) generation: u64,
     /// When the room was created or activated (engine clock).
     pub(crate) now: i64,
+    /// The newest retained messages, loaded from the store.
+    pub(crate) recent: History,
+    /// True if the room is restarting after its actor died: its members are told.
+    pub(crate) recovered: bool,
 }
 
 impl RoomActor {
@@ -166,7 +180,7 @@ impl RoomActor {
             room: start.room.id(),
         };
         RoomActor {
-            history: History::new(start.shared.limits.history_retention),
+            recent: start.recent,
             room: start.room,
             initial: start.sessions,
             entry: start.entry,
@@ -174,6 +188,7 @@ impl RoomActor {
             store: start.store,
             exit,
             started_at: start.now,
+            recovered: start.recovered,
         }
     }
 
@@ -197,29 +212,129 @@ impl RoomActor {
         joining: Option<Arc<Session>>,
         ctx: &mut Context<Self>,
     ) -> Result<(Option<Commit>, AttributeFailures), ChatError> {
+        self.execute_full(command, joining, None, ctx)
+            .map(|(commit, failures, _)| (commit, failures))
+    }
+
+    /// Applies `command`, persists what it changed, delivers its events (the message skipping
+    /// `sender`'s mailbox), and returns the commit to await, the attribute failures and the
+    /// message sent, if any.
+    fn execute_full(
+        &mut self,
+        command: Command,
+        joining: Option<Arc<Session>>,
+        sender: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(Option<Commit>, AttributeFailures, Option<ChatMessage>), ChatError> {
         let mut fx = self.room.apply(command)?;
         let failures = std::mem::take(&mut fx.failures);
-        let mut commit = None;
-        if fx.record_changed {
-            let written = if fx.destroyed {
-                self.store.delete_room(self.room.id())
-            } else {
-                self.store.put_room(self.room.record())
-            };
-            if let Err(e) = written {
+        let wrote = match self.persist(&fx) {
+            Ok(wrote) => wrote,
+            Err(e) => {
                 // Fail-stop: memory is ahead of the store. Stop, so that the next call reloads
                 // the room from what the store holds.
                 tracing::error!(room = %self.room.id(), error = %e, "room write failed; restarting the room");
                 ctx.stop();
                 return Err(storage_error(e));
             }
-            commit = Some(self.store.commit());
-            if !fx.destroyed {
-                self.entry.set_summary(self.room.snapshot(None));
-            }
+        };
+        let commit = wrote.then(|| self.store.commit());
+        if fx.record_changed && !fx.destroyed {
+            self.entry.set_summary(self.room.snapshot(None));
         }
-        self.deliver(fx, joining);
-        Ok((commit, failures))
+        let message = fx.message.clone();
+        self.deliver(fx, joining, sender);
+        Ok((commit, failures, message))
+    }
+
+    /// Writes what `fx` changed: the room's record, the message sent (and retention), the local
+    /// copies of members who joined or left. True if anything was written.
+    fn persist(&mut self, fx: &Effects) -> Result<bool, roomcast_store::StoreError> {
+        let room = self.room.id();
+        let store = &self.store;
+        let limits = &self.shared.limits;
+        let mut wrote = false;
+        if fx.record_changed {
+            if fx.destroyed {
+                store.delete_room(room)?;
+                store.delete_messages_before(room, u64::MAX)?;
+            } else {
+                store.put_room(self.room.record())?;
+            }
+            wrote = true;
+        }
+        if let Some(message) = &fx.message {
+            store.put_message(message.data())?;
+            let seq = message.seq();
+            if seq > limits.history_retention as u64 {
+                store.delete_messages_before(room, seq + 1 - limits.history_retention as u64)?;
+            }
+            if seq % AGE_CHECK_EVERY == 0 {
+                if let Some(max_age) = limits.history_max_age_ms {
+                    let before = message.server_time().saturating_sub(max_age as i64);
+                    store.delete_messages_older_than(room, before)?;
+                }
+            }
+            wrote = true;
+        }
+        for user in &fx.joined {
+            let from = self
+                .recent
+                .newest(limits.join_replay_count)
+                .first()
+                .map_or(self.room.last_seq() + 1, ChatMessage::seq);
+            let mut copy = store.copy(user, room)?.unwrap_or_else(|| LocalCopy {
+                user: user.clone(),
+                room,
+                spans: Vec::new(),
+            });
+            copy.spans.push((from, None));
+            store.put_copy(&copy)?;
+            wrote = true;
+        }
+        for user in &fx.left {
+            let delete = self
+                .shared
+                .session_of(user)
+                .is_none_or(|s| s.deletes_messages_on_exit());
+            if delete {
+                store.delete_copy(user, room)?;
+            } else if let Some(mut copy) = store.copy(user, room)? {
+                if let Some(last) = copy.spans.last_mut() {
+                    last.1.get_or_insert(self.room.last_seq());
+                }
+                store.put_copy(&copy)?;
+            }
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    /// A page of retained history, read from the store (newest first up, oldest first down).
+    fn history_page(&self, q: HistoryQuery) -> Result<ChatCursorResult<ChatMessage>, ChatError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let room = self.room.id();
+        let (range, newest_first) = match (q.direction, q.start_seq) {
+            (SearchDirection::Up, None) => ((Unbounded, Unbounded), true),
+            (SearchDirection::Up, Some(s)) => ((Unbounded, Excluded(s)), true),
+            (SearchDirection::Down, None) => ((Unbounded, Unbounded), false),
+            (SearchDirection::Down, Some(s)) => ((Excluded(s), Unbounded), false),
+        };
+        let mut data = self
+            .store
+            .messages(room, range, newest_first, q.page_size + 1)
+            .map_err(storage_error)?;
+        let more = data.len() > q.page_size;
+        data.truncate(q.page_size);
+        let cursor = if more {
+            data.last().map(|m| m.seq)
+        } else {
+            None
+        };
+        Ok(ChatCursorResult {
+            data: data.into_iter().map(ChatMessage::new).collect(),
+            cursor,
+        })
     }
 
     fn answer(&self, viewer: &UserId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
@@ -246,12 +361,9 @@ impl RoomActor {
         })
     }
 
-    /// Applies membership changes to the delivery tables, then delivers the events in order.
-    fn deliver(&mut self, fx: Effects, joining: Option<Arc<Session>>) {
-        self.deliver_except(fx, joining, None)
-    }
-
-    fn deliver_except(&mut self, fx: Effects, joining: Option<Arc<Session>>, sender: Option<u64>) {
+    /// Applies membership changes to the delivery tables, then delivers the events in order (the
+    /// message skipping the `sender`'s mailbox).
+    fn deliver(&mut self, fx: Effects, joining: Option<Arc<Session>>, sender: Option<u64>) {
         let room_id = self.room.id();
         let shared = &self.shared;
         let fanout = &shared.fanout;
@@ -310,8 +422,7 @@ impl RoomActor {
             }
         }
         if let Some(message) = fx.message {
-            self.entry.set_last_seq(message.seq());
-            self.history.push(message.clone());
+            self.recent.push(message.clone());
             fanout.broadcast(room_id, ClientEvent::Message(message), Except::of(sender));
         }
         for timer in fx.timers {
@@ -341,7 +452,7 @@ impl RoomActor {
         let commit = self.execute(Command::Join { user: user.clone() }, Some(session), ctx)?;
         let replay = self.shared.limits.join_replay_count;
         let recent: Vec<ClientEvent> = self
-            .history
+            .recent
             .newest(replay)
             .into_iter()
             .map(ClientEvent::Message)
@@ -408,6 +519,17 @@ impl Actor for RoomActor {
         for timer in mutes {
             self.shared.timers.schedule(room_id, timer);
         }
+        if self.recovered {
+            // The previous actor died: tell the members (restored from their sessions) where the
+            // room's messages stand, so they can fetch what they may have missed.
+            let event = ChatRoomEvent::ChatRoomRecovered {
+                room_id,
+                last_seq: self.room.last_seq(),
+            };
+            self.shared
+                .fanout
+                .broadcast(room_id, ClientEvent::Room(Arc::new(event)), Except::NONE);
+        }
         self.entry.set_member_count(self.room.member_count());
         tracing::debug!(room = %room_id, "room actor started");
     }
@@ -460,13 +582,11 @@ impl Handler<RoomCall> for RoomActor {
                     msg_id,
                     now,
                 };
-                let fx = self.room.apply(command)?;
-                let sent = fx.message.clone();
-                self.deliver_except(fx, None, except);
+                let (commit, _, sent) = self.execute_full(command, None, except, ctx)?;
                 match sent {
                     Some(message) => Ok(Replied {
                         reply: RoomReply::Message(message),
-                        commit: None,
+                        commit,
                     }),
                     None => Err(ChatError::General("the room accepted no message".into())),
                 }
@@ -475,7 +595,7 @@ impl Handler<RoomCall> for RoomActor {
                 if !self.room.is_member(&viewer) {
                     return Err(ChatError::NotJoined(viewer.to_string()));
                 }
-                let page = self.history.page(query)?;
+                let page = self.history_page(query)?;
                 Ok(Replied {
                     reply: RoomReply::History(page),
                     commit: None,
@@ -492,6 +612,8 @@ impl Handler<RoomCall> for RoomActor {
                 reply: RoomReply::Answer(self.answer(&viewer, query)?),
                 commit: None,
             }),
+            #[cfg(feature = "fault-injection")]
+            RoomOp::Panic => panic!("injected fault in room {}", self.room.id()),
             RoomOp::Stats => Ok(Replied {
                 reply: RoomReply::Stats(RoomStats {
                     room_id: self.room.id(),
@@ -503,7 +625,11 @@ impl Handler<RoomCall> for RoomActor {
                         .filter(|u| self.shared.session_of(u).is_some_and(|s| s.is_online()))
                         .count(),
                     last_seq: self.room.last_seq(),
-                    retained: self.history.len(),
+                    retained: self
+                        .store
+                        .message_bounds(self.room.id())
+                        .map_err(storage_error)?
+                        .map_or(0, |(first, last)| (last + 1 - first) as usize),
                     messages: self.room.stats(),
                 }),
                 commit: None,

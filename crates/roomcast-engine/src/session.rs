@@ -159,6 +159,8 @@ pub struct Session {
     presence: Mutex<Presence>,
     /// The rooms the user is in: a few, so a vector.
     rooms: Mutex<Vec<RoomId>>,
+    /// `ChatOptions::delete_messages_on_exit` of the user's latest login.
+    delete_on_exit: AtomicBool,
 }
 
 impl Session {
@@ -177,7 +179,17 @@ impl Session {
             pool,
             presence: Mutex::new(Presence::default()),
             rooms: Mutex::new(Vec::new()),
+            delete_on_exit: AtomicBool::new(true),
         })
+    }
+
+    /// Whether the user's local copy of a room's messages is deleted when it leaves the room.
+    pub fn deletes_messages_on_exit(&self) -> bool {
+        self.delete_on_exit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_delete_on_exit(&self, delete: bool) {
+        self.delete_on_exit.store(delete, Ordering::Relaxed);
     }
 
     /// The session's user.

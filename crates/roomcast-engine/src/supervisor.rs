@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
-use roomcast_model::{ChatError, ChatRoom, Room, RoomId, RoomSpec, UserId};
+use std::ops::Bound::Unbounded;
+
+use roomcast_model::{ChatError, ChatMessage, ChatRoom, History, Room, RoomId, RoomSpec, UserId};
 use roomcast_store::{Commit, Store};
 
 use crate::directory::RoomEntry;
 use crate::room_actor::{RoomActor, RoomCall, RoomOp, RoomStart};
 use crate::session::Session;
-use crate::{mailbox_error, storage_error, Shared};
+use crate::{mailbox_error, storage_error, SessionKey, Shared};
 
 pub(crate) struct Supervisor {
     shared: Arc<Shared>,
@@ -47,12 +49,15 @@ impl Supervisor {
         RoomId::from_u64(self.last_id)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         &mut self,
         room: Room,
         sessions: Vec<Arc<Session>>,
         entry: Arc<RoomEntry>,
         me: Addr<Supervisor>,
+        recent: History,
+        recovered: bool,
     ) -> Addr<RoomActor> {
         self.generation += 1;
         let generation = self.generation;
@@ -67,6 +72,8 @@ impl Supervisor {
             supervisor: me,
             generation,
             now: self.shared.clock.now_ms(),
+            recent,
+            recovered,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
         entry.set_actor(generation, addr.clone());
@@ -110,7 +117,8 @@ impl Handler<CreateRoom> for Supervisor {
         let snapshot = room.snapshot(Some(&msg.owner));
         let entry = RoomEntry::new(snapshot.clone());
         self.shared.directory.insert(entry.clone());
-        self.spawn(room, msg.members, entry, ctx.address());
+        let recent = History::new(self.shared.limits.join_replay_count);
+        self.spawn(room, msg.members, entry, ctx.address(), recent, false);
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
     }
@@ -136,21 +144,55 @@ impl Handler<Activate> for Supervisor {
         if let Some(addr) = entry.live_actor() {
             return Ok(addr);
         }
+        self.load(id, entry, ctx.address(), false)
+    }
+}
+
+impl Supervisor {
+    /// Starts room `id`'s actor from the store. A `recovered` room (its previous actor died)
+    /// gets back the members it had, found by their sessions, which still list it.
+    fn load(
+        &mut self,
+        id: RoomId,
+        entry: Arc<RoomEntry>,
+        me: Addr<Supervisor>,
+        recovered: bool,
+    ) -> Result<Addr<RoomActor>, ChatError> {
         let record = self
             .store
             .room(id)
             .map_err(storage_error)?
             .ok_or_else(|| ChatError::RoomNotExist(id.to_string()))?;
-        tracing::info!(room = %id, "activating room from the store");
-        // Messages are retained in memory only, so a reactivated room starts a new sequence
-        // after the last one it handed out.
-        let room = Room::from_record(
-            record,
-            &self.shared.limits,
-            entry.last_seq(),
-            self.shared.clock.now_ms(),
-        );
-        Ok(self.spawn(room, Vec::new(), entry, ctx.address()))
+        let last_seq = self
+            .store
+            .message_bounds(id)
+            .map_err(storage_error)?
+            .map_or(0, |(_, last)| last);
+        let replay = self.shared.limits.join_replay_count;
+        let mut recent = History::new(replay);
+        let mut newest = self
+            .store
+            .messages(id, (Unbounded, Unbounded), true, replay)
+            .map_err(storage_error)?;
+        newest.reverse();
+        for m in newest {
+            recent.push(ChatMessage::new(m));
+        }
+        tracing::info!(room = %id, last_seq, recovered, "activating room from the store");
+        let now = self.shared.clock.now_ms();
+        let mut room = Room::from_record(record, &self.shared.limits, last_seq, now);
+        let mut members = Vec::new();
+        if recovered {
+            for SessionKey(session) in self.shared.sessions.read().iter() {
+                if session.rooms().contains(&id) {
+                    members.push(session.clone());
+                }
+            }
+            for s in &members {
+                room.restore_member(s.user().clone());
+            }
+        }
+        Ok(self.spawn(room, members, entry, me, recent, recovered))
     }
 }
 
@@ -199,12 +241,15 @@ impl Message for RoomExited {
 impl Handler<RoomExited> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: RoomExited, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RoomExited, ctx: &mut Context<Self>) {
         let Some(entry) = self.shared.directory.get(msg.room) else {
             return;
         };
-        if entry.clear_actor(msg.generation) && !msg.clean {
-            tracing::error!(room = %msg.room, "room actor died; it will be restarted from the store on its next call");
+        if entry.clear_actor(msg.generation) && !msg.clean && !entry.is_destroyed() {
+            tracing::error!(room = %msg.room, "room actor died; restarting it from the store");
+            if let Err(e) = self.load(msg.room, entry, ctx.address(), true) {
+                tracing::error!(room = %msg.room, error = %e, "room restart failed; it will be retried on its next call");
+            }
         }
     }
 }

@@ -175,6 +175,14 @@ pub enum ChatRoomEvent {
         /// Who set them.
         from: UserId,
     },
+    /// roomcast's own: the room was restarted after its actor failed (see
+    /// [`ChatRoomEvent::is_recovery`]).
+    ChatRoomRecovered {
+        /// The room.
+        room_id: RoomId,
+        /// The last message's sequence number in the room's history.
+        last_seq: u64,
+    },
     /// `onAttributesRemoved`: custom attributes were removed by `from`.
     AttributesRemoved {
         /// The room.
@@ -187,6 +195,13 @@ pub enum ChatRoomEvent {
 }
 
 impl ChatRoomEvent {
+    /// The room's actor was restarted after a failure (roomcast's own; Agora has no such event).
+    /// Members stay members; messages up to `last_seq` are in history, so a member that saw an
+    /// earlier sequence number last can fetch the rest.
+    pub fn is_recovery(&self) -> bool {
+        matches!(self, ChatRoomEvent::ChatRoomRecovered { .. })
+    }
+
     /// The room the event is about.
     pub fn room_id(&self) -> RoomId {
         match self {
@@ -204,7 +219,8 @@ impl ChatRoomEvent {
             | ChatRoomEvent::AdminAdded { room_id, .. }
             | ChatRoomEvent::AdminRemoved { room_id, .. }
             | ChatRoomEvent::AttributesUpdated { room_id, .. }
-            | ChatRoomEvent::AttributesRemoved { room_id, .. } => *room_id,
+            | ChatRoomEvent::AttributesRemoved { room_id, .. }
+            | ChatRoomEvent::ChatRoomRecovered { room_id, .. } => *room_id,
             ChatRoomEvent::SpecificationChanged { room, .. } => room.room_id,
         }
     }

@@ -31,6 +31,9 @@ pub struct Limits {
     pub join_replay_count: usize,
     /// Messages each room retains for history and replay. Default 1,000.
     pub history_retention: usize,
+    /// Messages older than this (ms) are dropped from a room's history; `None` keeps them until
+    /// the count retention drops them. Default 7 days.
+    pub history_max_age_ms: Option<u64>,
     /// Largest page of history. Default 200.
     pub history_page_max: usize,
     /// How long a member may be offline before it is removed, in ms. Default 300,000 (5
@@ -76,6 +79,7 @@ impl Default for Limits {
             message_max_bytes: 5 * 1024,
             join_replay_count: 10,
             history_retention: 1_000,
+            history_max_age_ms: Some(7 * 24 * 60 * 60 * 1000),
             history_page_max: 200,
             offline_grace_ms: 5 * 60 * 1000,
             room_delivery_rate: Some(20),

@@ -430,6 +430,12 @@ impl Room {
         }
     }
 
+    /// Puts `user` back in the room without events: for a room restored after a failure, whose
+    /// members are known from their sessions.
+    pub fn restore_member(&mut self, user: UserId) {
+        self.members.insert(user);
+    }
+
     /// The sequence number of the room's last message (0 if none).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

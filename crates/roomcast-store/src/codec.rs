@@ -36,6 +36,10 @@ pub enum RecordKind {
     Room = 1,
     /// A super admin.
     SuperAdmin = 2,
+    /// A retained room message ([`roomcast_model::MessageData`]).
+    Message = 3,
+    /// A user's local copy of a room's conversation.
+    Copy = 4,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_model::{RoomId, RoomRecord, UserId};
+use std::ops::Bound;
+
+use roomcast_model::{MessageData, RoomId, RoomRecord, Timestamp, UserId};
 use serde::{Deserialize, Serialize};
 
 pub use commit::Commit;
@@ -88,6 +90,11 @@ pub struct Store {
 struct Inner {
     rooms: sled::Tree,
     super_admins: sled::Tree,
+    /// Retained messages: key = room id (8 bytes BE) + sequence number (8 bytes BE), so that a
+    /// room's messages are one contiguous range in sequence order.
+    messages: sled::Tree,
+    /// Local copies: key = user id + 0x00 + room id (8 bytes BE).
+    copies: sled::Tree,
     committer: Option<Committer>,
     db: sled::Db,
 }
@@ -109,6 +116,8 @@ impl Store {
         let db = open_with_retry(&sled_config)?;
         let rooms = db.open_tree("rooms/v1")?;
         let super_admins = db.open_tree("super_admins/v1")?;
+        let messages = db.open_tree("messages/v1")?;
+        let copies = db.open_tree("copies/v1")?;
         // A temporary store is deleted at exit: there is nothing to make durable, so it never
         // waits for a flush.
         let committer = match (&config.location, config.durability) {
@@ -119,6 +128,8 @@ impl Store {
             inner: Arc::new(Inner {
                 rooms,
                 super_admins,
+                messages,
+                copies,
                 committer,
                 db,
             }),
@@ -174,6 +185,131 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a room message (not durable until [`Store::commit`] resolves).
+    pub fn put_message(&self, message: &MessageData) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Message, message)?;
+        self.inner
+            .messages
+            .insert(message_key(message.room_id, message.seq), value)?;
+        Ok(())
+    }
+
+    /// Up to `limit` of `room`'s messages with sequence numbers in `range`, in sequence order
+    /// (`newest_first`: reversed). Reads only what it returns (and one more to look ahead).
+    pub fn messages(
+        &self,
+        room: RoomId,
+        range: (Bound<u64>, Bound<u64>),
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<MessageData>, StoreError> {
+        let bound = |b: Bound<u64>| match b {
+            Bound::Included(s) => Bound::Included(message_key(room, s)),
+            Bound::Excluded(s) => Bound::Excluded(message_key(room, s)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let (lo, hi) = (
+            match range.0 {
+                Bound::Unbounded => Bound::Included(message_key(room, 0)),
+                b => bound(b),
+            },
+            match range.1 {
+                Bound::Unbounded => Bound::Included(message_key(room, u64::MAX)),
+                b => bound(b),
+            },
+        );
+        let iter = self.inner.messages.range::<[u8; 16], _>((lo, hi));
+        let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (key, value) = item?;
+            codec::decode::<MessageData>(RecordKind::Message, &value)
+                .map_err(|e| e.at(format!("message {}", message_key_display(&key))))
+        };
+        if newest_first {
+            iter.rev().take(limit).map(decode).collect()
+        } else {
+            iter.take(limit).map(decode).collect()
+        }
+    }
+
+    /// The sequence numbers of `room`'s oldest and newest retained messages.
+    pub fn message_bounds(&self, room: RoomId) -> Result<Option<(u64, u64)>, StoreError> {
+        let range = message_key(room, 0)..=message_key(room, u64::MAX);
+        let first = self
+            .inner
+            .messages
+            .range(range.clone())
+            .next()
+            .transpose()?;
+        let last = self.inner.messages.range(range).next_back().transpose()?;
+        Ok(match (first, last) {
+            (Some((a, _)), Some((b, _))) => Some((seq_of_key(&a), seq_of_key(&b))),
+            _ => None,
+        })
+    }
+
+    /// Deletes `room`'s messages with sequence numbers below `seq`; returns how many.
+    pub fn delete_messages_before(&self, room: RoomId, seq: u64) -> Result<usize, StoreError> {
+        let keys: Vec<sled::IVec> = self
+            .inner
+            .messages
+            .range(message_key(room, 0)..message_key(room, seq))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in &keys {
+            self.inner.messages.remove(k)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Deletes `room`'s messages older than `before` (server time), oldest first, stopping at
+    /// the first newer one; returns how many.
+    pub fn delete_messages_older_than(
+        &self,
+        room: RoomId,
+        before: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let mut deleted = 0;
+        for item in self
+            .inner
+            .messages
+            .range(message_key(room, 0)..=message_key(room, u64::MAX))
+        {
+            let (key, value) = item?;
+            let message: MessageData = codec::decode(RecordKind::Message, &value)?;
+            if message.server_time >= before {
+                break;
+            }
+            self.inner.messages.remove(key)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Writes a user's local copy of a room's conversation.
+    pub fn put_copy(&self, copy: &LocalCopy) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Copy, copy)?;
+        self.inner
+            .copies
+            .insert(copy_key(&copy.user, copy.room), value)?;
+        Ok(())
+    }
+
+    /// A user's local copy of a room's conversation, if any.
+    pub fn copy(&self, user: &UserId, room: RoomId) -> Result<Option<LocalCopy>, StoreError> {
+        match self.inner.copies.get(copy_key(user, room))? {
+            Some(v) => codec::decode(RecordKind::Copy, &v)
+                .map(Some)
+                .map_err(|e| e.at(format!("copy of room {room} for {user}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes a user's local copy of a room's conversation.
+    pub fn delete_copy(&self, user: &UserId, room: RoomId) -> Result<(), StoreError> {
+        self.inner.copies.remove(copy_key(user, room))?;
+        Ok(())
+    }
+
     /// The super admins, in id order.
     pub fn super_admins(&self) -> Result<Vec<UserId>, StoreError> {
         self.inner
@@ -223,6 +359,49 @@ fn open_with_retry(config: &sled::Config) -> Result<sled::Db, StoreError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+fn message_key(room: RoomId, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&room.as_u64().to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of_key(key: &[u8]) -> u64 {
+    key.get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+fn message_key_display(key: &[u8]) -> String {
+    format!(
+        "{}#{}",
+        room_key_display(&key[..key.len().min(8)]),
+        seq_of_key(key)
+    )
+}
+
+fn copy_key(user: &UserId, room: RoomId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.as_str().len() + 9);
+    k.extend_from_slice(user.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&room.as_u64().to_be_bytes());
+    k
+}
+
+/// A user's local copy of a room's conversation: the spans of the room's sequence numbers it was
+/// a member for. The messages themselves are stored once per room; a copy only says which of
+/// them the user has, so keeping or deleting a copy is one small record whatever its length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalCopy {
+    /// The user.
+    pub user: UserId,
+    /// The room.
+    pub room: RoomId,
+    /// Inclusive spans of sequence numbers; the last one's end is `None` while the user is in
+    /// the room.
+    pub spans: Vec<(u64, Option<u64>)>,
 }
 
 fn room_key_display(key: &[u8]) -> String {

@@ -63,6 +63,16 @@ impl ChatManager {
             .await
     }
 
+    /// This user's local copy of a room's conversation (the SDK's `getConversation`): the
+    /// messages of the room from when it joined to when it left, kept after it leaves only if
+    /// its `ChatOptions::delete_messages_on_exit` is false.
+    pub fn get_conversation(&self, room_id: &RoomId) -> Conversation {
+        Conversation {
+            client: self.client.clone(),
+            room_id: *room_id,
+        }
+    }
+
     /// Registers a message handler under `id`, replacing any with the same id.
     pub fn add_event_handler(&self, id: impl Into<String>, handler: impl ChatEventHandler) {
         self.client
@@ -74,5 +84,44 @@ impl ChatManager {
     /// handler gets nothing more.
     pub fn remove_event_handler(&self, id: &str) -> bool {
         self.client.session().remove_chat_handler(id)
+    }
+}
+
+/// A user's local copy of a room's conversation (the SDK's `ChatConversation`).
+///
+/// The copy is the room's messages from each time the user joined to when it left. Messages are
+/// stored once per room: the copy only records the spans of sequence numbers, so leaving costs
+/// the same whatever the room holds. When the user leaves, the copy is deleted if
+/// `delete_messages_on_exit` (default true), and kept otherwise. A kept copy shows what the room
+/// still retains: messages the room's retention (count or age) or its destruction drops are gone
+/// from kept copies too.
+#[derive(Clone)]
+pub struct Conversation {
+    client: ChatClient,
+    room_id: RoomId,
+}
+
+impl Conversation {
+    /// The room.
+    pub fn room_id(&self) -> RoomId {
+        self.room_id
+    }
+
+    /// Up to `count` messages of the copy, newest first; only those older than `before` (a
+    /// sequence number) if given (the SDK's `loadMessages`).
+    pub async fn load_messages(
+        &self,
+        before: Option<u64>,
+        count: usize,
+    ) -> Result<Vec<ChatMessage>, ChatError> {
+        if count == 0 || count > 400 {
+            return Err(ChatError::InvalidParam(
+                "load 1 to 400 messages at a time".into(),
+            ));
+        }
+        self.client
+            .core()
+            .load_local_messages(self.client.current_user_id(), self.room_id, before, count)
+            .await
     }
 }

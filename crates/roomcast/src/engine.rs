@@ -167,7 +167,8 @@ impl Engine {
     /// A user has one session in the engine. Logging in again returns another client on the
     /// same session: it is the same member of the same rooms, and the two clients share event
     /// handlers (registered by id, so registering an id again replaces the handler) while each
-    /// stream from [`ChatClient::events`] gets every event.
+    /// stream from [`ChatClient::events`] gets every event. The latest login's
+    /// `delete_messages_on_exit` is the one that applies when the user leaves a room.
     pub async fn login(&self, user: impl AsRef<str>) -> Result<ChatClient, ChatError> {
         self.login_with_options(user, self.options.clone()).await
     }
@@ -179,7 +180,9 @@ impl Engine {
         options: ChatOptions,
     ) -> Result<ChatClient, ChatError> {
         let user = UserId::new(user.as_ref())?;
-        let session = self.core.open_client(user)?;
+        let session = self
+            .core
+            .open_client(user, options.delete_messages_on_exit)?;
         Ok(ChatClient::new(self.core.clone(), session, options))
     }
 
@@ -192,6 +195,14 @@ impl Engine {
     /// queue was full.
     pub fn overflowed_deliveries(&self) -> u64 {
         roomcast_engine::overflowed_deliveries()
+    }
+
+    /// Test support: makes the room's actor panic on its next call, so that a test can watch the
+    /// supervisor restart it from the store. The call returns an error (903), never hangs.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub async fn inject_room_panic(&self, room_id: &RoomId) -> Result<(), ChatError> {
+        self.core.inject_room_panic(*room_id).await
     }
 
     /// The engine's limits.

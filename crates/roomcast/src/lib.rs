@@ -54,7 +54,7 @@ mod moderation;
 mod options;
 mod room_manager;
 
-pub use chat_manager::ChatManager;
+pub use chat_manager::{ChatManager, Conversation};
 pub use client::ChatClient;
 pub use engine::{Engine, EngineBuilder};
 pub use options::ChatOptions;

@@ -25,3 +25,6 @@ mod presence;
 
 /// Roles, moderation lists, mutes, specification, announcement, member list, attributes.
 mod moderation;
+
+/// What survives a restart, local copies, crash recovery of rooms.
+mod durability;

@@ -278,6 +278,12 @@ impl ChatRoomEventHandler for Recorder {
             from: from.clone(),
         });
     }
+    fn on_chat_room_recovered(&self, room_id: &RoomId, last_seq: u64) {
+        self.push(ChatRoomEvent::ChatRoomRecovered {
+            room_id: *room_id,
+            last_seq,
+        });
+    }
 }
 
 /// Registers a fresh [`Recorder`] on `client` under `id`.

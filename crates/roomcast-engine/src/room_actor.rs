@@ -132,6 +132,8 @@ pub(crate) struct RoomActor {
     exit: ExitGuard,
     started_at: i64,
     recovered: bool,
+    /// Set when a call panicked: the actor stops as failed.
+    poisoned: bool,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -189,6 +191,7 @@ impl RoomActor {
             exit,
             started_at: start.now,
             recovered: start.recovered,
+            poisoned: false,
         }
     }
 
@@ -535,7 +538,7 @@ impl Actor for RoomActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.exit.clean = true;
+        self.exit.clean = !self.poisoned;
     }
 }
 
@@ -543,6 +546,37 @@ impl Handler<RoomCall> for RoomActor {
     type Result = Result<Replied, ChatError>;
 
     fn handle(&mut self, RoomCall(op): RoomCall, ctx: &mut Context<Self>) -> Self::Result {
+        let room = self.room.id();
+        self.guarded(ctx, |act, ctx| act.call(op, ctx))
+            .unwrap_or_else(|| {
+                Err(ChatError::RoomUnavailable(format!(
+                    "room {room} failed on this call and is restarting"
+                )))
+            })
+    }
+}
+
+impl RoomActor {
+    /// Runs `f`, catching a panic: the room's state can no longer be trusted, so the actor
+    /// stops as failed and the supervisor restarts the room from the store. `None` if `f`
+    /// panicked.
+    fn guarded<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self, ctx))) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                tracing::error!(room = %self.room.id(), "room actor panicked; restarting it from the store");
+                self.poisoned = true;
+                ctx.stop();
+                None
+            }
+        }
+    }
+
+    fn call(&mut self, op: RoomOp, ctx: &mut Context<Self>) -> Result<Replied, ChatError> {
         let done = |commit| Replied {
             reply: RoomReply::Done,
             commit,
@@ -647,7 +681,7 @@ impl Handler<SetPresence> for RoomActor {
             online: msg.online,
             now: msg.at,
         };
-        self.presence(command, ctx);
+        self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }
 }
 
@@ -656,13 +690,11 @@ impl Handler<ExpireMute> for RoomActor {
 
     fn handle(&mut self, msg: ExpireMute, ctx: &mut Context<Self>) {
         let now = self.now();
-        self.presence(
-            Command::ExpireMute {
-                user: msg.user,
-                now,
-            },
-            ctx,
-        );
+        let command = Command::ExpireMute {
+            user: msg.user,
+            now,
+        };
+        self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }
 }
 
@@ -671,12 +703,10 @@ impl Handler<ExpireOffline> for RoomActor {
 
     fn handle(&mut self, msg: ExpireOffline, ctx: &mut Context<Self>) {
         let now = self.now();
-        self.presence(
-            Command::ExpireOffline {
-                user: msg.user,
-                now,
-            },
-            ctx,
-        );
+        let command = Command::ExpireOffline {
+            user: msg.user,
+            now,
+        };
+        self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }
 }

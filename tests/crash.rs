@@ -1,0 +1,312 @@
+//! Crash test: nothing acknowledged is lost when the process is killed.
+//!
+//! The test re-runs its own binary as a child that drives a seeded workload through the public
+//! API (rooms, messages, attributes, mute and allow lists) on a data directory and prints each
+//! operation once it was acknowledged. The parent kills the child with SIGKILL at a random
+//! moment, reopens the directory, and checks that every acknowledged operation is there, that
+//! every room opens, and that each room's messages have no gaps up to the last acknowledged one.
+//! Cycles run on the same directory, so later cycles also reopen what earlier crashes left.
+//!
+//! `ROOMCAST_CRASH_CYCLES` (default 20) and `ROOMCAST_CRASH_SEED` (default: from the clock) set
+//! the run; the seed is printed so that a failure can be replayed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use roomcast::{
+    CreateChatRoomOptions, Engine, HistoryQuery, Limits, OutgoingMessage, RoomId, SetAttributes,
+};
+
+const CHILD_DIR: &str = "ROOMCAST_CRASH_CHILD_DIR";
+const CHILD_SEED: &str = "ROOMCAST_CRASH_CHILD_SEED";
+const TEST_NAME: &str = "acknowledged_operations_survive_sigkill";
+
+/// A small deterministic generator (xorshift64*), so that a seed replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.room_delivery_rate = None;
+    limits
+}
+
+async fn open(dir: &str) -> Engine {
+    Engine::builder()
+        .data_dir(dir)
+        .limits(limits())
+        .build()
+        .await
+        .expect("the store opens after a crash")
+}
+
+/// The child: runs operations until killed, printing `ACK ...` after each acknowledged one.
+fn child(dir: String, seed: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut rng = Rng(seed | 1);
+        let engine = open(&dir).await;
+        engine.add_super_admin("owner").await.unwrap();
+        let owner = engine.login("owner").await.unwrap();
+        let viewer = engine.login("viewer").await.unwrap();
+        let rooms = owner.chat_room_manager();
+        let mut mine: Vec<RoomId> = Vec::new();
+        for i in 0u64.. {
+            if mine.is_empty() || rng.below(20) == 0 {
+                let name = format!("s{seed}-{i}");
+                let room = rooms
+                    .create_chat_room(CreateChatRoomOptions::new(name.clone()))
+                    .await
+                    .unwrap();
+                viewer
+                    .chat_room_manager()
+                    .join_chat_room(&room.room_id)
+                    .await
+                    .unwrap();
+                println!("ACK room {} {name}", room.room_id);
+                mine.push(room.room_id);
+                continue;
+            }
+            let room = mine[rng.below(mine.len() as u64) as usize];
+            match rng.below(10) {
+                0..=5 => {
+                    let text = format!("t{i}");
+                    let sent = owner
+                        .chat_manager()
+                        .send_message(OutgoingMessage::text(room, text.clone()))
+                        .await
+                        .unwrap();
+                    println!("ACK msg {room} {} {text}", sent.seq());
+                }
+                6..=7 => {
+                    let key = format!("k{}", rng.below(5));
+                    let value = format!("v{i}");
+                    let failed = rooms
+                        .set_chat_room_attributes(
+                            &room,
+                            SetAttributes::new([(key.clone(), value.clone())]),
+                        )
+                        .await
+                        .unwrap();
+                    assert!(failed.is_empty());
+                    println!("ACK attr {room} {key} {value}");
+                }
+                8 => {
+                    rooms
+                        .mute_chat_room_members(&room, ["viewer"], -1)
+                        .await
+                        .unwrap();
+                    println!("ACK mute {room} viewer");
+                }
+                _ => {
+                    rooms
+                        .add_members_to_chat_room_allow_list(&room, ["viewer"])
+                        .await
+                        .unwrap();
+                    println!("ACK allow {room} viewer");
+                }
+            }
+        }
+    });
+}
+
+/// What the acknowledgements say must be in the store.
+#[derive(Default)]
+struct Expected {
+    rooms: BTreeMap<RoomId, String>,
+    messages: BTreeMap<RoomId, BTreeMap<u64, String>>,
+    attributes: BTreeMap<RoomId, BTreeMap<String, String>>,
+    muted: BTreeSet<RoomId>,
+    allowed: BTreeSet<RoomId>,
+}
+
+impl Expected {
+    fn record(&mut self, line: &str) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let room = |s: &str| s.parse::<RoomId>().unwrap();
+        match parts.as_slice() {
+            ["ACK", "room", id, name] => {
+                self.rooms.insert(room(id), name.to_string());
+            }
+            ["ACK", "msg", id, seq, text] => {
+                self.messages
+                    .entry(room(id))
+                    .or_default()
+                    .insert(seq.parse().unwrap(), text.to_string());
+            }
+            ["ACK", "attr", id, key, value] => {
+                self.attributes
+                    .entry(room(id))
+                    .or_default()
+                    .insert(key.to_string(), value.to_string());
+            }
+            ["ACK", "mute", id, _] => {
+                self.muted.insert(room(id));
+            }
+            ["ACK", "allow", id, _] => {
+                self.allowed.insert(room(id));
+            }
+            _ => {}
+        }
+    }
+
+    async fn check(&self, dir: &str, cycle: usize) {
+        let engine = open(dir).await;
+        let owner = engine.login("owner").await.unwrap();
+        let rooms = owner.chat_room_manager();
+        for (id, name) in &self.rooms {
+            let info = rooms
+                .fetch_chat_room_info_from_server(id)
+                .await
+                .unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged room {id} is lost: {e}"));
+            assert_eq!(&info.name, name);
+            if let Err(e) = rooms.join_chat_room(id).await {
+                assert_eq!(e.code(), 701, "cycle {cycle}: joining {id}: {e}");
+            }
+        }
+        for (id, acked) in &self.messages {
+            let (&last, _) = acked.last_key_value().unwrap();
+            let history = owner
+                .chat_manager()
+                .fetch_history_messages(id, HistoryQuery::after(0, 200))
+                .await
+                .unwrap();
+            let mut stored: BTreeMap<u64, String> = BTreeMap::new();
+            let mut page = history;
+            loop {
+                for m in &page.data {
+                    stored.insert(m.seq(), m.text().unwrap().to_string());
+                }
+                match page.cursor {
+                    Some(c) => {
+                        page = owner
+                            .chat_manager()
+                            .fetch_history_messages(id, HistoryQuery::after(c, 200))
+                            .await
+                            .unwrap()
+                    }
+                    None => break,
+                }
+            }
+            for (seq, text) in acked {
+                assert_eq!(
+                    stored.get(seq),
+                    Some(text),
+                    "cycle {cycle}: room {id} lost acknowledged message {seq}"
+                );
+            }
+            let seqs: Vec<u64> = stored.keys().copied().filter(|s| *s <= last).collect();
+            assert_eq!(
+                seqs,
+                (1..=last).collect::<Vec<_>>(),
+                "cycle {cycle}: room {id} has gaps"
+            );
+        }
+        for (id, attrs) in &self.attributes {
+            let stored = rooms.fetch_chat_room_attributes(id, &[]).await.unwrap();
+            for (k, v) in attrs {
+                // A later unacknowledged write may have replaced the value; it must still exist.
+                assert!(
+                    stored.contains_key(k),
+                    "cycle {cycle}: room {id} lost attribute {k}={v}"
+                );
+            }
+        }
+        for id in &self.muted {
+            let mutes = rooms.fetch_chat_room_mute_list(id).await.unwrap();
+            assert!(
+                mutes.keys().any(|u| u.as_str() == "viewer"),
+                "cycle {cycle}: room {id} lost a mute"
+            );
+        }
+        for id in &self.allowed {
+            let allowed = rooms
+                .fetch_chat_room_allow_list_from_server(id)
+                .await
+                .unwrap();
+            assert!(
+                allowed.iter().any(|u| u.as_str() == "viewer"),
+                "cycle {cycle}: room {id} lost an allow-list entry"
+            );
+        }
+        engine.shutdown().await;
+    }
+}
+
+#[test]
+fn acknowledged_operations_survive_sigkill() {
+    if let (Ok(dir), Ok(seed)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_SEED)) {
+        child(dir, seed.parse().unwrap());
+        return;
+    }
+    let cycles: usize = std::env::var("ROOMCAST_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("ROOMCAST_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("crash test: {cycles} cycles, ROOMCAST_CRASH_SEED={seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let dir_str = dir.path().to_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rng = Rng(seed | 1);
+    let mut expected = Expected::default();
+    let mut total_acks = 0;
+    for cycle in 0..cycles {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST_NAME, "--nocapture", "--test-threads", "1"])
+            .env(CHILD_DIR, &dir_str)
+            .env(CHILD_SEED, (seed.wrapping_add(cycle as u64)).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let kill_after = 5 + rng.below(150) as usize;
+        let mut acks = 0;
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // libtest may print its "test ... " prefix on the same line as the first output.
+            if let Some(at) = line.find("ACK ") {
+                expected.record(&line[at..]);
+                acks += 1;
+                if acks >= kill_after {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        total_acks += acks;
+        rt.block_on(expected.check(&dir_str, cycle));
+    }
+    println!("crash test: {cycles} cycles, {total_acks} acknowledged operations, all present");
+}

@@ -185,3 +185,61 @@ fn a_locked_directory_is_an_io_error() {
     let second = Store::open(&dir_config(dir.path()));
     assert!(matches!(second, Err(StoreError::Io(_))));
 }
+
+mod fuzz {
+    //! The record decoder against random and mutated bytes: an error or a value, never a panic.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn valid() -> Vec<u8> {
+        codec::encode(RecordKind::Room, &record(7, "room")).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &bytes);
+            let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::Message, &bytes);
+            let _ = codec::decode::<LocalCopy>(RecordKind::Copy, &bytes);
+        }
+
+        #[test]
+        fn mutated_records_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = valid();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &bytes);
+            let end = cut.index(bytes.len() + 1);
+            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &bytes[..end]);
+        }
+
+        #[test]
+        fn payloads_with_a_fixed_checksum_never_panic(
+            payload in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            // A well-formed envelope (right checksum) around arbitrary payload bytes reaches
+            // bincode itself, which must fail cleanly under its size limit.
+            let mut out = Vec::new();
+            out.extend_from_slice(b"RC");
+            out.push(codec::FORMAT_BINCODE2);
+            out.push(RecordKind::Room as u8);
+            out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&out[..8]);
+            crc.update(&payload);
+            out.extend_from_slice(&crc.finalize().to_le_bytes());
+            out.extend_from_slice(&payload);
+            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &out);
+            let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::Room, &out);
+        }
+    }
+}

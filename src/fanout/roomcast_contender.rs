@@ -58,6 +58,16 @@ impl Roomcast {
     /// nobody reads. The per-room delivery threshold is off (the benchmark measures fan-out, not
     /// the limiter); `capacity` is each member's queue.
     pub fn new(members: usize, capacity: usize, stall_every: Option<usize>) -> Self {
+        Self::with_store(members, capacity, stall_every, None)
+    }
+
+    /// As [`Roomcast::new`], on a data directory (durable sends, group commit) if `dir` is set.
+    pub fn with_store(
+        members: usize,
+        capacity: usize,
+        stall_every: Option<usize>,
+        dir: Option<&std::path::Path>,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -69,12 +79,13 @@ impl Roomcast {
         limits.max_users_cap = 1_000_000;
         limits.join_replay_count = 0;
         let (engine, room, sender, slots, clients, stalled) = rt.block_on(async {
-            let engine = Engine::builder()
+            let mut builder = Engine::builder()
                 .limits(limits)
-                .event_queue_capacity(capacity)
-                .build()
-                .await
-                .unwrap();
+                .event_queue_capacity(capacity);
+            if let Some(dir) = dir {
+                builder = builder.data_dir(dir);
+            }
+            let engine = builder.build().await.unwrap();
             engine.add_super_admin("streamer").await.unwrap();
             let sender = engine.login("streamer").await.unwrap();
             let room = sender

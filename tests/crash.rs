@@ -41,6 +41,9 @@ impl Rng {
 fn limits() -> Limits {
     let mut limits = Limits::default();
     limits.room_delivery_rate = None;
+    // A load harness, not a product: no per-user call or message rate limits.
+    limits.api_calls_per_user_per_second = None;
+    limits.user_messages_per_window = None;
     limits
 }
 

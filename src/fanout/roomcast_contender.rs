@@ -76,6 +76,8 @@ impl Roomcast {
             .unwrap();
         let mut limits = Limits::default();
         limits.room_delivery_rate = None;
+        limits.api_calls_per_user_per_second = None;
+        limits.user_messages_per_window = None;
         limits.max_users_cap = 1_000_000;
         limits.join_replay_count = 0;
         let (engine, room, sender, slots, clients, stalled) = rt.block_on(async {

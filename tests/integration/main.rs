@@ -28,3 +28,6 @@ mod moderation;
 
 /// What survives a restart, local copies, crash recovery of rooms.
 mod durability;
+
+/// Plan and call-frequency limits, each with its code.
+mod limits;

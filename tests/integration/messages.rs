@@ -142,7 +142,7 @@ async fn custom_messages_and_attributes_arrive_intact() {
 #[tokio::test]
 async fn over_the_delivery_threshold_low_goes_first_then_normal_then_high() {
     let clock = ManualClock::new(1_000_000);
-    let mut limits = roomcast::Limits::default();
+    let mut limits = unthrottled();
     limits.room_delivery_rate = Some(10); // bucket of 20: low needs 10 left, normal 5, high 0
     let (engine, owner) = engine_with(limits, Some(clock.clone()), "owner").await;
     let room = create_room(&owner, "r").await;

@@ -432,9 +432,12 @@ pub async fn engine_with(
     (engine, client)
 }
 
-/// Limits with the per-room delivery threshold off (for tests that send many messages).
+/// Limits with the per-room delivery threshold and the per-user rate limits off (for tests that
+/// send many messages or make many calls).
 pub fn unthrottled() -> roomcast::Limits {
     let mut limits = roomcast::Limits::default();
     limits.room_delivery_rate = None;
+    limits.api_calls_per_user_per_second = None;
+    limits.user_messages_per_window = None;
     limits
 }

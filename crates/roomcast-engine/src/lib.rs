@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     last_message_id: AtomicU64,
     /// Every user's session, by user: the one table of sessions (rooms look members up here).
     pub(crate) sessions: RwLock<HashSet<SessionKey>>,
+    /// Calls per user per second (governor's keyed GCRA limiter), if limited.
+    pub(crate) api_limiter: Option<governor::DefaultKeyedRateLimiter<UserId>>,
 }
 
 impl Shared {
@@ -282,6 +284,13 @@ impl Core {
         let (fanout, fanout_threads) =
             Fanout::start(threads, pool.clone()).map_err(|e| ChatError::General(e.to_string()))?;
         config.limits.validate()?;
+        let api_limiter = config
+            .limits
+            .api_calls_per_user_per_second
+            .and_then(std::num::NonZeroU32::new)
+            .map(|per_second| {
+                governor::RateLimiter::keyed(governor::Quota::per_second(per_second))
+            });
         let shared = Arc::new(Shared {
             directory,
             fanout,
@@ -290,6 +299,7 @@ impl Core {
             timers: timers::Timers::default(),
             last_message_id: AtomicU64::new(0),
             sessions: RwLock::new(HashSet::new()),
+            api_limiter,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(2))
@@ -333,6 +343,21 @@ impl Core {
         } else {
             Ok(())
         }
+    }
+
+    /// Admits one call by `user`: the engine must be running and the user within its call rate
+    /// (`Limits::api_calls_per_user_per_second`, code 4 beyond).
+    pub fn admit(&self, user: &UserId) -> Result<(), ChatError> {
+        self.check_running()?;
+        if let Some(limiter) = &self.inner.shared.api_limiter {
+            if limiter.check_key(user).is_err() {
+                return Err(ChatError::ExceedServiceLimit(format!(
+                    "{user} is over its {} calls per second",
+                    self.limits().api_calls_per_user_per_second.unwrap_or(0)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `fut` on the engine's runtime under the call timeout. The timer is the engine's, not
@@ -517,7 +542,7 @@ impl Core {
         spec: RoomSpec,
         members: Vec<UserId>,
     ) -> Result<ChatRoom, ChatError> {
-        self.check_running()?;
+        self.admit(owner.user())?;
         if !self.is_super_admin(owner.user()) {
             return Err(ChatError::PermissionDenied(
                 "only a super admin may create a chat room".into(),
@@ -549,7 +574,7 @@ impl Core {
 
     /// Destroys `room`, if `user` is its owner.
     pub async fn destroy_room(&self, user: &UserId, room: RoomId) -> Result<(), ChatError> {
-        self.check_running()?;
+        self.admit(user)?;
         let supervisor = self.inner.supervisor.clone();
         let msg = DestroyRoom {
             user: user.clone(),
@@ -576,6 +601,13 @@ impl Core {
         session: &Arc<Session>,
         room: RoomId,
     ) -> Result<ChatRoom, ChatError> {
+        self.admit(session.user())?;
+        let max = self.limits().max_rooms_per_user;
+        if session.rooms().len() >= max && !session.rooms().contains(&room) {
+            return Err(ChatError::ExceedServiceLimit(format!(
+                "a user may be in at most {max} rooms at once"
+            )));
+        }
         let op = RoomOp::Join {
             session: session.clone(),
         };
@@ -591,6 +623,7 @@ impl Core {
         from: &UserId,
         message: OutgoingMessage,
     ) -> Result<ChatMessage, ChatError> {
+        self.admit(from)?;
         message.validate(self.limits().message_max_bytes)?;
         let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
         let op = RoomOp::Send {
@@ -612,6 +645,7 @@ impl Core {
         room: RoomId,
         query: HistoryQuery,
     ) -> Result<ChatCursorResult<ChatMessage>, ChatError> {
+        self.admit(viewer)?;
         let max = self.limits().history_page_max;
         if query.page_size == 0 || query.page_size > max {
             return Err(ChatError::InvalidParam(format!(
@@ -636,6 +670,7 @@ impl Core {
         room: RoomId,
         action: Moderation,
     ) -> Result<(), ChatError> {
+        self.admit(by)?;
         let command = Command::Moderate {
             by: by.clone(),
             action,
@@ -653,6 +688,7 @@ impl Core {
         room: RoomId,
         set: SetAttributes,
     ) -> Result<AttributeFailures, ChatError> {
+        self.admit(by)?;
         let command = Command::SetAttributes {
             by: by.clone(),
             set,
@@ -671,6 +707,7 @@ impl Core {
         keys: Vec<String>,
         force: bool,
     ) -> Result<AttributeFailures, ChatError> {
+        self.admit(by)?;
         let command = Command::RemoveAttributes {
             by: by.clone(),
             keys,
@@ -689,6 +726,7 @@ impl Core {
         room: RoomId,
         query: RoomQuery,
     ) -> Result<QueryAnswer, ChatError> {
+        self.admit(viewer)?;
         let op = RoomOp::Query {
             viewer: viewer.clone(),
             query,
@@ -710,7 +748,7 @@ impl Core {
         count: usize,
     ) -> Result<Vec<ChatMessage>, ChatError> {
         use std::ops::Bound::Included;
-        self.check_running()?;
+        self.admit(user)?;
         let store = self
             .inner
             .store
@@ -772,6 +810,7 @@ impl Core {
         room: RoomId,
         owner_may_leave: bool,
     ) -> Result<(), ChatError> {
+        self.admit(user)?;
         let op = RoomOp::Leave {
             user: user.clone(),
             owner_may_leave,
@@ -781,6 +820,7 @@ impl Core {
 
     /// `room` as `viewer` sees it (any user may look).
     pub async fn room_info(&self, viewer: &UserId, room: RoomId) -> Result<ChatRoom, ChatError> {
+        self.admit(viewer)?;
         let op = RoomOp::Info {
             viewer: viewer.clone(),
         };
@@ -794,11 +834,12 @@ impl Core {
     /// whose name contains `name_filter` (case-insensitive).
     pub fn public_rooms(
         &self,
+        viewer: &UserId,
         page_num: u32,
         page_size: u32,
         name_filter: Option<&str>,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
-        self.check_running()?;
+        self.admit(viewer)?;
         let max = self.limits().public_room_page_max;
         if page_num == 0 {
             return Err(ChatError::InvalidParam("page numbers start at 1".into()));

@@ -61,7 +61,15 @@ impl Timers {
 /// Runs until the engine's runtime shuts down.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut clock_changes = shared.clock.changes();
+    let mut last_prune = std::time::Instant::now();
     loop {
+        if last_prune.elapsed() >= Duration::from_secs(60) {
+            // Forget rate-limiter state of users idle long enough that it no longer matters.
+            if let Some(limiter) = &shared.api_limiter {
+                limiter.retain_recent();
+            }
+            last_prune = std::time::Instant::now();
+        }
         let now = shared.clock.now_ms();
         let next = {
             let mut heap = shared.timers.heap.lock();

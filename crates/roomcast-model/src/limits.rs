@@ -45,6 +45,15 @@ pub struct Limits {
     /// Above this many members, join and exit events go only to the owner and admins. Default
     /// 1,000.
     pub join_event_threshold: usize,
+    /// Most rooms a user may be in at once (EXCEED_SERVICE_LIMIT, 4). Default 1,000.
+    pub max_rooms_per_user: usize,
+    /// Calls a user may make per second, bursts included (EXCEED_SERVICE_LIMIT, 4); `None`: no
+    /// limit. Default 100.
+    pub api_calls_per_user_per_second: Option<u32>,
+    /// Messages a member may send to a room per window, as `(count, window in ms)`
+    /// (MESSAGE_CURRENT_LIMITING, 509); the owner and admins are exempt. Default Twitch's 20 per
+    /// 30 seconds; `None`: no limit.
+    pub user_messages_per_window: Option<(u32, u64)>,
 }
 
 impl Limits {
@@ -84,6 +93,9 @@ impl Default for Limits {
             offline_grace_ms: 5 * 60 * 1000,
             room_delivery_rate: Some(20),
             join_event_threshold: 1_000,
+            max_rooms_per_user: 1_000,
+            api_calls_per_user_per_second: Some(100),
+            user_messages_per_window: Some((20, 30_000)),
         }
     }
 }

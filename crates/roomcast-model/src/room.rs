@@ -357,6 +357,9 @@ pub struct Room {
     last_seq: u64,
     gate: DeliveryGate,
     stats: RoomMessageStats,
+    /// Per-sender message counts in the current window (only members who sent), for
+    /// `user_messages_per_window`.
+    send_windows: HashMap<UserId, (Timestamp, u32)>,
 }
 
 impl Room {
@@ -397,6 +400,7 @@ impl Room {
             last_seq: 0,
             gate: DeliveryGate::new(policy.delivery_rate, now),
             stats: RoomMessageStats::default(),
+            send_windows: HashMap::new(),
             record: RoomRecord {
                 id,
                 spec,
@@ -427,6 +431,7 @@ impl Room {
             last_seq,
             gate: DeliveryGate::new(policy.delivery_rate, now),
             stats: RoomMessageStats::default(),
+            send_windows: HashMap::new(),
         }
     }
 
@@ -738,6 +743,7 @@ impl Room {
         now: Timestamp,
     ) -> Result<Effects, ChatError> {
         let priority = self.check_send(&from, message.priority, now)?;
+        self.count_send(&from, now)?;
         if !self.gate.admit(priority, now) {
             match priority {
                 MessagePriority::Low => self.stats.dropped_low += 1,
@@ -764,6 +770,26 @@ impl Room {
             message: Some(sent),
             ..Effects::default()
         })
+    }
+
+    /// Counts a message of `from` against `user_messages_per_window` (509 over it); the owner and
+    /// admins are exempt. Fixed windows starting at a member's first message.
+    fn count_send(&mut self, from: &UserId, now: Timestamp) -> Result<(), ChatError> {
+        let Some((max, window)) = self.limits.user_messages_per_window else {
+            return Ok(());
+        };
+        if *from == self.record.owner || self.record.admins.contains(from) {
+            return Ok(());
+        }
+        let entry = self.send_windows.entry(from.clone()).or_insert((now, 0));
+        if now.saturating_sub(entry.0) >= window as Timestamp {
+            *entry = (now, 0);
+        }
+        if entry.1 >= max {
+            return Err(ChatError::MessageCurrentLimiting);
+        }
+        entry.1 += 1;
+        Ok(())
     }
 
     fn set_presence(&mut self, user: UserId, online: bool, now: Timestamp) -> Effects {
@@ -811,6 +837,7 @@ impl Room {
         let audience = self.membership_audience(&user, operator.as_ref());
         self.members.remove(&user);
         self.offline.remove(&user);
+        self.send_windows.remove(&user);
         let room_id = self.record.id;
         let room_name = self.record.spec.name.clone();
         let mut fx = Effects {
@@ -876,6 +903,7 @@ impl Room {
         let audience = self.membership_audience(&user, None);
         self.members.remove(&user);
         self.offline.remove(&user);
+        self.send_windows.remove(&user);
         let mut fx = Effects {
             left: vec![user.clone()],
             events: vec![Outgoing {
@@ -1309,5 +1337,34 @@ mod tests {
             to(r.apply(leave).unwrap()),
             Audience::MembersExcept(vec![uid("b")])
         );
+    }
+
+    #[test]
+    fn members_are_held_to_a_message_window_staff_are_not() {
+        let mut limits = Limits::default();
+        limits.room_delivery_rate = None;
+        limits.user_messages_per_window = Some((3, 1_000));
+        let mut r = Room::create(
+            RoomId::from_u64(1),
+            uid("owner"),
+            spec(10),
+            vec![uid("m")],
+            &limits,
+            0,
+        )
+        .unwrap();
+        let send = |r: &mut Room, who: &str, now| {
+            r.apply(send_cmd(who, MessagePriority::Normal, now))
+                .map(drop)
+                .map_err(|e| e.code())
+        };
+        for _ in 0..3 {
+            assert_eq!(send(&mut r, "m", 10), Ok(()));
+        }
+        assert_eq!(send(&mut r, "m", 999), Err(509));
+        assert_eq!(send(&mut r, "m", 1_010), Ok(()), "a new window");
+        for _ in 0..10 {
+            assert_eq!(send(&mut r, "owner", 1_010), Ok(()), "the owner is exempt");
+        }
     }
 }

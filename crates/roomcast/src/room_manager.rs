@@ -182,7 +182,9 @@ impl ChatRoomManager {
         page_num: u32,
         page_size: u32,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
-        self.client.core().public_rooms(page_num, page_size, None)
+        self.client
+            .core()
+            .public_rooms(self.user(), page_num, page_size, None)
     }
 
     /// Like [`ChatRoomManager::fetch_public_chat_rooms_from_server`], only rooms whose name
@@ -195,7 +197,7 @@ impl ChatRoomManager {
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
         self.client
             .core()
-            .public_rooms(page_num, page_size, Some(name_contains))
+            .public_rooms(self.user(), page_num, page_size, Some(name_contains))
     }
 
     /// Registers `handler` under `id` for this user's chat-room events (replacing any handler

@@ -1341,9 +1341,11 @@ mod tests {
 
     #[test]
     fn members_are_held_to_a_message_window_staff_are_not() {
-        let mut limits = Limits::default();
-        limits.room_delivery_rate = None;
-        limits.user_messages_per_window = Some((3, 1_000));
+        let limits = Limits {
+            room_delivery_rate: None,
+            user_messages_per_window: Some((3, 1_000)),
+            ..Limits::default()
+        };
         let mut r = Room::create(
             RoomId::from_u64(1),
             uid("owner"),

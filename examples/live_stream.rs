@@ -601,10 +601,14 @@ async fn main() {
         if leavers.contains(&i) {
             continue;
         }
-        let state = v.viewer.state.lock();
-        let seen = state.seen.get(&stream).cloned().unwrap_or_default();
-        let own = state.own.clone();
-        drop(state);
+        let (seen, own, missed) = {
+            let state = v.viewer.state.lock();
+            (
+                state.seen.get(&stream).cloned().unwrap_or_default(),
+                state.own.clone(),
+                state.missed,
+            )
+        };
         if returners.contains(&i) {
             // Resume: what it saw, plus history after what it saw before going away, must cover
             // everything from its first message to the last, without gaps.
@@ -643,7 +647,7 @@ async fn main() {
             let expected = last - first + 1;
             let own_within = own.iter().filter(|s| (*first..=*last).contains(*s)).count() as u64;
             let missing = expected.saturating_sub(seen.len() as u64 + own_within);
-            if missing > v.viewer.state.lock().missed {
+            if missing > missed {
                 if std::env::var("LIVE_DEBUG").is_ok() && gaps_unexplained < 5 {
                     let set: HashSet<u64> = seen.iter().chain(&own).copied().collect();
                     let holes: Vec<u64> = (*first..=*last)

@@ -213,6 +213,7 @@ fn flush(
     let Some(slice) = rooms.get(&run.room) else {
         return;
     };
+    crate::obs::delivered((slice.members.len() * run.items.len()) as u64);
     if let [(item, except)] = run.items.as_slice() {
         for member in &slice.members {
             let mailbox = member.mailbox();

@@ -15,6 +15,7 @@ mod dispatch;
 mod fanout;
 mod handler;
 mod mailbox;
+pub mod obs;
 mod room_actor;
 mod session;
 mod supervisor;
@@ -892,7 +893,8 @@ impl Core {
             .filter(|e| !e.is_destroyed())
             .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
         let core = self.clone();
-        self.run(async move {
+        let span = tracing::debug_span!("roomcast.call", room = %room, op = op.name());
+        let call = async move {
             let addr = match entry.live_actor() {
                 Some(addr) => addr,
                 None => core
@@ -907,11 +909,13 @@ impl Core {
                 .await
                 .map_err(|e| core.delivery_error(e, Some(room)))??;
             if let Some(commit) = commit {
+                let started = std::time::Instant::now();
                 commit.await.map_err(storage_error)?;
+                obs::flushed(started.elapsed().as_secs_f64());
             }
             Ok(reply)
-        })
-        .await
+        };
+        self.run(tracing::Instrument::instrument(call, span)).await
     }
 }
 

@@ -165,6 +165,7 @@ impl Mailbox {
             state.queue.pop_front();
             state.missed += 1;
             OVERFLOWED.fetch_add(1, Ordering::Relaxed);
+            crate::obs::lagged(1);
         }
         state.queue.push_back(item);
     }

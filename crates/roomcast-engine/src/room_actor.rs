@@ -12,8 +12,8 @@ use std::sync::Arc;
 use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
 use roomcast_model::{
     AttributeFailures, Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, ChatRoomEvent,
-    Command, Effects, History, HistoryQuery, MessageId, OutgoingMessage, Room, RoomId,
-    SearchDirection, Timer, UserId,
+    Command, Effects, History, HistoryQuery, MessageId, MessagePriority, OutgoingMessage, Room,
+    RoomId, SearchDirection, Timer, UserId,
 };
 use roomcast_store::{Commit, LocalCopy, Store};
 
@@ -21,7 +21,7 @@ use crate::directory::RoomEntry;
 use crate::fanout::Except;
 use crate::session::Session;
 use crate::supervisor::{RoomExited, Supervisor};
-use crate::{storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
+use crate::{obs, storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
 
 /// A call to a room.
 pub(crate) enum RoomOp {
@@ -60,6 +60,25 @@ pub(crate) enum RoomOp {
     /// Panics (fault injection for tests of the supervisor's recovery).
     #[cfg(feature = "fault-injection")]
     Panic,
+}
+
+impl RoomOp {
+    /// The operation's name, for tracing.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            RoomOp::Join { .. } => "join",
+            RoomOp::Leave { .. } => "leave",
+            RoomOp::Destroy { .. } => "destroy",
+            RoomOp::Info { .. } => "info",
+            RoomOp::Send { .. } => "send",
+            RoomOp::History { .. } => "history",
+            RoomOp::Stats => "stats",
+            RoomOp::Apply(_) => "apply",
+            RoomOp::Query { .. } => "query",
+            #[cfg(feature = "fault-injection")]
+            RoomOp::Panic => "panic",
+        }
+    }
 }
 
 /// What a room call returns.
@@ -229,7 +248,42 @@ impl RoomActor {
         sender: Option<u64>,
         ctx: &mut Context<Self>,
     ) -> Result<(Option<Commit>, AttributeFailures, Option<ChatMessage>), ChatError> {
-        let mut fx = self.room.apply(command)?;
+        let dropped_before = self.room.stats();
+        let mut fx = match self.room.apply(command) {
+            Ok(fx) => fx,
+            Err(e) => {
+                let after = self.room.stats();
+                for (before, now, p) in [
+                    (
+                        dropped_before.dropped_low,
+                        after.dropped_low,
+                        MessagePriority::Low,
+                    ),
+                    (
+                        dropped_before.dropped_normal,
+                        after.dropped_normal,
+                        MessagePriority::Normal,
+                    ),
+                    (
+                        dropped_before.dropped_high,
+                        after.dropped_high,
+                        MessagePriority::High,
+                    ),
+                ] {
+                    if now > before {
+                        obs::message_dropped(p);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if fx.message.is_some() {
+            obs::message_sent();
+        }
+        let joined = fx.joined.len() as i64 - fx.left.len() as i64;
+        if joined != 0 {
+            obs::members_changed(joined);
+        }
         let failures = std::mem::take(&mut fx.failures);
         let wrote = match self.persist(&fx) {
             Ok(wrote) => wrote,

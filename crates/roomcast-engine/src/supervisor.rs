@@ -117,6 +117,8 @@ impl Handler<CreateRoom> for Supervisor {
         let snapshot = room.snapshot(Some(&msg.owner));
         let entry = RoomEntry::new(snapshot.clone());
         self.shared.directory.insert(entry.clone());
+        crate::obs::rooms(self.shared.directory.len());
+        crate::obs::members_changed(room.member_count() as i64);
         let recent = History::new(self.shared.limits.join_replay_count);
         self.spawn(room, msg.members, entry, ctx.address(), recent, false);
         tracing::info!(room = %id, owner = %msg.owner, "room created");
@@ -220,6 +222,7 @@ impl Handler<DestroyRoom> for Supervisor {
             fut::wrap_future::<_, Self>(call).map(move |result, act, _| {
                 let reply = result.map_err(|e| mailbox_error(e, "destroy"))??;
                 act.shared.directory.remove(room);
+                crate::obs::rooms(act.shared.directory.len());
                 tracing::info!(room = %room, "room destroyed");
                 Ok(reply.commit)
             }),

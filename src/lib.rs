@@ -4,6 +4,7 @@
 //! published. Library users depend on the `roomcast` crate.
 
 pub mod fanout;
+pub mod gateway;
 
 /// Summary statistics of a set of latency samples, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,11 +11,7 @@ use roomcast_workspace::fanout::paced;
 use roomcast_workspace::fanout::roomcast_contender::Roomcast;
 
 fn limits() -> Limits {
-    let mut limits = Limits::default();
-    limits.room_delivery_rate = None;
-    // A load harness, not a product: no per-user call or message rate limits.
-    limits.api_calls_per_user_per_second = None;
-    limits.user_messages_per_window = None;
+    let mut limits = roomcast_workspace::harness_limits();
     limits.max_rooms = 1_000_000;
     limits
 }

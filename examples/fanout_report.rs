@@ -13,6 +13,7 @@ use std::time::Instant;
 use roomcast_workspace::fanout::baselines::{ActixChatServer, MpscPerMember, TokioBroadcast};
 use roomcast_workspace::fanout::roomcast_contender::Roomcast;
 use roomcast_workspace::fanout::{burst, paced, Contender, RunResult};
+use roomcast_workspace::rss_bytes;
 
 /// Counts live heap bytes, to tell what members hold from what the allocator keeps around.
 struct Counting;
@@ -44,17 +45,6 @@ static ALLOCATOR: Counting = Counting;
 
 fn live_heap() -> i64 {
     LIVE.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
 }
 
 fn loadavg() -> String {

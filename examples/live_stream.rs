@@ -33,6 +33,7 @@ use roomcast::{
     CreateChatRoomOptions, Engine, HistoryQuery, LeaveReason, Limits, MessagePriority,
     OutgoingMessage, RoomId, SetAttributes, UserId,
 };
+use roomcast_workspace::{rss_bytes, Rng};
 
 struct Args {
     members: usize,
@@ -77,21 +78,6 @@ fn usage(flag: &str) -> ! {
          [--grace-ms MS] [--data-dir PATH] [--seed N]"
     );
     std::process::exit(2)
-}
-
-/// xorshift64*: a seeded generator, so that a run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// Publish-to-handler latency, in 50 µs buckets up to 200 ms.
@@ -227,17 +213,6 @@ struct Member {
     viewer: Viewer,
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
-}
-
 async fn login(engine: &Engine, name: &str, totals: &Arc<Totals>) -> Member {
     let client = engine.login(name).await.expect("login");
     let viewer = Viewer {
@@ -285,7 +260,7 @@ impl SendCounts {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let mut rng = Rng(args.seed | 1);
+    let mut rng = Rng::new(args.seed);
     let totals = Arc::new(Totals {
         start: Instant::now(),
         delivered: AtomicU64::new(0),

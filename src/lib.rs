@@ -6,6 +6,52 @@
 pub mod fanout;
 pub mod gateway;
 
+/// Limits for load harnesses (benchmarks, simulations of load, crash and model tests): Agora's
+/// defaults, but without the per-room delivery threshold and the per-user rate limits, which a
+/// harness driving many calls from few users would hit.
+pub fn harness_limits() -> roomcast::Limits {
+    let mut limits = roomcast::Limits::default();
+    limits.room_delivery_rate = None;
+    limits.api_calls_per_user_per_second = None;
+    limits.user_messages_per_window = None;
+    limits
+}
+
+/// The process's resident set size in bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// A small seeded generator (xorshift64*), so that a simulation or a test replays from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (0 if `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
 /// Summary statistics of a set of latency samples, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Percentiles {

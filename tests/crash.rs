@@ -15,42 +15,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use roomcast::{
-    CreateChatRoomOptions, Engine, HistoryQuery, Limits, OutgoingMessage, RoomId, SetAttributes,
+    CreateChatRoomOptions, Engine, HistoryQuery, OutgoingMessage, RoomId, SetAttributes,
 };
+use roomcast_workspace::{harness_limits, Rng};
 
 const CHILD_DIR: &str = "ROOMCAST_CRASH_CHILD_DIR";
 const CHILD_SEED: &str = "ROOMCAST_CRASH_CHILD_SEED";
 const TEST_NAME: &str = "acknowledged_operations_survive_sigkill";
 
-/// A small deterministic generator (xorshift64*), so that a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn limits() -> Limits {
-    let mut limits = Limits::default();
-    limits.room_delivery_rate = None;
-    // A load harness, not a product: no per-user call or message rate limits.
-    limits.api_calls_per_user_per_second = None;
-    limits.user_messages_per_window = None;
-    limits
-}
-
 async fn open(dir: &str) -> Engine {
     Engine::builder()
         .data_dir(dir)
-        .limits(limits())
+        .limits(harness_limits())
         .build()
         .await
         .expect("the store opens after a crash")
@@ -64,7 +40,7 @@ fn child(dir: String, seed: u64) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed);
         let engine = open(&dir).await;
         engine.add_super_admin("owner").await.unwrap();
         let owner = engine.login("owner").await.unwrap();
@@ -87,7 +63,7 @@ fn child(dir: String, seed: u64) {
                 mine.push(room.room_id);
                 continue;
             }
-            let room = mine[rng.below(mine.len() as u64) as usize];
+            let room = mine[rng.below(mine.len())];
             match rng.below(10) {
                 0..=5 => {
                     let text = format!("t{i}");
@@ -280,7 +256,7 @@ fn acknowledged_operations_survive_sigkill() {
         .enable_all()
         .build()
         .unwrap();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut expected = Expected::default();
     let mut total_acks = 0;
     for cycle in 0..cycles {
@@ -292,7 +268,7 @@ fn acknowledged_operations_survive_sigkill() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let kill_after = 5 + rng.below(150) as usize;
+        let kill_after = 5 + rng.below(150);
         let mut acks = 0;
         let stdout = child.stdout.take().unwrap();
         for line in BufReader::new(stdout).lines() {

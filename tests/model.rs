@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use roomcast::{
-    ChatClient, ChatError, CreateChatRoomOptions, Engine, HistoryQuery, Limits, OutgoingMessage,
-    RoomId, SetAttributes,
+    ChatClient, ChatError, CreateChatRoomOptions, Engine, HistoryQuery, OutgoingMessage, RoomId,
+    SetAttributes,
 };
+use roomcast_workspace::harness_limits;
 
 const USERS: [&str; 3] = ["ann", "bob", "cat"];
 
@@ -57,19 +58,10 @@ struct Real {
     users: Vec<ChatClient>,
 }
 
-fn limits() -> Limits {
-    let mut limits = Limits::default();
-    limits.room_delivery_rate = None;
-    // A load harness, not a product: no per-user call or message rate limits.
-    limits.api_calls_per_user_per_second = None;
-    limits.user_messages_per_window = None;
-    limits
-}
-
 async fn start(dir: &std::path::Path) -> (Engine, ChatClient, Vec<ChatClient>) {
     let engine = Engine::builder()
         .data_dir(dir)
-        .limits(limits())
+        .limits(harness_limits())
         .build()
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use roomcast::{
-    ChatClient, ChatEventHandler, ChatMessage, CreateChatRoomOptions, Engine, EventStream, Limits,
+    ChatClient, ChatEventHandler, ChatMessage, CreateChatRoomOptions, Engine, EventStream,
     OutgoingMessage, RoomId,
 };
 
@@ -74,10 +74,7 @@ impl Roomcast {
             .build()
             // unwrap: a benchmark that cannot start a runtime has nothing to measure.
             .unwrap();
-        let mut limits = Limits::default();
-        limits.room_delivery_rate = None;
-        limits.api_calls_per_user_per_second = None;
-        limits.user_messages_per_window = None;
+        let mut limits = crate::harness_limits();
         limits.max_users_cap = 1_000_000;
         limits.join_replay_count = 0;
         let (engine, room, sender, slots, clients, stalled) = rt.block_on(async {

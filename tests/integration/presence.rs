@@ -252,3 +252,40 @@ async fn in_big_rooms_only_staff_hear_joins_and_exits() {
     a_in.wait_for_count(1).await;
     assert_eq!(a_rec.events(), vec![joined(id, "b")]);
 }
+
+#[tokio::test]
+async fn idle_sessions_are_dropped_and_active_ones_kept() {
+    let (clock, engine, _owner, room) = setup().await;
+    let stays = join(&engine, "stays", room.room_id).await;
+    let away_in_room = join(&engine, "away", room.room_id).await;
+    drop(away_in_room); // offline, but still a member for the grace period
+    for n in 0..5 {
+        drop(engine.login(format!("drifter{n}")).await.unwrap()); // logged in, then gone
+    }
+    assert_eq!(engine.session_count(), 1 + 2 + 5);
+    // A minute of engine time later the sweep has run: the drifters are gone; the owner, the
+    // member with a client and the offline member still in the room (its grace period is five
+    // minutes) stay.
+    join(&engine, "sentinel", room.room_id).await;
+    // A drifter's last references (its offline notice on its way through a shard) may still be
+    // in flight at one sweep; it is gone by a later one. Each minute of engine time is one sweep;
+    // three stay well inside the five-minute grace period of the member who is away.
+    for _minute in 0..3 {
+        clock.advance(Duration::from_secs(61));
+        let round = std::time::Instant::now() + Duration::from_secs(2);
+        while engine.session_count() > 4 && std::time::Instant::now() < round {
+            tokio::task::yield_now().await;
+        }
+        if engine.session_count() <= 4 {
+            break;
+        }
+    }
+    assert_eq!(engine.session_count(), 4, "owner, stays, away, sentinel");
+    // A drifter who comes back gets a fresh session.
+    let back = engine.login("drifter0").await.unwrap();
+    back.chat_room_manager()
+        .join_chat_room(&room.room_id)
+        .await
+        .unwrap();
+    drop(stays);
+}

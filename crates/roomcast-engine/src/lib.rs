@@ -536,6 +536,12 @@ impl Core {
         &self.inner.shared.limits
     }
 
+    /// How many sessions the engine holds: users with a client, in a room, or not yet swept
+    /// (idle sessions are dropped about once a minute of engine-clock time).
+    pub fn session_count(&self) -> usize {
+        self.inner.shared.sessions.read().len()
+    }
+
     /// Creates a room owned by `owner` (who must be a super admin), with `members` in it.
     pub async fn create_room(
         &self,

@@ -16,7 +16,7 @@ use roomcast_model::{RoomId, Timer, Timestamp, UserId};
 use tokio::sync::Notify;
 
 use crate::room_actor::{ExpireMute, ExpireOffline};
-use crate::Shared;
+use crate::{SessionKey, Shared};
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
@@ -58,17 +58,36 @@ impl Timers {
     }
 }
 
+/// How often (engine clock) idle state is swept.
+const SWEEP_EVERY_MS: Timestamp = 60_000;
+
+/// Forgets what idle users no longer need: their session (no client, no room, nothing in
+/// flight) and their rate-limiter state. A session is dropped only when the session table holds
+/// the last reference to it: a client, a room (through its shard) or a call in progress all hold
+/// one, and a lookup needs the table's lock, which the sweep holds.
+pub(crate) fn sweep(shared: &Shared) {
+    let before = shared.sessions.read().len();
+    shared
+        .sessions
+        .write()
+        .retain(|SessionKey(s)| Arc::strong_count(s) > 1);
+    let after = shared.sessions.read().len();
+    if after < before {
+        tracing::debug!(dropped = before - after, "idle sessions dropped");
+    }
+    if let Some(limiter) = &shared.api_limiter {
+        limiter.retain_recent();
+    }
+}
+
 /// Runs until the engine's runtime shuts down.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut clock_changes = shared.clock.changes();
-    let mut last_prune = std::time::Instant::now();
+    let mut last_sweep = shared.clock.now_ms();
     loop {
-        if last_prune.elapsed() >= Duration::from_secs(60) {
-            // Forget rate-limiter state of users idle long enough that it no longer matters.
-            if let Some(limiter) = &shared.api_limiter {
-                limiter.retain_recent();
-            }
-            last_prune = std::time::Instant::now();
+        if shared.clock.now_ms() - last_sweep >= SWEEP_EVERY_MS {
+            sweep(&shared);
+            last_sweep = shared.clock.now_ms();
         }
         let now = shared.clock.now_ms();
         let next = {

@@ -205,6 +205,12 @@ impl Engine {
         self.core.inject_room_panic(*room_id).await
     }
 
+    /// How many user sessions the engine holds. A session lives while the user has a client or
+    /// is in a room; idle ones are dropped about once a minute (engine clock).
+    pub fn session_count(&self) -> usize {
+        self.core.session_count()
+    }
+
     /// The engine's limits.
     pub fn limits(&self) -> &Limits {
         self.core.limits()

@@ -610,7 +610,7 @@ impl Core {
     ) -> Result<ChatRoom, ChatError> {
         self.admit(session.user())?;
         let max = self.limits().max_rooms_per_user;
-        if session.rooms().len() >= max && !session.rooms().contains(&room) {
+        if session.room_count() >= max && !session.is_in(room) {
             return Err(ChatError::ExceedServiceLimit(format!(
                 "a user may be in at most {max} rooms at once"
             )));
@@ -633,13 +633,14 @@ impl Core {
         self.admit(from)?;
         message.validate(self.limits().message_max_bytes)?;
         let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
+        let room = message.room_id;
         let op = RoomOp::Send {
             except,
             from: from.clone(),
             msg_id: self.inner.shared.next_message_id(),
-            message: message.clone(),
+            message,
         };
-        match self.room_call(message.room_id, op).await? {
+        match self.room_call(room, op).await? {
             RoomReply::Message(m) => Ok(m),
             _ => Err(unexpected("send")),
         }

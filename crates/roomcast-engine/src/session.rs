@@ -241,6 +241,16 @@ impl Session {
         self.rooms.lock().clone()
     }
 
+    /// How many rooms the user is in.
+    pub fn room_count(&self) -> usize {
+        self.rooms.lock().len()
+    }
+
+    /// True if the user is in `room`.
+    pub fn is_in(&self, room: RoomId) -> bool {
+        self.rooms.lock().contains(&room)
+    }
+
     pub(crate) fn entered(&self, room: RoomId) {
         let mut rooms = self.rooms.lock();
         if !rooms.contains(&room) {

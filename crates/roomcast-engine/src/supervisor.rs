@@ -186,7 +186,7 @@ impl Supervisor {
         let mut members = Vec::new();
         if recovered {
             for SessionKey(session) in self.shared.sessions.read().iter() {
-                if session.rooms().contains(&id) {
+                if session.is_in(id) {
                     members.push(session.clone());
                 }
             }

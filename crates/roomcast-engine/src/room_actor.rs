@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix::{Actor, ActorContext, Addr, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use roomcast_model::{
     AttributeFailures, Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, ChatRoomEvent,
     Command, Effects, History, HistoryQuery, MessageId, MessagePriority, OutgoingMessage, Room,
@@ -137,6 +137,11 @@ impl Message for ExpireMute {
 /// How often (in messages) a room looks for messages past the retention age.
 const AGE_CHECK_EVERY: u64 = 64;
 
+/// How long a big room holds join and exit events for its staff before sending them together.
+const STAFF_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+/// Most join and exit events a big room holds for its staff at once.
+const STAFF_BATCH_MAX: usize = 256;
+
 pub(crate) struct RoomActor {
     room: Room,
     /// The newest messages, for replay on join (the store holds all retained ones).
@@ -153,6 +158,10 @@ pub(crate) struct RoomActor {
     recovered: bool,
     /// Set when a call panicked: the actor stops as failed.
     poisoned: bool,
+    /// Join and exit events of a big room held for its staff (with whom each skips), sent
+    /// together: a join storm costs one delivery per staff member per batch, not per join.
+    staff_batch: Vec<(ClientEvent, Vec<UserId>)>,
+    staff_flush_scheduled: bool,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -211,6 +220,8 @@ impl RoomActor {
             started_at: start.now,
             recovered: start.recovered,
             poisoned: false,
+            staff_batch: Vec::new(),
+            staff_flush_scheduled: false,
         }
     }
 
@@ -301,6 +312,13 @@ impl RoomActor {
         }
         let message = fx.message.clone();
         self.deliver(fx, joining, sender);
+        if !self.staff_batch.is_empty() && !self.staff_flush_scheduled {
+            self.staff_flush_scheduled = true;
+            ctx.run_later(STAFF_BATCH_WINDOW, |act, _| {
+                act.staff_flush_scheduled = false;
+                act.flush_staff_batch();
+            });
+        }
         Ok((commit, failures, message))
     }
 
@@ -421,6 +439,17 @@ impl RoomActor {
     /// Applies membership changes to the delivery tables, then delivers the events in order (the
     /// message skipping the `sender`'s mailbox).
     fn deliver(&mut self, fx: Effects, joining: Option<Arc<Session>>, sender: Option<u64>) {
+        // Held staff events go out before anything else this room delivers, so that every member
+        // still sees the room's events in the room's order.
+        let only_staff_events = fx.message.is_none()
+            && fx.left.is_empty()
+            && fx
+                .events
+                .iter()
+                .all(|o| matches!(o.to, Audience::StaffExcept(_)));
+        if !only_staff_events {
+            self.flush_staff_batch();
+        }
         let room_id = self.room.id();
         let shared = &self.shared;
         let fanout = &shared.fanout;
@@ -451,14 +480,7 @@ impl RoomActor {
                     fanout.broadcast(room_id, item, Except::of(ids));
                 }
                 Audience::StaffExcept(users) => {
-                    let record = self.room.record();
-                    for staff in std::iter::once(&record.owner).chain(&record.admins) {
-                        if !users.contains(staff) && self.room.is_member(staff) {
-                            if let Some(m) = member(staff) {
-                                fanout.send_to(m, vec![item.clone()]);
-                            }
-                        }
-                    }
+                    self.staff_batch.push((item, users));
                 }
                 Audience::Users(users) => {
                     for user in users {
@@ -488,7 +510,34 @@ impl RoomActor {
         if fx.destroyed {
             fanout.drop_room(room_id);
         }
+        if self.staff_batch.len() >= STAFF_BATCH_MAX {
+            self.flush_staff_batch();
+        }
         self.entry.set_member_count(self.room.member_count());
+    }
+
+    /// Sends the held staff events: to each owner or admin in the room, in one delivery, those
+    /// that do not skip it.
+    fn flush_staff_batch(&mut self) {
+        if self.staff_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.staff_batch);
+        let record = self.room.record();
+        for staff in std::iter::once(&record.owner).chain(&record.admins) {
+            if !self.room.is_member(staff) {
+                continue;
+            }
+            let Some(session) = self.shared.session_of(staff) else {
+                continue;
+            };
+            let items: Vec<ClientEvent> = batch
+                .iter()
+                .filter(|(_, except)| !except.contains(staff))
+                .map(|(item, _)| item.clone())
+                .collect();
+            self.shared.fanout.send_to(session, items);
+        }
     }
 
     /// Applies a presence change or check; these have no caller to answer.

@@ -764,12 +764,26 @@ impl Core {
             .clone()
             .ok_or(ChatError::EngineStopped)?;
         let user = user.clone();
+        // The copy's spans: the stored ones (kept copies), and the current membership's, which
+        // lives in the session while the copy would be deleted on exit.
+        let current = self
+            .inner
+            .shared
+            .session_of(&user)
+            .and_then(|s| s.copy_start(room));
         self.run(async move {
-            let Some(copy) = store.copy(&user, room).map_err(storage_error)? else {
-                return Ok(Vec::new());
-            };
+            let mut spans = store
+                .copy(&user, room)
+                .map_err(storage_error)?
+                .map(|c| c.spans)
+                .unwrap_or_default();
+            if let Some(from) = current {
+                if !spans.iter().any(|(_, end)| end.is_none()) {
+                    spans.push((from, None));
+                }
+            }
             let mut out = Vec::with_capacity(count.min(1024));
-            for &(from, to) in copy.spans.iter().rev() {
+            for &(from, to) in spans.iter().rev() {
                 if out.len() >= count {
                     break;
                 }

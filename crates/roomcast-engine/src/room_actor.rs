@@ -353,36 +353,67 @@ impl RoomActor {
             wrote = true;
         }
         for user in &fx.joined {
-            let from = self
-                .recent
-                .newest(limits.join_replay_count)
-                .first()
-                .map_or(self.room.last_seq() + 1, ChatMessage::seq);
-            let mut copy = store.copy(user, room)?.unwrap_or_else(|| LocalCopy {
-                user: user.clone(),
-                room,
-                spans: Vec::new(),
-            });
-            copy.spans.push((from, None));
-            store.put_copy(&copy)?;
-            wrote = true;
-        }
-        for user in &fx.left {
-            let delete = self
+            // A copy that is deleted on exit lives only as long as the membership: the session
+            // remembers where it starts. Only a copy that is kept after leaving is written.
+            let keeps = self
                 .shared
                 .session_of(user)
-                .is_none_or(|s| s.deletes_messages_on_exit());
-            if delete {
-                store.delete_copy(user, room)?;
-            } else if let Some(mut copy) = store.copy(user, room)? {
-                if let Some(last) = copy.spans.last_mut() {
-                    last.1.get_or_insert(self.room.last_seq());
-                }
+                .is_some_and(|s| !s.deletes_messages_on_exit());
+            if keeps {
+                let mut copy = store.copy(user, room)?.unwrap_or_else(|| LocalCopy {
+                    user: user.clone(),
+                    room,
+                    spans: Vec::new(),
+                });
+                copy.spans.push((self.copy_from(), None));
                 store.put_copy(&copy)?;
+                wrote = true;
             }
-            wrote = true;
+        }
+        for user in &fx.left {
+            let session = self.shared.session_of(user);
+            let delete = session
+                .as_ref()
+                .is_none_or(|s| s.deletes_messages_on_exit());
+            let stored = store.copy(user, room)?;
+            let last = self.room.last_seq();
+            match (delete, stored) {
+                (true, Some(_)) => {
+                    store.delete_copy(user, room)?;
+                    wrote = true;
+                }
+                (true, None) => {}
+                (false, Some(mut copy)) => {
+                    match copy.spans.last_mut() {
+                        Some((_, end @ None)) => *end = Some(last),
+                        _ => {
+                            let from = session.and_then(|s| s.copy_start(room)).unwrap_or(last + 1);
+                            copy.spans.push((from, Some(last)));
+                        }
+                    }
+                    store.put_copy(&copy)?;
+                    wrote = true;
+                }
+                (false, None) => {
+                    let from = session.and_then(|s| s.copy_start(room)).unwrap_or(last + 1);
+                    store.put_copy(&LocalCopy {
+                        user: user.clone(),
+                        room,
+                        spans: vec![(from, Some(last))],
+                    })?;
+                    wrote = true;
+                }
+            }
         }
         Ok(wrote)
+    }
+
+    /// Where a joiner's local copy starts: the first message replayed to it, or the next one.
+    fn copy_from(&self) -> u64 {
+        self.recent
+            .newest(self.shared.limits.join_replay_count)
+            .first()
+            .map_or(self.room.last_seq() + 1, ChatMessage::seq)
     }
 
     /// A page of retained history, read from the store (newest first up, oldest first down).
@@ -455,7 +486,7 @@ impl RoomActor {
         let fanout = &shared.fanout;
         if let Some(session) = joining {
             if !fx.joined.is_empty() {
-                session.entered(room_id);
+                session.entered(room_id, self.copy_from());
                 fanout.add(room_id, session.clone());
             }
         }
@@ -588,8 +619,9 @@ impl Actor for RoomActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let room_id = self.room.id();
         let initial = std::mem::take(&mut self.initial);
+        let from = self.room.last_seq() + 1;
         for session in &initial {
-            session.entered(room_id);
+            session.entered(room_id, from);
             self.shared.fanout.add(room_id, session.clone());
         }
         // Members added at creation without a client are offline from the room's creation.

@@ -157,8 +157,9 @@ pub struct Session {
     attached: AtomicBool,
     pool: Arc<DispatchPool>,
     presence: Mutex<Presence>,
-    /// The rooms the user is in: a few, so a vector.
-    rooms: Mutex<Vec<RoomId>>,
+    /// The rooms the user is in (a few, so a vector), each with the sequence number its local
+    /// copy of the room starts at (see `Core::load_local_messages`).
+    rooms: Mutex<Vec<(RoomId, u64)>>,
     /// `ChatOptions::delete_messages_on_exit` of the user's latest login.
     delete_on_exit: AtomicBool,
 }
@@ -238,7 +239,7 @@ impl Session {
 
     /// The rooms this user is in.
     pub fn rooms(&self) -> Vec<RoomId> {
-        self.rooms.lock().clone()
+        self.rooms.lock().iter().map(|(r, _)| *r).collect()
     }
 
     /// How many rooms the user is in.
@@ -248,20 +249,29 @@ impl Session {
 
     /// True if the user is in `room`.
     pub fn is_in(&self, room: RoomId) -> bool {
-        self.rooms.lock().contains(&room)
+        self.rooms.lock().iter().any(|(r, _)| *r == room)
     }
 
-    pub(crate) fn entered(&self, room: RoomId) {
+    /// Where this membership's part of the local copy of `room` starts, if the user is in it.
+    pub(crate) fn copy_start(&self, room: RoomId) -> Option<u64> {
+        self.rooms
+            .lock()
+            .iter()
+            .find(|(r, _)| *r == room)
+            .map(|(_, from)| *from)
+    }
+
+    pub(crate) fn entered(&self, room: RoomId, copy_from: u64) {
         let mut rooms = self.rooms.lock();
-        if !rooms.contains(&room) {
+        if !rooms.iter().any(|(r, _)| *r == room) {
             // Most users are in one room: grow one slot at a time, not by four.
             rooms.reserve_exact(1);
-            rooms.push(room);
+            rooms.push((room, copy_from));
         }
     }
 
     pub(crate) fn exited(&self, room: RoomId) {
-        self.rooms.lock().retain(|r| *r != room);
+        self.rooms.lock().retain(|(r, _)| *r != room);
     }
 
     /// Registers a chat-room event handler under `id`, replacing any with the same id.

@@ -102,6 +102,7 @@ impl Connection {
         };
         let room_of = |room: &str| room.parse::<RoomId>();
         let answer = match request {
+            // A login was answered above; it only shares this arm to keep the match whole.
             Request::Login { .. } | Request::Rooms => client
                 .chat_room_manager()
                 .fetch_public_chat_rooms_from_server(1, 100)

@@ -213,26 +213,29 @@ fn flush(
     let Some(slice) = rooms.get(&run.room) else {
         return;
     };
-    crate::obs::delivered((slice.members.len() * run.items.len()) as u64);
+    let mut delivered = 0u64;
     if let [(item, except)] = run.items.as_slice() {
         for member in &slice.members {
             let mailbox = member.mailbox();
             if !except.contains(mailbox.id()) {
                 wakes.add(mailbox.push_many(std::iter::once(item.clone())).1, pool);
+                delivered += 1;
             }
         }
-        return;
+    } else {
+        for member in &slice.members {
+            let mailbox = member.mailbox();
+            let id = mailbox.id();
+            let items = run
+                .items
+                .iter()
+                .filter(|(_, except)| !except.contains(id))
+                .map(|(item, _)| item.clone())
+                .inspect(|_| delivered += 1);
+            wakes.add(mailbox.push_many(items).1, pool);
+        }
     }
-    for member in &slice.members {
-        let mailbox = member.mailbox();
-        let id = mailbox.id();
-        let items = run
-            .items
-            .iter()
-            .filter(|(_, except)| !except.contains(id))
-            .map(|(item, _)| item.clone());
-        wakes.add(mailbox.push_many(items).1, pool);
-    }
+    crate::obs::delivered(delivered);
 }
 
 fn run_shard(rx: mpsc::Receiver<Job>, pool: &DispatchPool) {

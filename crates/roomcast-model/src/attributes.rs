@@ -290,29 +290,11 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Command, Limits, RoomId, RoomSpec};
-
-    fn uid(s: &str) -> UserId {
-        UserId::new(s).unwrap()
-    }
+    use crate::test_support::{room_of, uid};
+    use crate::{Command, Limits};
 
     fn room() -> Room {
-        let spec = RoomSpec {
-            name: "r".into(),
-            description: String::new(),
-            welcome_message: String::new(),
-            max_users: 100,
-            offline_grace_ms: None,
-        };
-        Room::create(
-            RoomId::from_u64(1),
-            uid("o"),
-            spec,
-            vec![uid("a"), uid("b")],
-            &Limits::default(),
-            0,
-        )
-        .unwrap()
+        room_of("o", &["a", "b"], 100, &Limits::default())
     }
 
     fn set(r: &mut Room, by: &str, s: SetAttributes) -> Result<AttributeFailures, ChatError> {

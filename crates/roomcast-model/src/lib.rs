@@ -18,6 +18,8 @@ mod message;
 mod moderation;
 mod page;
 mod room;
+#[cfg(test)]
+mod test_support;
 
 pub use attributes::{
     AttributeFailures, RoomAttribute, SetAttributes, MAX_KEYS_PER_CALL, MAX_KEYS_PER_ROOM,

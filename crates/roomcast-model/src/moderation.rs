@@ -496,31 +496,12 @@ mod tests {
     //! the room's real commands. A change to the rules is a change to this table.
 
     use super::*;
-    use crate::{Command, Limits, RoomId, RoomSpec};
-
-    fn uid(s: &str) -> UserId {
-        UserId::new(s).unwrap()
-    }
+    use crate::test_support::{room_of, uid};
+    use crate::{Command, Limits};
 
     /// A room owned by `o`, with admins `a` and `a2`, members `m` and `m2`; `x` is not in it.
     fn room() -> Room {
-        let spec = RoomSpec {
-            name: "r".into(),
-            description: String::new(),
-            welcome_message: String::new(),
-            max_users: 100,
-            offline_grace_ms: None,
-        };
-        let members = ["a", "a2", "m", "m2"].map(uid).to_vec();
-        let mut r = Room::create(
-            RoomId::from_u64(1),
-            uid("o"),
-            spec,
-            members,
-            &Limits::default(),
-            0,
-        )
-        .unwrap();
+        let mut r = room_of("o", &["a", "a2", "m", "m2"], 100, &Limits::default());
         for a in ["a", "a2"] {
             r.apply(Command::Moderate {
                 by: uid("o"),
@@ -850,23 +831,9 @@ mod tests {
 
     #[test]
     fn at_most_99_admins() {
-        let spec = RoomSpec {
-            name: "r".into(),
-            description: String::new(),
-            welcome_message: String::new(),
-            max_users: 200,
-            offline_grace_ms: None,
-        };
-        let members: Vec<UserId> = (0..100).map(|n| uid(&format!("u{n}"))).collect();
-        let mut r = Room::create(
-            RoomId::from_u64(1),
-            uid("o"),
-            spec,
-            members,
-            &Limits::default(),
-            0,
-        )
-        .unwrap();
+        let names: Vec<String> = (0..100).map(|n| format!("u{n}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut r = room_of("o", &names, 200, &Limits::default());
         for n in 0..99 {
             let add = Moderation::AddAdmin(uid(&format!("u{n}")));
             r.apply(Command::Moderate {

@@ -962,20 +962,7 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn uid(s: &str) -> UserId {
-        UserId::new(s).unwrap()
-    }
-
-    fn spec(max_users: u32) -> RoomSpec {
-        RoomSpec {
-            name: "stream".into(),
-            description: String::new(),
-            welcome_message: String::new(),
-            max_users,
-            offline_grace_ms: None,
-        }
-    }
+    use crate::test_support::{spec, uid};
 
     fn room(max_users: u32) -> Room {
         Room::create(

@@ -38,6 +38,6 @@ pub use message::{
 pub use moderation::{check_permission, Moderation, Operation, MAX_ADMINS};
 pub use page::ChatPageResult;
 pub use room::{
-    ChatRoom, ChatRoomPermissionType, Command, Effects, Room, RoomPolicy, RoomRecord, RoomSpec,
-    Timer, Timestamp,
+    duration_ms, ms_to_timestamp, ChatRoom, ChatRoomPermissionType, Command, Effects, Room,
+    RoomPolicy, RoomRecord, RoomSpec, Timer, TimerKind, Timestamp,
 };

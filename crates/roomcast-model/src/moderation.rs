@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
-use crate::room::{Effects, Room, Timer};
+use crate::room::{Effects, Room, Timer, TimerKind};
 use crate::{ChatError, ChatRoomPermissionType as Role, Timestamp, UserId};
 
 /// Most admins a room may have besides its owner (Agora's limit).
@@ -334,6 +334,12 @@ impl Room {
                         .into_iter()
                         .map(|user| Timer::MuteExpiry { user, at: expire })
                         .collect();
+                } else {
+                    // Muted for good: an expiry pending from an earlier mute is moot.
+                    fx.cancelled = targets
+                        .into_iter()
+                        .map(|user| (user, TimerKind::MuteExpiry))
+                        .collect();
                 }
                 Ok(fx)
             }
@@ -353,14 +359,20 @@ impl Room {
                     return Ok(Effects::default());
                 }
                 let to = Audience::MembersAmong(self.staff_and(&unmuted, Some(&by)));
-                Ok(self.changed(vec![Outgoing {
+                let cancelled = unmuted
+                    .iter()
+                    .map(|user| (user.clone(), TimerKind::MuteExpiry))
+                    .collect();
+                let mut fx = self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::MuteListRemoved {
                         room_id,
                         members: unmuted,
                         operator: Some(by),
                     },
-                }]))
+                }]);
+                fx.cancelled = cancelled;
+                Ok(fx)
             }
             M::MuteAll(on) => {
                 check_permission(Operation::MuteAll, self.role_of(&by), None)?;

@@ -21,6 +21,17 @@ use crate::{ChatError, Limits, RoomId, UserId};
 /// Milliseconds since the Unix epoch, from the engine's clock.
 pub type Timestamp = i64;
 
+/// `ms` milliseconds as a span of [`Timestamp`]s, saturating at the largest: a caller's "for
+/// ever" (`u64::MAX`, `Duration::MAX`) stays for ever instead of wrapping negative.
+pub fn ms_to_timestamp(ms: u64) -> Timestamp {
+    Timestamp::try_from(ms).unwrap_or(Timestamp::MAX)
+}
+
+/// `d` in whole milliseconds, saturating at `u64::MAX`.
+pub fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What a room is: the fields its creator chose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSpec {
@@ -247,6 +258,34 @@ pub enum Timer {
     },
 }
 
+/// The kind of a [`Timer`]: a room keeps at most one pending timer per member and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKind {
+    /// [`Timer::OfflineCheck`].
+    OfflineCheck,
+    /// [`Timer::MuteExpiry`].
+    MuteExpiry,
+}
+
+impl Timer {
+    /// Whose timer it is, of which kind, and when it is due.
+    pub fn parts(&self) -> (&UserId, TimerKind, Timestamp) {
+        match self {
+            Timer::OfflineCheck { user, at } => (user, TimerKind::OfflineCheck, *at),
+            Timer::MuteExpiry { user, at } => (user, TimerKind::MuteExpiry, *at),
+        }
+    }
+}
+
+/// The offline check of `user` to cancel, if it was offline.
+fn offline_check(was_offline: bool, user: &UserId) -> Vec<(UserId, TimerKind)> {
+    if was_offline {
+        vec![(user.clone(), TimerKind::OfflineCheck)]
+    } else {
+        Vec::new()
+    }
+}
+
 /// What applying a command did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {
@@ -262,8 +301,10 @@ pub struct Effects {
     pub destroyed: bool,
     /// The message accepted, to deliver to every member but its sender.
     pub message: Option<ChatMessage>,
-    /// Checks to schedule.
+    /// Checks to schedule, each replacing any pending one of the same member and kind.
     pub timers: Vec<Timer>,
+    /// Pending checks no longer needed (the member came back or left, the mute was lifted).
+    pub cancelled: Vec<(UserId, TimerKind)>,
     /// Per-key failures of an attribute call.
     pub failures: AttributeFailures,
 }
@@ -280,6 +321,7 @@ impl Effects {
             self.message = other.message;
         }
         self.timers.extend(other.timers);
+        self.cancelled.extend(other.cancelled);
         self.failures.extend(other.failures);
     }
 }
@@ -782,7 +824,7 @@ impl Room {
             return Ok(());
         }
         let entry = self.send_windows.entry(from.clone()).or_insert((now, 0));
-        if now.saturating_sub(entry.0) >= window as Timestamp {
+        if now.saturating_sub(entry.0) >= ms_to_timestamp(window) {
             *entry = (now, 0);
         }
         if entry.1 >= max {
@@ -797,11 +839,16 @@ impl Room {
             return Effects::default();
         }
         if online {
-            self.offline.remove(&user);
-            return Effects::default();
+            if self.offline.remove(&user).is_none() {
+                return Effects::default();
+            }
+            return Effects {
+                cancelled: vec![(user, TimerKind::OfflineCheck)],
+                ..Effects::default()
+            };
         }
         self.offline.insert(user.clone(), now);
-        let due = now.saturating_add(self.offline_grace_ms() as Timestamp);
+        let due = now.saturating_add(ms_to_timestamp(self.offline_grace_ms()));
         Effects {
             timers: vec![Timer::OfflineCheck { user, at: due }],
             ..Effects::default()
@@ -812,7 +859,7 @@ impl Room {
         let Some(&since) = self.offline.get(&user) else {
             return Effects::default();
         };
-        let due = since.saturating_add(self.offline_grace_ms() as Timestamp);
+        let due = since.saturating_add(ms_to_timestamp(self.offline_grace_ms()));
         if now < due {
             return Effects {
                 timers: vec![Timer::OfflineCheck { user, at: due }],
@@ -836,7 +883,7 @@ impl Room {
     ) -> Effects {
         let audience = self.membership_audience(&user, operator.as_ref());
         self.members.remove(&user);
-        self.offline.remove(&user);
+        let was_offline = self.offline.remove(&user).is_some();
         self.send_windows.remove(&user);
         let room_id = self.record.id;
         let room_name = self.record.spec.name.clone();
@@ -862,6 +909,7 @@ impl Room {
                     },
                 },
             ],
+            cancelled: offline_check(was_offline, &user),
             ..Effects::default()
         };
         fx.merge(self.drop_attributes_of(&user));
@@ -902,7 +950,7 @@ impl Room {
         }
         let audience = self.membership_audience(&user, None);
         self.members.remove(&user);
-        self.offline.remove(&user);
+        let was_offline = self.offline.remove(&user).is_some();
         self.send_windows.remove(&user);
         let mut fx = Effects {
             left: vec![user.clone()],
@@ -914,6 +962,7 @@ impl Room {
                     participant: user.clone(),
                 },
             }],
+            cancelled: offline_check(was_offline, &user),
             ..Effects::default()
         };
         fx.merge(self.drop_attributes_of(&user));

@@ -4,9 +4,14 @@
 //! all pending requests, flushes, and resolves them. A request taken by a flush was made after its
 //! write, so that flush covers it. Under load the batch grows by itself; there is no timer and no
 //! added latency when idle (a lone write waits for exactly one flush).
+//!
+//! Writes are counted: a flush records how many writes it covers, so a commit asked for when
+//! every write so far is already flushed resolves at once, and one asked for while any write is
+//! not yet flushed (its own or anyone's) waits for the next flush.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -21,6 +26,10 @@ type Waiter = oneshot::Sender<Result<(), StoreError>>;
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Writes applied to sled so far (counted after each write).
+    written: AtomicU64,
+    /// Writes covered by the last flush that succeeded.
+    flushed: AtomicU64,
 }
 
 struct State {
@@ -41,6 +50,8 @@ impl Committer {
                 closing: false,
             }),
             wake: Condvar::new(),
+            written: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -53,7 +64,16 @@ impl Committer {
         })
     }
 
+    /// Counts one write applied to sled.
+    pub(crate) fn wrote(&self) {
+        self.shared.written.fetch_add(1, Ordering::SeqCst);
+    }
+
     pub(crate) fn request(&self) -> Commit {
+        if self.shared.flushed.load(Ordering::SeqCst) >= self.shared.written.load(Ordering::SeqCst)
+        {
+            return Commit::ready(Ok(()));
+        }
         let (tx, rx) = oneshot::channel();
         let mut state = self.shared.state.lock();
         if state.closing {
@@ -88,7 +108,13 @@ fn run(db: sled::Db, shared: &Shared) {
             (std::mem::take(&mut state.waiters), state.closing)
         };
         if !batch.is_empty() || closing {
+            // Every request in the batch was made after the writes it must cover were counted,
+            // and this load comes after taking the batch: the flush covers `target` writes.
+            let target = shared.written.load(Ordering::SeqCst);
             let result = db.flush().map(|_| ()).map_err(StoreError::from);
+            if result.is_ok() {
+                shared.flushed.fetch_max(target, Ordering::SeqCst);
+            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, "group commit flush failed");
             }

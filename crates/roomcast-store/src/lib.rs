@@ -103,7 +103,11 @@ impl Store {
     /// Opens (or creates) the store described by `config`.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let flush_every = match config.durability {
-            Durability::Buffered { flush_every } => Some(flush_every.as_millis().max(1) as u64),
+            Durability::Buffered { flush_every } => Some(
+                u64::try_from(flush_every.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
             Durability::GroupCommit => Some(500),
         };
         let sled_config = sled::Config::new()
@@ -136,11 +140,21 @@ impl Store {
         })
     }
 
-    /// A future that resolves once every write made before this call is durable.
+    /// A future that resolves once every write made before this call is durable, whoever made
+    /// it: a call that changed nothing, or a read, awaits it too, so that no caller is told `Ok`
+    /// about state that a crash could still take back. It resolves at once when every write so
+    /// far is already durable.
     pub fn commit(&self) -> Commit {
         match &self.inner.committer {
             Some(c) => c.request(),
             None => Commit::ready(Ok(())),
+        }
+    }
+
+    /// Counts a write applied to sled, for the committer to know what a flush covers.
+    fn wrote(&self) {
+        if let Some(c) = &self.inner.committer {
+            c.wrote();
         }
     }
 
@@ -176,12 +190,14 @@ impl Store {
         self.inner
             .rooms
             .insert(record.id.as_u64().to_be_bytes(), value)?;
+        self.wrote();
         Ok(())
     }
 
     /// Deletes a room's record (not durable until [`Store::commit`] resolves).
     pub fn delete_room(&self, id: RoomId) -> Result<(), StoreError> {
         self.inner.rooms.remove(id.as_u64().to_be_bytes())?;
+        self.wrote();
         Ok(())
     }
 
@@ -191,6 +207,7 @@ impl Store {
         self.inner
             .messages
             .insert(message_key(message.room_id, message.seq), value)?;
+        self.wrote();
         Ok(())
     }
 
@@ -257,6 +274,7 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for k in &keys {
             self.inner.messages.remove(k)?;
+            self.wrote();
         }
         Ok(keys.len())
     }
@@ -280,6 +298,7 @@ impl Store {
                 break;
             }
             self.inner.messages.remove(key)?;
+            self.wrote();
             deleted += 1;
         }
         Ok(deleted)
@@ -291,6 +310,7 @@ impl Store {
         self.inner
             .copies
             .insert(copy_key(&copy.user, copy.room), value)?;
+        self.wrote();
         Ok(())
     }
 
@@ -307,7 +327,41 @@ impl Store {
     /// Deletes a user's local copy of a room's conversation.
     pub fn delete_copy(&self, user: &UserId, room: RoomId) -> Result<(), StoreError> {
         self.inner.copies.remove(copy_key(user, room))?;
+        self.wrote();
         Ok(())
+    }
+
+    /// Closes every local copy's span left open by a crash (its user was in the room when the
+    /// process died, and membership does not survive a restart) at the room's last stored
+    /// message, so that the copy does not gain messages sent after its user was gone. Returns
+    /// how many copies it closed; the writes are durable once a commit resolves.
+    pub fn close_open_copies(&self) -> Result<usize, StoreError> {
+        let mut closed = 0;
+        for item in self.inner.copies.iter() {
+            let (key, value) = item?;
+            let mut copy: LocalCopy = match codec::decode(RecordKind::Copy, &value) {
+                Ok(copy) => copy,
+                Err(e) => {
+                    tracing::error!(error = %e.at(format!("copy {key:?}")), "skipping a local copy that cannot be read");
+                    continue;
+                }
+            };
+            let Some(&(from, None)) = copy.spans.last() else {
+                continue;
+            };
+            let last = self.message_bounds(copy.room)?.map_or(0, |(_, last)| last);
+            copy.spans.pop();
+            if last >= from {
+                copy.spans.push((from, Some(last)));
+            }
+            if copy.spans.is_empty() {
+                self.delete_copy(&copy.user, copy.room)?;
+            } else {
+                self.put_copy(&copy)?;
+            }
+            closed += 1;
+        }
+        Ok(closed)
     }
 
     /// The super admins, in id order.
@@ -331,12 +385,15 @@ impl Store {
             &SuperAdminRecord { user: user.clone() },
         )?;
         self.inner.super_admins.insert(user.as_str(), value)?;
+        self.wrote();
         Ok(())
     }
 
     /// Removes a super admin; true if it was one.
     pub fn remove_super_admin(&self, user: &UserId) -> Result<bool, StoreError> {
-        Ok(self.inner.super_admins.remove(user.as_str())?.is_some())
+        let was = self.inner.super_admins.remove(user.as_str())?.is_some();
+        self.wrote();
+        Ok(was)
     }
 }
 

@@ -29,9 +29,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> Timestamp {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as Timestamp)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| {
+            roomcast_model::ms_to_timestamp(roomcast_model::duration_ms(d))
+        })
     }
 }
 
@@ -60,11 +60,16 @@ impl ManualClock {
         }
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by` (saturating at the end of time).
     pub fn advance(&self, by: Duration) {
-        let now =
-            self.now.fetch_add(by.as_millis() as i64, Ordering::SeqCst) + by.as_millis() as i64;
-        self.changes.send_replace(now);
+        let by = roomcast_model::ms_to_timestamp(roomcast_model::duration_ms(by));
+        let before = self
+            .now
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(by))
+            })
+            .unwrap_or_else(|t| t);
+        self.changes.send_replace(before.saturating_add(by));
     }
 
     /// Sets the clock to `ms`.

@@ -40,6 +40,10 @@ enum Job {
         member: Arc<Session>,
         items: Vec<ClientEvent>,
     },
+    SendBatch {
+        member: Arc<Session>,
+        items: Arc<[ClientEvent]>,
+    },
     DropRoom {
         room: RoomId,
     },
@@ -128,6 +132,15 @@ impl Fanout {
         if !items.is_empty() {
             let shard = self.shard_of(member.mailbox().id());
             Self::send(shard, Job::SendTo { member, items });
+        }
+    }
+
+    /// Delivers `items` to one member as one entry of its queue (see `mailbox::Queued::Many`), in
+    /// order with that member's other deliveries.
+    pub(crate) fn send_batch_to(&self, member: Arc<Session>, items: Arc<[ClientEvent]>) {
+        if !items.is_empty() {
+            let shard = self.shard_of(member.mailbox().id());
+            Self::send(shard, Job::SendBatch { member, items });
         }
     }
 
@@ -313,6 +326,9 @@ fn apply(
         }
         Job::SendTo { member, items } => {
             wakes.add(member.mailbox().push_many(items).1, pool);
+        }
+        Job::SendBatch { member, items } => {
+            wakes.add(member.mailbox().push_batch(items).1, pool);
         }
         Job::DropRoom { room } => {
             rooms.remove(&room);

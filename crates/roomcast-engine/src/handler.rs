@@ -130,6 +130,11 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
     /// the room's history holds its messages up to `last_seq` (fetch what came after the last
     /// sequence number this client saw).
     fn on_chat_room_recovered(&self, room_id: &RoomId, last_seq: u64) {}
+    /// roomcast's own: this client fell behind and `count` of its oldest queued events
+    /// (messages or room events) were dropped; the same notice as
+    /// [`ChatEventHandler::on_events_missed`], so that a client with only room handlers is told
+    /// too. Fetch the room's info and history to catch up.
+    fn on_events_missed(&self, count: u64) {}
 }
 
 /// Calls the method of `handler` that corresponds to `event`.

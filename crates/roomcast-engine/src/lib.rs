@@ -261,6 +261,11 @@ impl Core {
             config.threads
         };
         let store = Store::open(&config.store).map_err(storage_error)?;
+        // Nobody is in a room after a restart: copies left open by a crash end where the rooms
+        // ended, before anything new is sent.
+        if store.close_open_copies().map_err(storage_error)? > 0 {
+            store.flush_blocking().map_err(storage_error)?;
+        }
         let directory = Directory::default();
         for record in store.rooms() {
             match record {
@@ -278,10 +283,8 @@ impl Core {
             .map_err(storage_error)?
             .into_iter()
             .collect();
-        let pool = Arc::new(
-            dispatch::DispatchPool::start(threads.max(2))
-                .map_err(|e| ChatError::General(format!("cannot start the dispatch pool: {e}")))?,
-        );
+        let pool = dispatch::DispatchPool::start(threads.max(2))
+            .map_err(|e| ChatError::General(format!("cannot start the dispatch pool: {e}")))?;
         let (fanout, fanout_threads) =
             Fanout::start(threads, pool.clone()).map_err(|e| ChatError::General(e.to_string()))?;
         config.limits.validate()?;
@@ -374,7 +377,7 @@ impl Core {
             match timeout {
                 Some(d) => tokio::time::timeout(d, fut)
                     .await
-                    .unwrap_or(Err(ChatError::Timeout(d.as_millis() as u64))),
+                    .unwrap_or(Err(ChatError::Timeout(roomcast_model::duration_ms(d)))),
                 None => fut.await,
             }
         });
@@ -386,8 +389,13 @@ impl Core {
     }
 
     /// Stops the engine: no new calls are served (they get 900), the actors and threads stop,
-    /// pending writes are flushed, every event stream ends. Idempotent; later calls return at
-    /// once.
+    /// pending writes are flushed, every event stream ends, and every handler is released (so a
+    /// handler that holds a client of its own keeps nothing alive). Idempotent.
+    ///
+    /// It never blocks the caller's thread: the waiting is done on a thread of its own. It waits
+    /// for handlers still running at most [`SHUTDOWN_HANDLER_WAIT`]: a handler that runs longer
+    /// finishes on its own thread after `shutdown` returned, and no handler is called after
+    /// that.
     pub async fn shutdown(&self) {
         let first = !self.inner.stopped.swap(true, Ordering::SeqCst);
         if first {
@@ -395,22 +403,23 @@ impl Core {
         }
         self.inner.system.stop();
         self.inner.system.wait().await;
-        self.inner.shared.fanout.stop();
-        self.inner.shared.timers.stop();
-        for SessionKey(session) in self.inner.shared.sessions.read().iter() {
-            session.close();
-        }
-        self.inner.pool.stop();
-        let store = self.inner.store.lock().take();
-        if let Some(store) = store {
-            if let Err(e) = store.flush_blocking() {
-                tracing::error!(error = %e, "final flush failed");
+        let inner = self.inner.clone();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("roomcast-shutdown".into())
+            .spawn(move || {
+                inner.stop_threads(SHUTDOWN_HANDLER_WAIT);
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = finished.await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the shutdown thread; stopping without waiting");
+                self.inner.stop_threads(Duration::ZERO);
             }
         }
-        if let Some(rt) = self.inner.runtime.lock().take() {
-            rt.shutdown_background();
-        }
-        self.inner.fanout_threads.join();
     }
 
     /// Makes `user` a super admin (who may create rooms). Durable when it returns `Ok`.
@@ -463,43 +472,40 @@ impl Core {
     ) -> Result<Arc<Session>, ChatError> {
         let session = self.session(user)?;
         session.set_delete_on_exit(delete_messages_on_exit);
-        if let Some(online) = session.client_opened() {
-            self.presence_changed(&session, online);
-        }
+        session.client_opened(|online, rooms| self.presence_changed(&session, online, rooms));
         Ok(session)
     }
 
     /// A client of `session` was dropped: the session goes offline with its last client.
     pub fn close_client(&self, session: &Arc<Session>) {
-        if let Some(online) = session.client_closed() {
-            self.presence_changed(session, online);
-        }
+        session.client_closed(|online, rooms| self.presence_changed(session, online, rooms));
     }
 
     /// Disconnects (`false`) or reconnects (`true`) a session explicitly.
     pub fn set_connected(&self, session: &Arc<Session>, connected: bool) -> Result<(), ChatError> {
         self.check_running()?;
-        if let Some(online) = session.set_connected(connected) {
-            self.presence_changed(session, online);
-        }
+        session.set_connected(connected, |online, rooms| {
+            self.presence_changed(session, online, rooms)
+        });
         Ok(())
     }
 
     /// Tells the session's mailbox (through its shard) and every room the session is in that it
-    /// went offline or came back.
-    fn presence_changed(&self, session: &Arc<Session>, online: bool) {
+    /// went offline or came back. Runs under the session's lock (see `Session::change_presence`),
+    /// so it only queues messages: it never waits.
+    fn presence_changed(&self, session: &Arc<Session>, online: bool, rooms: &[(RoomId, u64)]) {
         if self.is_stopped() {
             return;
         }
         self.inner.shared.fanout.set_online(session.clone(), online);
         tracing::debug!(user = %session.user(), online, "presence changed");
         let at = self.now_ms();
-        for room in session.rooms() {
+        for (room, _) in rooms {
             if let Some(addr) = self
                 .inner
                 .shared
                 .directory
-                .get(room)
+                .get(*room)
                 .and_then(|e| e.live_actor())
             {
                 addr.do_send(SetPresence {
@@ -529,6 +535,12 @@ impl Core {
         let session = Session::new(user, self.inner.mailbox_capacity, self.inner.pool.clone());
         sessions.insert(SessionKey(session.clone()));
         Ok(session)
+    }
+
+    /// How many timed checks (mute expiries, offline grace periods) are pending: at most one per
+    /// room, member and kind.
+    pub fn pending_timers(&self) -> usize {
+        self.inner.shared.timers.len()
     }
 
     /// The engine's limits.
@@ -609,14 +621,12 @@ impl Core {
         room: RoomId,
     ) -> Result<ChatRoom, ChatError> {
         self.admit(session.user())?;
-        let max = self.limits().max_rooms_per_user;
-        if session.room_count() >= max && !session.is_in(room) {
-            return Err(ChatError::ExceedServiceLimit(format!(
-                "a user may be in at most {max} rooms at once"
-            )));
-        }
+        // The place is held until the room has answered, so concurrent joins cannot pass the
+        // limit together.
+        let reservation = session.reserve_room(room, self.limits().max_rooms_per_user)?;
         let op = RoomOp::Join {
             session: session.clone(),
+            reservation,
         };
         match self.room_call(room, op).await? {
             RoomReply::Room(room) => Ok(room),
@@ -771,7 +781,10 @@ impl Core {
             .shared
             .session_of(&user)
             .and_then(|s| s.copy_start(room));
+        // Report only what is durable: a leave that wrote this copy may still be flushing.
+        let settled = store.commit();
         self.run(async move {
+            settled.await.map_err(storage_error)?;
             let mut spans = store
                 .copy(&user, room)
                 .map_err(storage_error)?
@@ -854,7 +867,7 @@ impl Core {
 
     /// Page `page_num` (from 1) of the public room list, newest first, optionally only rooms
     /// whose name contains `name_filter` (case-insensitive).
-    pub fn public_rooms(
+    pub async fn public_rooms(
         &self,
         viewer: &UserId,
         page_num: u32,
@@ -876,12 +889,23 @@ impl Core {
             .shared
             .directory
             .page(page_num, page_size, name_filter);
+        // The page may show a room whose creation is not flushed yet: report it once it is.
+        self.settled().await?;
         Ok(ChatPageResult {
             data,
             page_num,
             page_size,
             total,
         })
+    }
+
+    /// Waits until every write made so far is durable (at once if nothing waits to be flushed).
+    async fn settled(&self) -> Result<(), ChatError> {
+        let commit = match self.inner.store.lock().as_ref() {
+            Some(store) => store.commit(),
+            None => return Err(ChatError::EngineStopped),
+        };
+        commit.await.map_err(storage_error)
     }
 
     fn delivery_error(&self, e: MailboxError, room: Option<RoomId>) -> ChatError {
@@ -940,18 +964,82 @@ impl Core {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Dropped without shutdown(): stop without waiting (we may be inside an async context).
-        self.system.stop();
+/// How long [`Core::shutdown`] waits for handlers that are still running.
+pub const SHUTDOWN_HANDLER_WAIT: Duration = Duration::from_secs(1);
+
+impl Inner {
+    /// Stops the shards, timers, sessions, dispatch pool, store and runtime (the actor system
+    /// must be stopping already), waiting at most `wait` for running handlers. Blocks: never
+    /// called on an async worker.
+    fn stop_threads(&self, wait: Duration) {
         self.shared.fanout.stop();
-        for SessionKey(session) in self.shared.sessions.read().iter() {
-            session.close();
+        self.shared.timers.stop();
+        self.close_sessions();
+        self.pool.stop(wait);
+        let store = self.store.lock().take();
+        if let Some(store) = store {
+            if let Err(e) = store.flush_blocking() {
+                tracing::error!(error = %e, "final flush failed");
+            }
         }
-        self.pool.stop();
         if let Some(rt) = self.runtime.lock().take() {
             rt.shutdown_background();
         }
+        self.fanout_threads.join();
+    }
+
+    /// Ends every session's deliveries and releases its handlers and streams.
+    fn close_sessions(&self) {
+        let sessions: Vec<Arc<Session>> = self
+            .shared
+            .sessions
+            .read()
+            .iter()
+            .map(|k| k.0.clone())
+            .collect();
+        for session in sessions {
+            session.close();
+        }
+    }
+
+    /// Stops everything without waiting for anything (we may be on an async worker, or on one
+    /// of the engine's own threads).
+    fn stop_now(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.system.stop();
+        self.shared.fanout.stop();
+        self.shared.timers.stop();
+        self.close_sessions();
+        self.pool.stop(Duration::ZERO);
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_background();
+        }
+        // The store is flushed and closed off this thread; the actors drop their clones as the
+        // system stops.
+        if let Some(store) = self.store.lock().take() {
+            let _ = std::thread::Builder::new()
+                .name("roomcast-close".into())
+                .spawn(move || {
+                    if let Err(e) = store.flush_blocking() {
+                        tracing::error!(error = %e, "final flush failed");
+                    }
+                });
+        }
+    }
+}
+
+impl Core {
+    /// Stops the engine at once without waiting (what dropping the application's last engine
+    /// handle does): later calls get 900, handlers are released, threads end on their own.
+    pub fn stop_now(&self) {
+        self.inner.stop_now();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped without shutdown(): stop without waiting.
+        self.stop_now();
     }
 }
 

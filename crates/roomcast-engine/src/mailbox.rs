@@ -66,6 +66,14 @@ pub(crate) enum Drain {
     Closed,
 }
 
+/// One queue entry: an event, or events a room sent one member together (the join and exit
+/// events a big room holds for its staff), which take one place in the queue: a join storm of
+/// thousands costs a staff member a few dozen entries, not thousands.
+pub(crate) enum Queued {
+    One(ClientEvent),
+    Many(Arc<[ClientEvent]>),
+}
+
 pub(crate) struct Mailbox {
     id: u64,
     capacity: u32,
@@ -73,7 +81,7 @@ pub(crate) struct Mailbox {
 }
 
 struct State {
-    queue: VecDeque<ClientEvent>,
+    queue: VecDeque<Queued>,
     missed: u64,
     notifier: Option<Notifier>,
     closed: bool,
@@ -146,7 +154,7 @@ impl Mailbox {
             state.online = online;
             if online {
                 if let Some(deferred) = state.deferred.take() {
-                    state.queue.extend(*deferred);
+                    state.queue.extend(deferred.into_iter().map(Queued::One));
                 }
             } else {
                 state.queue.clear();
@@ -160,12 +168,15 @@ impl Mailbox {
         notify(notifier);
     }
 
-    fn enqueue(&self, state: &mut State, item: ClientEvent) {
+    fn enqueue(&self, state: &mut State, item: Queued) {
         if state.queue.len() >= self.capacity() {
-            state.queue.pop_front();
-            state.missed += 1;
-            OVERFLOWED.fetch_add(1, Ordering::Relaxed);
-            crate::obs::lagged(1);
+            let dropped = match state.queue.pop_front() {
+                Some(Queued::Many(items)) => items.len() as u64,
+                _ => 1,
+            };
+            state.missed += dropped;
+            OVERFLOWED.fetch_add(dropped, Ordering::Relaxed);
+            crate::obs::lagged(dropped);
         }
         state.queue.push_back(item);
     }
@@ -205,11 +216,26 @@ impl Mailbox {
         }
         let before = state.queue.len();
         for item in items {
-            self.enqueue(&mut state, item);
+            self.enqueue(&mut state, Queued::One(item));
         }
         if state.queue.len() == before && state.missed == 0 {
             return (true, None);
         }
+        (true, state.notifier.take())
+    }
+
+    /// Queues `items` as one entry (see [`Queued::Many`]). As [`Mailbox::push_many`] otherwise;
+    /// `items` hold no removal notice (those are never batched).
+    pub(crate) fn push_batch(&self, items: Arc<[ClientEvent]>) -> (bool, Option<Notifier>) {
+        let mut state = self.state.lock();
+        if state.closed {
+            return (false, None);
+        }
+        debug_assert!(!items.iter().any(is_removal), "removals are never batched");
+        if !(state.online && state.consumed) || items.is_empty() {
+            return (true, None);
+        }
+        self.enqueue(&mut state, Queued::Many(items));
         (true, state.notifier.take())
     }
 
@@ -247,8 +273,20 @@ impl Mailbox {
         if state.missed > 0 {
             return Poll::Ready(Some(Received::Missed(std::mem::take(&mut state.missed))));
         }
-        if let Some(item) = state.queue.pop_front() {
-            return Poll::Ready(Some(Received::Item(item)));
+        match state.queue.pop_front() {
+            Some(Queued::One(item)) => return Poll::Ready(Some(Received::Item(item))),
+            Some(Queued::Many(items)) => {
+                // Unpacked in place: the rest stay at the front, in order.
+                let mut items = items.iter().cloned();
+                let first = items.next();
+                for (at, item) in items.enumerate() {
+                    state.queue.insert(at, Queued::One(item));
+                }
+                if let Some(item) = first {
+                    return Poll::Ready(Some(Received::Item(item)));
+                }
+            }
+            None => {}
         }
         if state.closed {
             return Poll::Ready(None);
@@ -275,7 +313,12 @@ impl Mailbox {
         // Items move to the dispatcher's own buffer; the mailbox keeps its buffer for the next
         // push (no allocation per delivery) unless a burst grew it large, in which case it is
         // released so that an idle member holds at most a small one.
-        out.extend(state.queue.drain(..));
+        for queued in state.queue.drain(..) {
+            match queued {
+                Queued::One(item) => out.push_back(item),
+                Queued::Many(items) => out.extend(items.iter().cloned()),
+            }
+        }
         if state.queue.capacity() > SMALL_QUEUE {
             state.queue = VecDeque::new();
         }

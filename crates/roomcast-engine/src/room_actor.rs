@@ -19,7 +19,7 @@ use roomcast_store::{Commit, LocalCopy, Store};
 
 use crate::directory::RoomEntry;
 use crate::fanout::Except;
-use crate::session::Session;
+use crate::session::{RoomReservation, Session};
 use crate::supervisor::{RoomExited, Supervisor};
 use crate::{obs, storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
 
@@ -27,6 +27,8 @@ use crate::{obs, storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, 
 pub(crate) enum RoomOp {
     Join {
         session: Arc<Session>,
+        /// The user's place against the rooms-per-user limit, released once the room answered.
+        reservation: Option<RoomReservation>,
     },
     Leave {
         user: UserId,
@@ -162,6 +164,8 @@ pub(crate) struct RoomActor {
     /// together: a join storm costs one delivery per staff member per batch, not per join.
     staff_batch: Vec<(ClientEvent, Vec<UserId>)>,
     staff_flush_scheduled: bool,
+    /// Set while a join is applied if the joiner's session was offline when it entered.
+    joined_offline: Option<UserId>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -222,6 +226,7 @@ impl RoomActor {
             poisoned: false,
             staff_batch: Vec::new(),
             staff_flush_scheduled: false,
+            joined_offline: None,
         }
     }
 
@@ -346,7 +351,9 @@ impl RoomActor {
             }
             if seq % AGE_CHECK_EVERY == 0 {
                 if let Some(max_age) = limits.history_max_age_ms {
-                    let before = message.server_time().saturating_sub(max_age as i64);
+                    let before = message
+                        .server_time()
+                        .saturating_sub(roomcast_model::ms_to_timestamp(max_age));
                     store.delete_messages_older_than(room, before)?;
                 }
             }
@@ -365,7 +372,16 @@ impl RoomActor {
                     room,
                     spans: Vec::new(),
                 });
-                copy.spans.push((self.copy_from(), None));
+                // The replay on join may reach back into the span of an earlier membership:
+                // the new span starts after it, so that no message is in the copy twice.
+                let after_previous = copy
+                    .spans
+                    .iter()
+                    .map(|(from, to)| to.unwrap_or(*from).saturating_add(1))
+                    .max()
+                    .unwrap_or(0);
+                copy.spans
+                    .push((self.copy_from().max(after_previous), None));
                 store.put_copy(&copy)?;
                 wrote = true;
             }
@@ -486,7 +502,9 @@ impl RoomActor {
         let fanout = &shared.fanout;
         if let Some(session) = joining {
             if !fx.joined.is_empty() {
-                session.entered(room_id, self.copy_from());
+                if !session.entered(room_id, self.copy_from()) {
+                    self.joined_offline = Some(session.user().clone());
+                }
                 fanout.add(room_id, session.clone());
             }
         }
@@ -535,10 +553,14 @@ impl RoomActor {
             self.recent.push(message.clone());
             fanout.broadcast(room_id, ClientEvent::Message(message), Except::of(sender));
         }
+        for (user, kind) in &fx.cancelled {
+            shared.timers.cancel(room_id, user, *kind);
+        }
         for timer in fx.timers {
             shared.timers.schedule(room_id, timer);
         }
         if fx.destroyed {
+            shared.timers.cancel_room(room_id);
             fanout.drop_room(room_id);
         }
         if self.staff_batch.len() >= STAFF_BATCH_MAX {
@@ -562,12 +584,12 @@ impl RoomActor {
             let Some(session) = self.shared.session_of(staff) else {
                 continue;
             };
-            let items: Vec<ClientEvent> = batch
+            let items: Arc<[ClientEvent]> = batch
                 .iter()
                 .filter(|(_, except)| !except.contains(staff))
                 .map(|(item, _)| item.clone())
                 .collect();
-            self.shared.fanout.send_to(session, items);
+            self.shared.fanout.send_batch_to(session, items);
         }
     }
 
@@ -585,7 +607,6 @@ impl RoomActor {
     ) -> Result<Replied, ChatError> {
         let user = session.user().clone();
         let joiner = session.clone();
-        let online = session.is_online();
         let commit = self.execute(Command::Join { user: user.clone() }, Some(session), ctx)?;
         let replay = self.shared.limits.join_replay_count;
         let recent: Vec<ClientEvent> = self
@@ -595,11 +616,13 @@ impl RoomActor {
             .map(ClientEvent::Message)
             .collect();
         self.shared.fanout.send_to(joiner, recent);
-        if !online {
+        // The session was offline when it entered (a user joining without a live client): it
+        // starts its grace period now. Later changes reach the room as `SetPresence`.
+        if let Some(offline) = self.joined_offline.take() {
             let now = self.now();
             self.presence(
                 Command::SetPresence {
-                    user: user.clone(),
+                    user: offline,
                     online: false,
                     now,
                 },
@@ -620,17 +643,15 @@ impl Actor for RoomActor {
         let room_id = self.room.id();
         let initial = std::mem::take(&mut self.initial);
         let from = self.room.last_seq() + 1;
+        let mut offline = Vec::new();
         for session in &initial {
-            session.entered(room_id, from);
+            if !session.entered(room_id, from) {
+                offline.push(session.user().clone());
+            }
             self.shared.fanout.add(room_id, session.clone());
         }
         // Members added at creation without a client are offline from the room's creation.
         let now = self.started_at;
-        let offline: Vec<UserId> = initial
-            .iter()
-            .filter(|s| !s.is_online())
-            .map(|s| s.user().clone())
-            .collect();
         for user in offline {
             self.presence(
                 Command::SetPresence {
@@ -683,6 +704,18 @@ impl Handler<RoomCall> for RoomActor {
     fn handle(&mut self, RoomCall(op): RoomCall, ctx: &mut Context<Self>) -> Self::Result {
         let room = self.room.id();
         self.guarded(ctx, |act, ctx| act.call(op, ctx))
+            .map(|result| {
+                result.map(|mut replied| {
+                    // Every successful call waits until every write made so far is durable, not
+                    // only its own: a call that found its change already made (by a racing call
+                    // or its own earlier try) or a read must not report state that a crash can
+                    // still take back. Free when nothing is waiting to be flushed.
+                    if replied.commit.is_none() {
+                        replied.commit = Some(self.store.commit());
+                    }
+                    replied
+                })
+            })
             .unwrap_or_else(|| {
                 Err(ChatError::RoomUnavailable(format!(
                     "room {room} failed on this call and is restarting"
@@ -717,7 +750,14 @@ impl RoomActor {
             commit,
         };
         match op {
-            RoomOp::Join { session } => self.join(session, ctx),
+            RoomOp::Join {
+                session,
+                reservation,
+            } => {
+                let replied = self.join(session, ctx);
+                drop(reservation);
+                replied
+            }
             RoomOp::Leave {
                 user,
                 owner_may_leave,
@@ -838,9 +878,23 @@ impl Handler<ExpireOffline> for RoomActor {
 
     fn handle(&mut self, msg: ExpireOffline, ctx: &mut Context<Self>) {
         let now = self.now();
-        let command = Command::ExpireOffline {
-            user: msg.user,
-            now,
+        // The session owns the presence; the room's view is a cache of it. A member whose
+        // session is online now is never removed, whatever the room last heard.
+        let online = self
+            .shared
+            .session_of(&msg.user)
+            .is_some_and(|s| s.is_online());
+        let command = if online {
+            Command::SetPresence {
+                user: msg.user,
+                online: true,
+                now,
+            }
+        } else {
+            Command::ExpireOffline {
+                user: msg.user,
+                now,
+            }
         };
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }

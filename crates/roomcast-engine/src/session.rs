@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use parking_lot::{Mutex, RwLock};
-use roomcast_model::{ChatMessage, ChatRoomEvent, RoomId, UserId};
+use roomcast_model::{ChatError, ChatMessage, ChatRoomEvent, RoomId, UserId};
 
 use crate::dispatch::DispatchPool;
 use crate::handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
@@ -115,6 +115,15 @@ impl<H: ?Sized> Registry<H> {
         replaced
     }
 
+    /// Removes every handler; returns them.
+    fn clear(&self) -> Vec<Arc<HandlerEntry<H>>> {
+        self.entries
+            .lock()
+            .take()
+            .map(|e| e.to_vec())
+            .unwrap_or_default()
+    }
+
     fn remove(&self, id: &str) -> Option<Arc<HandlerEntry<H>>> {
         let mut entries = self.entries.lock();
         let current = entries.as_deref().unwrap_or_default();
@@ -127,17 +136,57 @@ impl<H: ?Sized> Registry<H> {
     }
 }
 
+/// What a session knows of itself, under one lock: presence and rooms change together, so a
+/// room that the user enters sees the presence that every later change is ordered after.
 #[derive(Default)]
-struct Presence {
+struct State {
     /// Live `ChatClient` handles of this user.
     clients: u32,
     /// Set by an explicit disconnect, cleared by reconnect.
     disconnected: bool,
+    /// The rooms the user is in (a few, so a vector), each with the sequence number its local
+    /// copy of the room starts at (see `Core::load_local_messages`).
+    rooms: Vec<(RoomId, u64)>,
+    /// Joins in flight, by room, with how many calls wait on each: they count against the
+    /// rooms-per-user limit until the room has answered (see [`RoomReservation`]).
+    pending: Vec<(RoomId, u32)>,
 }
 
-impl Presence {
+impl State {
     fn online(&self) -> bool {
         self.clients > 0 && !self.disconnected
+    }
+
+    /// Rooms the user is in or is joining.
+    fn counted_rooms(&self) -> usize {
+        self.rooms.len()
+            + self
+                .pending
+                .iter()
+                .filter(|(p, _)| !self.rooms.iter().any(|(r, _)| r == p))
+                .count()
+    }
+}
+
+/// A place held for one join against the rooms-per-user limit. It travels with the join to the
+/// room's actor and is released when dropped: after the room has admitted the user (who then
+/// counts as in the room) or refused it, or if the call never reached the room. So concurrent
+/// joins by one user can never pass the limit together.
+pub(crate) struct RoomReservation {
+    session: Arc<Session>,
+    room: RoomId,
+}
+
+impl Drop for RoomReservation {
+    fn drop(&mut self) {
+        let mut state = self.session.state.lock();
+        if let Some(at) = state.pending.iter().position(|(r, _)| *r == self.room) {
+            let (_, n) = &mut state.pending[at];
+            *n -= 1;
+            if *n == 0 {
+                state.pending.swap_remove(at);
+            }
+        }
     }
 }
 
@@ -156,10 +205,8 @@ pub struct Session {
     has_streams: AtomicBool,
     attached: AtomicBool,
     pool: Arc<DispatchPool>,
-    presence: Mutex<Presence>,
-    /// The rooms the user is in (a few, so a vector), each with the sequence number its local
-    /// copy of the room starts at (see `Core::load_local_messages`).
-    rooms: Mutex<Vec<(RoomId, u64)>>,
+    /// Presence, rooms and joins in flight (see [`State`]).
+    state: Mutex<State>,
     /// `ChatOptions::delete_messages_on_exit` of the user's latest login.
     delete_on_exit: AtomicBool,
 }
@@ -178,8 +225,7 @@ impl Session {
             has_streams: AtomicBool::new(false),
             attached: AtomicBool::new(false),
             pool,
-            presence: Mutex::new(Presence::default()),
-            rooms: Mutex::new(Vec::new()),
+            state: Mutex::new(State::default()),
             delete_on_exit: AtomicBool::new(true),
         })
     }
@@ -208,70 +254,115 @@ impl Session {
 
     /// True if the session is online (has a client and is not disconnected).
     pub fn is_online(&self) -> bool {
-        self.presence.lock().online()
+        self.state.lock().online()
     }
 
-    /// Applies `change` to the presence; returns the new online state if it changed. The
-    /// caller passes the change on to the mailbox through its fan-out shard, so that it takes
-    /// effect in order with the deliveries.
-    fn change_presence(&self, change: impl FnOnce(&mut Presence)) -> Option<bool> {
-        let mut presence = self.presence.lock();
-        let before = presence.online();
-        change(&mut presence);
-        let after = presence.online();
-        (before != after).then_some(after)
+    /// Applies `change` to the presence. If the online state changed, `notify` runs with the new
+    /// state and the rooms the user is in, *under the session's lock*: so every change reaches
+    /// the mailbox's shard and each room in the order the changes were made, and a room the
+    /// user enters meanwhile either is in that list or sees the new state when it enters.
+    fn change_presence(
+        &self,
+        change: impl FnOnce(&mut State),
+        notify: impl FnOnce(bool, &[(RoomId, u64)]),
+    ) {
+        let mut state = self.state.lock();
+        let before = state.online();
+        change(&mut state);
+        let after = state.online();
+        if before != after {
+            notify(after, &state.rooms);
+        }
     }
 
-    /// A client of this user appeared; `Some(true)` if the session came online.
-    pub(crate) fn client_opened(&self) -> Option<bool> {
-        self.change_presence(|p| p.clients += 1)
+    /// A client of this user appeared; `notify` runs if the session came online.
+    pub(crate) fn client_opened(&self, notify: impl FnOnce(bool, &[(RoomId, u64)])) {
+        self.change_presence(|p| p.clients += 1, notify);
     }
 
-    /// A client of this user was dropped; `Some(false)` if the session went offline.
-    pub(crate) fn client_closed(&self) -> Option<bool> {
-        self.change_presence(|p| p.clients = p.clients.saturating_sub(1))
+    /// A client of this user was dropped; `notify` runs if the session went offline.
+    pub(crate) fn client_closed(&self, notify: impl FnOnce(bool, &[(RoomId, u64)])) {
+        self.change_presence(|p| p.clients = p.clients.saturating_sub(1), notify);
     }
 
-    /// Disconnects (`false`) or reconnects (`true`); the new state if it changed.
-    pub(crate) fn set_connected(&self, connected: bool) -> Option<bool> {
-        self.change_presence(|p| p.disconnected = !connected)
+    /// Disconnects (`false`) or reconnects (`true`); `notify` runs if the state changed.
+    pub(crate) fn set_connected(
+        &self,
+        connected: bool,
+        notify: impl FnOnce(bool, &[(RoomId, u64)]),
+    ) {
+        self.change_presence(|p| p.disconnected = !connected, notify);
     }
 
     /// The rooms this user is in.
     pub fn rooms(&self) -> Vec<RoomId> {
-        self.rooms.lock().iter().map(|(r, _)| *r).collect()
+        self.state.lock().rooms.iter().map(|(r, _)| *r).collect()
     }
 
     /// How many rooms the user is in.
     pub fn room_count(&self) -> usize {
-        self.rooms.lock().len()
+        self.state.lock().rooms.len()
     }
 
     /// True if the user is in `room`.
     pub fn is_in(&self, room: RoomId) -> bool {
-        self.rooms.lock().iter().any(|(r, _)| *r == room)
+        self.state.lock().rooms.iter().any(|(r, _)| *r == room)
+    }
+
+    /// Holds a place for a join of `room` against the limit of `max` rooms (code 4 beyond).
+    /// `None` if the user is in the room already (the room answers 701).
+    pub(crate) fn reserve_room(
+        self: &Arc<Self>,
+        room: RoomId,
+        max: usize,
+    ) -> Result<Option<RoomReservation>, ChatError> {
+        let mut state = self.state.lock();
+        if state.rooms.iter().any(|(r, _)| *r == room) {
+            return Ok(None);
+        }
+        if let Some((_, n)) = state.pending.iter_mut().find(|(r, _)| *r == room) {
+            // Another join of the same room is in flight: it holds the place; the room admits
+            // one of them and answers 701 to the other.
+            *n += 1;
+        } else {
+            if state.counted_rooms() >= max {
+                return Err(ChatError::ExceedServiceLimit(format!(
+                    "a user may be in at most {max} rooms at once"
+                )));
+            }
+            state.pending.push((room, 1));
+        }
+        Ok(Some(RoomReservation {
+            session: self.clone(),
+            room,
+        }))
     }
 
     /// Where this membership's part of the local copy of `room` starts, if the user is in it.
     pub(crate) fn copy_start(&self, room: RoomId) -> Option<u64> {
-        self.rooms
+        self.state
             .lock()
+            .rooms
             .iter()
             .find(|(r, _)| *r == room)
             .map(|(_, from)| *from)
     }
 
-    pub(crate) fn entered(&self, room: RoomId, copy_from: u64) {
-        let mut rooms = self.rooms.lock();
-        if !rooms.iter().any(|(r, _)| *r == room) {
+    /// The user entered `room`, its local copy starting at `copy_from`. Returns whether the
+    /// session is online at this point of its presence order: the room applies that state, and
+    /// every later change reaches the room as a message.
+    pub(crate) fn entered(&self, room: RoomId, copy_from: u64) -> bool {
+        let mut state = self.state.lock();
+        if !state.rooms.iter().any(|(r, _)| *r == room) {
             // Most users are in one room: grow one slot at a time, not by four.
-            rooms.reserve_exact(1);
-            rooms.push((room, copy_from));
+            state.rooms.reserve_exact(1);
+            state.rooms.push((room, copy_from));
         }
+        state.online()
     }
 
     pub(crate) fn exited(&self, room: RoomId) {
-        self.rooms.lock().retain(|(r, _)| *r != room);
+        self.state.lock().rooms.retain(|(r, _)| *r != room);
     }
 
     /// Registers a chat-room event handler under `id`, replacing any with the same id.
@@ -310,9 +401,12 @@ impl Session {
 
     fn retire<H: ?Sized>(&self, entry: &HandlerEntry<H>) {
         entry.alive.store(false, Ordering::SeqCst);
-        // From inside one of this session's own handlers this thread holds the gate already,
-        // and no other call of this session's handlers can be running: nothing to wait for.
-        if DISPATCHING.with(Cell::get) != self.mailbox.id() {
+        // Outside the dispatch pool, wait out a call in progress, so that the handler is never
+        // called after `remove` returns. From inside any handler, do not wait: this thread may
+        // hold this very gate (a handler removing itself), or another handler may be waiting
+        // for this one's gate (two handlers removing each other), and waiting would stall the
+        // pool. The handler is still never *started* again.
+        if DISPATCHING.with(Cell::get) == 0 {
             drop(entry.gate.write());
         }
     }
@@ -333,10 +427,17 @@ impl Session {
         EventStream { mailbox }
     }
 
-    /// Ends the session's deliveries: dispatching stops and every stream ends.
+    /// Ends the session's deliveries: dispatching stops, every stream ends, and the handlers are
+    /// released (a handler may hold a client, and so the engine: releasing it breaks the cycle).
     pub(crate) fn close(&self) {
         self.mailbox.close();
         self.close_streams();
+        for entry in self.room_handlers.clear() {
+            entry.alive.store(false, Ordering::SeqCst);
+        }
+        for entry in self.chat_handlers.clear() {
+            entry.alive.store(false, Ordering::SeqCst);
+        }
     }
 
     pub(crate) fn close_streams(&self) {
@@ -375,6 +476,9 @@ impl Session {
         if missed > 0 {
             tracing::warn!(user = %self.user, missed, "a client's event queue overflowed; its oldest events were dropped");
             for h in chat_handlers.iter() {
+                h.call(id, |h| h.on_events_missed(missed));
+            }
+            for h in room_handlers.iter() {
                 h.call(id, |h| h.on_events_missed(missed));
             }
             for s in &streams {

@@ -6,55 +6,111 @@
 //! time, when a new deadline is scheduled, and when a [`crate::ManualClock`] is moved, so tests
 //! drive grace periods by moving the clock, never by sleeping.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use roomcast_model::{RoomId, Timer, Timestamp, UserId};
+use roomcast_model::{RoomId, Timer, TimerKind, Timestamp, UserId};
 use tokio::sync::Notify;
 
 use crate::room_actor::{ExpireMute, ExpireOffline};
 use crate::{SessionKey, Shared};
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Due {
-    at: Timestamp,
-    room: RoomId,
-    user: UserId,
-    mute: bool,
+/// A pending deadline, in due order.
+type Due = (Timestamp, RoomId, UserId, TimerKind);
+
+/// Pending deadlines: at most one per (room, member, kind). Scheduling replaces, cancelling
+/// removes, so the set holds only deadlines that can still matter: its size follows the live
+/// mutes and offline members, not the history of moderation and reconnects.
+#[derive(Default)]
+struct Pending {
+    due: BTreeSet<Due>,
+    by_room: HashMap<RoomId, HashMap<(UserId, TimerKind), Timestamp>>,
+}
+
+impl Pending {
+    fn remove(&mut self, room: RoomId, user: &UserId, kind: TimerKind) {
+        if let Some(keys) = self.by_room.get_mut(&room) {
+            if let Some(at) = keys.remove(&(user.clone(), kind)) {
+                self.due.remove(&(at, room, user.clone(), kind));
+            }
+            if keys.is_empty() {
+                self.by_room.remove(&room);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Timers {
-    heap: Mutex<BinaryHeap<Reverse<Due>>>,
+    pending: Mutex<Pending>,
     changed: Notify,
 }
 
 impl Timers {
-    /// Asks `room` to run `timer`'s check when it is due (engine clock).
+    /// Asks `room` to run `timer`'s check when it is due (engine clock), replacing the pending
+    /// check of the same member and kind.
     pub(crate) fn schedule(&self, room: RoomId, timer: Timer) {
-        let due = match timer {
-            Timer::OfflineCheck { user, at } => Due {
-                at,
-                room,
-                user,
-                mute: false,
-            },
-            Timer::MuteExpiry { user, at } => Due {
-                at,
-                room,
-                user,
-                mute: true,
-            },
-        };
-        self.heap.lock().push(Reverse(due));
+        let (user, kind, at) = timer.parts();
+        {
+            let mut pending = self.pending.lock();
+            pending.remove(room, user, kind);
+            pending
+                .by_room
+                .entry(room)
+                .or_default()
+                .insert((user.clone(), kind), at);
+            pending.due.insert((at, room, user.clone(), kind));
+        }
         self.changed.notify_one();
     }
 
+    /// Forgets `user`'s pending check of `kind` in `room`, if any.
+    pub(crate) fn cancel(&self, room: RoomId, user: &UserId, kind: TimerKind) {
+        self.pending.lock().remove(room, user, kind);
+    }
+
+    /// Forgets every pending check of `room` (it was destroyed).
+    pub(crate) fn cancel_room(&self, room: RoomId) {
+        let mut pending = self.pending.lock();
+        if let Some(keys) = pending.by_room.remove(&room) {
+            for ((user, kind), at) in keys {
+                pending.due.remove(&(at, room, user, kind));
+            }
+        }
+    }
+
+    /// How many checks are pending (for tests and reports).
+    pub(crate) fn len(&self) -> usize {
+        self.pending.lock().due.len()
+    }
+
+    /// Takes the checks due at `now`.
+    fn take_due(&self, now: Timestamp) -> Vec<Due> {
+        let mut pending = self.pending.lock();
+        let mut due = Vec::new();
+        while pending.due.first().is_some_and(|d| d.0 <= now) {
+            if let Some(d) = pending.due.pop_first() {
+                if let Some(keys) = pending.by_room.get_mut(&d.1) {
+                    keys.remove(&(d.2.clone(), d.3));
+                    if keys.is_empty() {
+                        pending.by_room.remove(&d.1);
+                    }
+                }
+                due.push(d);
+            }
+        }
+        due
+    }
+
+    /// When the next check is due.
+    fn next_due(&self) -> Option<Timestamp> {
+        self.pending.lock().due.first().map(|d| d.0)
+    }
+
     pub(crate) fn stop(&self) {
-        self.heap.lock().clear();
+        *self.pending.lock() = Pending::default();
     }
 }
 
@@ -90,30 +146,20 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             last_sweep = shared.clock.now_ms();
         }
         let now = shared.clock.now_ms();
-        let next = {
-            let mut heap = shared.timers.heap.lock();
-            let mut due = Vec::new();
-            while heap.peek().is_some_and(|Reverse(d)| d.at <= now) {
-                if let Some(Reverse(d)) = heap.pop() {
-                    due.push(d);
+        let due = shared.timers.take_due(now);
+        for (_, room, user, kind) in due {
+            if let Some(addr) = shared.directory.get(room).and_then(|e| e.live_actor()) {
+                match kind {
+                    TimerKind::MuteExpiry => addr.do_send(ExpireMute { user }),
+                    TimerKind::OfflineCheck => addr.do_send(ExpireOffline { user }),
                 }
             }
-            drop(heap);
-            for d in due {
-                if let Some(addr) = shared.directory.get(d.room).and_then(|e| e.live_actor()) {
-                    if d.mute {
-                        addr.do_send(ExpireMute { user: d.user });
-                    } else {
-                        addr.do_send(ExpireOffline { user: d.user });
-                    }
-                }
-            }
-            shared.timers.heap.lock().peek().map(|Reverse(d)| d.at)
-        };
+        }
+        let next = shared.timers.next_due();
         // Sleep until the earliest deadline in real time (at most a second, so that a clock
         // that jumps is noticed), or until something changes.
         let wait = next.map_or(Duration::from_secs(1), |at| {
-            Duration::from_millis((at - now).clamp(1, 1_000) as u64)
+            Duration::from_millis(at.saturating_sub(now).clamp(1, 1_000) as u64)
         });
         match &mut clock_changes {
             Some(changes) => {

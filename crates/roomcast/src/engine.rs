@@ -95,6 +95,7 @@ impl EngineBuilder {
             .await
             .map_err(|_| ChatError::General("engine start-up failed".into()))??;
         Ok(Engine {
+            owner: Arc::new(EngineOwner(core.clone())),
             core,
             options: self.options,
         })
@@ -104,8 +105,10 @@ impl EngineBuilder {
 /// An embedded roomcast engine. Cloning is shallow: every clone is the same engine.
 ///
 /// It owns its threads (an actix System with one room thread per core, fan-out shards, a small
-/// callback runtime) and a store. [`Engine::shutdown`] stops them; dropping the last handle
-/// (engine and clients) stops them too, without waiting.
+/// callback runtime) and a store. [`Engine::shutdown`] stops them and waits; dropping the last
+/// `Engine` handle stops them too, without waiting. Clients do not keep the engine running:
+/// once it is stopped, their calls fail with 900 ([`ChatError::EngineStopped`]) and their
+/// handlers are released.
 ///
 /// ```
 /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
@@ -129,6 +132,20 @@ impl EngineBuilder {
 pub struct Engine {
     core: Core,
     options: ChatOptions,
+    /// Stops the engine when the last `Engine` handle is dropped.
+    #[allow(dead_code)]
+    owner: Arc<EngineOwner>,
+}
+
+/// Held by every clone of an [`Engine`]: the application's ownership of the engine. Clients do
+/// not hold it, so a handler that keeps a client of its own (a reply bot) cannot keep the engine
+/// running once the application dropped it.
+struct EngineOwner(Core);
+
+impl Drop for EngineOwner {
+    fn drop(&mut self) {
+        self.0.stop_now();
+    }
 }
 
 impl Engine {
@@ -209,6 +226,13 @@ impl Engine {
     /// is in a room; idle ones are dropped about once a minute (engine clock).
     pub fn session_count(&self) -> usize {
         self.core.session_count()
+    }
+
+    /// How many timed checks are pending (mute expiries and offline grace periods): at most one
+    /// per room, member and kind, so it follows the live mutes and offline members. For
+    /// monitoring.
+    pub fn pending_timers(&self) -> usize {
+        self.core.pending_timers()
     }
 
     /// The engine's limits.

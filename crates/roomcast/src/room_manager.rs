@@ -123,7 +123,7 @@ impl ChatRoomManager {
             description: options.description,
             welcome_message: options.welcome_message,
             max_users: options.max_users.unwrap_or(limits.default_max_users),
-            offline_grace_ms: options.offline_grace.map(|d| d.as_millis() as u64),
+            offline_grace_ms: options.offline_grace.map(roomcast_model::duration_ms),
         };
         let members = options
             .members
@@ -185,6 +185,7 @@ impl ChatRoomManager {
         self.client
             .core()
             .public_rooms(self.user(), page_num, page_size, None)
+            .await
     }
 
     /// Like [`ChatRoomManager::fetch_public_chat_rooms_from_server`], only rooms whose name
@@ -198,6 +199,7 @@ impl ChatRoomManager {
         self.client
             .core()
             .public_rooms(self.user(), page_num, page_size, Some(name_contains))
+            .await
     }
 
     /// Registers `handler` under `id` for this user's chat-room events (replacing any handler

@@ -7,6 +7,11 @@
 //! every room opens, and that each room's messages have no gaps up to the last acknowledged one.
 //! Cycles run on the same directory, so later cycles also reopen what earlier crashes left.
 //!
+//! Some operations race: the owner and an admin make the same change at the same instant
+//! (mute-all on or off), and each prints its acknowledgement as soon as its own call returns.
+//! The call that finds the change already made must not be acknowledged before the other
+//! call's write is durable.
+//!
 //! `ROOMCAST_CRASH_CYCLES` (default 20) and `ROOMCAST_CRASH_SEED` (default: from the clock) set
 //! the run; the seed is printed so that a failure can be replayed.
 
@@ -45,7 +50,9 @@ fn child(dir: String, seed: u64) {
         engine.add_super_admin("owner").await.unwrap();
         let owner = engine.login("owner").await.unwrap();
         let viewer = engine.login("viewer").await.unwrap();
+        let moderator = engine.login("moderator").await.unwrap();
         let rooms = owner.chat_room_manager();
+        let mut all_muted: BTreeMap<RoomId, bool> = BTreeMap::new();
         let mut mine: Vec<RoomId> = Vec::new();
         for i in 0u64.. {
             if mine.is_empty() || rng.below(20) == 0 {
@@ -59,11 +66,38 @@ fn child(dir: String, seed: u64) {
                     .join_chat_room(&room.room_id)
                     .await
                     .unwrap();
+                moderator
+                    .chat_room_manager()
+                    .join_chat_room(&room.room_id)
+                    .await
+                    .unwrap();
+                rooms
+                    .add_chat_room_admin(&room.room_id, "moderator")
+                    .await
+                    .unwrap();
                 println!("ACK room {} {name}", room.room_id);
                 mine.push(room.room_id);
                 continue;
             }
             let room = mine[rng.below(mine.len())];
+            if rng.below(4) == 0 {
+                // The owner and the admin make the same change at once; each call is
+                // acknowledged as soon as it returns, whichever returns first.
+                let on = !all_muted.get(&room).copied().unwrap_or(false);
+                all_muted.insert(room, on);
+                println!("TRY allmuted {room} {on}");
+                let change = |client: roomcast::ChatClient| async move {
+                    let rooms = client.chat_room_manager();
+                    if on {
+                        rooms.mute_all_chat_room_members(&room).await.unwrap();
+                    } else {
+                        rooms.unmute_all_chat_room_members(&room).await.unwrap();
+                    }
+                    println!("ACK allmuted {room} {on}");
+                };
+                tokio::join!(change(owner.clone()), change(moderator.clone()));
+                continue;
+            }
             match rng.below(10) {
                 0..=5 => {
                     let text = format!("t{i}");
@@ -114,6 +148,9 @@ struct Expected {
     attributes: BTreeMap<RoomId, BTreeMap<String, String>>,
     muted: BTreeSet<RoomId>,
     allowed: BTreeSet<RoomId>,
+    /// Mute-all as last acknowledged, and whether a later change was tried (and may or may not
+    /// have been stored when the process died).
+    all_muted: BTreeMap<RoomId, (bool, bool)>,
 }
 
 impl Expected {
@@ -141,6 +178,17 @@ impl Expected {
             }
             ["ACK", "allow", id, _] => {
                 self.allowed.insert(room(id));
+            }
+            ["TRY", "allmuted", id, on] => {
+                let on: bool = on.parse().unwrap();
+                let state = self.all_muted.entry(room(id)).or_insert((false, false));
+                if state.0 != on {
+                    state.1 = true;
+                }
+            }
+            ["ACK", "allmuted", id, on] => {
+                self.all_muted
+                    .insert(room(id), (on.parse().unwrap(), false));
             }
             _ => {}
         }
@@ -225,6 +273,16 @@ impl Expected {
                 "cycle {cycle}: room {id} lost an allow-list entry"
             );
         }
+        for (id, &(on, changing)) in &self.all_muted {
+            if changing {
+                continue;
+            }
+            let info = rooms.fetch_chat_room_info_from_server(id).await.unwrap();
+            assert_eq!(
+                info.is_all_member_muted, on,
+                "cycle {cycle}: room {id} lost an acknowledged mute-all change"
+            );
+        }
         engine.shutdown().await;
     }
 }
@@ -274,7 +332,9 @@ fn acknowledged_operations_survive_sigkill() {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             // libtest may print its "test ... " prefix on the same line as the first output.
-            if let Some(at) = line.find("ACK ") {
+            if let Some(at) = line.find("TRY ") {
+                expected.record(&line[at..]);
+            } else if let Some(at) = line.find("ACK ") {
                 expected.record(&line[at..]);
                 acks += 1;
                 if acks >= kill_after {

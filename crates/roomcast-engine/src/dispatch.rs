@@ -22,10 +22,10 @@ use crate::session::Session;
 const BATCHES_PER_TURN: usize = 4;
 
 /// How often the pool's monitor looks for threads held up by one session's handler.
-const MONITOR_EVERY: Duration = Duration::from_millis(10);
+const MONITOR_EVERY: Duration = Duration::from_millis(2);
 
 /// How long one session may hold a thread before the monitor adds a thread in its place.
-const STUCK_AFTER: Duration = Duration::from_millis(50);
+const STUCK_AFTER: Duration = Duration::from_millis(10);
 
 /// What the pool's threads take off the ready queue.
 enum Ready {
@@ -45,6 +45,8 @@ const CHUNK: usize = 256;
 struct Chunk {
     tasks: Box<[Arc<SessionWaker>]>,
     next: AtomicUsize,
+    /// Set once the chunk was put back on the queue for a second thread to share.
+    shared: AtomicBool,
 }
 
 impl Chunk {
@@ -104,6 +106,7 @@ impl WakeBatch {
                 let chunk = Chunk {
                     tasks: std::mem::take(&mut self.sessions).into_boxed_slice(),
                     next: AtomicUsize::new(0),
+                    shared: AtomicBool::new(false),
                 };
                 let _ = pool.ready.send(Ready::Many(Arc::new(chunk)));
             }
@@ -367,6 +370,13 @@ fn run(rx: Receiver<Ready>, slot: Arc<Slot>, pool: Weak<DispatchPool>) {
                 }
             }
             Ready::Many(chunk) => {
+                // Put the chunk back once for a second thread to share: if a handler holds this
+                // thread, the rest of the chunk goes on without waiting for the monitor.
+                if !chunk.shared.swap(true, Ordering::Relaxed) && chunk.tasks.len() > 1 {
+                    if let Some(pool) = pool.upgrade() {
+                        let _ = pool.ready.send(Ready::Many(chunk.clone()));
+                    }
+                }
                 *slot.chunk.lock() = Some(chunk.clone());
                 while let Some(task) = chunk.take() {
                     worker.serve(task);

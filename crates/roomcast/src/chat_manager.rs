@@ -81,7 +81,9 @@ impl ChatManager {
     }
 
     /// Removes the message handler under `id`; true if there was one. Once this returns, the
-    /// handler gets nothing more.
+    /// handler is not started again. Called from outside a handler, it also waits for a call of
+    /// the handler in progress; called from inside a handler (removing itself or another
+    /// client's), it does not wait, so that handlers can never deadlock each other.
     pub fn remove_event_handler(&self, id: &str) -> bool {
         self.client.session().remove_chat_handler(id)
     }

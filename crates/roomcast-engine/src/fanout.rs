@@ -47,9 +47,9 @@ enum Job {
     DropRoom {
         room: RoomId,
     },
+    /// The member's presence changed: its mailbox takes the presence now.
     SetOnline {
         member: Arc<Session>,
-        online: bool,
     },
     Stop,
 }
@@ -144,11 +144,11 @@ impl Fanout {
         }
     }
 
-    /// Sets a mailbox's presence in order with its deliveries: what rooms sent before the change
-    /// is delivered (or not) as the mailbox was before it.
-    pub(crate) fn set_online(&self, member: Arc<Session>, online: bool) {
+    /// Brings a mailbox's presence up to date with its session's, in order with its deliveries:
+    /// what rooms sent before the change is delivered (or not) as the mailbox was before it.
+    pub(crate) fn set_online(&self, member: Arc<Session>) {
         let shard = self.shard_of(member.mailbox().id());
-        Self::send(shard, Job::SetOnline { member, online });
+        Self::send(shard, Job::SetOnline { member });
     }
 
     pub(crate) fn drop_room(&self, room: RoomId) {
@@ -333,7 +333,7 @@ fn apply(
         Job::DropRoom { room } => {
             rooms.remove(&room);
         }
-        Job::SetOnline { member, online } => member.mailbox().set_online(online),
+        Job::SetOnline { member } => member.mailbox().set_online(member.take_mailbox_notice()),
         Job::Broadcast { room, item, except } => {
             flush(
                 rooms,

@@ -40,11 +40,12 @@ use roomcast_store::{Store, StoreConfig, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
 pub use roomcast_store::{Durability, Location};
+use session::PresenceNotices;
 pub use session::{ClientEvent, EventStream, Session};
 
 use directory::Directory;
 use fanout::{Fanout, FanoutThreads};
-use room_actor::{Replied, RoomCall, RoomOp, RoomReply, SetPresence};
+use room_actor::{PresenceChanged, Replied, RoomCall, RoomOp, RoomReply};
 use supervisor::{Activate, CreateRoom, DestroyRoom, Supervisor};
 use system::ActorSystem;
 
@@ -472,46 +473,51 @@ impl Core {
     ) -> Result<Arc<Session>, ChatError> {
         let session = self.session(user)?;
         session.set_delete_on_exit(delete_messages_on_exit);
-        session.client_opened(|online, rooms| self.presence_changed(&session, online, rooms));
+        if let Some(notices) = session.client_opened(self.now_ms()) {
+            self.presence_changed(&session, notices);
+        }
         Ok(session)
     }
 
     /// A client of `session` was dropped: the session goes offline with its last client.
     pub fn close_client(&self, session: &Arc<Session>) {
-        session.client_closed(|online, rooms| self.presence_changed(session, online, rooms));
+        if let Some(notices) = session.client_closed(self.now_ms()) {
+            self.presence_changed(session, notices);
+        }
     }
 
     /// Disconnects (`false`) or reconnects (`true`) a session explicitly.
     pub fn set_connected(&self, session: &Arc<Session>, connected: bool) -> Result<(), ChatError> {
         self.check_running()?;
-        session.set_connected(connected, |online, rooms| {
-            self.presence_changed(session, online, rooms)
-        });
+        if let Some(notices) = session.set_connected(connected, self.now_ms()) {
+            self.presence_changed(session, notices);
+        }
         Ok(())
     }
 
-    /// Tells the session's mailbox (through its shard) and every room the session is in that it
-    /// went offline or came back. Runs under the session's lock (see `Session::change_presence`),
-    /// so it only queues messages: it never waits.
-    fn presence_changed(&self, session: &Arc<Session>, online: bool, rooms: &[(RoomId, u64)]) {
+    /// Tells the session's mailbox (through its shard, in order with deliveries) and the rooms
+    /// in `notices` that the session's presence changed; each reads the presence when it handles
+    /// the notice (see `session::State`).
+    fn presence_changed(&self, session: &Arc<Session>, notices: PresenceNotices) {
         if self.is_stopped() {
             return;
         }
-        self.inner.shared.fanout.set_online(session.clone(), online);
-        tracing::debug!(user = %session.user(), online, "presence changed");
-        let at = self.now_ms();
-        for (room, _) in rooms {
+        tracing::debug!(user = %session.user(), "presence changed");
+        if notices.mailbox {
+            self.inner.shared.fanout.set_online(session.clone());
+        }
+        for room in notices.rooms {
+            // A room without a live actor is restarting: it reads the presence of each member
+            // when it starts (`Session::entered` clears the notice).
             if let Some(addr) = self
                 .inner
                 .shared
                 .directory
-                .get(*room)
+                .get(room)
                 .and_then(|e| e.live_actor())
             {
-                addr.do_send(SetPresence {
-                    user: session.user().clone(),
-                    online,
-                    at,
+                addr.do_send(PresenceChanged {
+                    session: session.clone(),
                 });
             }
         }

@@ -106,15 +106,14 @@ impl Message for RoomCall {
     type Result = Result<Replied, ChatError>;
 }
 
-/// A member's session went offline or came back, at `at` (engine clock): the time of the
-/// change, not of its processing, so the grace period runs from when the member left.
-pub(crate) struct SetPresence {
-    pub(crate) user: UserId,
-    pub(crate) online: bool,
-    pub(crate) at: i64,
+/// A member's session went offline or came back. The room reads the presence from the session
+/// when it handles this (the session owns it): the latest state, and when it went offline, so
+/// that the grace period runs from when the member left, not from when the room heard.
+pub(crate) struct PresenceChanged {
+    pub(crate) session: Arc<Session>,
 }
 
-impl Message for SetPresence {
+impl Message for PresenceChanged {
     type Result = ();
 }
 
@@ -164,8 +163,9 @@ pub(crate) struct RoomActor {
     /// together: a join storm costs one delivery per staff member per batch, not per join.
     staff_batch: Vec<(ClientEvent, Vec<UserId>)>,
     staff_flush_scheduled: bool,
-    /// Set while a join is applied if the joiner's session was offline when it entered.
-    joined_offline: Option<UserId>,
+    /// Set while a join is applied if the joiner's session was offline when it entered, with
+    /// when its grace period starts.
+    joined_offline: Option<(UserId, i64)>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -502,8 +502,9 @@ impl RoomActor {
         let fanout = &shared.fanout;
         if let Some(session) = joining {
             if !fx.joined.is_empty() {
-                if !session.entered(room_id, self.copy_from()) {
-                    self.joined_offline = Some(session.user().clone());
+                if let Some(since) = session.entered(room_id, self.copy_from()) {
+                    // Away since before it entered: its grace period here starts now.
+                    self.joined_offline = Some((session.user().clone(), since.max(self.now())));
                 }
                 fanout.add(room_id, session.clone());
             }
@@ -618,13 +619,12 @@ impl RoomActor {
         self.shared.fanout.send_to(joiner, recent);
         // The session was offline when it entered (a user joining without a live client): it
         // starts its grace period now. Later changes reach the room as `SetPresence`.
-        if let Some(offline) = self.joined_offline.take() {
-            let now = self.now();
+        if let Some((offline, since)) = self.joined_offline.take() {
             self.presence(
                 Command::SetPresence {
                     user: offline,
                     online: false,
-                    now,
+                    now: since,
                 },
                 ctx,
             );
@@ -643,21 +643,26 @@ impl Actor for RoomActor {
         let room_id = self.room.id();
         let initial = std::mem::take(&mut self.initial);
         let from = self.room.last_seq() + 1;
+        // Members added at creation without a client are offline from the room's creation; a
+        // restarted room's members offline since before it restarted, from when they left.
         let mut offline = Vec::new();
         for session in &initial {
-            if !session.entered(room_id, from) {
-                offline.push(session.user().clone());
+            if let Some(since) = session.entered(room_id, from) {
+                let since = if self.recovered {
+                    since.max(self.room.record().created_at)
+                } else {
+                    since.max(self.started_at)
+                };
+                offline.push((session.user().clone(), since));
             }
             self.shared.fanout.add(room_id, session.clone());
         }
-        // Members added at creation without a client are offline from the room's creation.
-        let now = self.started_at;
-        for user in offline {
+        for (user, since) in offline {
             self.presence(
                 Command::SetPresence {
                     user,
                     online: false,
-                    now,
+                    now: since,
                 },
                 ctx,
             );
@@ -847,14 +852,17 @@ impl RoomActor {
     }
 }
 
-impl Handler<SetPresence> for RoomActor {
+impl Handler<PresenceChanged> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SetPresence, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: PresenceChanged, ctx: &mut Context<Self>) {
+        let Some(offline_since) = msg.session.take_room_notice(self.room.id()) else {
+            return;
+        };
         let command = Command::SetPresence {
-            user: msg.user,
-            online: msg.online,
-            now: msg.at,
+            user: msg.session.user().clone(),
+            online: offline_since.is_none(),
+            now: offline_since.unwrap_or_else(|| self.now()),
         };
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }

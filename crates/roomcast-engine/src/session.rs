@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use parking_lot::{Mutex, RwLock};
-use roomcast_model::{ChatError, ChatMessage, ChatRoomEvent, RoomId, UserId};
+use roomcast_model::{ChatError, ChatMessage, ChatRoomEvent, RoomId, Timestamp, UserId};
 
 use crate::dispatch::DispatchPool;
 use crate::handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
@@ -136,23 +136,51 @@ impl<H: ?Sized> Registry<H> {
     }
 }
 
-/// What a session knows of itself, under one lock: presence and rooms change together, so a
-/// room that the user enters sees the presence that every later change is ordered after.
+/// What a session knows of itself, under one lock. The session is the one owner of its
+/// presence: its mailbox and its rooms are told *that* it changed (at most one notice pending
+/// each) and read the state itself when they handle the notice, so they always end on the
+/// latest state whatever order changes raced in, and a user flapping on and off costs each room
+/// one message per notice it handles, not one per change.
 #[derive(Default)]
 struct State {
     /// Live `ChatClient` handles of this user.
     clients: u32,
     /// Set by an explicit disconnect, cleared by reconnect.
     disconnected: bool,
-    /// The rooms the user is in (a few, so a vector), each with the sequence number its local
-    /// copy of the room starts at (see `Core::load_local_messages`).
-    rooms: Vec<(RoomId, u64)>,
+    /// When the session last went offline (engine clock).
+    offline_since: Timestamp,
+    /// A presence notice is on its way to the mailbox's shard.
+    mailbox_notice: bool,
+    /// The rooms the user is in (a few, so a vector).
+    rooms: Vec<RoomSlot>,
     /// Joins in flight, by room, with how many calls wait on each: they count against the
     /// rooms-per-user limit until the room has answered (see [`RoomReservation`]).
     pending: Vec<(RoomId, u32)>,
 }
 
+/// A room the user is in.
+struct RoomSlot {
+    room: RoomId,
+    /// The sequence number the user's local copy of the room starts at (see
+    /// `Core::load_local_messages`).
+    copy_from: u64,
+    /// A presence notice is on its way to the room.
+    notice: bool,
+}
+
+/// Who must be told that a session's presence changed (see [`State`]).
+pub(crate) struct PresenceNotices {
+    /// The mailbox, through its shard.
+    pub(crate) mailbox: bool,
+    /// These rooms.
+    pub(crate) rooms: Vec<RoomId>,
+}
+
 impl State {
+    fn slot(&mut self, room: RoomId) -> Option<&mut RoomSlot> {
+        self.rooms.iter_mut().find(|s| s.room == room)
+    }
+
     fn online(&self) -> bool {
         self.clients > 0 && !self.disconnected
     }
@@ -163,7 +191,7 @@ impl State {
             + self
                 .pending
                 .iter()
-                .filter(|(p, _)| !self.rooms.iter().any(|(r, _)| r == p))
+                .filter(|(p, _)| !self.rooms.iter().any(|s| s.room == *p))
                 .count()
     }
 }
@@ -257,46 +285,68 @@ impl Session {
         self.state.lock().online()
     }
 
-    /// Applies `change` to the presence. If the online state changed, `notify` runs with the new
-    /// state and the rooms the user is in, *under the session's lock*: so every change reaches
-    /// the mailbox's shard and each room in the order the changes were made, and a room the
-    /// user enters meanwhile either is in that list or sees the new state when it enters.
+    /// Applies `change` to the presence at `now`. If the online state changed, returns who must
+    /// be told: those not told already of an earlier change they have not handled yet.
     fn change_presence(
         &self,
+        now: Timestamp,
         change: impl FnOnce(&mut State),
-        notify: impl FnOnce(bool, &[(RoomId, u64)]),
-    ) {
+    ) -> Option<PresenceNotices> {
         let mut state = self.state.lock();
         let before = state.online();
         change(&mut state);
         let after = state.online();
-        if before != after {
-            notify(after, &state.rooms);
+        if before == after {
+            return None;
         }
+        if !after {
+            state.offline_since = now;
+        }
+        let mailbox = !std::mem::replace(&mut state.mailbox_notice, true);
+        let rooms = state
+            .rooms
+            .iter_mut()
+            .filter_map(|s| (!std::mem::replace(&mut s.notice, true)).then_some(s.room))
+            .collect();
+        Some(PresenceNotices { mailbox, rooms })
     }
 
-    /// A client of this user appeared; `notify` runs if the session came online.
-    pub(crate) fn client_opened(&self, notify: impl FnOnce(bool, &[(RoomId, u64)])) {
-        self.change_presence(|p| p.clients += 1, notify);
+    /// A client of this user appeared; who to tell if the session came online.
+    pub(crate) fn client_opened(&self, now: Timestamp) -> Option<PresenceNotices> {
+        self.change_presence(now, |p| p.clients += 1)
     }
 
-    /// A client of this user was dropped; `notify` runs if the session went offline.
-    pub(crate) fn client_closed(&self, notify: impl FnOnce(bool, &[(RoomId, u64)])) {
-        self.change_presence(|p| p.clients = p.clients.saturating_sub(1), notify);
+    /// A client of this user was dropped; who to tell if the session went offline.
+    pub(crate) fn client_closed(&self, now: Timestamp) -> Option<PresenceNotices> {
+        self.change_presence(now, |p| p.clients = p.clients.saturating_sub(1))
     }
 
-    /// Disconnects (`false`) or reconnects (`true`); `notify` runs if the state changed.
-    pub(crate) fn set_connected(
-        &self,
-        connected: bool,
-        notify: impl FnOnce(bool, &[(RoomId, u64)]),
-    ) {
-        self.change_presence(|p| p.disconnected = !connected, notify);
+    /// Disconnects (`false`) or reconnects (`true`); who to tell if the state changed.
+    pub(crate) fn set_connected(&self, connected: bool, now: Timestamp) -> Option<PresenceNotices> {
+        self.change_presence(now, |p| p.disconnected = !connected)
+    }
+
+    /// The mailbox's shard handles its notice: the presence now.
+    pub(crate) fn take_mailbox_notice(&self) -> bool {
+        let mut state = self.state.lock();
+        state.mailbox_notice = false;
+        state.online()
+    }
+
+    /// `room` handles its notice: `Some(None)` if the session is online now, `Some(Some(since))`
+    /// if it has been offline since then, `None` if the user is not in the room.
+    pub(crate) fn take_room_notice(&self, room: RoomId) -> Option<Option<Timestamp>> {
+        let mut state = self.state.lock();
+        let online = state.online();
+        let since = state.offline_since;
+        let slot = state.slot(room)?;
+        slot.notice = false;
+        Some((!online).then_some(since))
     }
 
     /// The rooms this user is in.
     pub fn rooms(&self) -> Vec<RoomId> {
-        self.state.lock().rooms.iter().map(|(r, _)| *r).collect()
+        self.state.lock().rooms.iter().map(|s| s.room).collect()
     }
 
     /// How many rooms the user is in.
@@ -306,7 +356,7 @@ impl Session {
 
     /// True if the user is in `room`.
     pub fn is_in(&self, room: RoomId) -> bool {
-        self.state.lock().rooms.iter().any(|(r, _)| *r == room)
+        self.state.lock().rooms.iter().any(|s| s.room == room)
     }
 
     /// Holds a place for a join of `room` against the limit of `max` rooms (code 4 beyond).
@@ -317,7 +367,7 @@ impl Session {
         max: usize,
     ) -> Result<Option<RoomReservation>, ChatError> {
         let mut state = self.state.lock();
-        if state.rooms.iter().any(|(r, _)| *r == room) {
+        if state.rooms.iter().any(|s| s.room == room) {
             return Ok(None);
         }
         if let Some((_, n)) = state.pending.iter_mut().find(|(r, _)| *r == room) {
@@ -340,29 +390,33 @@ impl Session {
 
     /// Where this membership's part of the local copy of `room` starts, if the user is in it.
     pub(crate) fn copy_start(&self, room: RoomId) -> Option<u64> {
-        self.state
-            .lock()
-            .rooms
-            .iter()
-            .find(|(r, _)| *r == room)
-            .map(|(_, from)| *from)
+        self.state.lock().slot(room).map(|s| s.copy_from)
     }
 
-    /// The user entered `room`, its local copy starting at `copy_from`. Returns whether the
-    /// session is online at this point of its presence order: the room applies that state, and
-    /// every later change reaches the room as a message.
-    pub(crate) fn entered(&self, room: RoomId, copy_from: u64) -> bool {
+    /// The user entered `room` (or the room restarted with it), its local copy starting at
+    /// `copy_from` (kept if it was in the room already). Returns the presence now: `None` if
+    /// online, `Some(since)` if offline. The room applies it; any later change reaches the room
+    /// as a notice.
+    pub(crate) fn entered(&self, room: RoomId, copy_from: u64) -> Option<Timestamp> {
         let mut state = self.state.lock();
-        if !state.rooms.iter().any(|(r, _)| *r == room) {
-            // Most users are in one room: grow one slot at a time, not by four.
-            state.rooms.reserve_exact(1);
-            state.rooms.push((room, copy_from));
+        match state.slot(room) {
+            // The room reads the state now: a notice still on its way adds nothing.
+            Some(slot) => slot.notice = false,
+            None => {
+                // Most users are in one room: grow one slot at a time, not by four.
+                state.rooms.reserve_exact(1);
+                state.rooms.push(RoomSlot {
+                    room,
+                    copy_from,
+                    notice: false,
+                });
+            }
         }
-        state.online()
+        (!state.online()).then_some(state.offline_since)
     }
 
     pub(crate) fn exited(&self, room: RoomId) {
-        self.state.lock().rooms.retain(|(r, _)| *r != room);
+        self.state.lock().rooms.retain(|s| s.room != room);
     }
 
     /// Registers a chat-room event handler under `id`, replacing any with the same id.

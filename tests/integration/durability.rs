@@ -213,6 +213,59 @@ async fn a_local_copy_is_deleted_on_exit_unless_the_option_says_keep() {
     assert_eq!(copy.load_messages(None, 0).await.unwrap_err().code(), 110);
 }
 
+/// A kept copy whose user was in the room when the engine stopped (a crash, or a shutdown: the
+/// membership does not survive either) ends where the room ended; what is sent after the restart
+/// is not in it.
+#[tokio::test]
+async fn a_kept_copy_left_open_by_a_restart_ends_at_the_room_s_last_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_000);
+    let engine = open(dir.path(), &clock).await;
+    engine.add_super_admin("owner").await.unwrap();
+    let owner = engine.login("owner").await.unwrap();
+    let id = create_room(&owner, "r").await.room_id;
+    let keeper = engine
+        .login_with_options(
+            "keeper",
+            ChatOptions::default().delete_messages_on_exit(false),
+        )
+        .await
+        .unwrap();
+    keeper
+        .chat_room_manager()
+        .join_chat_room(&id)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        say(&owner, id, &format!("m{n}")).await;
+    }
+    engine.shutdown().await;
+    drop((owner, keeper, engine));
+
+    let engine = open(dir.path(), &clock).await;
+    let owner = engine.login("owner").await.unwrap();
+    owner.chat_room_manager().join_chat_room(&id).await.unwrap();
+    say(&owner, id, "after the restart").await;
+    let keeper = engine
+        .login_with_options(
+            "keeper",
+            ChatOptions::default().delete_messages_on_exit(false),
+        )
+        .await
+        .unwrap();
+    let texts: Vec<String> = keeper
+        .chat_manager()
+        .get_conversation(&id)
+        .load_messages(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.text().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["m3", "m2", "m1"]);
+    engine.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_kept_copy_loses_what_the_room_no_longer_retains() {
     let mut limits = unthrottled();

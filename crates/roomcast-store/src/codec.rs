@@ -40,6 +40,8 @@ pub enum RecordKind {
     Message = 3,
     /// A user's local copy of a room's conversation.
     Copy = 4,
+    /// A room's last sequence number (`u64`).
+    RoomSeq = 5,
 }
 
 fn config() -> impl bincode::config::Config {

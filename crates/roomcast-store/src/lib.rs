@@ -1,35 +1,55 @@
-//! roomcast's store: rooms and super admins in sled, as versioned, checksummed records.
+//! roomcast's store: rooms, messages, local copies and super admins in sled, as versioned,
+//! checksummed records.
 //!
 //! **Architecture Invariant:** this is the only crate that names sled or bincode, and neither
 //! appears in its public API. Records are encoded by [`codec`] inside an envelope with a format
 //! version and a CRC-32, so that a later format can replace bincode.
 //!
+//! # Threads and order
+//! Everything touches sled on the store's own writer thread: a [`WriteSet`] (everything one
+//! command stores, applied as one atomic sled batch) and a read ([`Store::read`]) are jobs on
+//! one FIFO queue, so a read sees every write set submitted before it, and callers (room
+//! actors, async tasks) never wait on the disk: they get a future. Only opening, the start-up
+//! reads ([`Store::rooms`], [`Store::super_admins`]) and the checker block their caller.
+//!
 //! # Durability
-//! sled's `insert` is not durable until a flush. Writes here are two steps: `put_*` applies the
-//! write to sled (visible to reads at once), then [`Store::commit`] returns a future that resolves
-//! once a flush that started after the write has finished. With [`Durability::GroupCommit`]
-//! (the default for a directory) one flush covers every write that arrived while the previous flush
-//! ran, so many concurrent writers share one `fsync`. With [`Durability::Buffered`] `commit`
-//! resolves at once and sled flushes every `flush_every`; a crash loses up to that interval.
+//! [`Store::submit`] returns a [`Commit`] that resolves once the write set is durable. With
+//! [`Durability::GroupCommit`] (the default for a directory) one flush covers every write set
+//! applied while the previous flush ran, and is followed by an fdatasync of sled's log and an
+//! fsync of new blob files: durable against a power cut. [`Durability::FlushOnly`] skips the
+//! sync: durable against a crash of the process only. With [`Durability::Buffered`] a commit
+//! resolves once applied and sled flushes every `flush_every`: a crash loses up to that interval.
+//! A temporary store is never flushed for a commit.
 
 #![forbid(unsafe_code)]
 
+mod check;
 pub mod codec;
 mod commit;
 mod error;
+mod keys;
+mod writeset;
 
+use std::future::Future;
+use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use std::ops::Bound;
-
-use roomcast_model::{MessageData, RoomId, RoomRecord, Timestamp, UserId};
+use parking_lot::Mutex;
+use roomcast_model::{MessageData, RoomId, RoomRecord, UserId};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
+pub use check::{check, salvage, CheckReport, Problem};
 pub use commit::Commit;
-use commit::Committer;
+use commit::{Committer, Progress, Syncer};
 pub use error::StoreError;
+pub use writeset::WriteSet;
 
 use codec::RecordKind;
 
@@ -44,10 +64,15 @@ pub enum Location {
 
 /// When a write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
-    /// `commit` resolves after a flush that covers the write (group commit).
+    /// A commit resolves after a group flush that covers the write, followed by an fdatasync of
+    /// the log: durable against a crash of the process and a power cut. The default.
     GroupCommit,
-    /// `commit` resolves at once; sled flushes every `flush_every`. A crash loses up to that much.
+    /// As [`Durability::GroupCommit`] without the fdatasync: durable against a crash of the
+    /// process, not a power cut or a crash of the operating system. Faster on slow disks.
+    FlushOnly,
+    /// A commit resolves at once; sled flushes every `flush_every`. A crash loses up to that much.
     Buffered {
         /// How often sled flushes in the background.
         flush_every: Duration,
@@ -77,30 +102,60 @@ impl Default for StoreConfig {
 
 /// The value stored for a super admin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct SuperAdminRecord {
-    user: UserId,
+pub(crate) struct SuperAdminRecord {
+    pub(crate) user: UserId,
 }
 
-/// A handle to the store. Cloning is shallow; the last clone dropped stops the committer.
+/// A handle to the store. Cloning is shallow; the last clone dropped stops the store's threads
+/// after a last flush.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    rooms: sled::Tree,
-    super_admins: sled::Tree,
-    /// Retained messages: key = room id (8 bytes BE) + sequence number (8 bytes BE), so that a
-    /// room's messages are one contiguous range in sequence order.
-    messages: sled::Tree,
-    /// Local copies: key = user id + 0x00 + room id (8 bytes BE).
-    copies: sled::Tree,
-    committer: Option<Committer>,
+    reader: Reader,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    progress: Arc<Progress>,
+    writer: Mutex<Option<JoinHandle<()>>>,
     db: sled::Db,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer after the jobs already queued; it drops the
+        // committer, which flushes one last time.
+        self.jobs.lock().take();
+        if let Some(writer) = self.writer.lock().take() {
+            if writer.thread().id() != std::thread::current().id() {
+                let _ = writer.join();
+            }
+        }
+    }
+}
+
+/// Called on the store's thread if a write set fails to apply.
+type OnFailure = Box<dyn FnOnce(StoreError) + Send>;
+
+enum Job {
+    Write(WriteSet, commit::Waiter, u64, Option<OnFailure>),
+    Barrier(commit::Waiter),
+    Read(Box<dyn FnOnce(&Reader) + Send>),
+}
+
+/// Reads of the store. Each blocks on sled: the engine calls them through [`Store::read`], on
+/// the store's thread.
+#[derive(Clone)]
+pub struct Reader {
+    tree: sled::Tree,
+}
+
+/// The name of the tree every record lives in.
+const TREE: &str = "data/v2";
+
 impl Store {
-    /// Opens (or creates) the store described by `config`.
+    /// Opens (or creates) the store described by `config`. A store that cannot be opened (locked
+    /// by another process, unreadable, corrupt) is an error naming the cause, never a panic.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let flush_every = match config.durability {
             Durability::Buffered { flush_every } => Some(
@@ -108,7 +163,7 @@ impl Store {
                     .unwrap_or(u64::MAX)
                     .max(1),
             ),
-            Durability::GroupCommit => Some(500),
+            Durability::GroupCommit | Durability::FlushOnly => Some(500),
         };
         let sled_config = sled::Config::new()
             .cache_capacity(config.cache_bytes)
@@ -118,65 +173,261 @@ impl Store {
             Location::Dir(path) => sled_config.path(path),
         };
         let db = open_with_retry(&sled_config)?;
-        let rooms = db.open_tree("rooms/v1")?;
-        let super_admins = db.open_tree("super_admins/v1")?;
-        let messages = db.open_tree("messages/v1")?;
-        let copies = db.open_tree("copies/v1")?;
-        // A temporary store is deleted at exit: there is nothing to make durable, so it never
-        // waits for a flush.
+        let tree = guarded("opening the store's tree", || db.open_tree(TREE))??;
+        migrate_v1(&db, &tree)?;
+        let progress = Arc::new(Progress::default());
         let committer = match (&config.location, config.durability) {
-            (Location::Dir(_), Durability::GroupCommit) => Some(Committer::start(db.clone())?),
+            (Location::Dir(dir), Durability::GroupCommit) => Some(Committer::start(
+                db.clone(),
+                Some(Syncer::open(dir)?),
+                progress.clone(),
+            )?),
+            (Location::Dir(_), Durability::FlushOnly) => {
+                Some(Committer::start(db.clone(), None, progress.clone())?)
+            }
+            // A temporary store is deleted at exit: there is nothing to make durable, so it
+            // never waits for a flush.
             _ => None,
         };
+        let (jobs, queue) = mpsc::channel();
+        let reader = Reader { tree };
+        let writer_reader = reader.clone();
+        let writer_progress = progress.clone();
+        let writer = std::thread::Builder::new()
+            .name("roomcast-store".into())
+            .spawn(move || write_loop(queue, writer_reader, committer, writer_progress))
+            .map_err(|e| StoreError::Io(format!("cannot start the store's thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                rooms,
-                super_admins,
-                messages,
-                copies,
-                committer,
+                reader,
+                jobs: Mutex::new(Some(jobs)),
+                progress,
+                writer: Mutex::new(Some(writer)),
                 db,
             }),
         })
     }
 
-    /// A future that resolves once every write made before this call is durable, whoever made
-    /// it: a call that changed nothing, or a read, awaits it too, so that no caller is told `Ok`
-    /// about state that a crash could still take back. It resolves at once when every write so
-    /// far is already durable.
+    fn send(&self, job: Job) -> Result<(), Job> {
+        match self.inner.jobs.lock().as_ref() {
+            Some(jobs) => jobs.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Applies `set` on the store's thread, atomically and after every write set submitted
+    /// before it. The commit resolves once it is durable (see [`Durability`]), or with the error
+    /// that kept it from being applied (then nothing of it was).
+    pub fn submit(&self, set: WriteSet) -> Commit {
+        self.submit_inner(set, None)
+    }
+
+    /// As [`Store::submit`]; if the write set fails to apply, `on_failure` is called (on the
+    /// store's thread) before the commit resolves with the error: a writer whose memory is now
+    /// ahead of the store can stop and reload.
+    pub fn submit_or(
+        &self,
+        set: WriteSet,
+        on_failure: impl FnOnce(StoreError) + Send + 'static,
+    ) -> Commit {
+        self.submit_inner(set, Some(Box::new(on_failure)))
+    }
+
+    fn submit_inner(&self, set: WriteSet, on_failure: Option<OnFailure>) -> Commit {
+        if set.is_empty() {
+            return self.commit();
+        }
+        let (tx, rx) = oneshot::channel();
+        let seq = self.inner.progress.submitted.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.send(Job::Write(set, tx, seq, on_failure)) {
+            Ok(()) => Commit::waiting(rx),
+            Err(_) => Commit::ready(Err(StoreError::Closed)),
+        }
+    }
+
+    /// A future that resolves once every write set submitted before this call is durable,
+    /// whoever submitted it: a call that changed nothing, or a read, awaits it too, so that no
+    /// caller is told `Ok` about state that a crash could still take back. It resolves at once
+    /// when everything is durable already.
     pub fn commit(&self) -> Commit {
-        match &self.inner.committer {
-            Some(c) => c.request(),
-            None => Commit::ready(Ok(())),
+        if self.inner.progress.settled() {
+            return Commit::ready(Ok(()));
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.send(Job::Barrier(tx)) {
+            Ok(()) => Commit::waiting(rx),
+            Err(_) => Commit::ready(Err(StoreError::Closed)),
         }
     }
 
-    /// Counts a write applied to sled, for the committer to know what a flush covers.
-    fn wrote(&self) {
-        if let Some(c) = &self.inner.committer {
-            c.wrote();
+    /// Runs `read` on the store's thread, after every write set submitted before it; the
+    /// future resolves with its result.
+    pub fn read<T, F>(&self, read: F) -> Pending<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader) -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Read(Box::new(move |reader: &Reader| {
+            let _ = tx.send(read(reader));
+        }));
+        match self.send(job) {
+            Ok(()) => Pending(Some(rx)),
+            Err(_) => Pending(None),
         }
     }
 
-    /// Flushes every write to disk, blocking the calling thread.
+    /// Flushes every write to disk, blocking the calling thread (shutdown, tools).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
+        guarded("flushing the store", || self.inner.db.flush())??;
         Ok(())
     }
 
-    /// Every room record, in id order (oldest first). A record that cannot be decoded is an
-    /// `Err` item; the iteration goes on past it.
+    /// The store's reads, blocking the calling thread: for start-up and tools only.
+    pub fn blocking_reader(&self) -> &Reader {
+        &self.inner.reader
+    }
+
+    /// Every room record, oldest first (blocking; start-up). A record that cannot be decoded is
+    /// an `Err` item; the iteration goes on past it.
     pub fn rooms(&self) -> impl Iterator<Item = Result<RoomRecord, StoreError>> + '_ {
-        self.inner.rooms.iter().map(|item| {
+        self.inner.reader.rooms()
+    }
+
+    /// The super admins, in id order (blocking; start-up).
+    pub fn super_admins(&self) -> Result<Vec<UserId>, StoreError> {
+        self.inner.reader.super_admins()
+    }
+
+    /// Closes every local copy's span left open by a crash (its user was in the room when the
+    /// process died, and membership does not survive a restart) at the room's last message, so
+    /// that the copy does not gain messages sent after its user was gone. Blocking; start-up.
+    /// Returns how many copies it closed, durable once a commit resolves.
+    pub fn close_open_copies(&self) -> Result<usize, StoreError> {
+        let reader = &self.inner.reader;
+        let mut set = WriteSet::new();
+        let mut closed = 0;
+        for item in reader.tree.scan_prefix([keys::COPY]) {
             let (key, value) = item?;
-            codec::decode(RecordKind::Room, &value)
-                .map_err(|e| e.at(format!("room {}", room_key_display(&key))))
+            let copy: LocalCopy = match codec::decode(RecordKind::Copy, &value) {
+                Ok(copy) => copy,
+                Err(e) => {
+                    tracing::error!(error = %e.at(keys::describe(&key)), "skipping a local copy that cannot be read");
+                    continue;
+                }
+            };
+            let Some(&(from, None)) = copy.spans.last() else {
+                continue;
+            };
+            let last = reader.last_seq(copy.room)?;
+            set.close_copy(copy.user, copy.room, last, from, false);
+            closed += 1;
+        }
+        if closed > 0 {
+            // Applied here, before anything else can touch the store.
+            let batch = set.into_batch(&reader.tree)?;
+            reader.tree.apply_batch(batch)?;
+        }
+        Ok(closed)
+    }
+}
+
+/// A read in flight on the store's thread.
+#[must_use = "a read does nothing useful unless awaited"]
+pub struct Pending<T>(Option<oneshot::Receiver<T>>);
+
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            Some(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.map_err(|_| StoreError::Closed)),
+            None => Poll::Ready(Err(StoreError::Closed)),
+        }
+    }
+}
+
+fn write_loop(
+    queue: mpsc::Receiver<Job>,
+    reader: Reader,
+    committer: Option<Committer>,
+    progress: Arc<Progress>,
+) {
+    let resolve = |waiter: commit::Waiter| match &committer {
+        Some(c) => c.request(waiter),
+        None => {
+            let _ = waiter.send(Ok(()));
+        }
+    };
+    while let Ok(job) = queue.recv() {
+        match job {
+            Job::Write(set, waiter, seq, on_failure) => {
+                let result = guarded("applying a write set", || {
+                    set.into_batch(&reader.tree)
+                        .and_then(|batch| Ok(reader.tree.apply_batch(batch)?))
+                })
+                .and_then(|r| r);
+                progress.applied.store(seq, Ordering::SeqCst);
+                match result {
+                    Ok(()) => resolve(waiter),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a write set failed; nothing of it was applied");
+                        if let Some(on_failure) = on_failure {
+                            on_failure(e.clone());
+                        }
+                        let _ = waiter.send(Err(e));
+                    }
+                }
+            }
+            Job::Barrier(waiter) => resolve(waiter),
+            Job::Read(read) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&reader))).is_err()
+                {
+                    tracing::error!("a store read panicked; its caller gets a storage error");
+                }
+            }
+        }
+    }
+    // The committer flushes once more as it is dropped here.
+    drop(committer);
+}
+
+/// Runs `f`, turning a panic inside sled into an error that names `what`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        StoreError::Corrupt {
+            where_: None,
+            reason: format!("sled failed while {what}: {message}"),
+        }
+    })
+}
+
+impl Reader {
+    /// Every room record, oldest first. A record that cannot be decoded is an `Err` item; the
+    /// iteration goes on past it.
+    pub fn rooms(&self) -> impl Iterator<Item = Result<RoomRecord, StoreError>> + '_ {
+        self.tree.scan_prefix([keys::ROOM]).map(|item| {
+            let (key, value) = item?;
+            codec::decode(RecordKind::Room, &value).map_err(|e| e.at(keys::describe(&key)))
         })
     }
 
     /// The record of room `id`, if stored.
     pub fn room(&self, id: RoomId) -> Result<Option<RoomRecord>, StoreError> {
-        match self.inner.rooms.get(id.as_u64().to_be_bytes())? {
+        match self.tree.get(keys::room(id))? {
             Some(value) => codec::decode(RecordKind::Room, &value)
                 .map(Some)
                 .map_err(|e| e.at(format!("room {id}"))),
@@ -184,35 +435,20 @@ impl Store {
         }
     }
 
-    /// Writes a room's record (not durable until [`Store::commit`] resolves).
-    pub fn put_room(&self, record: &RoomRecord) -> Result<(), StoreError> {
-        let value = codec::encode(RecordKind::Room, record)?;
-        self.inner
-            .rooms
-            .insert(record.id.as_u64().to_be_bytes(), value)?;
-        self.wrote();
-        Ok(())
-    }
-
-    /// Deletes a room's record (not durable until [`Store::commit`] resolves).
-    pub fn delete_room(&self, id: RoomId) -> Result<(), StoreError> {
-        self.inner.rooms.remove(id.as_u64().to_be_bytes())?;
-        self.wrote();
-        Ok(())
-    }
-
-    /// Writes a room message (not durable until [`Store::commit`] resolves).
-    pub fn put_message(&self, message: &MessageData) -> Result<(), StoreError> {
-        let value = codec::encode(RecordKind::Message, message)?;
-        self.inner
-            .messages
-            .insert(message_key(message.room_id, message.seq), value)?;
-        self.wrote();
-        Ok(())
+    /// Room `id`'s last sequence number: the stored one, or its newest message's if that is
+    /// newer (a store written before sequence numbers were stored), or 0.
+    pub fn last_seq(&self, id: RoomId) -> Result<u64, StoreError> {
+        let stored = match self.tree.get(keys::seq(id))? {
+            Some(value) => codec::decode::<u64>(RecordKind::RoomSeq, &value)
+                .map_err(|e| e.at(format!("sequence of room {id}")))?,
+            None => 0,
+        };
+        let newest = self.message_bounds(id)?.map_or(0, |(_, last)| last);
+        Ok(stored.max(newest))
     }
 
     /// Up to `limit` of `room`'s messages with sequence numbers in `range`, in sequence order
-    /// (`newest_first`: reversed). Reads only what it returns (and one more to look ahead).
+    /// (`newest_first`: reversed). Reads only what it returns.
     pub fn messages(
         &self,
         room: RoomId,
@@ -220,26 +456,21 @@ impl Store {
         newest_first: bool,
         limit: usize,
     ) -> Result<Vec<MessageData>, StoreError> {
-        let bound = |b: Bound<u64>| match b {
-            Bound::Included(s) => Bound::Included(message_key(room, s)),
-            Bound::Excluded(s) => Bound::Excluded(message_key(room, s)),
-            Bound::Unbounded => Bound::Unbounded,
+        let lo = match range.0 {
+            Bound::Included(s) => Bound::Included(keys::message(room, s)),
+            Bound::Excluded(s) => Bound::Excluded(keys::message(room, s)),
+            Bound::Unbounded => Bound::Included(keys::message(room, 0)),
         };
-        let (lo, hi) = (
-            match range.0 {
-                Bound::Unbounded => Bound::Included(message_key(room, 0)),
-                b => bound(b),
-            },
-            match range.1 {
-                Bound::Unbounded => Bound::Included(message_key(room, u64::MAX)),
-                b => bound(b),
-            },
-        );
-        let iter = self.inner.messages.range::<[u8; 16], _>((lo, hi));
+        let hi = match range.1 {
+            Bound::Included(s) => Bound::Included(keys::message(room, s)),
+            Bound::Excluded(s) => Bound::Excluded(keys::message(room, s)),
+            Bound::Unbounded => Bound::Included(keys::message(room, u64::MAX)),
+        };
+        let iter = self.tree.range::<[u8; 17], _>((lo, hi));
         let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| {
             let (key, value) = item?;
             codec::decode::<MessageData>(RecordKind::Message, &value)
-                .map_err(|e| e.at(format!("message {}", message_key_display(&key))))
+                .map_err(|e| e.at(keys::describe(&key)))
         };
         if newest_first {
             iter.rev().take(limit).map(decode).collect()
@@ -250,73 +481,18 @@ impl Store {
 
     /// The sequence numbers of `room`'s oldest and newest retained messages.
     pub fn message_bounds(&self, room: RoomId) -> Result<Option<(u64, u64)>, StoreError> {
-        let range = message_key(room, 0)..=message_key(room, u64::MAX);
-        let first = self
-            .inner
-            .messages
-            .range(range.clone())
-            .next()
-            .transpose()?;
-        let last = self.inner.messages.range(range).next_back().transpose()?;
+        let range = keys::message(room, 0)..=keys::message(room, u64::MAX);
+        let first = self.tree.range(range.clone()).next().transpose()?;
+        let last = self.tree.range(range).next_back().transpose()?;
         Ok(match (first, last) {
-            (Some((a, _)), Some((b, _))) => Some((seq_of_key(&a), seq_of_key(&b))),
+            (Some((a, _)), Some((b, _))) => keys::seq_of(&a).zip(keys::seq_of(&b)),
             _ => None,
         })
     }
 
-    /// Deletes `room`'s messages with sequence numbers below `seq`; returns how many.
-    pub fn delete_messages_before(&self, room: RoomId, seq: u64) -> Result<usize, StoreError> {
-        let keys: Vec<sled::IVec> = self
-            .inner
-            .messages
-            .range(message_key(room, 0)..message_key(room, seq))
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for k in &keys {
-            self.inner.messages.remove(k)?;
-            self.wrote();
-        }
-        Ok(keys.len())
-    }
-
-    /// Deletes `room`'s messages older than `before` (server time), oldest first, stopping at
-    /// the first newer one; returns how many.
-    pub fn delete_messages_older_than(
-        &self,
-        room: RoomId,
-        before: Timestamp,
-    ) -> Result<usize, StoreError> {
-        let mut deleted = 0;
-        for item in self
-            .inner
-            .messages
-            .range(message_key(room, 0)..=message_key(room, u64::MAX))
-        {
-            let (key, value) = item?;
-            let message: MessageData = codec::decode(RecordKind::Message, &value)?;
-            if message.server_time >= before {
-                break;
-            }
-            self.inner.messages.remove(key)?;
-            self.wrote();
-            deleted += 1;
-        }
-        Ok(deleted)
-    }
-
-    /// Writes a user's local copy of a room's conversation.
-    pub fn put_copy(&self, copy: &LocalCopy) -> Result<(), StoreError> {
-        let value = codec::encode(RecordKind::Copy, copy)?;
-        self.inner
-            .copies
-            .insert(copy_key(&copy.user, copy.room), value)?;
-        self.wrote();
-        Ok(())
-    }
-
     /// A user's local copy of a room's conversation, if any.
     pub fn copy(&self, user: &UserId, room: RoomId) -> Result<Option<LocalCopy>, StoreError> {
-        match self.inner.copies.get(copy_key(user, room))? {
+        match self.tree.get(keys::copy(user, room))? {
             Some(v) => codec::decode(RecordKind::Copy, &v)
                 .map(Some)
                 .map_err(|e| e.at(format!("copy of room {room} for {user}"))),
@@ -324,87 +500,29 @@ impl Store {
         }
     }
 
-    /// Deletes a user's local copy of a room's conversation.
-    pub fn delete_copy(&self, user: &UserId, room: RoomId) -> Result<(), StoreError> {
-        self.inner.copies.remove(copy_key(user, room))?;
-        self.wrote();
-        Ok(())
-    }
-
-    /// Closes every local copy's span left open by a crash (its user was in the room when the
-    /// process died, and membership does not survive a restart) at the room's last stored
-    /// message, so that the copy does not gain messages sent after its user was gone. Returns
-    /// how many copies it closed; the writes are durable once a commit resolves.
-    pub fn close_open_copies(&self) -> Result<usize, StoreError> {
-        let mut closed = 0;
-        for item in self.inner.copies.iter() {
-            let (key, value) = item?;
-            let mut copy: LocalCopy = match codec::decode(RecordKind::Copy, &value) {
-                Ok(copy) => copy,
-                Err(e) => {
-                    tracing::error!(error = %e.at(format!("copy {key:?}")), "skipping a local copy that cannot be read");
-                    continue;
-                }
-            };
-            let Some(&(from, None)) = copy.spans.last() else {
-                continue;
-            };
-            let last = self.message_bounds(copy.room)?.map_or(0, |(_, last)| last);
-            copy.spans.pop();
-            if last >= from {
-                copy.spans.push((from, Some(last)));
-            }
-            if copy.spans.is_empty() {
-                self.delete_copy(&copy.user, copy.room)?;
-            } else {
-                self.put_copy(&copy)?;
-            }
-            closed += 1;
-        }
-        Ok(closed)
-    }
-
     /// The super admins, in id order.
     pub fn super_admins(&self) -> Result<Vec<UserId>, StoreError> {
-        self.inner
-            .super_admins
-            .iter()
+        self.tree
+            .scan_prefix([keys::ADMIN])
             .map(|item| {
-                let (_, value) = item?;
+                let (key, value) = item?;
                 codec::decode::<SuperAdminRecord>(RecordKind::SuperAdmin, &value)
                     .map(|r| r.user)
-                    .map_err(|e| e.at("super admin".into()))
+                    .map_err(|e| e.at(keys::describe(&key)))
             })
             .collect()
-    }
-
-    /// Adds a super admin (not durable until [`Store::commit`] resolves).
-    pub fn put_super_admin(&self, user: &UserId) -> Result<(), StoreError> {
-        let value = codec::encode(
-            RecordKind::SuperAdmin,
-            &SuperAdminRecord { user: user.clone() },
-        )?;
-        self.inner.super_admins.insert(user.as_str(), value)?;
-        self.wrote();
-        Ok(())
-    }
-
-    /// Removes a super admin; true if it was one.
-    pub fn remove_super_admin(&self, user: &UserId) -> Result<bool, StoreError> {
-        let was = self.inner.super_admins.remove(user.as_str())?.is_some();
-        self.wrote();
-        Ok(was)
     }
 }
 
 /// Opens sled, waiting a little if the directory's lock is still held: sled releases it from its
 /// own background threads a moment after the previous store in this process was dropped. A
-/// lock held by another live store (or process) is still an error, after `LOCK_WAIT`.
+/// lock held by another live store (or process) is still an error, after `LOCK_WAIT`. A panic
+/// inside sled (a truncated or mangled file) is an error that names it.
 fn open_with_retry(config: &sled::Config) -> Result<sled::Db, StoreError> {
     const LOCK_WAIT: Duration = Duration::from_secs(2);
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match config.open() {
+        match guarded("opening the store", || config.open())? {
             Ok(db) => return Ok(db),
             // sled reports a held lock as an `Other` IO error with this text.
             Err(sled::Error::Io(e))
@@ -418,33 +536,44 @@ fn open_with_retry(config: &sled::Config) -> Result<sled::Db, StoreError> {
     }
 }
 
-fn message_key(room: RoomId, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&room.as_u64().to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn seq_of_key(key: &[u8]) -> u64 {
-    key.get(8..16)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
-fn message_key_display(key: &[u8]) -> String {
-    format!(
-        "{}#{}",
-        room_key_display(&key[..key.len().min(8)]),
-        seq_of_key(key)
-    )
-}
-
-fn copy_key(user: &UserId, room: RoomId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(user.as_str().len() + 9);
-    k.extend_from_slice(user.as_str().as_bytes());
-    k.push(0);
-    k.extend_from_slice(&room.as_u64().to_be_bytes());
-    k
+/// Moves a store written by the first layout (one tree per kind of record) into the one tree.
+/// Idempotent: a crash half-way copies again on the next open; the old trees are dropped only
+/// once the new one is flushed.
+fn migrate_v1(db: &sled::Db, tree: &sled::Tree) -> Result<(), StoreError> {
+    let names = db.tree_names();
+    let has = |name: &str| names.iter().any(|n| n.as_ref() == name.as_bytes());
+    let old = ["rooms/v1", "messages/v1", "copies/v1", "super_admins/v1"];
+    if !old.iter().any(|n| has(n)) {
+        return Ok(());
+    }
+    let mut moved = 0usize;
+    for name in old.iter().filter(|n| has(n)) {
+        let from = db.open_tree(name)?;
+        let prefix = match *name {
+            "rooms/v1" => keys::ROOM,
+            "messages/v1" => keys::MESSAGE,
+            "copies/v1" => keys::COPY,
+            _ => keys::ADMIN,
+        };
+        for item in from.iter() {
+            let (key, value) = item?;
+            let mut new_key = Vec::with_capacity(key.len() + 1);
+            new_key.push(prefix);
+            new_key.extend_from_slice(&key);
+            tree.insert(new_key, value)?;
+            moved += 1;
+        }
+    }
+    db.flush()?;
+    for name in old.iter().filter(|n| has(n)) {
+        db.drop_tree(name)?;
+    }
+    db.flush()?;
+    tracing::info!(
+        records = moved,
+        "moved a store of the first layout into one tree"
+    );
+    Ok(())
 }
 
 /// A user's local copy of a room's conversation: the spans of the room's sequence numbers it was
@@ -459,13 +588,6 @@ pub struct LocalCopy {
     /// Inclusive spans of sequence numbers; the last one's end is `None` while the user is in
     /// the room.
     pub spans: Vec<(u64, Option<u64>)>,
-}
-
-fn room_key_display(key: &[u8]) -> String {
-    match <[u8; 8]>::try_from(key) {
-        Ok(bytes) => u64::from_be_bytes(bytes).to_string(),
-        Err(_) => format!("{key:?}"),
-    }
 }
 
 #[cfg(test)]

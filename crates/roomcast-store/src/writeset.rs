@@ -1,0 +1,253 @@
+//! Write sets: everything one command stores, applied to sled as one atomic batch.
+//!
+//! A room actor builds a [`WriteSet`] from what its command changed (records are encoded there,
+//! off the store's thread) and hands it to the store, which applies it on its own thread. Steps
+//! that depend on what is stored (retention, which reads the oldest messages; local copies, read
+//! then changed) are resolved on the store's thread, against the state every earlier write set
+//! left, and go into the same batch: a command's writes are applied whole or not at all.
+
+use std::collections::HashMap;
+
+use roomcast_model::{MessageData, RoomId, RoomRecord, Timestamp, UserId};
+
+use crate::codec::{self, RecordKind};
+use crate::{keys, LocalCopy, StoreError};
+
+/// One step of a write set.
+#[derive(Debug)]
+enum Op {
+    /// An encoded value under a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// A key removed.
+    Remove(Vec<u8>),
+    /// The room's record, last sequence number and messages removed.
+    DeleteRoom(RoomId),
+    /// The room's messages below a sequence number removed.
+    TrimBefore(RoomId, u64),
+    /// The room's oldest messages, older than a time, removed.
+    TrimOlderThan(RoomId, Timestamp),
+    /// A span opened in a user's local copy of a room, after every earlier span.
+    OpenCopy {
+        user: UserId,
+        room: RoomId,
+        from: u64,
+    },
+    /// A user's membership of a room ended at `last`: its copy is deleted, or its open span
+    /// closed (a span from `from` is added if it has none open).
+    CloseCopy {
+        user: UserId,
+        room: RoomId,
+        last: u64,
+        from: u64,
+        delete: bool,
+    },
+}
+
+/// What one command stores. Empty write sets cost nothing.
+#[derive(Debug, Default)]
+#[must_use = "a write set does nothing until it is submitted"]
+pub struct WriteSet {
+    ops: Vec<Op>,
+}
+
+impl WriteSet {
+    /// An empty write set.
+    pub fn new() -> WriteSet {
+        WriteSet::default()
+    }
+
+    /// True if it stores nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// How many steps it has.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Stores a room's record.
+    pub fn put_room(&mut self, record: &RoomRecord) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Room, record)?;
+        self.ops
+            .push(Op::Put(keys::room(record.id).to_vec(), value));
+        Ok(())
+    }
+
+    /// Deletes a room: its record, its sequence number and every retained message.
+    pub fn delete_room(&mut self, room: RoomId) {
+        self.ops.push(Op::DeleteRoom(room));
+    }
+
+    /// Stores a message, and its room's last sequence number with it.
+    pub fn put_message(&mut self, message: &MessageData) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Message, message)?;
+        let seq = codec::encode(RecordKind::RoomSeq, &message.seq)?;
+        self.ops.push(Op::Put(
+            keys::message(message.room_id, message.seq).to_vec(),
+            value,
+        ));
+        self.ops
+            .push(Op::Put(keys::seq(message.room_id).to_vec(), seq));
+        Ok(())
+    }
+
+    /// Deletes `room`'s messages with sequence numbers below `seq`.
+    pub fn trim_before(&mut self, room: RoomId, seq: u64) {
+        self.ops.push(Op::TrimBefore(room, seq));
+    }
+
+    /// Deletes `room`'s messages older than `before` (server time), oldest first, stopping at
+    /// the first newer one.
+    pub fn trim_older_than(&mut self, room: RoomId, before: Timestamp) {
+        self.ops.push(Op::TrimOlderThan(room, before));
+    }
+
+    /// Opens a span of `user`'s kept local copy of `room`, from `from`, or from after the
+    /// copy's earlier spans if they reach further (a join's replay may reach back into them):
+    /// spans never overlap.
+    pub fn open_copy(&mut self, user: UserId, room: RoomId, from: u64) {
+        self.ops.push(Op::OpenCopy { user, room, from });
+    }
+
+    /// `user` left `room`, whose last message is `last`: its local copy is deleted (`delete`),
+    /// or its open span is closed at `last` (a span `from..=last` is added if none is open).
+    pub fn close_copy(&mut self, user: UserId, room: RoomId, last: u64, from: u64, delete: bool) {
+        self.ops.push(Op::CloseCopy {
+            user,
+            room,
+            last,
+            from,
+            delete,
+        });
+    }
+
+    /// Makes `user` a super admin.
+    pub fn put_super_admin(&mut self, user: &UserId) -> Result<(), StoreError> {
+        let value = codec::encode(
+            RecordKind::SuperAdmin,
+            &crate::SuperAdminRecord { user: user.clone() },
+        )?;
+        self.ops.push(Op::Put(keys::admin(user), value));
+        Ok(())
+    }
+
+    /// Takes super-admin rights from `user`.
+    pub fn remove_super_admin(&mut self, user: &UserId) {
+        self.ops.push(Op::Remove(keys::admin(user)));
+    }
+
+    /// Resolves the steps against `tree` into one batch.
+    pub(crate) fn into_batch(self, tree: &sled::Tree) -> Result<sled::Batch, StoreError> {
+        let mut batch = sled::Batch::default();
+        // Copies read and changed in this set, so that two steps on one copy see each other.
+        let mut copies: HashMap<Vec<u8>, Option<LocalCopy>> = HashMap::new();
+        let read_copy = |copies: &mut HashMap<Vec<u8>, Option<LocalCopy>>,
+                         key: &Vec<u8>|
+         -> Result<Option<LocalCopy>, StoreError> {
+            if let Some(c) = copies.get(key) {
+                return Ok(c.clone());
+            }
+            Ok(match tree.get(key)? {
+                Some(v) => Some(codec::decode(RecordKind::Copy, &v)?),
+                None => None,
+            })
+        };
+        for op in self.ops {
+            match op {
+                Op::Put(k, v) => batch.insert(k, v),
+                Op::Remove(k) => batch.remove(k),
+                Op::DeleteRoom(room) => {
+                    batch.remove(&keys::room(room));
+                    batch.remove(&keys::seq(room));
+                    for key in tree
+                        .range(keys::message(room, 0)..=keys::message(room, u64::MAX))
+                        .keys()
+                    {
+                        batch.remove(key?);
+                    }
+                }
+                Op::TrimBefore(room, seq) => {
+                    for key in tree
+                        .range(keys::message(room, 0)..keys::message(room, seq))
+                        .keys()
+                    {
+                        batch.remove(key?);
+                    }
+                }
+                Op::TrimOlderThan(room, before) => {
+                    for item in tree.range(keys::message(room, 0)..=keys::message(room, u64::MAX)) {
+                        let (key, value) = item?;
+                        let message: MessageData = codec::decode(RecordKind::Message, &value)
+                            .map_err(|e| e.at(keys::describe(&key)))?;
+                        if message.server_time >= before {
+                            break;
+                        }
+                        batch.remove(key);
+                    }
+                }
+                Op::OpenCopy { user, room, from } => {
+                    let key = keys::copy(&user, room);
+                    let mut copy = read_copy(&mut copies, &key)?.unwrap_or_else(|| LocalCopy {
+                        user,
+                        room,
+                        spans: Vec::new(),
+                    });
+                    let after_previous = copy
+                        .spans
+                        .iter()
+                        .map(|(from, to)| to.unwrap_or(*from).saturating_add(1))
+                        .max()
+                        .unwrap_or(0);
+                    copy.spans.push((from.max(after_previous), None));
+                    batch.insert(key.clone(), codec::encode(RecordKind::Copy, &copy)?);
+                    copies.insert(key, Some(copy));
+                }
+                Op::CloseCopy {
+                    user,
+                    room,
+                    last,
+                    from,
+                    delete,
+                } => {
+                    let key = keys::copy(&user, room);
+                    let stored = read_copy(&mut copies, &key)?;
+                    match (delete, stored) {
+                        (true, Some(_)) => {
+                            batch.remove(key.clone());
+                            copies.insert(key, None);
+                        }
+                        (true, None) => {}
+                        (false, stored) => {
+                            let mut copy = stored.unwrap_or_else(|| LocalCopy {
+                                user,
+                                room,
+                                spans: Vec::new(),
+                            });
+                            match copy.spans.last_mut() {
+                                Some((start, end @ None)) => {
+                                    if *start <= last {
+                                        *end = Some(last);
+                                    } else {
+                                        // Nothing was sent while it was in: no span.
+                                        copy.spans.pop();
+                                    }
+                                }
+                                _ if from <= last => copy.spans.push((from, Some(last))),
+                                _ => {}
+                            }
+                            if copy.spans.is_empty() {
+                                batch.remove(key.clone());
+                                copies.insert(key, None);
+                            } else {
+                                batch.insert(key.clone(), codec::encode(RecordKind::Copy, &copy)?);
+                                copies.insert(key, Some(copy));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+}

@@ -82,13 +82,70 @@ pub enum ChatError {
     /// 901: the engine did not answer within the configured call timeout.
     #[error("the call timed out after {0} ms")]
     Timeout(u64),
-    /// 902: the store failed to read or write; the operation was not applied.
+    /// 902: the store failed to open, read or write; the operation was not applied. The
+    /// [`StorageFailure`] keeps the store's own error as its `source()`.
     #[error("storage failure: {0}")]
-    Storage(String),
+    Storage(#[source] StorageFailure),
     /// 903: the room's actor stopped while serving this call (it is being restarted).
     #[error("the room is temporarily unavailable: {0}")]
     RoomUnavailable(String),
 }
+
+/// What went wrong in the store, with the store's own error as its [`std::error::Error::source`]
+/// (so that an error report walks down to the cause: a locked directory, a truncated file, a
+/// corrupt record).
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    context: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageFailure {
+    /// A failure described by `context`, caused by `source`.
+    pub fn new(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageFailure {
+        StorageFailure {
+            context: context.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// A failure with no underlying error.
+    pub fn message(context: impl Into<String>) -> StorageFailure {
+        StorageFailure {
+            context: context.into(),
+            source: None,
+        }
+    }
+}
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.context),
+            None => f.write_str(&self.context),
+        }
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two failures are equal when they read the same (errors rarely compare otherwise).
+impl PartialEq for StorageFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for StorageFailure {}
 
 impl ChatError {
     /// The stable numeric code (Agora's numbering where Agora has one).
@@ -156,7 +213,7 @@ mod tests {
             (ChatError::UserInBlocklist, 707),
             (ChatError::EngineStopped, 900),
             (ChatError::Timeout(5), 901),
-            (ChatError::Storage(String::new()), 902),
+            (ChatError::Storage(StorageFailure::message("disk")), 902),
             (ChatError::RoomUnavailable(String::new()), 903),
         ];
         for (err, code) in cases {

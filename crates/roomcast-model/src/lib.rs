@@ -25,7 +25,7 @@ pub use attributes::{
     AttributeFailures, RoomAttribute, SetAttributes, MAX_KEYS_PER_CALL, MAX_KEYS_PER_ROOM,
     MAX_KEY_CHARS, MAX_VALUE_CHARS,
 };
-pub use error::{ChatError, ErrorCode};
+pub use error::{ChatError, ErrorCode, StorageFailure};
 pub use event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 pub use gate::{DeliveryGate, RoomMessageStats};
 pub use history::{ChatCursorResult, History, HistoryQuery, SearchDirection};

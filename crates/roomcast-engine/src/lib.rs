@@ -35,7 +35,7 @@ use roomcast_model::{
     HistoryQuery, Limits, MessageId, Moderation, OutgoingMessage, RoomId, RoomMessageStats,
     RoomSpec, SetAttributes, Timestamp, UserId,
 };
-use roomcast_store::{Store, StoreConfig, StoreError};
+use roomcast_store::{Reader, Store, StoreConfig, StoreError, WriteSet};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
@@ -45,8 +45,11 @@ pub use session::{ClientEvent, EventStream, Session};
 
 use directory::Directory;
 use fanout::{Fanout, FanoutThreads};
-use room_actor::{PresenceChanged, Replied, RoomCall, RoomOp, RoomReply};
-use supervisor::{Activate, CreateRoom, DestroyRoom, Supervisor};
+use room_actor::{
+    Answer, Apply, Destroy, FetchHistory, Info, Join, Leave, PresenceChanged, Query, RoomActor,
+    SendMessage, Stats,
+};
+use supervisor::{Activate, CreateRoom, Forget, Spawn, Supervisor};
 use system::ActorSystem;
 
 /// How to start a [`Core`].
@@ -239,11 +242,7 @@ struct Inner {
 }
 
 pub(crate) fn storage_error(e: StoreError) -> ChatError {
-    ChatError::Storage(e.to_string())
-}
-
-fn unexpected(call: &str) -> ChatError {
-    ChatError::General(format!("the room gave an unexpected reply to {call}"))
+    ChatError::Storage(roomcast_model::StorageFailure::new("the store failed", e))
 }
 
 pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
@@ -365,28 +364,34 @@ impl Core {
         Ok(())
     }
 
-    /// Runs `fut` on the engine's runtime under the call timeout. The timer is the engine's, not
-    /// the caller's, so calls work from any runtime, including one with paused time.
+    /// Runs `fut` in the caller's task under the call timeout. The timer is the engine's (its
+    /// sleep is registered with the engine's runtime), not the caller's, so calls work from any
+    /// runtime, including one with paused time or none at all.
     async fn run<T, F>(&self, fut: F) -> Result<T, ChatError>
     where
-        F: Future<Output = Result<T, ChatError>> + Send + 'static,
-        T: Send + 'static,
+        F: Future<Output = Result<T, ChatError>>,
     {
         self.check_running()?;
-        let timeout = self.inner.call_timeout;
-        let handle = self.inner.runtime_handle.spawn(async move {
-            match timeout {
-                Some(d) => tokio::time::timeout(d, fut)
-                    .await
-                    .unwrap_or(Err(ChatError::Timeout(roomcast_model::duration_ms(d)))),
-                None => fut.await,
+        let Some(limit) = self.inner.call_timeout else {
+            return fut.await;
+        };
+        let deadline = {
+            // The engine's runtime lives as long as this handle: the sleep's timer can't go away.
+            let _engine = self.inner.runtime_handle.enter();
+            tokio::time::sleep(limit)
+        };
+        tokio::pin!(fut);
+        tokio::pin!(deadline);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return std::task::Poll::Ready(r);
             }
-        });
-        match handle.await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => Err(ChatError::General("an engine task panicked".into())),
-            Err(_) => Err(ChatError::EngineStopped),
-        }
+            deadline
+                .as_mut()
+                .poll(cx)
+                .map(|()| Err(ChatError::Timeout(roomcast_model::duration_ms(limit))))
+        })
+        .await
     }
 
     /// Stops the engine: no new calls are served (they get 900), the actors and threads stop,
@@ -423,15 +428,21 @@ impl Core {
         }
     }
 
+    /// The store, or 900 once stopped.
+    fn store(&self) -> Result<Store, ChatError> {
+        self.inner
+            .store
+            .lock()
+            .clone()
+            .ok_or(ChatError::EngineStopped)
+    }
+
     /// Makes `user` a super admin (who may create rooms). Durable when it returns `Ok`.
     pub async fn add_super_admin(&self, user: UserId) -> Result<(), ChatError> {
         self.check_running()?;
-        let commit = {
-            let store = self.inner.store.lock();
-            let store = store.as_ref().ok_or(ChatError::EngineStopped)?;
-            store.put_super_admin(&user).map_err(storage_error)?;
-            store.commit()
-        };
+        let mut set = WriteSet::new();
+        set.put_super_admin(&user).map_err(storage_error)?;
+        let commit = self.store()?.submit(set);
         self.inner.super_admins.write().insert(user);
         self.run(async move { commit.await.map_err(storage_error) })
             .await
@@ -440,13 +451,10 @@ impl Core {
     /// Removes a super admin; `Ok(false)` if `user` was not one. Rooms it owns stay its own.
     pub async fn remove_super_admin(&self, user: &UserId) -> Result<bool, ChatError> {
         self.check_running()?;
-        let (was, commit) = {
-            let store = self.inner.store.lock();
-            let store = store.as_ref().ok_or(ChatError::EngineStopped)?;
-            let was = store.remove_super_admin(user).map_err(storage_error)?;
-            (was, store.commit())
-        };
-        self.inner.super_admins.write().remove(user);
+        let mut set = WriteSet::new();
+        set.remove_super_admin(user);
+        let commit = self.store()?.submit(set);
+        let was = self.inner.super_admins.write().remove(user);
         self.run(async move { commit.await.map_err(storage_error) })
             .await?;
         Ok(was)
@@ -585,12 +593,11 @@ impl Core {
             members: sessions,
         };
         let supervisor = self.inner.supervisor.clone();
-        let core = self.clone();
         self.run(async move {
             let (room, commit) = supervisor
                 .send(msg)
                 .await
-                .map_err(|e| core.delivery_error(e, None))??;
+                .map_err(|e| self.delivery_error(e, None))??;
             commit.await.map_err(storage_error)?;
             Ok(room)
         })
@@ -600,23 +607,10 @@ impl Core {
     /// Destroys `room`, if `user` is its owner.
     pub async fn destroy_room(&self, user: &UserId, room: RoomId) -> Result<(), ChatError> {
         self.admit(user)?;
-        let supervisor = self.inner.supervisor.clone();
-        let msg = DestroyRoom {
-            user: user.clone(),
-            room,
-        };
-        let core = self.clone();
-        self.run(async move {
-            let commit = supervisor
-                .send(msg)
-                .await
-                .map_err(|e| core.delivery_error(e, Some(room)))??;
-            if let Some(commit) = commit {
-                commit.await.map_err(storage_error)?;
-            }
-            Ok(())
-        })
-        .await
+        let msg = Destroy { user: user.clone() };
+        self.room_call(room, msg).await?;
+        self.inner.supervisor.do_send(Forget(room));
+        Ok(())
     }
 
     /// `session`'s user joins `room`; returns the room as it sees it. The room's newest
@@ -630,14 +624,11 @@ impl Core {
         // The place is held until the room has answered, so concurrent joins cannot pass the
         // limit together.
         let reservation = session.reserve_room(room, self.limits().max_rooms_per_user)?;
-        let op = RoomOp::Join {
+        let msg = Join {
             session: session.clone(),
             reservation,
         };
-        match self.room_call(room, op).await? {
-            RoomReply::Room(room) => Ok(room),
-            _ => Err(unexpected("join")),
-        }
+        self.room_call(room, msg).await
     }
 
     /// `from` sends `message`; returns it as the room accepted it (id, sequence, time).
@@ -650,16 +641,13 @@ impl Core {
         message.validate(self.limits().message_max_bytes)?;
         let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
         let room = message.room_id;
-        let op = RoomOp::Send {
+        let msg = SendMessage {
             except,
             from: from.clone(),
             msg_id: self.inner.shared.next_message_id(),
             message,
         };
-        match self.room_call(room, op).await? {
-            RoomReply::Message(m) => Ok(m),
-            _ => Err(unexpected("send")),
-        }
+        self.room_call(room, msg).await
     }
 
     /// A page of `room`'s retained messages, for a member.
@@ -677,14 +665,13 @@ impl Core {
                 query.page_size
             )));
         }
-        let op = RoomOp::History {
+        let msg = FetchHistory {
             viewer: viewer.clone(),
             query,
         };
-        match self.room_call(room, op).await? {
-            RoomReply::History(page) => Ok(page),
-            _ => Err(unexpected("history")),
-        }
+        let page = self.room_call(room, msg).await?;
+        self.run(async move { page.await.and_then(|p| p).map_err(storage_error) })
+            .await
     }
 
     /// `by` moderates `room` (roles, lists, mutes, specification, announcement).
@@ -700,9 +687,7 @@ impl Core {
             action,
             now: self.now_ms(),
         };
-        self.room_call(room, RoomOp::Apply(command))
-            .await
-            .map(|_| ())
+        self.room_call(room, Apply(command)).await.map(drop)
     }
 
     /// `by` sets attributes of `room`; returns the keys that failed and why.
@@ -717,10 +702,7 @@ impl Core {
             by: by.clone(),
             set,
         };
-        match self.room_call(room, RoomOp::Apply(command)).await? {
-            RoomReply::Failures(f) => Ok(f),
-            _ => Err(unexpected("set attributes")),
-        }
+        self.room_call(room, Apply(command)).await
     }
 
     /// `by` removes attributes of `room`; returns the keys that failed and why.
@@ -737,10 +719,7 @@ impl Core {
             keys,
             force,
         };
-        match self.room_call(room, RoomOp::Apply(command)).await? {
-            RoomReply::Failures(f) => Ok(f),
-            _ => Err(unexpected("remove attributes")),
-        }
+        self.room_call(room, Apply(command)).await
     }
 
     /// Reads `room`'s lists or settings as `viewer`.
@@ -751,14 +730,11 @@ impl Core {
         query: RoomQuery,
     ) -> Result<QueryAnswer, ChatError> {
         self.admit(viewer)?;
-        let op = RoomOp::Query {
+        let msg = Query {
             viewer: viewer.clone(),
             query,
         };
-        match self.room_call(room, op).await? {
-            RoomReply::Answer(a) => Ok(a),
-            _ => Err(unexpected("query")),
-        }
+        self.room_call(room, msg).await
     }
 
     /// Up to `count` messages of `user`'s local copy of `room`'s conversation (the messages of
@@ -771,14 +747,8 @@ impl Core {
         before: Option<u64>,
         count: usize,
     ) -> Result<Vec<ChatMessage>, ChatError> {
-        use std::ops::Bound::Included;
         self.admit(user)?;
-        let store = self
-            .inner
-            .store
-            .lock()
-            .clone()
-            .ok_or(ChatError::EngineStopped)?;
+        let store = self.store()?;
         let user = user.clone();
         // The copy's spans: the stored ones (kept copies), and the current membership's, which
         // lives in the session while the copy would be deleted on exit.
@@ -787,43 +757,15 @@ impl Core {
             .shared
             .session_of(&user)
             .and_then(|s| s.copy_start(room));
-        // Report only what is durable: a leave that wrote this copy may still be flushing.
+        // Read on the store's thread, after every write submitted before it; reported once
+        // what it read is durable.
+        let read =
+            store.read(move |reader| local_messages(reader, &user, room, current, before, count));
         let settled = store.commit();
         self.run(async move {
+            let messages = read.await.and_then(|r| r).map_err(storage_error)?;
             settled.await.map_err(storage_error)?;
-            let mut spans = store
-                .copy(&user, room)
-                .map_err(storage_error)?
-                .map(|c| c.spans)
-                .unwrap_or_default();
-            if let Some(from) = current {
-                if !spans.iter().any(|(_, end)| end.is_none()) {
-                    spans.push((from, None));
-                }
-            }
-            let mut out = Vec::with_capacity(count.min(1024));
-            for &(from, to) in spans.iter().rev() {
-                if out.len() >= count {
-                    break;
-                }
-                let mut hi = to.unwrap_or(u64::MAX);
-                if let Some(b) = before {
-                    hi = hi.min(b.saturating_sub(1));
-                }
-                if before == Some(0) || hi < from {
-                    continue;
-                }
-                let page = store
-                    .messages(
-                        room,
-                        (Included(from), Included(hi)),
-                        true,
-                        count - out.len(),
-                    )
-                    .map_err(storage_error)?;
-                out.extend(page.into_iter().map(ChatMessage::new));
-            }
-            Ok(out)
+            Ok(messages)
         })
         .await
     }
@@ -833,15 +775,14 @@ impl Core {
     #[cfg(feature = "fault-injection")]
     #[doc(hidden)]
     pub async fn inject_room_panic(&self, room: RoomId) -> Result<(), ChatError> {
-        self.room_call(room, RoomOp::Panic).await.map(|_| ())
+        self.room_call(room, room_actor::Panic).await
     }
 
     /// `room`'s counters.
     pub async fn room_stats(&self, room: RoomId) -> Result<RoomStats, ChatError> {
-        match self.room_call(room, RoomOp::Stats).await? {
-            RoomReply::Stats(stats) => Ok(stats),
-            _ => Err(unexpected("stats")),
-        }
+        let read = self.room_call(room, Stats).await?;
+        self.run(async move { read.await.and_then(|r| r).map_err(storage_error) })
+            .await
     }
 
     /// `user` leaves `room`.
@@ -852,23 +793,20 @@ impl Core {
         owner_may_leave: bool,
     ) -> Result<(), ChatError> {
         self.admit(user)?;
-        let op = RoomOp::Leave {
+        let msg = Leave {
             user: user.clone(),
             owner_may_leave,
         };
-        self.room_call(room, op).await.map(|_| ())
+        self.room_call(room, msg).await
     }
 
     /// `room` as `viewer` sees it (any user may look).
     pub async fn room_info(&self, viewer: &UserId, room: RoomId) -> Result<ChatRoom, ChatError> {
         self.admit(viewer)?;
-        let op = RoomOp::Info {
+        let msg = Info {
             viewer: viewer.clone(),
         };
-        match self.room_call(room, op).await? {
-            RoomReply::Room(room) => Ok(room),
-            _ => Err(unexpected("info")),
-        }
+        self.room_call(room, msg).await
     }
 
     /// Page `page_num` (from 1) of the public room list, newest first, optionally only rooms
@@ -932,10 +870,10 @@ impl Core {
         mailbox_error(e, "room call")
     }
 
-    /// Sends `op` to `room`'s actor (activating it if needed) and, if the room wrote to the
-    /// store, waits for the write to be durable before returning the reply.
-    async fn room_call(&self, room: RoomId, op: RoomOp) -> Result<RoomReply, ChatError> {
-        self.check_running()?;
+    /// The live actor of `room`, started from the store if it is not running: the room is read
+    /// on the store's thread, and the supervisor starts it (or answers the actor another caller
+    /// started meanwhile).
+    async fn room_actor(&self, room: RoomId) -> Result<Addr<RoomActor>, ChatError> {
         let entry = self
             .inner
             .shared
@@ -943,31 +881,100 @@ impl Core {
             .get(room)
             .filter(|e| !e.is_destroyed())
             .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
-        let core = self.clone();
-        let span = tracing::debug_span!("roomcast.call", room = %room, op = op.name());
+        if let Some(addr) = entry.live_actor() {
+            return Ok(addr);
+        }
+        let supervisor = &self.inner.supervisor;
+        if let Some(addr) = supervisor
+            .send(Activate(room))
+            .await
+            .map_err(|e| self.delivery_error(e, Some(room)))??
+        {
+            return Ok(addr);
+        }
+        let replay = self.limits().join_replay_count;
+        let data = self
+            .store()?
+            .read(move |reader| supervisor::load_room(reader, room, replay))
+            .await
+            .and_then(|r| r)
+            .map_err(storage_error)?
+            .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
+        supervisor
+            .send(Spawn { id: room, data })
+            .await
+            .map_err(|e| self.delivery_error(e, Some(room)))?
+    }
+
+    /// Sends `msg` to `room`'s actor (starting it if needed) and waits until what the answer
+    /// reports is durable before returning its value, all under the call timeout.
+    async fn room_call<M, T>(&self, room: RoomId, msg: M) -> Result<T, ChatError>
+    where
+        M: actix::Message<Result = Result<Answer<T>, ChatError>> + Send + 'static,
+        M::Result: Send,
+        RoomActor: actix::Handler<M>,
+        T: Send + 'static,
+    {
+        self.check_running()?;
+        let span =
+            tracing::debug_span!("roomcast.call", room = %room, op = std::any::type_name::<M>());
         let call = async move {
-            let addr = match entry.live_actor() {
-                Some(addr) => addr,
-                None => core
-                    .inner
-                    .supervisor
-                    .send(Activate(room))
-                    .await
-                    .map_err(|e| core.delivery_error(e, Some(room)))??,
-            };
-            let Replied { reply, commit } = addr
-                .send(RoomCall(op))
+            let addr = self.room_actor(room).await?;
+            let Answer { value, durable } = addr
+                .send(msg)
                 .await
-                .map_err(|e| core.delivery_error(e, Some(room)))??;
-            if let Some(commit) = commit {
-                let started = std::time::Instant::now();
-                commit.await.map_err(storage_error)?;
-                obs::flushed(started.elapsed().as_secs_f64());
-            }
-            Ok(reply)
+                .map_err(|e| self.delivery_error(e, Some(room)))??;
+            let started = std::time::Instant::now();
+            durable.await.map_err(storage_error)?;
+            obs::flushed(started.elapsed().as_secs_f64());
+            Ok(value)
         };
         self.run(tracing::Instrument::instrument(call, span)).await
     }
+}
+
+/// `user`'s local copy of `room`: up to `count` messages, newest first, older than `before`.
+/// `current` is where the present membership's span starts, for a copy deleted on exit (held in
+/// the session, not stored). Runs on the store's thread.
+fn local_messages(
+    reader: &Reader,
+    user: &UserId,
+    room: RoomId,
+    current: Option<u64>,
+    before: Option<u64>,
+    count: usize,
+) -> Result<Vec<ChatMessage>, StoreError> {
+    use std::ops::Bound::Included;
+    let mut spans = reader
+        .copy(user, room)?
+        .map(|c| c.spans)
+        .unwrap_or_default();
+    if let Some(from) = current {
+        if !spans.iter().any(|(_, end)| end.is_none()) {
+            spans.push((from, None));
+        }
+    }
+    let mut out = Vec::with_capacity(count.min(1024));
+    for &(from, to) in spans.iter().rev() {
+        if out.len() >= count {
+            break;
+        }
+        let mut hi = to.unwrap_or(u64::MAX);
+        if let Some(b) = before {
+            hi = hi.min(b.saturating_sub(1));
+        }
+        if before == Some(0) || hi < from {
+            continue;
+        }
+        let page = reader.messages(
+            room,
+            (Included(from), Included(hi)),
+            true,
+            count - out.len(),
+        )?;
+        out.extend(page.into_iter().map(ChatMessage::new));
+    }
+    Ok(out)
 }
 
 /// How long [`Core::shutdown`] waits for handlers that are still running.
@@ -988,9 +995,8 @@ impl Inner {
                 tracing::error!(error = %e, "final flush failed");
             }
         }
-        if let Some(rt) = self.runtime.lock().take() {
-            rt.shutdown_background();
-        }
+        // The callback runtime stays until the last handle is dropped: a call in flight holds
+        // a timer on it (see `Core::run`).
         self.fanout_threads.join();
     }
 
@@ -1017,9 +1023,6 @@ impl Inner {
         self.shared.timers.stop();
         self.close_sessions();
         self.pool.stop(Duration::ZERO);
-        if let Some(rt) = self.runtime.lock().take() {
-            rt.shutdown_background();
-        }
         // The store is flushed and closed off this thread; the actors drop their clones as the
         // system stops.
         if let Some(store) = self.store.lock().take() {
@@ -1044,8 +1047,12 @@ impl Core {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Dropped without shutdown(): stop without waiting.
+        // The last handle: stop without waiting (a no-op after shutdown), then let the callback
+        // runtime go (no call can be in flight any more).
         self.stop_now();
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use roomcast_model::{
     Command, Effects, History, HistoryQuery, MessageId, MessagePriority, OutgoingMessage, Room,
     RoomId, SearchDirection, Timer, UserId,
 };
-use roomcast_store::{Commit, LocalCopy, Store};
+use roomcast_store::{Commit, Pending, Reader, Store, StoreError, WriteSet};
 
 use crate::directory::RoomEntry;
 use crate::fanout::Except;
@@ -23,88 +23,96 @@ use crate::session::{RoomReservation, Session};
 use crate::supervisor::{RoomExited, Supervisor};
 use crate::{obs, storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
 
-/// A call to a room.
-pub(crate) enum RoomOp {
-    Join {
-        session: Arc<Session>,
-        /// The user's place against the rooms-per-user limit, released once the room answered.
-        reservation: Option<RoomReservation>,
-    },
-    Leave {
-        user: UserId,
-        owner_may_leave: bool,
-    },
-    Destroy {
-        user: UserId,
-    },
-    Info {
-        viewer: UserId,
-    },
-    Send {
-        /// The sender's mailbox, which the message skips.
-        except: Option<u64>,
-        from: UserId,
-        message: OutgoingMessage,
-        msg_id: MessageId,
-    },
-    History {
-        viewer: UserId,
-        query: HistoryQuery,
-    },
-    Stats,
-    /// A state change with no reply but its per-key failures (moderation, attributes).
-    Apply(Command),
-    /// A read.
-    Query {
-        viewer: UserId,
-        query: RoomQuery,
-    },
-    /// Panics (fault injection for tests of the supervisor's recovery).
-    #[cfg(feature = "fault-injection")]
-    Panic,
+/// What a room call answers: its value, and the commit to await before reporting success.
+pub(crate) struct Answer<T> {
+    pub(crate) value: T,
+    /// Resolves once every write made before the answer (the call's own and any racing call's
+    /// it observed) is durable.
+    pub(crate) durable: Commit,
 }
 
-impl RoomOp {
-    /// The operation's name, for tracing.
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            RoomOp::Join { .. } => "join",
-            RoomOp::Leave { .. } => "leave",
-            RoomOp::Destroy { .. } => "destroy",
-            RoomOp::Info { .. } => "info",
-            RoomOp::Send { .. } => "send",
-            RoomOp::History { .. } => "history",
-            RoomOp::Stats => "stats",
-            RoomOp::Apply(_) => "apply",
-            RoomOp::Query { .. } => "query",
-            #[cfg(feature = "fault-injection")]
-            RoomOp::Panic => "panic",
-        }
-    }
+/// A read of the store in flight, in order after the room's writes.
+pub(crate) type StoreRead<T> = Pending<Result<T, StoreError>>;
+
+/// `session`'s user joins the room; answers the room as it sees it.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<ChatRoom>, ChatError>")]
+pub(crate) struct Join {
+    pub(crate) session: Arc<Session>,
+    /// The user's place against the rooms-per-user limit, released once the room answered.
+    pub(crate) reservation: Option<RoomReservation>,
 }
 
-/// What a room call returns.
-pub(crate) enum RoomReply {
-    Done,
-    Room(ChatRoom),
-    Message(ChatMessage),
-    History(ChatCursorResult<ChatMessage>),
-    Stats(RoomStats),
-    Failures(AttributeFailures),
-    Answer(QueryAnswer),
+/// `user` leaves the room.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<()>, ChatError>")]
+pub(crate) struct Leave {
+    pub(crate) user: UserId,
+    pub(crate) owner_may_leave: bool,
 }
 
-/// A reply and the commit to await before the call may report success.
-pub(crate) struct Replied {
-    pub(crate) reply: RoomReply,
-    pub(crate) commit: Option<Commit>,
+/// `user` destroys the room (sent by the supervisor).
+#[derive(Message)]
+#[rtype(result = "Result<Answer<()>, ChatError>")]
+pub(crate) struct Destroy {
+    pub(crate) user: UserId,
 }
 
-pub(crate) struct RoomCall(pub(crate) RoomOp);
-
-impl Message for RoomCall {
-    type Result = Result<Replied, ChatError>;
+/// The room as `viewer` sees it.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<ChatRoom>, ChatError>")]
+pub(crate) struct Info {
+    pub(crate) viewer: UserId,
 }
+
+/// `from` sends a message; answers it as accepted.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<ChatMessage>, ChatError>")]
+pub(crate) struct SendMessage {
+    /// The sender's mailbox, which the message skips.
+    pub(crate) except: Option<u64>,
+    pub(crate) from: UserId,
+    pub(crate) message: OutgoingMessage,
+    pub(crate) msg_id: MessageId,
+}
+
+/// A page of history for `viewer`, read from the store after the room's writes.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<StoreRead<ChatCursorResult<ChatMessage>>>, ChatError>")]
+pub(crate) struct FetchHistory {
+    pub(crate) viewer: UserId,
+    pub(crate) query: HistoryQuery,
+}
+
+/// The room's counters.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<StoreRead<RoomStats>>, ChatError>")]
+pub(crate) struct Stats;
+
+/// A state change answered with its per-key failures (moderation, attributes).
+#[derive(Message)]
+#[rtype(result = "Result<Answer<AttributeFailures>, ChatError>")]
+pub(crate) struct Apply(pub(crate) Command);
+
+/// A read of the room's lists and settings.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<QueryAnswer>, ChatError>")]
+pub(crate) struct Query {
+    pub(crate) viewer: UserId,
+    pub(crate) query: RoomQuery,
+}
+
+/// Panics (fault injection for tests of the supervisor's recovery).
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "Result<Answer<()>, ChatError>")]
+pub(crate) struct Panic;
+
+/// A write set of this room failed to apply: memory is ahead of the store, so the room stops and
+/// restarts from what the store holds (fail-stop).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteFailed;
 
 /// A member's session went offline or came back. The room reads the presence from the session
 /// when it handles this (the session owns it): the latest state, and when it went offline, so
@@ -301,8 +309,8 @@ impl RoomActor {
             obs::members_changed(joined);
         }
         let failures = std::mem::take(&mut fx.failures);
-        let wrote = match self.persist(&fx) {
-            Ok(wrote) => wrote,
+        let set = match self.write_set(&fx) {
+            Ok(set) => set,
             Err(e) => {
                 // Fail-stop: memory is ahead of the store. Stop, so that the next call reloads
                 // the room from what the store holds.
@@ -311,7 +319,7 @@ impl RoomActor {
                 return Err(storage_error(e));
             }
         };
-        let commit = wrote.then(|| self.store.commit());
+        let commit = (!set.is_empty()).then(|| self.submit(set, ctx));
         if fx.record_changed && !fx.destroyed {
             self.entry.set_summary(self.room.snapshot(None));
         }
@@ -327,37 +335,34 @@ impl RoomActor {
         Ok((commit, failures, message))
     }
 
-    /// Writes what `fx` changed: the room's record, the message sent (and retention), the local
-    /// copies of members who joined or left. True if anything was written.
-    fn persist(&mut self, fx: &Effects) -> Result<bool, roomcast_store::StoreError> {
+    /// What `fx` changed, as one write set: the room's record, the message sent (and
+    /// retention), the local copies of members who joined or left.
+    fn write_set(&self, fx: &Effects) -> Result<WriteSet, StoreError> {
         let room = self.room.id();
-        let store = &self.store;
         let limits = &self.shared.limits;
-        let mut wrote = false;
+        let mut set = WriteSet::new();
         if fx.record_changed {
             if fx.destroyed {
-                store.delete_room(room)?;
-                store.delete_messages_before(room, u64::MAX)?;
+                set.delete_room(room);
             } else {
-                store.put_room(self.room.record())?;
+                set.put_room(self.room.record())?;
             }
-            wrote = true;
         }
         if let Some(message) = &fx.message {
-            store.put_message(message.data())?;
+            set.put_message(message.data())?;
             let seq = message.seq();
-            if seq > limits.history_retention as u64 {
-                store.delete_messages_before(room, seq + 1 - limits.history_retention as u64)?;
+            let retention = limits.history_retention as u64;
+            if seq > retention {
+                set.trim_before(room, seq + 1 - retention);
             }
             if seq % AGE_CHECK_EVERY == 0 {
                 if let Some(max_age) = limits.history_max_age_ms {
                     let before = message
                         .server_time()
                         .saturating_sub(roomcast_model::ms_to_timestamp(max_age));
-                    store.delete_messages_older_than(room, before)?;
+                    set.trim_older_than(room, before);
                 }
             }
-            wrote = true;
         }
         for user in &fx.joined {
             // A copy that is deleted on exit lives only as long as the membership: the session
@@ -367,23 +372,7 @@ impl RoomActor {
                 .session_of(user)
                 .is_some_and(|s| !s.deletes_messages_on_exit());
             if keeps {
-                let mut copy = store.copy(user, room)?.unwrap_or_else(|| LocalCopy {
-                    user: user.clone(),
-                    room,
-                    spans: Vec::new(),
-                });
-                // The replay on join may reach back into the span of an earlier membership:
-                // the new span starts after it, so that no message is in the copy twice.
-                let after_previous = copy
-                    .spans
-                    .iter()
-                    .map(|(from, to)| to.unwrap_or(*from).saturating_add(1))
-                    .max()
-                    .unwrap_or(0);
-                copy.spans
-                    .push((self.copy_from().max(after_previous), None));
-                store.put_copy(&copy)?;
-                wrote = true;
+                set.open_copy(user.clone(), room, self.copy_from());
             }
         }
         for user in &fx.left {
@@ -391,37 +380,20 @@ impl RoomActor {
             let delete = session
                 .as_ref()
                 .is_none_or(|s| s.deletes_messages_on_exit());
-            let stored = store.copy(user, room)?;
             let last = self.room.last_seq();
-            match (delete, stored) {
-                (true, Some(_)) => {
-                    store.delete_copy(user, room)?;
-                    wrote = true;
-                }
-                (true, None) => {}
-                (false, Some(mut copy)) => {
-                    match copy.spans.last_mut() {
-                        Some((_, end @ None)) => *end = Some(last),
-                        _ => {
-                            let from = session.and_then(|s| s.copy_start(room)).unwrap_or(last + 1);
-                            copy.spans.push((from, Some(last)));
-                        }
-                    }
-                    store.put_copy(&copy)?;
-                    wrote = true;
-                }
-                (false, None) => {
-                    let from = session.and_then(|s| s.copy_start(room)).unwrap_or(last + 1);
-                    store.put_copy(&LocalCopy {
-                        user: user.clone(),
-                        room,
-                        spans: vec![(from, Some(last))],
-                    })?;
-                    wrote = true;
-                }
-            }
+            let from = session.and_then(|s| s.copy_start(room)).unwrap_or(last + 1);
+            set.close_copy(user.clone(), room, last, from, delete);
         }
-        Ok(wrote)
+        Ok(set)
+    }
+
+    /// Submits `set`; if it fails to apply, the room stops and restarts from the store.
+    fn submit(&self, set: WriteSet, ctx: &Context<Self>) -> Commit {
+        if set.is_empty() {
+            return self.store.commit();
+        }
+        let me = ctx.address();
+        self.store.submit_or(set, move |_| me.do_send(WriteFailed))
     }
 
     /// Where a joiner's local copy starts: the first message replayed to it, or the next one.
@@ -430,33 +402,6 @@ impl RoomActor {
             .newest(self.shared.limits.join_replay_count)
             .first()
             .map_or(self.room.last_seq() + 1, ChatMessage::seq)
-    }
-
-    /// A page of retained history, read from the store (newest first up, oldest first down).
-    fn history_page(&self, q: HistoryQuery) -> Result<ChatCursorResult<ChatMessage>, ChatError> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let room = self.room.id();
-        let (range, newest_first) = match (q.direction, q.start_seq) {
-            (SearchDirection::Up, None) => ((Unbounded, Unbounded), true),
-            (SearchDirection::Up, Some(s)) => ((Unbounded, Excluded(s)), true),
-            (SearchDirection::Down, None) => ((Unbounded, Unbounded), false),
-            (SearchDirection::Down, Some(s)) => ((Excluded(s), Unbounded), false),
-        };
-        let mut data = self
-            .store
-            .messages(room, range, newest_first, q.page_size + 1)
-            .map_err(storage_error)?;
-        let more = data.len() > q.page_size;
-        data.truncate(q.page_size);
-        let cursor = if more {
-            data.last().map(|m| m.seq)
-        } else {
-            None
-        };
-        Ok(ChatCursorResult {
-            data: data.into_iter().map(ChatMessage::new).collect(),
-            cursor,
-        })
     }
 
     fn answer(&self, viewer: &UserId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
@@ -605,7 +550,7 @@ impl RoomActor {
         &mut self,
         session: Arc<Session>,
         ctx: &mut Context<Self>,
-    ) -> Result<Replied, ChatError> {
+    ) -> Result<(ChatRoom, Option<Commit>), ChatError> {
         let user = session.user().clone();
         let joiner = session.clone();
         let commit = self.execute(Command::Join { user: user.clone() }, Some(session), ctx)?;
@@ -618,7 +563,7 @@ impl RoomActor {
             .collect();
         self.shared.fanout.send_to(joiner, recent);
         // The session was offline when it entered (a user joining without a live client): it
-        // starts its grace period now. Later changes reach the room as `SetPresence`.
+        // starts its grace period now. Later changes reach the room as `PresenceChanged`.
         if let Some((offline, since)) = self.joined_offline.take() {
             self.presence(
                 Command::SetPresence {
@@ -629,10 +574,29 @@ impl RoomActor {
                 ctx,
             );
         }
-        Ok(Replied {
-            reply: RoomReply::Room(self.room.snapshot(Some(&user))),
-            commit,
-        })
+        Ok((self.room.snapshot(Some(&user)), commit))
+    }
+
+    /// Runs a call, catching a panic (see [`RoomActor::guarded`]), and answers its value with
+    /// the commit to await: the call's own, or one that covers every write made so far (a call
+    /// that found its change already made, or a read, must not report state a crash can still
+    /// take back; free when nothing waits to be flushed).
+    fn answer_with<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<(T, Option<Commit>), ChatError>,
+    ) -> Result<Answer<T>, ChatError> {
+        let room = self.room.id();
+        match self.guarded(ctx, f) {
+            Some(Ok((value, commit))) => Ok(Answer {
+                value,
+                durable: commit.unwrap_or_else(|| self.store.commit()),
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(ChatError::RoomUnavailable(format!(
+                "room {room} failed on this call and is restarting"
+            ))),
+        }
     }
 }
 
@@ -703,32 +667,6 @@ impl Actor for RoomActor {
     }
 }
 
-impl Handler<RoomCall> for RoomActor {
-    type Result = Result<Replied, ChatError>;
-
-    fn handle(&mut self, RoomCall(op): RoomCall, ctx: &mut Context<Self>) -> Self::Result {
-        let room = self.room.id();
-        self.guarded(ctx, |act, ctx| act.call(op, ctx))
-            .map(|result| {
-                result.map(|mut replied| {
-                    // Every successful call waits until every write made so far is durable, not
-                    // only its own: a call that found its change already made (by a racing call
-                    // or its own earlier try) or a read must not report state that a crash can
-                    // still take back. Free when nothing is waiting to be flushed.
-                    if replied.commit.is_none() {
-                        replied.commit = Some(self.store.commit());
-                    }
-                    replied
-                })
-            })
-            .unwrap_or_else(|| {
-                Err(ChatError::RoomUnavailable(format!(
-                    "room {room} failed on this call and is restarting"
-                )))
-            })
-    }
-}
-
 impl RoomActor {
     /// Runs `f`, catching a panic: the room's state can no longer be trusted, so the actor
     /// stops as failed and the supervisor restarts the room from the store. `None` if `f`
@@ -748,107 +686,165 @@ impl RoomActor {
             }
         }
     }
+}
 
-    fn call(&mut self, op: RoomOp, ctx: &mut Context<Self>) -> Result<Replied, ChatError> {
-        let done = |commit| Replied {
-            reply: RoomReply::Done,
-            commit,
-        };
-        match op {
-            RoomOp::Join {
-                session,
-                reservation,
-            } => {
-                let replied = self.join(session, ctx);
-                drop(reservation);
-                replied
+impl Handler<Join> for RoomActor {
+    type Result = Result<Answer<ChatRoom>, ChatError>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        let answer = self.answer_with(ctx, |act, ctx| act.join(msg.session, ctx));
+        // Released now that the user is in the room (and counted there) or was refused.
+        drop(msg.reservation);
+        answer
+    }
+}
+
+impl Handler<Leave> for RoomActor {
+    type Result = Result<Answer<()>, ChatError>;
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, ctx| {
+            let command = Command::Leave {
+                user: msg.user,
+                owner_may_leave: msg.owner_may_leave,
+            };
+            Ok(((), act.execute(command, None, ctx)?))
+        })
+    }
+}
+
+impl Handler<Destroy> for RoomActor {
+    type Result = Result<Answer<()>, ChatError>;
+
+    fn handle(&mut self, msg: Destroy, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, ctx| {
+            let commit = act.execute(Command::Destroy { user: msg.user }, None, ctx)?;
+            act.entry.mark_destroyed();
+            ctx.stop();
+            Ok(((), commit))
+        })
+    }
+}
+
+impl Handler<Info> for RoomActor {
+    type Result = Result<Answer<ChatRoom>, ChatError>;
+
+    fn handle(&mut self, msg: Info, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| {
+            Ok((act.room.snapshot(Some(&msg.viewer)), None))
+        })
+    }
+}
+
+impl Handler<SendMessage> for RoomActor {
+    type Result = Result<Answer<ChatMessage>, ChatError>;
+
+    fn handle(&mut self, msg: SendMessage, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, ctx| {
+            let command = Command::SendMessage {
+                from: msg.from,
+                message: msg.message,
+                msg_id: msg.msg_id,
+                now: act.now(),
+            };
+            let (commit, _, sent) = act.execute_full(command, None, msg.except, ctx)?;
+            let sent =
+                sent.ok_or_else(|| ChatError::General("the room accepted no message".into()))?;
+            Ok((sent, commit))
+        })
+    }
+}
+
+impl Handler<FetchHistory> for RoomActor {
+    type Result = Result<Answer<StoreRead<ChatCursorResult<ChatMessage>>>, ChatError>;
+
+    fn handle(&mut self, msg: FetchHistory, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| {
+            if !act.room.is_member(&msg.viewer) {
+                return Err(ChatError::NotJoined(msg.viewer.to_string()));
             }
-            RoomOp::Leave {
-                user,
-                owner_may_leave,
-            } => {
-                let command = Command::Leave {
-                    user,
-                    owner_may_leave,
-                };
-                self.execute(command, None, ctx).map(done)
-            }
-            RoomOp::Destroy { user } => {
-                let commit = self.execute(Command::Destroy { user }, None, ctx)?;
-                self.entry.mark_destroyed();
-                ctx.stop();
-                Ok(done(commit))
-            }
-            RoomOp::Info { viewer } => Ok(Replied {
-                reply: RoomReply::Room(self.room.snapshot(Some(&viewer))),
-                commit: None,
-            }),
-            RoomOp::Send {
-                except,
-                from,
-                message,
-                msg_id,
-            } => {
-                let now = self.now();
-                let command = Command::SendMessage {
-                    from,
-                    message,
-                    msg_id,
-                    now,
-                };
-                let (commit, _, sent) = self.execute_full(command, None, except, ctx)?;
-                match sent {
-                    Some(message) => Ok(Replied {
-                        reply: RoomReply::Message(message),
-                        commit,
-                    }),
-                    None => Err(ChatError::General("the room accepted no message".into())),
-                }
-            }
-            RoomOp::History { viewer, query } => {
-                if !self.room.is_member(&viewer) {
-                    return Err(ChatError::NotJoined(viewer.to_string()));
-                }
-                let page = self.history_page(query)?;
-                Ok(Replied {
-                    reply: RoomReply::History(page),
-                    commit: None,
+            let room = act.room.id();
+            let query = msg.query;
+            // Queued after this room's writes: the page shows every message sent before it.
+            let page = act
+                .store
+                .read(move |reader| history_page(reader, room, query));
+            Ok((page, None))
+        })
+    }
+}
+
+impl Handler<Stats> for RoomActor {
+    type Result = Result<Answer<StoreRead<RoomStats>>, ChatError>;
+
+    fn handle(&mut self, _: Stats, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| {
+            let room = act.room.id();
+            let online_count = act
+                .room
+                .members()
+                .iter()
+                .filter(|u| act.shared.session_of(u).is_some_and(|s| s.is_online()))
+                .count();
+            let stats = RoomStats {
+                room_id: room,
+                member_count: act.room.member_count(),
+                online_count,
+                last_seq: act.room.last_seq(),
+                retained: 0,
+                messages: act.room.stats(),
+            };
+            let read = act.store.read(move |reader| {
+                let bounds = reader.message_bounds(room)?;
+                Ok(RoomStats {
+                    retained: bounds.map_or(0, |(first, last)| (last + 1 - first) as usize),
+                    ..stats
                 })
-            }
-            RoomOp::Apply(command) => {
-                let (commit, failures) = self.execute_with_failures(command, None, ctx)?;
-                Ok(Replied {
-                    reply: RoomReply::Failures(failures),
-                    commit,
-                })
-            }
-            RoomOp::Query { viewer, query } => Ok(Replied {
-                reply: RoomReply::Answer(self.answer(&viewer, query)?),
-                commit: None,
-            }),
-            #[cfg(feature = "fault-injection")]
-            RoomOp::Panic => panic!("injected fault in room {}", self.room.id()),
-            RoomOp::Stats => Ok(Replied {
-                reply: RoomReply::Stats(RoomStats {
-                    room_id: self.room.id(),
-                    member_count: self.room.member_count(),
-                    online_count: self
-                        .room
-                        .members()
-                        .iter()
-                        .filter(|u| self.shared.session_of(u).is_some_and(|s| s.is_online()))
-                        .count(),
-                    last_seq: self.room.last_seq(),
-                    retained: self
-                        .store
-                        .message_bounds(self.room.id())
-                        .map_err(storage_error)?
-                        .map_or(0, |(first, last)| (last + 1 - first) as usize),
-                    messages: self.room.stats(),
-                }),
-                commit: None,
-            }),
-        }
+            });
+            Ok((read, None))
+        })
+    }
+}
+
+impl Handler<Apply> for RoomActor {
+    type Result = Result<Answer<AttributeFailures>, ChatError>;
+
+    fn handle(&mut self, Apply(command): Apply, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, ctx| {
+            let (commit, failures) = act.execute_with_failures(command, None, ctx)?;
+            Ok((failures, commit))
+        })
+    }
+}
+
+impl Handler<Query> for RoomActor {
+    type Result = Result<Answer<QueryAnswer>, ChatError>;
+
+    fn handle(&mut self, msg: Query, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| {
+            Ok((act.answer(&msg.viewer, msg.query)?, None))
+        })
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<Panic> for RoomActor {
+    type Result = Result<Answer<()>, ChatError>;
+
+    fn handle(&mut self, _: Panic, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| -> Result<((), Option<Commit>), ChatError> {
+            panic!("injected fault in room {}", act.room.id())
+        })
+    }
+}
+
+impl Handler<WriteFailed> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: WriteFailed, ctx: &mut Context<Self>) {
+        tracing::error!(room = %self.room.id(), "a write of this room failed; restarting it from the store");
+        self.poisoned = true;
+        ctx.stop();
     }
 }
 
@@ -906,4 +902,32 @@ impl Handler<ExpireOffline> for RoomActor {
         };
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }
+}
+
+/// A page of `room`'s retained history, read from the store (newest first up, oldest first
+/// down). Runs on the store's thread.
+fn history_page(
+    reader: &Reader,
+    room: RoomId,
+    q: HistoryQuery,
+) -> Result<ChatCursorResult<ChatMessage>, StoreError> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let (range, newest_first) = match (q.direction, q.start_seq) {
+        (SearchDirection::Up, None) => ((Unbounded, Unbounded), true),
+        (SearchDirection::Up, Some(s)) => ((Unbounded, Excluded(s)), true),
+        (SearchDirection::Down, None) => ((Unbounded, Unbounded), false),
+        (SearchDirection::Down, Some(s)) => ((Excluded(s), Unbounded), false),
+    };
+    let mut data = reader.messages(room, range, newest_first, q.page_size.saturating_add(1))?;
+    let more = data.len() > q.page_size;
+    data.truncate(q.page_size);
+    let cursor = if more {
+        data.last().map(|m| m.seq)
+    } else {
+        None
+    };
+    Ok(ChatCursorResult {
+        data: data.into_iter().map(ChatMessage::new).collect(),
+        cursor,
+    })
 }

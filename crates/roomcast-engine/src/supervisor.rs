@@ -1,9 +1,10 @@
 //! The supervisor actor: the only place that creates and destroys room actors.
 //!
 //! It owns room placement (round robin over one arbiter per core), id generation, creation,
-//! lazy activation from the store, destruction, and recovery: actix does not restart an actor
-//! that panicked, so each room actor reports its exit ([`RoomExited`]); the supervisor forgets a
-//! dead actor and the next call to the room activates a fresh one from the store.
+//! activation, and recovery: actix does not restart an actor that panicked, so each room actor
+//! reports its exit ([`RoomExited`]); the supervisor forgets the dead actor and starts a fresh
+//! one from the store. It never reads the store itself: a room to activate is read on the
+//! store's thread (by the caller, or by a future this actor spawns) and handed over as [`Spawn`].
 
 use std::sync::Arc;
 
@@ -11,13 +12,16 @@ use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use std::ops::Bound::Unbounded;
 
-use roomcast_model::{ChatError, ChatMessage, ChatRoom, History, Room, RoomId, RoomSpec, UserId};
-use roomcast_store::{Commit, Store};
+use roomcast_model::{
+    ChatError, ChatMessage, ChatRoom, History, MessageData, Room, RoomId, RoomRecord, RoomSpec,
+    UserId,
+};
+use roomcast_store::{Commit, Reader, Store, StoreError, WriteSet};
 
 use crate::directory::RoomEntry;
-use crate::room_actor::{RoomActor, RoomCall, RoomOp, RoomStart};
+use crate::room_actor::{RoomActor, RoomStart};
 use crate::session::Session;
-use crate::{mailbox_error, storage_error, SessionKey, Shared};
+use crate::{storage_error, SessionKey, Shared};
 
 pub(crate) struct Supervisor {
     shared: Arc<Shared>,
@@ -112,8 +116,9 @@ impl Handler<CreateRoom> for Supervisor {
         let member_ids = msg.members.iter().map(|s| s.user().clone()).collect();
         let id = self.next_id();
         let room = Room::create(id, msg.owner.clone(), msg.spec, member_ids, limits, now)?;
-        self.store.put_room(room.record()).map_err(storage_error)?;
-        let commit = self.store.commit();
+        let mut set = WriteSet::new();
+        set.put_room(room.record()).map_err(storage_error)?;
+        let commit = self.store.submit(set);
         let snapshot = room.snapshot(Some(&msg.owner));
         let entry = RoomEntry::new(snapshot.clone());
         self.shared.directory.insert(entry.clone());
@@ -126,107 +131,131 @@ impl Handler<CreateRoom> for Supervisor {
     }
 }
 
-/// Find the live actor of a room, starting it from the store if it is not running.
+/// Find the live actor of a room: `None` if it is not running (the caller loads the room from
+/// the store, off this actor, and sends [`Spawn`]).
 pub(crate) struct Activate(pub(crate) RoomId);
 
 impl Message for Activate {
-    type Result = Result<Addr<RoomActor>, ChatError>;
+    type Result = Result<Option<Addr<RoomActor>>, ChatError>;
 }
 
 impl Handler<Activate> for Supervisor {
-    type Result = Result<Addr<RoomActor>, ChatError>;
+    type Result = Result<Option<Addr<RoomActor>>, ChatError>;
 
-    fn handle(&mut self, Activate(id): Activate, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Activate(id): Activate, _: &mut Context<Self>) -> Self::Result {
         let entry = self
             .shared
             .directory
             .get(id)
             .filter(|e| !e.is_destroyed())
             .ok_or_else(|| ChatError::RoomNotExist(id.to_string()))?;
+        Ok(entry.live_actor())
+    }
+}
+
+/// What a room actor starts from, read from the store.
+pub(crate) struct RoomData {
+    record: RoomRecord,
+    last_seq: u64,
+    /// The newest retained messages, oldest first.
+    newest: Vec<MessageData>,
+}
+
+/// Reads room `id` from the store (on the store's thread). `None` if it is not stored.
+pub(crate) fn load_room(
+    reader: &Reader,
+    id: RoomId,
+    replay: usize,
+) -> Result<Option<RoomData>, StoreError> {
+    let Some(record) = reader.room(id)? else {
+        return Ok(None);
+    };
+    let last_seq = reader.last_seq(id)?;
+    let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay)?;
+    newest.reverse();
+    Ok(Some(RoomData {
+        record,
+        last_seq,
+        newest,
+    }))
+}
+
+/// Start room `id` from `data`, unless its actor is running already (another caller loaded it
+/// first: then that one is answered).
+pub(crate) struct Spawn {
+    pub(crate) id: RoomId,
+    pub(crate) data: RoomData,
+}
+
+impl Message for Spawn {
+    type Result = Result<Addr<RoomActor>, ChatError>;
+}
+
+impl Handler<Spawn> for Supervisor {
+    type Result = Result<Addr<RoomActor>, ChatError>;
+
+    fn handle(&mut self, msg: Spawn, ctx: &mut Context<Self>) -> Self::Result {
+        let entry = self
+            .shared
+            .directory
+            .get(msg.id)
+            .filter(|e| !e.is_destroyed())
+            .ok_or_else(|| ChatError::RoomNotExist(msg.id.to_string()))?;
         if let Some(addr) = entry.live_actor() {
             return Ok(addr);
         }
-        self.load(id, entry, ctx.address(), false)
+        Ok(self.start_loaded(msg.id, msg.data, entry, ctx.address()))
     }
 }
 
 impl Supervisor {
-    /// Starts room `id`'s actor from the store. A `recovered` room (its previous actor died)
-    /// gets back the members it had, found by their sessions, which still list it.
-    fn load(
+    /// Starts room `id`'s actor from what the store held. If sessions still list the room, its
+    /// previous actor died: the room gets back those members, who are told it recovered.
+    fn start_loaded(
         &mut self,
         id: RoomId,
+        data: RoomData,
         entry: Arc<RoomEntry>,
         me: Addr<Supervisor>,
-        recovered: bool,
-    ) -> Result<Addr<RoomActor>, ChatError> {
-        let record = self
-            .store
-            .room(id)
-            .map_err(storage_error)?
-            .ok_or_else(|| ChatError::RoomNotExist(id.to_string()))?;
-        let last_seq = self
-            .store
-            .message_bounds(id)
-            .map_err(storage_error)?
-            .map_or(0, |(_, last)| last);
+    ) -> Addr<RoomActor> {
         let replay = self.shared.limits.join_replay_count;
         let mut recent = History::new(replay);
-        let mut newest = self
-            .store
-            .messages(id, (Unbounded, Unbounded), true, replay)
-            .map_err(storage_error)?;
-        newest.reverse();
-        for m in newest {
+        for m in data.newest {
             recent.push(ChatMessage::new(m));
         }
-        tracing::info!(room = %id, last_seq, recovered, "activating room from the store");
         let now = self.shared.clock.now_ms();
-        let mut room = Room::from_record(record, &self.shared.limits, last_seq, now);
-        let mut members = Vec::new();
-        if recovered {
-            for SessionKey(session) in self.shared.sessions.read().iter() {
-                if session.is_in(id) {
-                    members.push(session.clone());
-                }
-            }
-            for s in &members {
-                room.restore_member(s.user().clone());
-            }
+        let mut room = Room::from_record(data.record, &self.shared.limits, data.last_seq, now);
+        let members: Vec<Arc<Session>> = self
+            .shared
+            .sessions
+            .read()
+            .iter()
+            .filter(|SessionKey(s)| s.is_in(id))
+            .map(|SessionKey(s)| s.clone())
+            .collect();
+        for s in &members {
+            room.restore_member(s.user().clone());
         }
-        Ok(self.spawn(room, members, entry, me, recent, recovered))
+        let recovered = !members.is_empty();
+        tracing::info!(room = %id, last_seq = data.last_seq, recovered, "activating room from the store");
+        self.spawn(room, members, entry, me, recent, recovered)
     }
 }
 
-/// Destroy a room, if `user` may.
-pub(crate) struct DestroyRoom {
-    pub(crate) user: UserId,
-    pub(crate) room: RoomId,
+/// Room `id` was destroyed: forget it.
+pub(crate) struct Forget(pub(crate) RoomId);
+
+impl Message for Forget {
+    type Result = ();
 }
 
-impl Message for DestroyRoom {
-    type Result = Result<Option<Commit>, ChatError>;
-}
+impl Handler<Forget> for Supervisor {
+    type Result = ();
 
-impl Handler<DestroyRoom> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<Option<Commit>, ChatError>>;
-
-    fn handle(&mut self, msg: DestroyRoom, ctx: &mut Context<Self>) -> Self::Result {
-        let addr = match self.handle(Activate(msg.room), ctx) {
-            Ok(addr) => addr,
-            Err(e) => return Box::pin(fut::ready(Err(e))),
-        };
-        let room = msg.room;
-        let call = addr.send(RoomCall(RoomOp::Destroy { user: msg.user }));
-        Box::pin(
-            fut::wrap_future::<_, Self>(call).map(move |result, act, _| {
-                let reply = result.map_err(|e| mailbox_error(e, "destroy"))??;
-                act.shared.directory.remove(room);
-                crate::obs::rooms(act.shared.directory.len());
-                tracing::info!(room = %room, "room destroyed");
-                Ok(reply.commit)
-            }),
-        )
+    fn handle(&mut self, Forget(room): Forget, _: &mut Context<Self>) {
+        self.shared.directory.remove(room);
+        crate::obs::rooms(self.shared.directory.len());
+        tracing::info!(room = %room, "room destroyed");
     }
 }
 
@@ -250,9 +279,28 @@ impl Handler<RoomExited> for Supervisor {
         };
         if entry.clear_actor(msg.generation) && !msg.clean && !entry.is_destroyed() {
             tracing::error!(room = %msg.room, "room actor died; restarting it from the store");
-            if let Err(e) = self.load(msg.room, entry, ctx.address(), true) {
-                tracing::error!(room = %msg.room, error = %e, "room restart failed; it will be retried on its next call");
-            }
+            // Read on the store's thread (after the dead actor's writes), started here when read.
+            let id = msg.room;
+            let replay = self.shared.limits.join_replay_count;
+            let read = self.store.read(move |reader| load_room(reader, id, replay));
+            ctx.spawn(fut::wrap_future::<_, Self>(read).map(move |loaded, act, ctx| {
+                let Some(entry) = act.shared.directory.get(id).filter(|e| !e.is_destroyed()) else {
+                    return;
+                };
+                if entry.live_actor().is_some() {
+                    // A call loaded it first.
+                    return;
+                }
+                match loaded {
+                    Ok(Ok(Some(data))) => {
+                        act.start_loaded(id, data, entry, ctx.address());
+                    }
+                    Ok(Ok(None)) => tracing::error!(room = %id, "room restart failed: it is no longer stored"),
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(room = %id, error = %e, "room restart failed; it will be retried on its next call");
+                    }
+                }
+            }));
         }
     }
 }

@@ -46,6 +46,7 @@ impl Pending {
 pub(crate) struct Timers {
     pending: Mutex<Pending>,
     changed: Notify,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Timers {
@@ -109,8 +110,12 @@ impl Timers {
         self.pending.lock().due.first().map(|d| d.0)
     }
 
+    /// Forgets every check and ends the timers' task.
     pub(crate) fn stop(&self) {
         *self.pending.lock() = Pending::default();
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_one();
     }
 }
 
@@ -141,7 +146,14 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut clock_changes = shared.clock.changes();
     let mut last_sweep = shared.clock.now_ms();
     loop {
-        if shared.clock.now_ms() - last_sweep >= SWEEP_EVERY_MS {
+        if shared
+            .timers
+            .stopped
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        if shared.clock.now_ms().saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
             sweep(&shared);
             last_sweep = shared.clock.now_ms();
         }

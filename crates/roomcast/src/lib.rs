@@ -69,7 +69,8 @@ pub use roomcast_model::{
     check_permission, AttributeFailures, AttributeValue, ChatCursorResult, ChatError, ChatMessage,
     ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery,
     LeaveReason, Limits, MessageBody, MessageData, MessageId, MessagePriority, Operation,
-    OutgoingMessage, RoomId, RoomMessageStats, SearchDirection, SetAttributes, Timestamp, UserId,
+    OutgoingMessage, RoomId, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure,
+    Timestamp, UserId,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

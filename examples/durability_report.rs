@@ -1,5 +1,7 @@
-//! The durability report: persisted message throughput with group commit, fan-out latency on a
-//! durable store next to the in-memory one, and restart time with a million retained messages.
+//! The durability report: persisted message throughput with each durability (power-loss safe
+//! group commit, flush only, buffered) side by side, the send call's latency on an idle room,
+//! fan-out latency on a durable store next to the in-memory one, and restart time with a million
+//! retained messages.
 //!
 //! `cargo run --release --example durability_report` (add `--quick` for a smaller run).
 
@@ -17,10 +19,15 @@ fn limits() -> Limits {
 }
 
 /// `rooms` rooms, one sender each, `per_room` messages each, every send awaited (durable).
-async fn persisted_throughput(rooms: usize, per_room: usize) -> (f64, Duration) {
+async fn persisted_throughput(
+    rooms: usize,
+    per_room: usize,
+    durability: Durability,
+) -> (f64, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::builder()
         .data_dir(dir.path())
+        .durability(durability)
         .limits(limits())
         .build()
         .await
@@ -54,6 +61,48 @@ async fn persisted_throughput(rooms: usize, per_room: usize) -> (f64, Duration) 
     let elapsed = start.elapsed();
     engine.shutdown().await;
     ((rooms * per_room) as f64 / elapsed.as_secs_f64(), elapsed)
+}
+
+/// One sender, one idle room (one other member), `count` sends each awaited: the send call's
+/// latency percentiles in microseconds. `dir`: a data directory with `durability`, else a
+/// temporary store.
+async fn send_latency(
+    count: usize,
+    durability: Option<Durability>,
+) -> roomcast_workspace::Percentiles {
+    let dir = tempfile::tempdir().unwrap();
+    let mut builder = Engine::builder().limits(limits());
+    if let Some(durability) = durability {
+        builder = builder.data_dir(dir.path()).durability(durability);
+    }
+    let engine = builder.build().await.unwrap();
+    engine.add_super_admin("host").await.unwrap();
+    let host = engine.login("host").await.unwrap();
+    let room = host
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("latency"))
+        .await
+        .unwrap()
+        .room_id;
+    let viewer = engine.login("viewer").await.unwrap();
+    viewer
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    let chat = host.chat_manager();
+    let mut samples = Vec::with_capacity(count);
+    for k in 0..count + 100 {
+        let started = Instant::now();
+        chat.send_message(OutgoingMessage::text(room, format!("m{k}")))
+            .await
+            .unwrap();
+        if k >= 100 {
+            samples.push(started.elapsed().as_micros() as u64);
+        }
+    }
+    engine.shutdown().await;
+    roomcast_workspace::Percentiles::of(&mut samples)
 }
 
 /// Fills a store with `rooms` rooms of `per_room` messages, then measures how long a restart
@@ -135,6 +184,26 @@ async fn restart(rooms: usize, per_room: usize) -> (Duration, Duration, Duration
     (filled, opened, ready)
 }
 
+/// The durabilities compared, with their names.
+fn durabilities() -> Vec<(&'static str, Durability)> {
+    vec![
+        (
+            "group commit + fdatasync (power-loss safe, default)",
+            Durability::GroupCommit,
+        ),
+        (
+            "group commit, flush only (process-crash safe)",
+            Durability::FlushOnly,
+        ),
+        (
+            "buffered, flush every 100 ms",
+            Durability::Buffered {
+                flush_every: Duration::from_millis(100),
+            },
+        ),
+    ]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -151,13 +220,33 @@ fn main() {
     );
 
     let (rooms, per_room) = if quick { (20, 100) } else { (100, 1_000) };
-    let (rate, elapsed) = rt.block_on(persisted_throughput(rooms, per_room));
     println!(
-        "\n## persisted messages, group commit\n\n{} rooms x {per_room} messages, one sender per \
-         room awaiting each durable send: **{rate:.0} persisted messages/s** ({:.2} s)",
-        rooms,
-        elapsed.as_secs_f64()
+        "\n## persisted messages\n\n{rooms} rooms x {per_room} messages, one sender per room \
+         awaiting each durable send, data directory:\n"
     );
+    for (name, durability) in durabilities() {
+        let (rate, elapsed) = rt.block_on(persisted_throughput(rooms, per_room, durability));
+        println!(
+            "- {name}: **{rate:.0} persisted messages/s** ({:.2} s)",
+            elapsed.as_secs_f64()
+        );
+    }
+
+    let count = if quick { 1_000 } else { 5_000 };
+    println!("\n## send call latency, idle room ({count} awaited sends, one sender)\n");
+    let mut stores = vec![("temporary store".to_string(), None)];
+    for (name, durability) in durabilities() {
+        stores.push((format!("data directory, {name}"), Some(durability)));
+    }
+    for (name, durability) in stores {
+        let l = rt.block_on(send_latency(count, durability));
+        println!(
+            "- {name}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            l.p50 as f64 / 1000.0,
+            l.p99 as f64 / 1000.0,
+            l.max as f64 / 1000.0
+        );
+    }
 
     let (members, seconds) = if quick { (1_000, 1) } else { (10_000, 3) };
     println!(

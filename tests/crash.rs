@@ -28,10 +28,16 @@ const CHILD_DIR: &str = "ROOMCAST_CRASH_CHILD_DIR";
 const CHILD_SEED: &str = "ROOMCAST_CRASH_CHILD_SEED";
 const TEST_NAME: &str = "acknowledged_operations_survive_sigkill";
 
+/// Each room keeps this many messages: small, so that retention runs in every cycle and a
+/// crash can land in the middle of it.
+const RETENTION: usize = 25;
+
 async fn open(dir: &str) -> Engine {
+    let mut limits = harness_limits();
+    limits.history_retention = RETENTION;
     Engine::builder()
         .data_dir(dir)
-        .limits(harness_limits())
+        .limits(limits)
         .build()
         .await
         .expect("the store opens after a crash")
@@ -195,6 +201,15 @@ impl Expected {
     }
 
     async fn check(&self, dir: &str, cycle: usize) {
+        // Before the engine opens (and closes what the crash left open): every record reads, and
+        // the invariants across records hold (each room's last sequence number is its newest
+        // message's; no message without its room).
+        let report = roomcast::store::check(dir).expect("the store can be checked");
+        assert!(
+            report.is_clean(),
+            "cycle {cycle}: the store has problems: {:?}",
+            report.problems
+        );
         let engine = open(dir).await;
         let owner = engine.login("owner").await.unwrap();
         let rooms = owner.chat_room_manager();
@@ -232,19 +247,38 @@ impl Expected {
                     None => break,
                 }
             }
-            for (seq, text) in acked {
+            // Retention is whole: the room holds one run of its newest messages, at most
+            // RETENTION of them, ending at or after the last acknowledged one.
+            let (&first, _) = stored
+                .first_key_value()
+                .expect("a room with messages keeps some");
+            let (&newest, _) = stored.last_key_value().unwrap();
+            assert!(
+                newest >= last,
+                "cycle {cycle}: room {id} lost its newest messages"
+            );
+            assert_eq!(
+                stored.keys().copied().collect::<Vec<_>>(),
+                (first..=newest).collect::<Vec<_>>(),
+                "cycle {cycle}: room {id} has gaps"
+            );
+            assert!(
+                stored.len() <= RETENTION,
+                "cycle {cycle}: room {id} keeps {} messages",
+                stored.len()
+            );
+            assert_eq!(
+                stored.len(),
+                RETENTION.min(newest as usize),
+                "cycle {cycle}: room {id}: retention applied in part"
+            );
+            for (seq, text) in acked.range(first..) {
                 assert_eq!(
                     stored.get(seq),
                     Some(text),
                     "cycle {cycle}: room {id} lost acknowledged message {seq}"
                 );
             }
-            let seqs: Vec<u64> = stored.keys().copied().filter(|s| *s <= last).collect();
-            assert_eq!(
-                seqs,
-                (1..=last).collect::<Vec<_>>(),
-                "cycle {cycle}: room {id} has gaps"
-            );
         }
         for (id, attrs) in &self.attributes {
             let stored = rooms.fetch_chat_room_attributes(id, &[]).await.unwrap();

@@ -133,3 +133,83 @@ async fn a_second_engine_on_a_locked_dir_is_a_storage_error() {
     let again = open(dir.path()).await;
     again.shutdown().await;
 }
+
+/// Every way a store can fail to open is a 902 whose source chain names the cause, never a
+/// panic and never a general error with the cause only on stderr.
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_is_902_with_its_cause() {
+    use std::error::Error;
+    fn chain(e: &roomcast::ChatError) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            text.push_str(" <- ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+    // The data directory is a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Engine::builder()
+        .data_dir(&file)
+        .build()
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), 902, "{err}");
+    assert!(err.source().is_some(), "the cause is kept: {}", chain(&err));
+
+    // The log is garbage.
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).await.shutdown().await;
+    let db = dir.path().join("db");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    std::fs::write(&db, vec![0xA5u8; len.max(4096)]).unwrap();
+    match Engine::builder().data_dir(dir.path()).build().await {
+        Ok(engine) => engine.shutdown().await,
+        Err(err) => {
+            assert_eq!(err.code(), 902, "{}", chain(&err));
+            assert!(err.source().is_some(), "{}", chain(&err));
+        }
+    }
+
+    // The log is cut in half after real writes.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .data_dir(dir.path())
+        .limits(unthrottled())
+        .build()
+        .await
+        .unwrap();
+    engine.add_super_admin("alice").await.unwrap();
+    let alice = engine.login("alice").await.unwrap();
+    let room = create_room(&alice, "r").await;
+    for n in 0..200 {
+        say(&alice, room.room_id, &format!("m{n}")).await;
+    }
+    engine.shutdown().await;
+    drop(alice);
+    let len = std::fs::metadata(db_of(dir.path())).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(db_of(dir.path()))
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    match Engine::builder().data_dir(dir.path()).build().await {
+        Ok(engine) => engine.shutdown().await,
+        Err(err) => {
+            assert_eq!(err.code(), 902, "{}", chain(&err));
+            assert!(err.source().is_some(), "{}", chain(&err));
+        }
+    }
+    // The checker answers either way, without panicking.
+    let _ = roomcast::store::check(dir.path());
+}
+
+fn db_of(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("db")
+}

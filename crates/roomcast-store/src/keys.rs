@@ -41,6 +41,14 @@ pub(crate) fn message(id: RoomId, seq: u64) -> [u8; 17] {
     k
 }
 
+/// The first key after every message key of `id`.
+pub(crate) fn message_end(id: RoomId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&message(id, u64::MAX));
+    k.push(0);
+    k
+}
+
 pub(crate) fn copy(user: &UserId, room: RoomId) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.as_str().len() + 10);
     k.push(COPY);

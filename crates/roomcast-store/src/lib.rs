@@ -325,7 +325,7 @@ impl Store {
         }
         if closed > 0 {
             // Applied here, before anything else can touch the store.
-            let batch = set.into_batch(&reader.tree)?;
+            let batch = writeset::batch_of(std::slice::from_ref(&set), &reader.tree)?;
             reader.tree.apply_batch(batch)?;
         }
         Ok(closed)
@@ -355,6 +355,65 @@ impl<T> Future for Pending<T> {
     }
 }
 
+/// Most write sets merged into one batch.
+const MAX_GROUP: usize = 4096;
+
+/// Write sets queued together, applied as one batch.
+#[derive(Default)]
+struct Group {
+    sets: Vec<WriteSet>,
+    waiters: Vec<(commit::Waiter, Option<OnFailure>)>,
+    last_seq: u64,
+}
+
+impl Group {
+    fn add(
+        &mut self,
+        set: WriteSet,
+        waiter: commit::Waiter,
+        seq: u64,
+        on_failure: Option<OnFailure>,
+    ) {
+        self.sets.push(set);
+        self.waiters.push((waiter, on_failure));
+        self.last_seq = seq;
+    }
+
+    /// Applies the group as one batch and hands its waiters on. If the batch fails, each write
+    /// set is applied on its own, so that one bad command fails alone.
+    fn apply(&mut self, reader: &Reader, progress: &Progress, resolve: &dyn Fn(commit::Waiter)) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let apply = |sets: &[WriteSet]| {
+            guarded("applying a write set", || {
+                writeset::batch_of(sets, &reader.tree)
+                    .and_then(|batch| Ok(reader.tree.apply_batch(batch)?))
+            })
+            .and_then(|r| r)
+        };
+        let mut results = vec![apply(&self.sets)];
+        if results[0].is_err() && self.sets.len() > 1 {
+            results = self.sets.chunks(1).map(apply).collect();
+        }
+        progress.applied.store(self.last_seq, Ordering::SeqCst);
+        let each = results.len() > 1;
+        for (n, (waiter, on_failure)) in self.waiters.drain(..).enumerate() {
+            match &results[if each { n } else { 0 }] {
+                Ok(()) => resolve(waiter),
+                Err(e) => {
+                    tracing::error!(error = %e, "a write failed; nothing of it was applied");
+                    if let Some(on_failure) = on_failure {
+                        on_failure(e.clone());
+                    }
+                    let _ = waiter.send(Err(e.clone()));
+                }
+            }
+        }
+        self.sets.clear();
+    }
+}
+
 fn write_loop(
     queue: mpsc::Receiver<Job>,
     reader: Reader,
@@ -367,34 +426,36 @@ fn write_loop(
             let _ = waiter.send(Ok(()));
         }
     };
-    while let Ok(job) = queue.recv() {
-        match job {
-            Job::Write(set, waiter, seq, on_failure) => {
-                let result = guarded("applying a write set", || {
-                    set.into_batch(&reader.tree)
-                        .and_then(|batch| Ok(reader.tree.apply_batch(batch)?))
-                })
-                .and_then(|r| r);
-                progress.applied.store(seq, Ordering::SeqCst);
-                match result {
-                    Ok(()) => resolve(waiter),
-                    Err(e) => {
-                        tracing::error!(error = %e, "a write set failed; nothing of it was applied");
-                        if let Some(on_failure) = on_failure {
-                            on_failure(e.clone());
-                        }
-                        let _ = waiter.send(Err(e));
+    // Write sets queued together are merged into one sled batch (a batch costs a log marker
+    // besides its writes): still atomic per command, now per group of commands. A read or a
+    // barrier ends a group, so that it sees every write queued before it.
+    let mut group = Group::default();
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(set, waiter, seq, on_failure) => {
+                    group.add(set, waiter, seq, on_failure);
+                    if group.waiters.len() >= MAX_GROUP {
+                        group.apply(&reader, &progress, &resolve);
+                    }
+                }
+                Job::Barrier(waiter) => {
+                    group.apply(&reader, &progress, &resolve);
+                    resolve(waiter);
+                }
+                Job::Read(read) => {
+                    group.apply(&reader, &progress, &resolve);
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&reader)))
+                        .is_err()
+                    {
+                        tracing::error!("a store read panicked; its caller gets a storage error");
                     }
                 }
             }
-            Job::Barrier(waiter) => resolve(waiter),
-            Job::Read(read) => {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&reader))).is_err()
-                {
-                    tracing::error!("a store read panicked; its caller gets a storage error");
-                }
-            }
+            next = queue.try_recv().ok();
         }
+        group.apply(&reader, &progress, &resolve);
     }
     // The committer flushes once more as it is dropped here.
     drop(committer);

@@ -136,9 +136,12 @@ impl WriteSet {
     pub fn remove_super_admin(&mut self, user: &UserId) {
         self.ops.push(Op::Remove(keys::admin(user)));
     }
+}
 
-    /// Resolves the steps against `tree` into one batch.
-    pub(crate) fn into_batch(self, tree: &sled::Tree) -> Result<sled::Batch, StoreError> {
+/// Resolves the steps of `sets`, in order, against `tree` into one batch: each step sees what
+/// the steps before it (in any of the sets) did.
+pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<sled::Batch, StoreError> {
+    {
         let mut batch = sled::Batch::default();
         // Copies read and changed in this set, so that two steps on one copy see each other.
         let mut copies: HashMap<Vec<u8>, Option<LocalCopy>> = HashMap::new();
@@ -153,11 +156,27 @@ impl WriteSet {
                 None => None,
             })
         };
-        for op in self.ops {
+        // Messages put earlier in this batch: retention and deletion later in it see them too.
+        let mut put_messages: std::collections::BTreeSet<Vec<u8>> = Default::default();
+        let unput = |batch: &mut sled::Batch,
+                     put: &mut std::collections::BTreeSet<Vec<u8>>,
+                     range: std::ops::Range<Vec<u8>>| {
+            let mine: Vec<Vec<u8>> = put.range(range).cloned().collect();
+            for key in mine {
+                put.remove(&key);
+                batch.remove(key);
+            }
+        };
+        for op in sets.iter().flat_map(|s| &s.ops) {
             match op {
-                Op::Put(k, v) => batch.insert(k, v),
-                Op::Remove(k) => batch.remove(k),
-                Op::DeleteRoom(room) => {
+                Op::Put(k, v) => {
+                    if k.first() == Some(&keys::MESSAGE) {
+                        put_messages.insert(k.clone());
+                    }
+                    batch.insert(k.as_slice(), v.as_slice())
+                }
+                Op::Remove(k) => batch.remove(k.as_slice()),
+                &Op::DeleteRoom(room) => {
                     batch.remove(&keys::room(room));
                     batch.remove(&keys::seq(room));
                     for key in tree
@@ -166,16 +185,20 @@ impl WriteSet {
                     {
                         batch.remove(key?);
                     }
+                    let all = keys::message(room, 0).to_vec()..keys::message_end(room);
+                    unput(&mut batch, &mut put_messages, all);
                 }
-                Op::TrimBefore(room, seq) => {
+                &Op::TrimBefore(room, seq) => {
                     for key in tree
                         .range(keys::message(room, 0)..keys::message(room, seq))
                         .keys()
                     {
                         batch.remove(key?);
                     }
+                    let below = keys::message(room, 0).to_vec()..keys::message(room, seq).to_vec();
+                    unput(&mut batch, &mut put_messages, below);
                 }
-                Op::TrimOlderThan(room, before) => {
+                &Op::TrimOlderThan(room, before) => {
                     for item in tree.range(keys::message(room, 0)..=keys::message(room, u64::MAX)) {
                         let (key, value) = item?;
                         let message: MessageData = codec::decode(RecordKind::Message, &value)
@@ -186,10 +209,14 @@ impl WriteSet {
                         batch.remove(key);
                     }
                 }
-                Op::OpenCopy { user, room, from } => {
-                    let key = keys::copy(&user, room);
+                &Op::OpenCopy {
+                    ref user,
+                    room,
+                    from,
+                } => {
+                    let key = keys::copy(user, room);
                     let mut copy = read_copy(&mut copies, &key)?.unwrap_or_else(|| LocalCopy {
-                        user,
+                        user: user.clone(),
                         room,
                         spans: Vec::new(),
                     });
@@ -203,14 +230,14 @@ impl WriteSet {
                     batch.insert(key.clone(), codec::encode(RecordKind::Copy, &copy)?);
                     copies.insert(key, Some(copy));
                 }
-                Op::CloseCopy {
-                    user,
+                &Op::CloseCopy {
+                    ref user,
                     room,
                     last,
                     from,
                     delete,
                 } => {
-                    let key = keys::copy(&user, room);
+                    let key = keys::copy(user, room);
                     let stored = read_copy(&mut copies, &key)?;
                     match (delete, stored) {
                         (true, Some(_)) => {
@@ -220,7 +247,7 @@ impl WriteSet {
                         (true, None) => {}
                         (false, stored) => {
                             let mut copy = stored.unwrap_or_else(|| LocalCopy {
-                                user,
+                                user: user.clone(),
                                 room,
                                 spans: Vec::new(),
                             });

@@ -88,7 +88,20 @@ impl EngineBuilder {
         std::thread::Builder::new()
             .name("roomcast-open".into())
             .spawn(move || {
-                let _ = tx.send(Core::open(self.config));
+                let config = self.config;
+                let opened =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Core::open(config)))
+                        .unwrap_or_else(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "unknown panic".into());
+                            Err(ChatError::General(format!(
+                                "engine start-up panicked: {why}"
+                            )))
+                        });
+                let _ = tx.send(opened);
             })
             .map_err(|e| ChatError::General(format!("cannot start a thread: {e}")))?;
         let core = rx

@@ -53,6 +53,7 @@ mod engine;
 mod moderation;
 mod options;
 mod room_manager;
+pub mod store;
 
 pub use chat_manager::{ChatManager, Conversation};
 pub use client::ChatClient;

@@ -572,8 +572,20 @@ async fn the_rooms_per_user_limit_holds_under_concurrent_joins() {
         engine_and_room(limits, None, CreateChatRoomOptions::new("room 0")).await;
     let _keep = KeepOnPanic::new(&engine);
     let mut rooms = vec![first];
+    // The creator is in each room it creates: it leaves each, to stay under its own limit.
+    owner
+        .chat_room_manager()
+        .leave_chat_room(&first)
+        .await
+        .unwrap();
     for n in 1..ROOMS {
-        rooms.push(create_room(&owner, CreateChatRoomOptions::new(format!("room {n}"))).await);
+        let room = create_room(&owner, CreateChatRoomOptions::new(format!("room {n}"))).await;
+        owner
+            .chat_room_manager()
+            .leave_chat_room(&room)
+            .await
+            .unwrap();
+        rooms.push(room);
     }
 
     // Control: one join after the other.
@@ -902,6 +914,10 @@ async fn shutdown_does_not_block_the_runtime_that_awaits_it() {
             _ = &mut done_rx => break Ok(()),
             pong = tokio::time::timeout(ANSWER_WITHIN, pong_rx.recv()) => match pong {
                 Ok(Some(())) => answered += 1,
+                // The echo task ends with the runtime, once shutdown has returned.
+                Ok(None) if tokio::time::timeout(ANSWER_WITHIN, &mut done_rx).await.is_ok() => {
+                    break Ok(())
+                }
                 _ => break Err(format!(
                     "a task on the runtime awaiting Engine::shutdown got no turn for \
                      {ANSWER_WITHIN:?} (after {answered} answers, {:?} into shutdown)",
@@ -1335,5 +1351,145 @@ async fn a_room_handler_is_told_what_it_missed() {
     let missed = handler.missed.load(Ordering::SeqCst);
     assert!(told, "every join was handled or reported missed");
     assert!(missed > 0, "the room handler was told it missed {missed}");
+    engine.shutdown().await;
+}
+
+/// Review finding: a new login after `disconnect()` left the user offline (deaf, and removed
+/// after the grace period although it held a live client). A login is a reconnection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_login_after_disconnect_is_online_again() {
+    let clock = ManualClock::new(START_MS);
+    let (engine, owner, room) =
+        engine_and_room(unthrottled(), Some(&clock), CreateChatRoomOptions::new("r")).await;
+    for keep_old in [false, true] {
+        let name = if keep_old { "kept" } else { "dropped" };
+        let old = join(&engine, name, room).await;
+        old.disconnect().unwrap();
+        let old = keep_old.then_some(old);
+        let again = engine.login(name).await.unwrap();
+        assert!(again.is_online(), "{name}: a new login is online");
+        let changed = Arc::new(Notify::new());
+        let inbox = Inbox::register(&again, &changed);
+        let text = format!("to {name}");
+        say(&owner, room, &text).await;
+        assert!(
+            wait_until(&changed, DEADLINE, || inbox.has(&text)).await,
+            "{name}: the new login receives"
+        );
+        clock.advance(GRACE * 2);
+        say(&owner, room, "after the grace").await;
+        assert!(
+            member_set(&owner, room).await.contains(name),
+            "{name}: not removed as offline"
+        );
+        drop(old);
+    }
+    engine.shutdown().await;
+}
+
+/// Review finding: creating a room ignored `max_rooms_per_user`, for the creator and for the
+/// members added at creation. Now creation counts for everyone it puts in the room, exactly,
+/// under concurrency too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn room_creation_counts_against_rooms_per_user() {
+    let mut limits = unthrottled();
+    limits.max_rooms_per_user = 3;
+    let (engine, owner, _first) =
+        engine_and_room(limits, None, CreateChatRoomOptions::new("first")).await;
+    // The owner is in one room; 10 concurrent creations: exactly 2 more succeed.
+    let results: Vec<_> = futures_join_all((0..10).map(|n| {
+        let rooms = owner.chat_room_manager();
+        async move {
+            rooms
+                .create_chat_room(CreateChatRoomOptions::new(format!("r{n}")))
+                .await
+        }
+    }))
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let codes: BTreeSet<u32> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.code()))
+        .collect();
+    assert_eq!((ok, codes), (2, BTreeSet::from([4])));
+
+    // A member at its limit cannot be put in a new room; nothing is created.
+    engine.add_super_admin("host").await.unwrap();
+    let host = engine.login("host").await.unwrap();
+    let before = host
+        .chat_room_manager()
+        .fetch_public_chat_rooms_from_server(1, 100)
+        .await
+        .unwrap()
+        .total;
+    let err = host
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("with owner").members(["owner"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 4, "{err}");
+    let after = host
+        .chat_room_manager()
+        .fetch_public_chat_rooms_from_server(1, 100)
+        .await
+        .unwrap()
+        .total;
+    assert_eq!(before, after, "a refused creation creates nothing");
+    engine.shutdown().await;
+}
+
+/// Awaits every future, on this task.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(within("a call", h).await);
+    }
+    out
+}
+
+/// Review finding: at the end of time (a manual clock moved by `Duration::MAX`) ids saturated,
+/// then wrapped: two rooms got the same id and one replaced the other. Now there is no new id:
+/// an error, and nothing is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ids_never_repeat_at_the_end_of_time() {
+    let clock = ManualClock::new(START_MS);
+    let (engine, owner, room) =
+        engine_and_room(unthrottled(), Some(&clock), CreateChatRoomOptions::new("r")).await;
+    clock.advance(Duration::MAX);
+    let rooms = owner.chat_room_manager();
+    let mut ids = BTreeSet::from([room]);
+    let mut refused = 0;
+    for n in 0..3 {
+        match rooms
+            .create_chat_room(CreateChatRoomOptions::new(format!("end{n}")))
+            .await
+        {
+            Ok(r) => assert!(ids.insert(r.room_id), "room id {} repeated", r.room_id),
+            Err(e) => {
+                assert_eq!(e.code(), 1, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2, "the id space ends");
+    clock.set(START_MS);
+    match rooms
+        .create_chat_room(CreateChatRoomOptions::new("back"))
+        .await
+    {
+        Ok(r) => assert!(ids.insert(r.room_id), "room id {} repeated", r.room_id),
+        Err(e) => assert_eq!(e.code(), 1, "{e}"),
+    }
+    let listed = rooms
+        .fetch_public_chat_rooms_from_server(1, 100)
+        .await
+        .unwrap();
+    assert!(
+        listed.data.iter().any(|r| r.room_id == room),
+        "no room was replaced"
+    );
     engine.shutdown().await;
 }

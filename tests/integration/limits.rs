@@ -9,13 +9,30 @@ async fn a_user_is_in_at_most_so_many_rooms() {
     let mut limits = unthrottled();
     limits.max_rooms_per_user = 2;
     let (engine, owner) = engine_with(limits, None, "owner").await;
-    let rooms: Vec<_> = {
-        let mut v = Vec::new();
-        for n in 0..3 {
-            v.push(create_room(&owner, &format!("r{n}")).await.room_id);
-        }
-        v
-    };
+    // The creator is in each room it creates: a third creation is over its limit.
+    let mut rooms = Vec::new();
+    for n in 0..2 {
+        rooms.push(create_room(&owner, &format!("r{n}")).await.room_id);
+    }
+    let over = owner
+        .chat_room_manager()
+        .create_chat_room(roomcast::CreateChatRoomOptions::new("r2"))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), 4);
+    for room in &rooms {
+        owner
+            .chat_room_manager()
+            .leave_chat_room(room)
+            .await
+            .unwrap();
+    }
+    rooms.push(create_room(&owner, "r2").await.room_id);
+    owner
+        .chat_room_manager()
+        .leave_chat_room(&rooms[2])
+        .await
+        .unwrap();
     let bob = engine.login("bob").await.unwrap();
     let m = bob.chat_room_manager();
     m.join_chat_room(&rooms[0]).await.unwrap();
@@ -97,4 +114,26 @@ async fn the_default_limits_are_agoras_and_twitchs() {
     assert_eq!(limits.max_rooms_per_user, 1_000);
     assert_eq!(limits.default_max_users, 300);
     assert_eq!(limits.offline_grace_ms, 300_000);
+}
+
+/// A rate of zero would refuse everything: it is refused at build time (None turns a limit off).
+#[tokio::test]
+async fn zero_rates_are_refused_with_110() {
+    let cases: [fn(&mut roomcast::Limits); 4] = [
+        |l| l.api_calls_per_user_per_second = Some(0),
+        |l| l.room_delivery_rate = Some(0),
+        |l| l.user_messages_per_window = Some((0, 1_000)),
+        |l| l.user_messages_per_window = Some((5, 0)),
+    ];
+    for set in cases {
+        let mut limits = roomcast::Limits::default();
+        set(&mut limits);
+        let err = roomcast::Engine::builder()
+            .limits(limits)
+            .build()
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code(), 110, "{err}");
+    }
 }

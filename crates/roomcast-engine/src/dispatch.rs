@@ -207,7 +207,7 @@ impl DispatchPool {
     /// Stops the threads after the sessions already queued (every mailbox must be closed first,
     /// so that no session is queued again), waiting at most `wait` for threads still running a
     /// handler: those finish their handler and end on their own, calling no other.
-    pub(crate) fn stop(&self, wait: Duration) {
+    pub(crate) fn stop(&self, wait: Duration, caller: Option<SlotRef>) {
         let deadline = Instant::now() + wait;
         let mut threads = self.threads.lock();
         if !threads.stopping {
@@ -216,7 +216,9 @@ impl DispatchPool {
                 let _ = self.ready.send(Ready::Stop);
             }
         }
-        let mine = CURRENT_SLOT.with(|c| c.borrow().clone());
+        let mine = caller
+            .map(|c| c.0)
+            .or_else(|| CURRENT_SLOT.with(|c| c.borrow().clone()));
         let others = |t: &Threads| {
             t.slots
                 .iter()
@@ -252,6 +254,15 @@ impl DispatchPool {
             false
         }
     }
+}
+
+/// The pool thread a call came from (see [`current_slot`]).
+pub(crate) struct SlotRef(Arc<Slot>);
+
+/// The pool thread this thread is, if it is one: a handler calling `shutdown` must not be
+/// waited for by it.
+pub(crate) fn current_slot() -> Option<SlotRef> {
+    CURRENT_SLOT.with(|c| c.borrow().clone()).map(SlotRef)
 }
 
 thread_local! {

@@ -104,18 +104,23 @@ impl Shared {
 
     /// A new engine-wide message id: larger than every earlier one, and growing with time
     /// (ms x 1000), so that ids stay unique across restarts.
-    fn next_message_id(&self) -> MessageId {
+    /// At the end of the id space (a clock past the year 584 million) there is no new id:
+    /// an error, never a repeated one.
+    fn next_message_id(&self) -> Result<MessageId, ChatError> {
         let from_clock = (self.clock.now_ms().max(0) as u64).saturating_mul(1000);
         let mut last = self.last_message_id.load(Ordering::Relaxed);
         loop {
-            let next = from_clock.max(last + 1);
+            let next = from_clock.max(
+                last.checked_add(1)
+                    .ok_or_else(|| ChatError::General("message ids are exhausted".into()))?,
+            );
             match self.last_message_id.compare_exchange_weak(
                 last,
                 next,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return MessageId::from_u64(next),
+                Ok(_) => return Ok(MessageId::from_u64(next)),
                 Err(actual) => last = actual,
             }
         }
@@ -404,6 +409,8 @@ impl Core {
     /// that.
     pub async fn shutdown(&self) {
         let first = !self.inner.stopped.swap(true, Ordering::SeqCst);
+        // Called from a handler: its own dispatch thread is not waited for (it waits for us).
+        let caller = dispatch::current_slot();
         if first {
             tracing::info!("roomcast engine shutting down");
         }
@@ -414,7 +421,7 @@ impl Core {
         let spawned = std::thread::Builder::new()
             .name("roomcast-shutdown".into())
             .spawn(move || {
-                inner.stop_threads(SHUTDOWN_HANDLER_WAIT);
+                inner.stop_threads(SHUTDOWN_HANDLER_WAIT, caller);
                 let _ = done.send(());
             });
         match spawned {
@@ -423,7 +430,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the shutdown thread; stopping without waiting");
-                self.inner.stop_threads(Duration::ZERO);
+                self.inner.stop_threads(Duration::ZERO, None);
             }
         }
     }
@@ -582,15 +589,34 @@ impl Core {
             ));
         }
         spec.validate(self.limits())?;
-        let mut sessions = Vec::with_capacity(members.len() + 1);
-        sessions.push(self.session(owner.user().clone())?);
-        for m in members {
-            sessions.push(self.session(m)?);
+        let max_initial = self.limits().max_initial_members;
+        if members.len() > max_initial {
+            return Err(ChatError::InvalidParam(format!(
+                "at most {max_initial} members may be added at creation, got {}",
+                members.len()
+            )));
         }
+        let mut sessions: Vec<Arc<Session>> = Vec::with_capacity(members.len() + 1);
+        for user in std::iter::once(owner.user().clone()).chain(members) {
+            if !sessions.iter().any(|s| *s.user() == user) {
+                sessions.push(self.session(user)?);
+            }
+        }
+        // Everyone the new room will hold counts it against rooms-per-user from now until the
+        // room has started with them in it (or failed to be created).
+        let max = self.limits().max_rooms_per_user;
+        let reservations = sessions
+            .iter()
+            .map(|s| s.reserve_room(None, max))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         let msg = CreateRoom {
             owner: owner.user().clone(),
             spec,
             members: sessions,
+            reservations,
         };
         let supervisor = self.inner.supervisor.clone();
         self.run(async move {
@@ -623,7 +649,7 @@ impl Core {
         self.admit(session.user())?;
         // The place is held until the room has answered, so concurrent joins cannot pass the
         // limit together.
-        let reservation = session.reserve_room(room, self.limits().max_rooms_per_user)?;
+        let reservation = session.reserve_room(Some(room), self.limits().max_rooms_per_user)?;
         let msg = Join {
             session: session.clone(),
             reservation,
@@ -644,7 +670,7 @@ impl Core {
         let msg = SendMessage {
             except,
             from: from.clone(),
-            msg_id: self.inner.shared.next_message_id(),
+            msg_id: self.inner.shared.next_message_id()?,
             message,
         };
         self.room_call(room, msg).await
@@ -984,11 +1010,11 @@ impl Inner {
     /// Stops the shards, timers, sessions, dispatch pool, store and runtime (the actor system
     /// must be stopping already), waiting at most `wait` for running handlers. Blocks: never
     /// called on an async worker.
-    fn stop_threads(&self, wait: Duration) {
+    fn stop_threads(&self, wait: Duration, caller: Option<dispatch::SlotRef>) {
         self.shared.fanout.stop();
         self.shared.timers.stop();
         self.close_sessions();
-        self.pool.stop(wait);
+        self.pool.stop(wait, caller);
         let store = self.store.lock().take();
         if let Some(store) = store {
             if let Err(e) = store.flush_blocking() {
@@ -1022,7 +1048,7 @@ impl Inner {
         self.shared.fanout.stop();
         self.shared.timers.stop();
         self.close_sessions();
-        self.pool.stop(Duration::ZERO);
+        self.pool.stop(Duration::ZERO, None);
         // The store is flushed and closed off this thread; the actors drop their clones as the
         // system stops.
         if let Some(store) = self.store.lock().take() {

@@ -108,6 +108,20 @@ pub(crate) struct Query {
 #[rtype(result = "Result<Answer<()>, ChatError>")]
 pub(crate) struct Panic;
 
+/// Sent right after the actor is started: it has its first members in by the time it handles
+/// this (`started` runs first), so their places against rooms-per-user are released.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Started(pub(crate) Vec<RoomReservation>);
+
+impl Handler<Started> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, Started(reservations): Started, _: &mut Context<Self>) {
+        drop(reservations);
+    }
+}
+
 /// A write set of this room failed to apply: memory is ahead of the store, so the room stops and
 /// restarts from what the store holds (fail-stop).
 #[derive(Message)]

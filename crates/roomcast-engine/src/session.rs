@@ -153,9 +153,10 @@ struct State {
     mailbox_notice: bool,
     /// The rooms the user is in (a few, so a vector).
     rooms: Vec<RoomSlot>,
-    /// Joins in flight, by room, with how many calls wait on each: they count against the
-    /// rooms-per-user limit until the room has answered (see [`RoomReservation`]).
-    pending: Vec<(RoomId, u32)>,
+    /// Joins in flight, by room, with how many calls wait on each (`None`: rooms being created
+    /// with the user in them, each counted): they count against the rooms-per-user limit until
+    /// the room has answered (see [`RoomReservation`]).
+    pending: Vec<(Option<RoomId>, u32)>,
 }
 
 /// A room the user is in.
@@ -185,14 +186,17 @@ impl State {
         self.clients > 0 && !self.disconnected
     }
 
-    /// Rooms the user is in or is joining.
+    /// Rooms the user is in, is joining, or is being put in by a room's creation.
     fn counted_rooms(&self) -> usize {
         self.rooms.len()
             + self
                 .pending
                 .iter()
-                .filter(|(p, _)| !self.rooms.iter().any(|s| s.room == *p))
-                .count()
+                .map(|(p, n)| match p {
+                    None => *n as usize,
+                    Some(p) => usize::from(!self.rooms.iter().any(|s| s.room == *p)),
+                })
+                .sum::<usize>()
     }
 }
 
@@ -202,7 +206,7 @@ impl State {
 /// joins by one user can never pass the limit together.
 pub(crate) struct RoomReservation {
     session: Arc<Session>,
-    room: RoomId,
+    room: Option<RoomId>,
 }
 
 impl Drop for RoomReservation {
@@ -311,9 +315,13 @@ impl Session {
         Some(PresenceNotices { mailbox, rooms })
     }
 
-    /// A client of this user appeared; who to tell if the session came online.
+    /// A client of this user appeared (a login): the user is connected again, whatever an
+    /// earlier client's `disconnect` said; who to tell if the session came online.
     pub(crate) fn client_opened(&self, now: Timestamp) -> Option<PresenceNotices> {
-        self.change_presence(now, |p| p.clients += 1)
+        self.change_presence(now, |p| {
+            p.clients += 1;
+            p.disconnected = false;
+        })
     }
 
     /// A client of this user was dropped; who to tell if the session went offline.
@@ -359,28 +367,41 @@ impl Session {
         self.state.lock().rooms.iter().any(|s| s.room == room)
     }
 
-    /// Holds a place for a join of `room` against the limit of `max` rooms (code 4 beyond).
-    /// `None` if the user is in the room already (the room answers 701).
+    /// Holds a place for a join of `room` (`None`: a room being created with the user in it)
+    /// against the limit of `max` rooms (code 4 beyond). `Ok(None)` if the user is in the room
+    /// already (the room answers 701).
     pub(crate) fn reserve_room(
         self: &Arc<Self>,
-        room: RoomId,
+        room: Option<RoomId>,
         max: usize,
     ) -> Result<Option<RoomReservation>, ChatError> {
         let mut state = self.state.lock();
-        if state.rooms.iter().any(|s| s.room == room) {
+        if room.is_some_and(|room| state.rooms.iter().any(|s| s.room == room)) {
             return Ok(None);
         }
-        if let Some((_, n)) = state.pending.iter_mut().find(|(r, _)| *r == room) {
+        if let Some((_, n)) = state
+            .pending
+            .iter_mut()
+            .find(|(r, _)| room.is_some() && *r == room)
+        {
             // Another join of the same room is in flight: it holds the place; the room admits
             // one of them and answers 701 to the other.
             *n += 1;
         } else {
             if state.counted_rooms() >= max {
                 return Err(ChatError::ExceedServiceLimit(format!(
-                    "a user may be in at most {max} rooms at once"
+                    "{} may be in at most {max} rooms at once",
+                    self.user
                 )));
             }
-            state.pending.push((room, 1));
+            match state
+                .pending
+                .iter_mut()
+                .find(|(r, _)| r.is_none() && room.is_none())
+            {
+                Some((_, n)) => *n += 1,
+                None => state.pending.push((room, 1)),
+            }
         }
         Ok(Some(RoomReservation {
             session: self.clone(),

@@ -19,8 +19,9 @@ use roomcast_model::{
 use roomcast_store::{Commit, Reader, Store, StoreError, WriteSet};
 
 use crate::directory::RoomEntry;
+use crate::room_actor;
 use crate::room_actor::{RoomActor, RoomStart};
-use crate::session::Session;
+use crate::session::{RoomReservation, Session};
 use crate::{storage_error, SessionKey, Shared};
 
 pub(crate) struct Supervisor {
@@ -47,10 +48,16 @@ impl Supervisor {
 
     /// Ids grow with time (ms x 1000) and never repeat, even across restarts: the newest room
     /// has the largest id.
-    fn next_id(&mut self) -> RoomId {
+    /// At the end of the id space (a clock past the year 584 million) there is no new id: an
+    /// error, never a repeated one.
+    fn next_id(&mut self) -> Result<RoomId, ChatError> {
         let from_clock = (self.shared.clock.now_ms().max(0) as u64).saturating_mul(1000);
-        self.last_id = from_clock.max(self.last_id + 1);
-        RoomId::from_u64(self.last_id)
+        let after_last = self
+            .last_id
+            .checked_add(1)
+            .ok_or_else(|| ChatError::General("room ids are exhausted".into()))?;
+        self.last_id = from_clock.max(after_last);
+        Ok(RoomId::from_u64(self.last_id))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -94,6 +101,8 @@ pub(crate) struct CreateRoom {
     pub(crate) owner: UserId,
     pub(crate) spec: RoomSpec,
     pub(crate) members: Vec<Arc<Session>>,
+    /// The members' places against rooms-per-user, held until the room has started.
+    pub(crate) reservations: Vec<RoomReservation>,
 }
 
 impl Message for CreateRoom {
@@ -114,7 +123,7 @@ impl Handler<CreateRoom> for Supervisor {
         }
         let now = shared.clock.now_ms();
         let member_ids = msg.members.iter().map(|s| s.user().clone()).collect();
-        let id = self.next_id();
+        let id = self.next_id()?;
         let room = Room::create(id, msg.owner.clone(), msg.spec, member_ids, limits, now)?;
         let mut set = WriteSet::new();
         set.put_room(room.record()).map_err(storage_error)?;
@@ -125,7 +134,9 @@ impl Handler<CreateRoom> for Supervisor {
         crate::obs::rooms(self.shared.directory.len());
         crate::obs::members_changed(room.member_count() as i64);
         let recent = History::new(self.shared.limits.join_replay_count);
-        self.spawn(room, msg.members, entry, ctx.address(), recent, false);
+        let addr = self.spawn(room, msg.members, entry, ctx.address(), recent, false);
+        // Released by the actor once it has started with its members in it.
+        addr.do_send(room_actor::Started(msg.reservations));
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
     }

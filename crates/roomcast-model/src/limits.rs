@@ -69,6 +69,18 @@ impl Limits {
                 "page maxima must be at least 1".into(),
             ));
         }
+        // A rate of 0 would refuse everything; "no limit" is `None`.
+        if self.api_calls_per_user_per_second == Some(0) || self.room_delivery_rate == Some(0) {
+            return Err(crate::ChatError::InvalidParam(
+                "a rate limit must be at least 1 per second (None turns it off)".into(),
+            ));
+        }
+        if matches!(self.user_messages_per_window, Some((0, _)) | Some((_, 0))) {
+            return Err(crate::ChatError::InvalidParam(
+                "a message window needs a count and a length of at least 1 (None turns it off)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }

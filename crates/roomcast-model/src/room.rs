@@ -823,6 +823,13 @@ impl Room {
         if *from == self.record.owner || self.record.admins.contains(from) {
             return Ok(());
         }
+        // A member's window outlives its membership (leaving and rejoining does not reset it);
+        // windows that ended are dropped now and then, so the map follows the active senders.
+        if self.send_windows.len() > 2 * self.members.len() + 64 {
+            let window_ms = ms_to_timestamp(window);
+            self.send_windows
+                .retain(|_, (start, _)| now.saturating_sub(*start) < window_ms);
+        }
         let entry = self.send_windows.entry(from.clone()).or_insert((now, 0));
         if now.saturating_sub(entry.0) >= ms_to_timestamp(window) {
             *entry = (now, 0);
@@ -884,7 +891,6 @@ impl Room {
         let audience = self.membership_audience(&user, operator.as_ref());
         self.members.remove(&user);
         let was_offline = self.offline.remove(&user).is_some();
-        self.send_windows.remove(&user);
         let room_id = self.record.id;
         let room_name = self.record.spec.name.clone();
         let mut fx = Effects {
@@ -951,7 +957,6 @@ impl Room {
         let audience = self.membership_audience(&user, None);
         self.members.remove(&user);
         let was_offline = self.offline.remove(&user).is_some();
-        self.send_windows.remove(&user);
         let mut fx = Effects {
             left: vec![user.clone()],
             events: vec![Outgoing {
@@ -1404,5 +1409,21 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(send(&mut r, "owner", 1_010), Ok(()), "the owner is exempt");
         }
+        // Leaving and rejoining keeps the window: a spammer cannot reset it.
+        for _ in 0..2 {
+            assert_eq!(send(&mut r, "m", 1_020), Ok(()));
+        }
+        r.apply(Command::Leave {
+            user: uid("m"),
+            owner_may_leave: true,
+        })
+        .unwrap();
+        r.apply(Command::Join { user: uid("m") }).unwrap();
+        assert_eq!(
+            send(&mut r, "m", 1_030),
+            Err(509),
+            "the window outlives the membership"
+        );
+        assert_eq!(send(&mut r, "m", 2_010), Ok(()), "until it ends");
     }
 }

@@ -80,8 +80,8 @@ impl ChatClient {
     }
 
     /// Takes the user offline, as if its connection dropped: no pushes until
-    /// [`ChatClient::reconnect`], and removal from each room after its grace period. Applies to
-    /// the user's session, so to every client of the user.
+    /// [`ChatClient::reconnect`] or a new login of the user, and removal from each room after
+    /// its grace period. Applies to the user's session, so to every client of the user.
     pub fn disconnect(&self) -> Result<(), ChatError> {
         self.core().set_connected(self.session(), false)
     }

@@ -32,7 +32,9 @@ impl EngineBuilder {
     }
 
     /// When a write counts as done. Default [`Durability::GroupCommit`]: a call that changes
-    /// stored state returns `Ok` only after the change is flushed to disk.
+    /// stored state returns `Ok` only after the change is flushed and fdatasync'ed (durable
+    /// against a power cut); [`Durability::FlushOnly`] skips the fdatasync (durable against a
+    /// crash of the process); [`Durability::Buffered`] acknowledges at once.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.config.store.durability = durability;
         self

@@ -18,8 +18,9 @@
 //! applied while the previous flush ran, and is followed by an fdatasync of sled's log and an
 //! fsync of new blob files: durable against a power cut. [`Durability::FlushOnly`] skips the
 //! sync: durable against a crash of the process only. With [`Durability::Buffered`] a commit
-//! resolves once applied and sled flushes every `flush_every`: a crash loses up to that interval.
-//! A temporary store is never flushed for a commit.
+//! resolves once queued and sled flushes every `flush_every`: a crash loses up to that interval.
+//! A temporary store is never flushed for a commit (it too resolves once queued). Reads are
+//! queued after every write set submitted before them either way.
 
 #![forbid(unsafe_code)]
 
@@ -115,8 +116,12 @@ pub struct Store {
 
 struct Inner {
     reader: Reader,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
     progress: Arc<Progress>,
+    /// Commits wait for a flush (a directory with group commit); otherwise they resolve once
+    /// queued (temporary and buffered stores: nothing to wait for).
+    flushes: bool,
     writer: Mutex<Option<JoinHandle<()>>>,
     db: sled::Db,
 }
@@ -125,7 +130,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Closing the queue ends the writer after the jobs already queued; it drops the
         // committer, which flushes one last time.
-        self.jobs.lock().take();
+        self.jobs.take();
         if let Some(writer) = self.writer.lock().take() {
             if writer.thread().id() != std::thread::current().id() {
                 let _ = writer.join();
@@ -189,6 +194,7 @@ impl Store {
             // never waits for a flush.
             _ => None,
         };
+        let flushes = committer.is_some();
         let (jobs, queue) = mpsc::channel();
         let reader = Reader { tree };
         let writer_reader = reader.clone();
@@ -200,8 +206,9 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 reader,
-                jobs: Mutex::new(Some(jobs)),
+                jobs: Some(jobs),
                 progress,
+                flushes,
                 writer: Mutex::new(Some(writer)),
                 db,
             }),
@@ -209,7 +216,7 @@ impl Store {
     }
 
     fn send(&self, job: Job) -> Result<(), Job> {
-        match self.inner.jobs.lock().as_ref() {
+        match self.inner.jobs.as_ref() {
             Some(jobs) => jobs.send(job).map_err(|e| e.0),
             None => Err(job),
         }
@@ -240,7 +247,10 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         let seq = self.inner.progress.submitted.fetch_add(1, Ordering::SeqCst) + 1;
         match self.send(Job::Write(set, tx, seq, on_failure)) {
-            Ok(()) => Commit::waiting(rx),
+            Ok(()) if self.inner.flushes => Commit::waiting(rx),
+            // Nothing to wait for: acknowledged once queued (a failure still stops the writer
+            // through `on_failure`).
+            Ok(()) => Commit::ready(Ok(())),
             Err(_) => Commit::ready(Err(StoreError::Closed)),
         }
     }
@@ -250,7 +260,7 @@ impl Store {
     /// caller is told `Ok` about state that a crash could still take back. It resolves at once
     /// when everything is durable already.
     pub fn commit(&self) -> Commit {
-        if self.inner.progress.settled() {
+        if !self.inner.flushes || self.inner.progress.settled() {
             return Commit::ready(Ok(()));
         }
         let (tx, rx) = oneshot::channel();

@@ -130,10 +130,13 @@ fn message(room: u64, seq: u64, time: i64) -> MessageData {
     }
 }
 
+/// Submits a write set, awaits its commit, then a read queued after it (a temporary store
+/// acknowledges once queued), so that the blocking reader sees it.
 async fn apply(store: &Store, build: impl FnOnce(&mut WriteSet)) {
     let mut set = WriteSet::new();
     build(&mut set);
     store.submit(set).await.unwrap();
+    store.read(|_| ()).await.unwrap();
 }
 
 #[tokio::test]
@@ -221,7 +224,8 @@ async fn messages_keep_the_last_sequence_and_retention_in_one_write() {
 
 #[tokio::test]
 async fn a_failed_write_set_applies_nothing() {
-    let store = Store::open(&StoreConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir_config(dir.path())).unwrap();
     let room = RoomId::from_u64(5);
     // A retention step that meets a corrupt message fails the whole set: the message and the
     // sequence number put before it are not applied either.
@@ -233,7 +237,10 @@ async fn a_failed_write_set_applies_nothing() {
     let mut set = WriteSet::new();
     set.put_message(&message(5, 2, 10)).unwrap();
     set.trim_older_than(room, 1_000);
-    assert!(store.submit(set).await.is_err());
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel();
+    let commit = store.submit_or(set, move |e| failed_tx.send(e).unwrap());
+    assert!(commit.await.is_err());
+    assert!(failed_rx.try_recv().is_ok(), "the writer is told");
     let reader = store.blocking_reader();
     assert_eq!(reader.message_bounds(room).unwrap(), Some((1, 1)));
     assert_eq!(reader.last_seq(room).unwrap(), 1);

@@ -15,12 +15,16 @@ use roomcast_workspace::fanout::roomcast_contender::Roomcast;
 fn limits() -> Limits {
     let mut limits = roomcast_workspace::harness_limits();
     limits.max_rooms = 1_000_000;
+    // One host creates every room, and the creator is in each.
+    limits.max_rooms_per_user = 1_000_000;
     limits
 }
 
-/// `rooms` rooms, one sender each, `per_room` messages each, every send awaited (durable).
+/// `rooms` rooms, `senders` senders each, `per_room` messages each, every send awaited
+/// (durable).
 async fn persisted_throughput(
     rooms: usize,
+    senders: usize,
     per_room: usize,
     durability: Durability,
 ) -> (f64, Duration) {
@@ -46,14 +50,16 @@ async fn persisted_throughput(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for id in ids {
-        let chat = host.chat_manager();
-        tasks.push(tokio::spawn(async move {
-            for k in 0..per_room {
-                chat.send_message(OutgoingMessage::text(id, format!("message {k}")))
-                    .await
-                    .unwrap();
-            }
-        }));
+        for s in 0..senders {
+            let chat = host.chat_manager();
+            tasks.push(tokio::spawn(async move {
+                for k in (s..per_room).step_by(senders) {
+                    chat.send_message(OutgoingMessage::text(id, format!("message {k}")))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
     }
     for t in tasks {
         t.await.unwrap();
@@ -221,15 +227,19 @@ fn main() {
 
     let (rooms, per_room) = if quick { (20, 100) } else { (100, 1_000) };
     println!(
-        "\n## persisted messages\n\n{rooms} rooms x {per_room} messages, one sender per room \
-         awaiting each durable send, data directory:\n"
+        "\n## persisted messages\n\n{rooms} rooms x {per_room} messages, each send awaited \
+         (durable), data directory:\n"
     );
-    for (name, durability) in durabilities() {
-        let (rate, elapsed) = rt.block_on(persisted_throughput(rooms, per_room, durability));
-        println!(
-            "- {name}: **{rate:.0} persisted messages/s** ({:.2} s)",
-            elapsed.as_secs_f64()
-        );
+    for senders in [1, 10] {
+        for (name, durability) in durabilities() {
+            let (rate, elapsed) =
+                rt.block_on(persisted_throughput(rooms, senders, per_room, durability));
+            println!(
+                "- {senders} sender(s) per room, {name}: **{rate:.0} persisted messages/s** \
+                 ({:.2} s)",
+                elapsed.as_secs_f64()
+            );
+        }
     }
 
     let count = if quick { 1_000 } else { 5_000 };

@@ -383,3 +383,96 @@ fn acknowledged_operations_survive_sigkill() {
     }
     println!("crash test: {cycles} cycles, {total_acks} acknowledged operations, all present");
 }
+
+const EXIT_CHILD_DIR: &str = "ROOMCAST_EXIT_CHILD_DIR";
+const EXIT_TEST_NAME: &str = "a_buffered_engine_dropped_before_exit_keeps_what_it_acknowledged";
+
+/// A process that drops its engine (no `shutdown`) and exits at once keeps everything the
+/// engine acknowledged, even with `Durability::Buffered`: dropping the last `Engine` flushes
+/// before it returns.
+#[test]
+fn a_buffered_engine_dropped_before_exit_keeps_what_it_acknowledged() {
+    if let Ok(dir) = std::env::var(EXIT_CHILD_DIR) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let engine = Engine::builder()
+                .data_dir(&dir)
+                .limits(harness_limits())
+                .durability(roomcast::Durability::Buffered {
+                    flush_every: std::time::Duration::from_secs(3_600),
+                })
+                .build()
+                .await
+                .unwrap();
+            engine.add_super_admin("owner").await.unwrap();
+            let owner = engine.login("owner").await.unwrap();
+            let room = owner
+                .chat_room_manager()
+                .create_chat_room(CreateChatRoomOptions::new("kept"))
+                .await
+                .unwrap();
+            for n in 1..=50 {
+                owner
+                    .chat_manager()
+                    .send_message(OutgoingMessage::text(room.room_id, format!("m{n}")))
+                    .await
+                    .unwrap();
+            }
+            println!("ROOM {}", room.room_id);
+            drop(owner);
+            drop(engine);
+        });
+        std::process::exit(0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            EXIT_TEST_NAME,
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(EXIT_CHILD_DIR, dir.path())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let room: RoomId = stdout
+        .lines()
+        .find_map(|l| l.split("ROOM ").nth(1))
+        .expect("the child reports its room")
+        .trim()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let engine = Engine::builder()
+            .data_dir(dir.path())
+            .limits(harness_limits())
+            .build()
+            .await
+            .unwrap();
+        let owner = engine.login("owner").await.unwrap();
+        owner
+            .chat_room_manager()
+            .join_chat_room(&room)
+            .await
+            .unwrap();
+        let page = owner
+            .chat_manager()
+            .fetch_history_messages(&room, HistoryQuery::newest(100))
+            .await
+            .unwrap();
+        assert_eq!(page.data.len(), 50, "every acknowledged message is there");
+        engine.shutdown().await;
+    });
+}

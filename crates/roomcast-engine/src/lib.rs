@@ -272,7 +272,7 @@ impl Core {
             store.flush_blocking().map_err(storage_error)?;
         }
         let directory = Directory::default();
-        for record in store.rooms() {
+        for record in store.rooms().map_err(storage_error)? {
             match record {
                 Ok(record) => {
                     let room = roomcast_model::Room::from_record(record, &config.limits, 0, 0);
@@ -450,9 +450,11 @@ impl Core {
         let mut set = WriteSet::new();
         set.put_super_admin(&user).map_err(storage_error)?;
         let commit = self.store()?.submit(set);
-        self.inner.super_admins.write().insert(user);
         self.run(async move { commit.await.map_err(storage_error) })
-            .await
+            .await?;
+        // Shown (and effective) once durable: no read reports it before.
+        self.inner.super_admins.write().insert(user);
+        Ok(())
     }
 
     /// Removes a super admin; `Ok(false)` if `user` was not one. Rooms it owns stay its own.
@@ -461,10 +463,9 @@ impl Core {
         let mut set = WriteSet::new();
         set.remove_super_admin(user);
         let commit = self.store()?.submit(set);
-        let was = self.inner.super_admins.write().remove(user);
         self.run(async move { commit.await.map_err(storage_error) })
             .await?;
-        Ok(was)
+        Ok(self.inner.super_admins.write().remove(user))
     }
 
     /// The super admins, sorted.
@@ -1049,16 +1050,13 @@ impl Inner {
         self.shared.timers.stop();
         self.close_sessions();
         self.pool.stop(Duration::ZERO, None);
-        // The store is flushed and closed off this thread; the actors drop their clones as the
-        // system stops.
+        // What was acknowledged but not flushed yet (a buffered store) is flushed now, before
+        // the process may exit: a short wait, as a buffered writer's flush on drop. The actors
+        // drop their clones of the store as the system stops; the last one closes it.
         if let Some(store) = self.store.lock().take() {
-            let _ = std::thread::Builder::new()
-                .name("roomcast-close".into())
-                .spawn(move || {
-                    if let Err(e) = store.flush_blocking() {
-                        tracing::error!(error = %e, "final flush failed");
-                    }
-                });
+            if let Err(e) = store.flush_blocking() {
+                tracing::error!(error = %e, "final flush failed");
+            }
         }
     }
 }

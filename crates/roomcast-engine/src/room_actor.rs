@@ -108,20 +108,6 @@ pub(crate) struct Query {
 #[rtype(result = "Result<Answer<()>, ChatError>")]
 pub(crate) struct Panic;
 
-/// Sent right after the actor is started: it has its first members in by the time it handles
-/// this (`started` runs first), so their places against rooms-per-user are released.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Started(pub(crate) Vec<RoomReservation>);
-
-impl Handler<Started> for RoomActor {
-    type Result = ();
-
-    fn handle(&mut self, Started(reservations): Started, _: &mut Context<Self>) {
-        drop(reservations);
-    }
-}
-
 /// A write set of this room failed to apply: memory is ahead of the store, so the room stops and
 /// restarts from what the store holds (fail-stop).
 #[derive(Message)]
@@ -188,6 +174,10 @@ pub(crate) struct RoomActor {
     /// Set while a join is applied if the joiner's session was offline when it entered, with
     /// when its grace period starts.
     joined_offline: Option<(UserId, i64)>,
+    /// The joiner's place against rooms-per-user, while its join is applied.
+    joining_reservation: Option<RoomReservation>,
+    /// The first members' places against rooms-per-user, until `started` puts them in.
+    initial_reservations: Vec<RoomReservation>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -225,6 +215,8 @@ pub(crate) struct RoomStart {
     pub(crate) recent: History,
     /// True if the room is restarting after its actor died: its members are told.
     pub(crate) recovered: bool,
+    /// The first members' places against rooms-per-user (a new room).
+    pub(crate) reservations: Vec<RoomReservation>,
 }
 
 impl RoomActor {
@@ -249,6 +241,8 @@ impl RoomActor {
             staff_batch: Vec::new(),
             staff_flush_scheduled: false,
             joined_offline: None,
+            joining_reservation: None,
+            initial_reservations: start.reservations,
         }
     }
 
@@ -461,7 +455,9 @@ impl RoomActor {
         let fanout = &shared.fanout;
         if let Some(session) = joining {
             if !fx.joined.is_empty() {
-                if let Some(since) = session.entered(room_id, self.copy_from()) {
+                let from = self.copy_from();
+                let reservation = self.joining_reservation.as_mut();
+                if let Some(since) = session.entered(room_id, from, reservation) {
                     // Away since before it entered: its grace period here starts now.
                     self.joined_offline = Some((session.user().clone(), since.max(self.now())));
                 }
@@ -563,11 +559,17 @@ impl RoomActor {
     fn join(
         &mut self,
         session: Arc<Session>,
+        reservation: Option<RoomReservation>,
         ctx: &mut Context<Self>,
     ) -> Result<(ChatRoom, Option<Commit>), ChatError> {
         let user = session.user().clone();
         let joiner = session.clone();
-        let commit = self.execute(Command::Join { user: user.clone() }, Some(session), ctx)?;
+        // Becomes the room in the session as it enters (see `deliver`), or is released if the
+        // room refuses.
+        self.joining_reservation = reservation;
+        let executed = self.execute(Command::Join { user: user.clone() }, Some(session), ctx);
+        self.joining_reservation = None;
+        let commit = executed?;
         let replay = self.shared.limits.join_replay_count;
         let recent: Vec<ClientEvent> = self
             .recent
@@ -624,8 +626,12 @@ impl Actor for RoomActor {
         // Members added at creation without a client are offline from the room's creation; a
         // restarted room's members offline since before it restarted, from when they left.
         let mut offline = Vec::new();
+        let mut reservations = std::mem::take(&mut self.initial_reservations);
         for session in &initial {
-            if let Some(since) = session.entered(room_id, from) {
+            let reservation = reservations
+                .iter_mut()
+                .find(|r| Arc::ptr_eq(r.session(), session));
+            if let Some(since) = session.entered(room_id, from, reservation) {
                 let since = if self.recovered {
                     since.max(self.room.record().created_at)
                 } else {
@@ -706,10 +712,7 @@ impl Handler<Join> for RoomActor {
     type Result = Result<Answer<ChatRoom>, ChatError>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
-        let answer = self.answer_with(ctx, |act, ctx| act.join(msg.session, ctx));
-        // Released now that the user is in the room (and counted there) or was refused.
-        drop(msg.reservation);
-        answer
+        self.answer_with(ctx, |act, ctx| act.join(msg.session, msg.reservation, ctx))
     }
 }
 

@@ -207,17 +207,33 @@ impl State {
 pub(crate) struct RoomReservation {
     session: Arc<Session>,
     room: Option<RoomId>,
+    /// Turned into a room of the session by [`Session::entered`]: nothing left to release.
+    used: bool,
+}
+
+impl RoomReservation {
+    /// Whose place this holds.
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+impl State {
+    fn release(&mut self, room: Option<RoomId>) {
+        if let Some(at) = self.pending.iter().position(|(r, _)| *r == room) {
+            let (_, n) = &mut self.pending[at];
+            *n -= 1;
+            if *n == 0 {
+                self.pending.swap_remove(at);
+            }
+        }
+    }
 }
 
 impl Drop for RoomReservation {
     fn drop(&mut self) {
-        let mut state = self.session.state.lock();
-        if let Some(at) = state.pending.iter().position(|(r, _)| *r == self.room) {
-            let (_, n) = &mut state.pending[at];
-            *n -= 1;
-            if *n == 0 {
-                state.pending.swap_remove(at);
-            }
+        if !self.used {
+            self.session.state.lock().release(self.room);
         }
     }
 }
@@ -406,6 +422,7 @@ impl Session {
         Ok(Some(RoomReservation {
             session: self.clone(),
             room,
+            used: false,
         }))
     }
 
@@ -418,8 +435,22 @@ impl Session {
     /// `copy_from` (kept if it was in the room already). Returns the presence now: `None` if
     /// online, `Some(since)` if offline. The room applies it; any later change reaches the room
     /// as a notice.
-    pub(crate) fn entered(&self, room: RoomId, copy_from: u64) -> Option<Timestamp> {
+    ///
+    /// `reservation`, this session's place held for the room, becomes the room itself under the
+    /// same lock: the user is counted once, never twice, never not at all.
+    pub(crate) fn entered(
+        &self,
+        room: RoomId,
+        copy_from: u64,
+        reservation: Option<&mut RoomReservation>,
+    ) -> Option<Timestamp> {
         let mut state = self.state.lock();
+        if let Some(r) = reservation {
+            if !r.used && std::ptr::eq(Arc::as_ptr(&r.session), self) {
+                state.release(r.room);
+                r.used = true;
+            }
+        }
         match state.slot(room) {
             // The room reads the state now: a notice still on its way adds nothing.
             Some(slot) => slot.notice = false,

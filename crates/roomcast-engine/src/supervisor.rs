@@ -19,7 +19,6 @@ use roomcast_model::{
 use roomcast_store::{Commit, Reader, Store, StoreError, WriteSet};
 
 use crate::directory::RoomEntry;
-use crate::room_actor;
 use crate::room_actor::{RoomActor, RoomStart};
 use crate::session::{RoomReservation, Session};
 use crate::{storage_error, SessionKey, Shared};
@@ -65,6 +64,7 @@ impl Supervisor {
         &mut self,
         room: Room,
         sessions: Vec<Arc<Session>>,
+        reservations: Vec<RoomReservation>,
         entry: Arc<RoomEntry>,
         me: Addr<Supervisor>,
         recent: History,
@@ -85,6 +85,7 @@ impl Supervisor {
             now: self.shared.clock.now_ms(),
             recent,
             recovered,
+            reservations,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
         entry.set_actor(generation, addr.clone());
@@ -134,9 +135,16 @@ impl Handler<CreateRoom> for Supervisor {
         crate::obs::rooms(self.shared.directory.len());
         crate::obs::members_changed(room.member_count() as i64);
         let recent = History::new(self.shared.limits.join_replay_count);
-        let addr = self.spawn(room, msg.members, entry, ctx.address(), recent, false);
-        // Released by the actor once it has started with its members in it.
-        addr.do_send(room_actor::Started(msg.reservations));
+        // The members' places become the room in their sessions as the actor starts.
+        self.spawn(
+            room,
+            msg.members,
+            msg.reservations,
+            entry,
+            ctx.address(),
+            recent,
+            false,
+        );
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
     }
@@ -249,7 +257,7 @@ impl Supervisor {
         }
         let recovered = !members.is_empty();
         tracing::info!(room = %id, last_seq = data.last_seq, recovered, "activating room from the store");
-        self.spawn(room, members, entry, me, recent, recovered)
+        self.spawn(room, members, Vec::new(), entry, me, recent, recovered)
     }
 }
 

@@ -77,8 +77,7 @@ pub fn salvage(from: &Path, to: &Path) -> Result<CheckReport, StoreError> {
 }
 
 fn open(dir: &Path) -> Result<sled::Db, StoreError> {
-    let config = sled::Config::new().path(dir);
-    guarded("opening the store", || config.open())?.map_err(StoreError::from)
+    crate::open_with_retry(&sled::Config::new().path(dir))
 }
 
 fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError> {
@@ -104,6 +103,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
     let mut newest: BTreeMap<RoomId, u64> = BTreeMap::new();
     let mut messages: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut errors = 0;
+    let mut stored_mark = 0u64;
     let mut iter = tree.iter();
     loop {
         let item = match guarded("reading the store", || iter.next()) {
@@ -184,6 +184,10 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
                 }
                 Err(e) => report.problem(&what, e.to_string()),
             },
+            _ if &*key == keys::MARK => match codec::decode::<u64>(RecordKind::Mark, &value) {
+                Ok(m) => stored_mark = m,
+                Err(e) => report.problem(&what, e.to_string()),
+            },
             Some(&keys::ADMIN) => {
                 match codec::decode::<SuperAdminRecord>(RecordKind::SuperAdmin, &value) {
                     Ok(_) => {
@@ -194,6 +198,13 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
                 }
             }
             _ => report.problem(&what, "unknown kind of record"),
+        }
+    }
+    // The log against what was acknowledged as durable (see `mark.rs`).
+    if let Some(acknowledged) = crate::mark::read(dir) {
+        if stored_mark < acknowledged {
+            let lost = crate::mark::lost(stored_mark, acknowledged);
+            report.problem("the store's log", lost.to_string());
         }
     }
     // Invariants across records.

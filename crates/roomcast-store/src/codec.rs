@@ -42,6 +42,8 @@ pub enum RecordKind {
     Copy = 4,
     /// A room's last sequence number (`u64`).
     RoomSeq = 5,
+    /// The write mark (`u64`).
+    Mark = 6,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -24,10 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
+use crate::mark::MarkFile;
 use crate::StoreError;
 
 pub(crate) type Waiter = oneshot::Sender<Result<(), StoreError>>;
@@ -62,6 +64,8 @@ struct State {
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Flushes on a period instead of on request (a buffered store).
+    period: Option<Duration>,
 }
 
 /// Makes what sled flushed durable against a power cut.
@@ -119,10 +123,40 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Committer {
+    /// Starts the commit thread. With `sync` (the syncer, the mark file and the write mark at
+    /// open), each flush is followed by an fdatasync and the mark file is brought up to date.
     pub(crate) fn start(
         db: sled::Db,
-        syncer: Option<Syncer>,
+        sync: Option<(Syncer, MarkFile, u64)>,
         progress: Arc<Progress>,
+    ) -> Result<Committer, StoreError> {
+        Self::spawn(db, sync, progress, None)
+    }
+
+    /// Starts a thread that flushes every `period` whatever was applied since its last flush
+    /// (a buffered store: nobody waits for it).
+    pub(crate) fn periodic(
+        db: sled::Db,
+        period: Duration,
+        progress: Arc<Progress>,
+    ) -> Result<Committer, StoreError> {
+        Self::spawn(
+            db,
+            None,
+            progress,
+            Some(period.max(Duration::from_millis(1))),
+        )
+    }
+
+    pub(crate) fn is_periodic(&self) -> bool {
+        self.period.is_some()
+    }
+
+    fn spawn(
+        db: sled::Db,
+        sync: Option<(Syncer, MarkFile, u64)>,
+        progress: Arc<Progress>,
+        period: Option<Duration>,
     ) -> Result<Committer, StoreError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -135,11 +169,12 @@ impl Committer {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("roomcast-commit".into())
-            .spawn(move || run(db, syncer, &thread_shared))
+            .spawn(move || run(db, sync, &thread_shared, period))
             .map_err(|e| StoreError::Io(format!("cannot start the commit thread: {e}")))?;
         Ok(Committer {
             shared,
             thread: Some(thread),
+            period,
         })
     }
 
@@ -173,24 +208,45 @@ impl Drop for Committer {
     }
 }
 
-fn run(db: sled::Db, mut syncer: Option<Syncer>, shared: &Shared) {
+fn run(
+    db: sled::Db,
+    mut sync: Option<(Syncer, MarkFile, u64)>,
+    shared: &Shared,
+    period: Option<Duration>,
+) {
     loop {
         let (batch, closing) = {
             let mut state = shared.state.lock();
             while state.waiters.is_empty() && !state.closing {
-                shared.wake.wait(&mut state);
+                match period {
+                    Some(p) => {
+                        if shared.wake.wait_for(&mut state, p).timed_out() {
+                            break;
+                        }
+                    }
+                    None => shared.wake.wait(&mut state),
+                }
             }
             (std::mem::take(&mut state.waiters), state.closing)
         };
-        if !batch.is_empty() || closing {
+        let progress = &shared.progress;
+        let due = period.is_some()
+            && progress.applied.load(Ordering::SeqCst) > progress.flushed.load(Ordering::SeqCst);
+        if !batch.is_empty() || closing || due {
             // Every waiter in the batch was handed over after its write set was applied, and
             // this load comes after taking the batch: the flush covers `target` write sets.
             let target = shared.progress.applied.load(Ordering::SeqCst);
             let started = std::time::Instant::now();
             let mut result = db.flush().map(|_| ()).map_err(StoreError::from);
             if result.is_ok() {
-                if let Some(syncer) = syncer.as_mut() {
+                if let Some((syncer, mark, base)) = sync.as_mut() {
                     result = syncer.sync();
+                    if result.is_ok() && target > 0 {
+                        // After the sync: the mark file is never ahead of a sound log.
+                        if let Err(e) = mark.write(*base + target) {
+                            tracing::warn!(error = %e, "cannot update the store's mark file");
+                        }
+                    }
                 }
             }
             match &result {

@@ -10,6 +10,7 @@
 //! | `m` + room id + sequence number (8 bytes BE) | a retained [`roomcast_model::MessageData`] |
 //! | `c` + user id + `0x00` + room id | a user's [`crate::LocalCopy`] of a room |
 //! | `a` + user id | a super admin |
+//! | `w` | the write mark: write groups applied, ever (`u64`) |
 //!
 //! Room ids and sequence numbers are big-endian, so a room's messages are one contiguous range
 //! in sequence order, and rooms iterate oldest first.
@@ -21,6 +22,8 @@ pub(crate) const SEQ: u8 = b'q';
 pub(crate) const MESSAGE: u8 = b'm';
 pub(crate) const COPY: u8 = b'c';
 pub(crate) const ADMIN: u8 = b'a';
+/// The write mark: how many write groups the store has applied, ever (see `mark.rs`).
+pub(crate) const MARK: &[u8] = b"w";
 
 pub(crate) fn room(id: RoomId) -> [u8; 9] {
     let mut k = [ROOM; 9];
@@ -104,6 +107,7 @@ pub(crate) fn describe(key: &[u8]) -> String {
             format!("local copy of room {room} for {user}")
         }
         Some(&ADMIN) => format!("super admin {}", String::from_utf8_lossy(&key[1..])),
+        _ if key == MARK => "write mark".into(),
         _ => format!("unknown key {key:?}"),
     }
 }

@@ -18,7 +18,8 @@
 //! applied while the previous flush ran, and is followed by an fdatasync of sled's log and an
 //! fsync of new blob files: durable against a power cut. [`Durability::FlushOnly`] skips the
 //! sync: durable against a crash of the process only. With [`Durability::Buffered`] a commit
-//! resolves once queued and sled flushes every `flush_every`: a crash loses up to that interval.
+//! resolves once queued and the store flushes every `flush_every`: a crash loses up to that interval
+//! and one flush's duration.
 //! A temporary store is never flushed for a commit (it too resolves once queued). Reads are
 //! queued after every write set submitted before them either way.
 
@@ -29,6 +30,7 @@ pub mod codec;
 mod commit;
 mod error;
 mod keys;
+mod mark;
 mod writeset;
 
 use std::future::Future;
@@ -73,7 +75,8 @@ pub enum Durability {
     /// As [`Durability::GroupCommit`] without the fdatasync: durable against a crash of the
     /// process, not a power cut or a crash of the operating system. Faster on slow disks.
     FlushOnly,
-    /// A commit resolves at once; sled flushes every `flush_every`. A crash loses up to that much.
+    /// A commit resolves at once; the store flushes every `flush_every`. A crash loses what was
+    /// acknowledged since the last flush began: up to `flush_every` plus one flush's duration.
     Buffered {
         /// How often sled flushes in the background.
         flush_every: Duration,
@@ -170,6 +173,12 @@ impl Store {
             ),
             Durability::GroupCommit | Durability::FlushOnly => Some(500),
         };
+        // A buffered directory store is flushed by its own committer thread every
+        // `flush_every` (sled's background flusher can fall far behind under load).
+        let flush_every = match (&config.location, config.durability) {
+            (Location::Dir(_), Durability::Buffered { .. }) => None,
+            _ => flush_every,
+        };
         let sled_config = sled::Config::new()
             .cache_capacity(config.cache_bytes)
             .flush_every_ms(flush_every);
@@ -180,28 +189,41 @@ impl Store {
         let db = open_with_retry(&sled_config)?;
         let tree = guarded("opening the store's tree", || db.open_tree(TREE))??;
         migrate_v1(&db, &tree)?;
-        let progress = Arc::new(Progress::default());
-        let committer = match (&config.location, config.durability) {
-            (Location::Dir(dir), Durability::GroupCommit) => Some(Committer::start(
-                db.clone(),
-                Some(Syncer::open(dir)?),
-                progress.clone(),
-            )?),
-            (Location::Dir(_), Durability::FlushOnly) => {
-                Some(Committer::start(db.clone(), None, progress.clone())?)
-            }
-            // A temporary store is deleted at exit: there is nothing to make durable, so it
-            // never waits for a flush.
-            _ => None,
-        };
-        let flushes = committer.is_some();
-        let (jobs, queue) = mpsc::channel();
         let reader = Reader { tree };
+        // The write groups applied so far, ever: the log must hold every acknowledged one.
+        let base = guarded("reading the write mark", || reader.mark())??;
+        if let Location::Dir(dir) = &config.location {
+            if let Some(acknowledged) = mark::read(dir) {
+                if base < acknowledged {
+                    return Err(mark::lost(base, acknowledged));
+                }
+            }
+        }
+        let progress = Arc::new(Progress::default());
+        let committer =
+            match (&config.location, config.durability) {
+                (Location::Dir(dir), Durability::GroupCommit) => Some(Committer::start(
+                    db.clone(),
+                    Some((Syncer::open(dir)?, mark::MarkFile::open(dir)?, base)),
+                    progress.clone(),
+                )?),
+                (Location::Dir(_), Durability::FlushOnly) => {
+                    Some(Committer::start(db.clone(), None, progress.clone())?)
+                }
+                (Location::Dir(_), Durability::Buffered { flush_every }) => Some(
+                    Committer::periodic(db.clone(), flush_every, progress.clone())?,
+                ),
+                // A temporary store is deleted at exit: there is nothing to make durable, so it
+                // never waits for a flush.
+                _ => None,
+            };
+        let flushes = committer.as_ref().is_some_and(|c| !c.is_periodic());
+        let (jobs, queue) = mpsc::channel();
         let writer_reader = reader.clone();
         let writer_progress = progress.clone();
         let writer = std::thread::Builder::new()
             .name("roomcast-store".into())
-            .spawn(move || write_loop(queue, writer_reader, committer, writer_progress))
+            .spawn(move || write_loop(queue, writer_reader, committer, writer_progress, base))
             .map_err(|e| StoreError::Io(format!("cannot start the store's thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -287,8 +309,18 @@ impl Store {
         }
     }
 
-    /// Flushes every write to disk, blocking the calling thread (shutdown, tools).
+    /// Applies every write set queued so far and flushes everything to disk, blocking the
+    /// calling thread (shutdown, dropping the engine, tools).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let (done, applied) = mpsc::channel();
+        let job = Job::Read(Box::new(move |_: &Reader| {
+            let _ = done.send(());
+        }));
+        if self.send(job).is_ok() {
+            // The writer answers once everything queued before is applied; it is gone only if
+            // the store is closing, which applies the queue too.
+            let _ = applied.recv();
+        }
         guarded("flushing the store", || self.inner.db.flush())??;
         Ok(())
     }
@@ -299,14 +331,17 @@ impl Store {
     }
 
     /// Every room record, oldest first (blocking; start-up). A record that cannot be decoded is
-    /// an `Err` item; the iteration goes on past it.
-    pub fn rooms(&self) -> impl Iterator<Item = Result<RoomRecord, StoreError>> + '_ {
-        self.inner.reader.rooms()
+    /// an `Err` item and the reading goes on past it; a store sled cannot read (it panics on a
+    /// damaged file) is an error.
+    pub fn rooms(&self) -> Result<Vec<Result<RoomRecord, StoreError>>, StoreError> {
+        guarded("reading the rooms", || self.inner.reader.rooms().collect())
     }
 
     /// The super admins, in id order (blocking; start-up).
     pub fn super_admins(&self) -> Result<Vec<UserId>, StoreError> {
-        self.inner.reader.super_admins()
+        guarded("reading the super admins", || {
+            self.inner.reader.super_admins()
+        })?
     }
 
     /// Closes every local copy's span left open by a crash (its user was in the room when the
@@ -314,6 +349,12 @@ impl Store {
     /// that the copy does not gain messages sent after its user was gone. Blocking; start-up.
     /// Returns how many copies it closed, durable once a commit resolves.
     pub fn close_open_copies(&self) -> Result<usize, StoreError> {
+        guarded("closing open local copies", || {
+            self.close_open_copies_inner()
+        })?
+    }
+
+    fn close_open_copies_inner(&self) -> Result<usize, StoreError> {
         let reader = &self.inner.reader;
         let mut set = WriteSet::new();
         let mut closed = 0;
@@ -371,6 +412,8 @@ const MAX_GROUP: usize = 4096;
 /// Write sets queued together, applied as one batch.
 #[derive(Default)]
 struct Group {
+    /// The write mark when the store was opened.
+    base: u64,
     sets: Vec<WriteSet>,
     waiters: Vec<(commit::Waiter, Option<OnFailure>)>,
     last_seq: u64,
@@ -395,6 +438,11 @@ impl Group {
         if self.waiters.is_empty() {
             return;
         }
+        let mark = self.base + self.last_seq;
+        let mut marked = WriteSet::new();
+        if let Err(e) = marked.put_mark(mark) {
+            tracing::error!(error = %e, "cannot encode the write mark");
+        }
         let apply = |sets: &[WriteSet]| {
             guarded("applying a write set", || {
                 writeset::batch_of(sets, &reader.tree)
@@ -402,8 +450,10 @@ impl Group {
             })
             .and_then(|r| r)
         };
+        self.sets.push(marked);
         let mut results = vec![apply(&self.sets)];
-        if results[0].is_err() && self.sets.len() > 1 {
+        if results[0].is_err() && self.sets.len() > 2 {
+            // One by one, the mark last.
             results = self.sets.chunks(1).map(apply).collect();
         }
         progress.applied.store(self.last_seq, Ordering::SeqCst);
@@ -429,17 +479,22 @@ fn write_loop(
     reader: Reader,
     committer: Option<Committer>,
     progress: Arc<Progress>,
+    base: u64,
 ) {
+    // A buffered store's committer flushes on its own period: nobody waits for it.
     let resolve = |waiter: commit::Waiter| match &committer {
-        Some(c) => c.request(waiter),
-        None => {
+        Some(c) if !c.is_periodic() => c.request(waiter),
+        _ => {
             let _ = waiter.send(Ok(()));
         }
     };
     // Write sets queued together are merged into one sled batch (a batch costs a log marker
     // besides its writes): still atomic per command, now per group of commands. A read or a
     // barrier ends a group, so that it sees every write queued before it.
-    let mut group = Group::default();
+    let mut group = Group {
+        base,
+        ..Group::default()
+    };
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -503,6 +558,14 @@ impl Reader {
                 .map(Some)
                 .map_err(|e| e.at(format!("room {id}"))),
             None => Ok(None),
+        }
+    }
+
+    /// The write mark: write groups applied, ever (0 for a new store).
+    pub(crate) fn mark(&self) -> Result<u64, StoreError> {
+        match self.tree.get(keys::MARK)? {
+            Some(v) => codec::decode(RecordKind::Mark, &v).map_err(|e| e.at("write mark".into())),
+            None => Ok(0),
         }
     }
 

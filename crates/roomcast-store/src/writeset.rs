@@ -122,6 +122,13 @@ impl WriteSet {
         });
     }
 
+    /// Records the write mark (see `mark.rs`).
+    pub(crate) fn put_mark(&mut self, mark: u64) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Mark, &mark)?;
+        self.ops.push(Op::Put(keys::MARK.to_vec(), value));
+        Ok(())
+    }
+
     /// Makes `user` a super admin.
     pub fn put_super_admin(&mut self, user: &UserId) -> Result<(), StoreError> {
         let value = codec::encode(

@@ -247,7 +247,7 @@ struct Inner {
 }
 
 pub(crate) fn storage_error(e: StoreError) -> ChatError {
-    ChatError::Storage(roomcast_model::StorageFailure::new("the store failed", e))
+    ChatError::Storage(roomcast_model::StorageFailure::new(e.to_string(), e))
 }
 
 pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
@@ -265,7 +265,12 @@ impl Core {
         } else {
             config.threads
         };
-        let store = Store::open(&config.store).map_err(storage_error)?;
+        let store = Store::open(&config.store).map_err(|e| {
+            ChatError::Storage(roomcast_model::StorageFailure::new(
+                format!("cannot open the store: {e}"),
+                e,
+            ))
+        })?;
         // Nobody is in a room after a restart: copies left open by a crash end where the rooms
         // ended, before anything new is sent.
         if store.close_open_copies().map_err(storage_error)? > 0 {

@@ -84,7 +84,7 @@ pub enum ChatError {
     Timeout(u64),
     /// 902: the store failed to open, read or write; the operation was not applied. The
     /// [`StorageFailure`] keeps the store's own error as its `source()`.
-    #[error("storage failure: {0}")]
+    #[error("storage failure: {}", .0.context())]
     Storage(#[source] StorageFailure),
     /// 903: the room's actor stopped while serving this call (it is being restarted).
     #[error("the room is temporarily unavailable: {0}")]
@@ -121,10 +121,19 @@ impl StorageFailure {
     }
 }
 
+impl StorageFailure {
+    /// What the engine was doing (the [`ChatError`]'s message says it).
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+}
+
+/// The store's own error, so that an error report (`ChatError`, then this, then its sources)
+/// names each thing once.
 impl std::fmt::Display for StorageFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.context),
+            Some(source) => source.fmt(f),
             None => f.write_str(&self.context),
         }
     }
@@ -132,9 +141,7 @@ impl std::fmt::Display for StorageFailure {
 
 impl std::error::Error for StorageFailure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        self.source.as_deref().and_then(|e| e.source())
     }
 }
 

@@ -27,6 +27,12 @@ pub struct Probe {
     record_latency: bool,
 }
 
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").finish_non_exhaustive()
+    }
+}
+
 impl Probe {
     /// A probe for `messages` messages to `consumers` consumers.
     pub fn new(messages: usize, consumers: usize, record_latency: bool) -> Arc<Probe> {
@@ -77,6 +83,12 @@ pub struct Consumer {
     probe: Arc<Probe>,
     seen: AtomicU64,
     samples: Mutex<Vec<u32>>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
 }
 
 impl Consumer {
@@ -242,6 +254,12 @@ pub struct Msg {
     pub index: usize,
     /// A short text.
     pub text: String,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Msg").finish_non_exhaustive()
+    }
 }
 
 pub mod baselines;

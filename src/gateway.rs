@@ -65,6 +65,12 @@ pub struct Connection {
     client: Option<ChatClient>,
 }
 
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
+}
+
 impl Connection {
     /// Handles one text frame; returns the answer, and the client's event stream when the frame
     /// logged in (the caller forwards it with [`event_json`]).

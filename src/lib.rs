@@ -30,6 +30,7 @@ pub fn rss_bytes() -> u64 {
 }
 
 /// A small seeded generator (xorshift64*), so that a simulation or a test replays from its seed.
+#[derive(Debug)]
 pub struct Rng(u64);
 
 impl Rng {

@@ -28,6 +28,12 @@ pub struct TokioBroadcast {
     tx: Option<broadcast::Sender<Arc<Msg>>>,
 }
 
+impl std::fmt::Debug for TokioBroadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokioBroadcast").finish_non_exhaustive()
+    }
+}
+
 impl TokioBroadcast {
     /// `members` receivers on a channel of `capacity`.
     pub fn new(members: usize, capacity: usize) -> Self {
@@ -89,6 +95,12 @@ pub struct MpscPerMember {
     txs: Vec<(mpsc::Sender<Arc<Msg>>, Arc<Consumer>)>,
 }
 
+impl std::fmt::Debug for MpscPerMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpscPerMember").finish_non_exhaustive()
+    }
+}
+
 impl MpscPerMember {
     /// `members` tasks with channels of `capacity`.
     pub fn new(members: usize, capacity: usize) -> Self {
@@ -141,6 +153,12 @@ pub struct ActixChatServer {
     system: actix_rt::System,
     arbiters: Vec<actix_rt::ArbiterHandle>,
     room: Addr<ChatServer>,
+}
+
+impl std::fmt::Debug for ActixChatServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActixChatServer").finish_non_exhaustive()
+    }
 }
 
 #[derive(Message)]

@@ -52,6 +52,12 @@ pub struct Roomcast {
     pending: Vec<tokio::task::JoinHandle<Result<ChatMessage, roomcast::ChatError>>>,
 }
 
+impl std::fmt::Debug for Roomcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Roomcast").finish_non_exhaustive()
+    }
+}
+
 impl Roomcast {
     /// An engine on a temporary store with one room of `members` members, each with a counting
     /// handler, except every `stall_every`-th member (if set), whose only consumer is a stream

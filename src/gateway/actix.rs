@@ -62,6 +62,12 @@ pub struct Gateway {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// Stops the server and waits for its thread.
     pub fn stop(mut self) {

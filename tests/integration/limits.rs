@@ -132,8 +132,7 @@ async fn zero_rates_are_refused_with_110() {
             .limits(limits)
             .build()
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(err.code(), 110, "{err}");
     }
 }

@@ -69,6 +69,18 @@ pub struct CoreConfig {
     pub threads: usize,
 }
 
+impl std::fmt::Debug for CoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreConfig")
+            .field("store", &self.store)
+            .field("limits", &self.limits)
+            .field("mailbox_capacity", &self.mailbox_capacity)
+            .field("call_timeout", &self.call_timeout)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
@@ -229,6 +241,14 @@ pub fn overflowed_deliveries() -> u64 {
 #[derive(Clone)]
 pub struct Core {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("stopped", &self.is_stopped())
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {

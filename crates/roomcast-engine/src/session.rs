@@ -259,6 +259,15 @@ pub struct Session {
     delete_on_exit: AtomicBool,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("online", &self.is_online())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Session {
     pub(crate) fn new(user: UserId, capacity: usize, pool: Arc<DispatchPool>) -> Arc<Session> {
         let mailbox = Mailbox::for_session(capacity);
@@ -634,6 +643,12 @@ impl Session {
 /// [`ClientEvent::Missed`] with their count before the next event.
 pub struct EventStream {
     mailbox: Arc<Mailbox>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").finish_non_exhaustive()
+    }
 }
 
 impl Stream for EventStream {

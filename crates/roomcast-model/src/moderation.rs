@@ -226,7 +226,13 @@ impl Room {
                 }]))
             }
             M::RemoveAdmin(target) => {
-                check_permission(Operation::RemoveAdmin, self.role_of(&by), None)?;
+                // One answer from the one function: the owner on itself is 703, as
+                // `check_permission` says.
+                check_permission(
+                    Operation::RemoveAdmin,
+                    self.role_of(&by),
+                    Some(self.role_of(&target)),
+                )?;
                 if !self.record().admins.contains(&target) {
                     return Err(ChatError::InvalidParam(format!("{target} is not an admin")));
                 }
@@ -579,7 +585,7 @@ mod tests {
             ("add admin", add_admin, Admin, [703, 703, 703, 703]),
             ("add admin", add_admin, Member, [703, 703, 703, 703]),
             ("add admin", add_admin, Stranger, [703, 703, 703, 703]),
-            ("remove admin", remove_admin, Owner, [110, OK, 110, 110]),
+            ("remove admin", remove_admin, Owner, [703, OK, 110, 110]),
             ("remove admin", remove_admin, Admin, [703, 703, 703, 703]),
             ("remove admin", remove_admin, Member, [703, 703, 703, 703]),
             ("change owner", change_owner, Owner, [703, OK, OK, 702]),

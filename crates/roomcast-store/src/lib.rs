@@ -117,6 +117,12 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     reader: Reader,
     /// `None` only while dropping.
@@ -156,6 +162,12 @@ enum Job {
 #[derive(Clone)]
 pub struct Reader {
     tree: sled::Tree,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").finish_non_exhaustive()
+    }
 }
 
 /// The name of the tree every record lives in.

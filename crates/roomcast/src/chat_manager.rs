@@ -14,6 +14,14 @@ pub struct ChatManager {
     pub(crate) client: ChatClient,
 }
 
+impl std::fmt::Debug for ChatManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatManager")
+            .field("user", self.client.current_user_id())
+            .finish()
+    }
+}
+
 impl ChatManager {
     /// Sends a message to a room and returns it as the room accepted it, with its engine-wide
     /// id, the room's next sequence number and the server time. Every other member online gets it
@@ -101,6 +109,15 @@ impl ChatManager {
 pub struct Conversation {
     client: ChatClient,
     room_id: RoomId,
+}
+
+impl std::fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conversation")
+            .field("user", self.client.current_user_id())
+            .field("room_id", &self.room_id)
+            .finish()
+    }
 }
 
 impl Conversation {

@@ -31,6 +31,16 @@ pub struct ChatClient {
     pub(crate) options: Arc<ChatOptions>,
 }
 
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatClient")
+            .field("user", self.current_user_id())
+            .field("online", &self.is_online())
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ChatClient {
     pub(crate) fn new(core: Core, session: Arc<Session>, options: ChatOptions) -> ChatClient {
         ChatClient {

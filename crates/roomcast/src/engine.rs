@@ -17,6 +17,15 @@ pub struct EngineBuilder {
     options: ChatOptions,
 }
 
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("config", &self.config)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
 impl EngineBuilder {
     /// Keeps the store in `dir` (created if missing), so rooms survive a restart. Without this the
     /// store is temporary and deleted when the engine stops.
@@ -150,6 +159,15 @@ pub struct Engine {
     /// Stops the engine when the last `Engine` handle is dropped.
     #[allow(dead_code)]
     owner: Arc<EngineOwner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("core", &self.core)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Held by every clone of an [`Engine`]: the application's ownership of the engine. Clients do

@@ -83,6 +83,14 @@ pub struct ChatRoomManager {
     pub(crate) client: ChatClient,
 }
 
+impl std::fmt::Debug for ChatRoomManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatRoomManager")
+            .field("user", self.client.current_user_id())
+            .finish()
+    }
+}
+
 impl ChatRoomManager {
     fn user(&self) -> &UserId {
         self.client.session().user()

@@ -239,12 +239,11 @@ fn flush(
         for member in &slice.members {
             let mailbox = member.mailbox();
             let id = mailbox.id();
-            let items = run
-                .items
-                .iter()
-                .filter(|(_, except)| !except.contains(id))
-                .map(|(item, _)| item.clone())
-                .inspect(|_| delivered += 1);
+            let mine = |(_, except): &&(ClientEvent, Except)| !except.contains(id);
+            // Counted here, not as the mailbox takes them: a mailbox that is not live takes
+            // none (as in the single-item case above, a delivery is a push to a member).
+            delivered += run.items.iter().filter(mine).count() as u64;
+            let items = run.items.iter().filter(mine).map(|(item, _)| item.clone());
             wakes.add(mailbox.push_many(items).1, pool);
         }
     }

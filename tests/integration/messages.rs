@@ -454,3 +454,32 @@ async fn handlers_can_be_removed_and_streams_carry_messages() {
         }
     }
 }
+
+/// `Engine::overflowed_deliveries` counts this engine's drops only (it was a process-wide
+/// count).
+#[tokio::test]
+async fn overflowed_deliveries_are_counted_per_engine() {
+    let busy = roomcast::Engine::builder()
+        .limits(unthrottled())
+        .event_queue_capacity(2)
+        .build()
+        .await
+        .unwrap();
+    let quiet = roomcast::Engine::builder().build().await.unwrap();
+    busy.add_super_admin("owner").await.unwrap();
+    let owner = busy.login("owner").await.unwrap();
+    let room = create_room(&owner, "r").await.room_id;
+    let reader = join(&busy, "reader", room).await;
+    let _never_polled = reader.events();
+    for n in 0..20 {
+        say(&owner, room, &format!("m{n}")).await;
+    }
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while busy.overflowed_deliveries() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the busy engine counts its drops");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(quiet.overflowed_deliveries(), 0, "another engine counts nothing of it");
+    busy.shutdown().await;
+    quiet.shutdown().await;
+}

@@ -289,3 +289,47 @@ async fn idle_sessions_are_dropped_and_active_ones_kept() {
         .unwrap();
     drop(stays);
 }
+
+/// `ChatClient::logout`: that client's calls get 201; the user stays online while another of
+/// its clients lives, and goes offline with the last.
+#[tokio::test]
+async fn logout_ends_a_client_and_the_last_one_takes_the_user_offline() {
+    let (engine, owner) = engine_with_admin("owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    let first = join(&engine, "bob", room).await;
+    let second = engine.login("bob").await.unwrap();
+    let clone = first.clone();
+    first.logout();
+    first.logout(); // idempotent
+    assert!(clone.is_logged_out());
+    for err in [
+        clone
+            .chat_room_manager()
+            .leave_chat_room(&room)
+            .await
+            .unwrap_err(),
+        clone
+            .chat_manager()
+            .send_message(roomcast::OutgoingMessage::text(room, "hi"))
+            .await
+            .unwrap_err(),
+        clone.disconnect().unwrap_err(),
+    ] {
+        assert_eq!(err.code(), 201, "{err}");
+    }
+    assert!(
+        second.is_online(),
+        "another client of the user keeps it online"
+    );
+    second
+        .chat_manager()
+        .send_message(roomcast::OutgoingMessage::text(room, "still here"))
+        .await
+        .unwrap();
+    second.logout();
+    assert!(
+        !second.is_online(),
+        "the last client's logout takes the user offline"
+    );
+    engine.shutdown().await;
+}

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::mailbox::{Drain, Notifier};
+use crate::mailbox::{Drain, Notifier, Pushed};
 use crate::session::Session;
 
 /// How many batches a thread drains from one session before it lets others go first.
@@ -81,8 +81,10 @@ pub(crate) struct WakeBatch {
 }
 
 impl WakeBatch {
-    pub(crate) fn add(&mut self, notifier: Option<Notifier>, pool: &DispatchPool) {
-        match notifier {
+    /// Takes what a push did: counts what it dropped and collects (or wakes) its consumer.
+    pub(crate) fn add(&mut self, pushed: Pushed, pool: &DispatchPool) {
+        pool.count_overflow(pushed.dropped);
+        match pushed.notifier {
             Some(Notifier::Session(s)) => {
                 self.sessions.push(s);
                 if self.sessions.len() >= CHUNK {
@@ -149,6 +151,8 @@ pub(crate) struct DispatchPool {
     threads: Mutex<Threads>,
     /// Signalled whenever a thread ends.
     ended: Condvar,
+    /// Deliveries this engine dropped because a consumer's queue was full.
+    overflowed: AtomicU64,
     me: Weak<DispatchPool>,
 }
 
@@ -168,6 +172,7 @@ impl DispatchPool {
                 next_name: 0,
             }),
             ended: Condvar::new(),
+            overflowed: AtomicU64::new(0),
             me: me.clone(),
         });
         for _ in 0..base {
@@ -193,6 +198,18 @@ impl DispatchPool {
         threads.slots.push(slot);
         threads.healthy += 1;
         Ok(())
+    }
+
+    /// Counts deliveries dropped because a consumer's queue was full.
+    pub(crate) fn count_overflow(&self, dropped: u64) {
+        if dropped > 0 {
+            self.overflowed.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Deliveries this engine dropped because a consumer's queue was full.
+    pub(crate) fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Starts dispatching for `session`: it is drained once now, and again whenever its mailbox

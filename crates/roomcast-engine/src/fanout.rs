@@ -231,7 +231,7 @@ fn flush(
         for member in &slice.members {
             let mailbox = member.mailbox();
             if !except.contains(mailbox.id()) {
-                wakes.add(mailbox.push_many(std::iter::once(item.clone())).1, pool);
+                wakes.add(mailbox.push_many(std::iter::once(item.clone())), pool);
                 delivered += 1;
             }
         }
@@ -244,7 +244,7 @@ fn flush(
             // none (as in the single-item case above, a delivery is a push to a member).
             delivered += run.items.iter().filter(mine).count() as u64;
             let items = run.items.iter().filter(mine).map(|(item, _)| item.clone());
-            wakes.add(mailbox.push_many(items).1, pool);
+            wakes.add(mailbox.push_many(items), pool);
         }
     }
     crate::obs::delivered(delivered);
@@ -324,10 +324,10 @@ fn apply(
             }
         }
         Job::SendTo { member, items } => {
-            wakes.add(member.mailbox().push_many(items).1, pool);
+            wakes.add(member.mailbox().push_many(items), pool);
         }
         Job::SendBatch { member, items } => {
-            wakes.add(member.mailbox().push_batch(items).1, pool);
+            wakes.add(member.mailbox().push_batch(items), pool);
         }
         Job::DropRoom { room } => {
             rooms.remove(&room);

@@ -231,11 +231,6 @@ pub struct RoomStats {
     pub messages: RoomMessageStats,
 }
 
-/// Deliveries dropped engine-wide because a consumer's queue was full.
-pub fn overflowed_deliveries() -> u64 {
-    mailbox::OVERFLOWED.load(Ordering::Relaxed)
-}
-
 /// The running engine. Cloning is shallow; the engine stops on [`Core::shutdown`] or when the
 /// last clone is dropped.
 #[derive(Clone)]
@@ -582,6 +577,12 @@ impl Core {
         let session = Session::new(user, self.inner.mailbox_capacity, self.inner.pool.clone());
         sessions.insert(SessionKey(session.clone()));
         Ok(session)
+    }
+
+    /// Deliveries this engine dropped because a consumer's queue (a handler's or a stream's)
+    /// was full.
+    pub fn overflowed_deliveries(&self) -> u64 {
+        self.inner.pool.overflowed()
     }
 
     /// How many timed checks (mute expiries, offline grace periods) are pending: at most one per

@@ -25,8 +25,23 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Largest queue buffer (in items) a mailbox keeps between batches.
 const SMALL_QUEUE: usize = 8;
 
-/// Deliveries dropped engine-wide because a consumer's queue was full (for reports).
-pub(crate) static OVERFLOWED: AtomicU64 = AtomicU64::new(0);
+/// What a push did: whether the mailbox is open, who to wake, and how many of the oldest items
+/// it dropped to make room (the caller counts them for its engine).
+pub(crate) struct Pushed {
+    pub(crate) open: bool,
+    pub(crate) notifier: Option<Notifier>,
+    pub(crate) dropped: u64,
+}
+
+impl Pushed {
+    fn new(open: bool, notifier: Option<Notifier>, dropped: u64) -> Pushed {
+        Pushed {
+            open,
+            notifier,
+            dropped,
+        }
+    }
+}
 
 /// What a consumer takes out of a mailbox.
 #[derive(Debug)]
@@ -168,37 +183,36 @@ impl Mailbox {
         notify(notifier);
     }
 
-    fn enqueue(&self, state: &mut State, item: Queued) {
+    /// Queues `item`; returns how many items it dropped to make room.
+    fn enqueue(&self, state: &mut State, item: Queued) -> u64 {
+        let mut dropped = 0;
         if state.queue.len() >= self.capacity() {
-            let dropped = match state.queue.pop_front() {
+            dropped = match state.queue.pop_front() {
                 Some(Queued::Many(items)) => items.len() as u64,
                 _ => 1,
             };
             state.missed += dropped;
-            OVERFLOWED.fetch_add(dropped, Ordering::Relaxed);
             crate::obs::lagged(dropped);
         }
         state.queue.push_back(item);
+        dropped
     }
 
-    /// Queues `item`, dropping the oldest if full, and wakes the consumer. False only if the
-    /// mailbox is closed.
-    pub(crate) fn push(&self, item: ClientEvent) -> bool {
-        let (open, notifier) = self.push_many(std::iter::once(item));
-        notify(notifier);
-        open
+    /// Queues `item`, dropping the oldest if full, and wakes the consumer. `open` is false
+    /// only if the mailbox is closed.
+    pub(crate) fn push(&self, item: ClientEvent) -> Pushed {
+        let mut pushed = self.push_many(std::iter::once(item));
+        notify(pushed.notifier.take());
+        pushed
     }
 
-    /// Queues `items` under one lock. Returns false if the mailbox is closed, and the waiting
-    /// consumer (if any) for the caller to notify: a shard collects many and notifies them
-    /// together.
-    pub(crate) fn push_many(
-        &self,
-        items: impl IntoIterator<Item = ClientEvent>,
-    ) -> (bool, Option<Notifier>) {
+    /// Queues `items` under one lock. Returns whether the mailbox is open, the waiting consumer
+    /// (if any) for the caller to notify (a shard collects many and notifies them together), and
+    /// how many old items were dropped.
+    pub(crate) fn push_many(&self, items: impl IntoIterator<Item = ClientEvent>) -> Pushed {
         let mut state = self.state.lock();
         if state.closed {
-            return (false, None);
+            return Pushed::new(false, None, 0);
         }
         // Queued only while online and consumed (a handler or stream reads it).
         if !(state.online && state.consumed) {
@@ -212,31 +226,32 @@ impl Mailbox {
                     }
                 }
             }
-            return (true, None);
+            return Pushed::new(true, None, 0);
         }
         let before = state.queue.len();
+        let mut dropped = 0;
         for item in items {
-            self.enqueue(&mut state, Queued::One(item));
+            dropped += self.enqueue(&mut state, Queued::One(item));
         }
         if state.queue.len() == before && state.missed == 0 {
-            return (true, None);
+            return Pushed::new(true, None, dropped);
         }
-        (true, state.notifier.take())
+        Pushed::new(true, state.notifier.take(), dropped)
     }
 
     /// Queues `items` as one entry (see [`Queued::Many`]). As [`Mailbox::push_many`] otherwise;
     /// `items` hold no removal notice (those are never batched).
-    pub(crate) fn push_batch(&self, items: Arc<[ClientEvent]>) -> (bool, Option<Notifier>) {
+    pub(crate) fn push_batch(&self, items: Arc<[ClientEvent]>) -> Pushed {
         let mut state = self.state.lock();
         if state.closed {
-            return (false, None);
+            return Pushed::new(false, None, 0);
         }
         debug_assert!(!items.iter().any(is_removal), "removals are never batched");
         if !(state.online && state.consumed) || items.is_empty() {
-            return (true, None);
+            return Pushed::new(true, None, 0);
         }
-        self.enqueue(&mut state, Queued::Many(items));
-        (true, state.notifier.take())
+        let dropped = self.enqueue(&mut state, Queued::Many(items));
+        Pushed::new(true, state.notifier.take(), dropped)
     }
 
     /// Records that `count` items upstream of this mailbox were dropped, so that the consumer is
@@ -369,7 +384,7 @@ mod tests {
     fn overflow_drops_oldest_and_reports_the_count_first() {
         let mb = Mailbox::new(3);
         for n in 0..5 {
-            assert!(mb.push(item(n)));
+            assert!(mb.push(item(n)).open);
         }
         assert!(matches!(next(&mb), Some(Received::Missed(2))));
         assert_eq!(room_of(next(&mb)), 2);
@@ -378,7 +393,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         assert!(mb.poll_recv(&mut cx).is_pending());
         mb.close();
-        assert!(!mb.push(item(9)));
+        assert!(!mb.push(item(9)).open);
         assert!(matches!(mb.poll_recv(&mut cx), Poll::Ready(None)));
     }
 

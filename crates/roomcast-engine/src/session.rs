@@ -610,7 +610,11 @@ impl Session {
         };
         for item in batch.drain(..) {
             if !streams.is_empty() {
-                streams.retain(|s| s.push(item.clone()));
+                streams.retain(|s| {
+                    let pushed = s.push(item.clone());
+                    self.pool.count_overflow(pushed.dropped);
+                    pushed.open
+                });
             }
             // Moved, not cloned: one message delivered to many members is one `Arc`, and every
             // clone or drop of it is an atomic on a cache line all the members share.

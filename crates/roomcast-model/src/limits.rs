@@ -56,6 +56,137 @@ pub struct Limits {
     pub user_messages_per_window: Option<(u32, u64)>,
 }
 
+/// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
+///
+/// ```
+/// use roomcast_model::Limits;
+/// let limits = Limits::default()
+///     .with_max_rooms_per_user(10)
+///     .with_room_delivery_rate(None);
+/// assert_eq!(limits.max_rooms_per_user, 10);
+/// ```
+impl Limits {
+    /// Sets [`Limits::room_name_max_chars`].
+    pub fn with_room_name_max_chars(mut self, value: usize) -> Self {
+        self.room_name_max_chars = value;
+        self
+    }
+
+    /// Sets [`Limits::room_description_max_chars`].
+    pub fn with_room_description_max_chars(mut self, value: usize) -> Self {
+        self.room_description_max_chars = value;
+        self
+    }
+
+    /// Sets [`Limits::welcome_message_max_chars`].
+    pub fn with_welcome_message_max_chars(mut self, value: usize) -> Self {
+        self.welcome_message_max_chars = value;
+        self
+    }
+
+    /// Sets [`Limits::announcement_max_chars`].
+    pub fn with_announcement_max_chars(mut self, value: usize) -> Self {
+        self.announcement_max_chars = value;
+        self
+    }
+
+    /// Sets [`Limits::default_max_users`].
+    pub fn with_default_max_users(mut self, value: u32) -> Self {
+        self.default_max_users = value;
+        self
+    }
+
+    /// Sets [`Limits::max_users_cap`].
+    pub fn with_max_users_cap(mut self, value: u32) -> Self {
+        self.max_users_cap = value;
+        self
+    }
+
+    /// Sets [`Limits::max_rooms`].
+    pub fn with_max_rooms(mut self, value: usize) -> Self {
+        self.max_rooms = value;
+        self
+    }
+
+    /// Sets [`Limits::max_initial_members`].
+    pub fn with_max_initial_members(mut self, value: usize) -> Self {
+        self.max_initial_members = value;
+        self
+    }
+
+    /// Sets [`Limits::public_room_page_max`].
+    pub fn with_public_room_page_max(mut self, value: u32) -> Self {
+        self.public_room_page_max = value;
+        self
+    }
+
+    /// Sets [`Limits::message_max_bytes`].
+    pub fn with_message_max_bytes(mut self, value: usize) -> Self {
+        self.message_max_bytes = value;
+        self
+    }
+
+    /// Sets [`Limits::join_replay_count`].
+    pub fn with_join_replay_count(mut self, value: usize) -> Self {
+        self.join_replay_count = value;
+        self
+    }
+
+    /// Sets [`Limits::history_retention`].
+    pub fn with_history_retention(mut self, value: usize) -> Self {
+        self.history_retention = value;
+        self
+    }
+
+    /// Sets [`Limits::history_max_age_ms`].
+    pub fn with_history_max_age_ms(mut self, value: Option<u64>) -> Self {
+        self.history_max_age_ms = value;
+        self
+    }
+
+    /// Sets [`Limits::history_page_max`].
+    pub fn with_history_page_max(mut self, value: usize) -> Self {
+        self.history_page_max = value;
+        self
+    }
+
+    /// Sets [`Limits::offline_grace_ms`].
+    pub fn with_offline_grace_ms(mut self, value: u64) -> Self {
+        self.offline_grace_ms = value;
+        self
+    }
+
+    /// Sets [`Limits::room_delivery_rate`].
+    pub fn with_room_delivery_rate(mut self, value: Option<u32>) -> Self {
+        self.room_delivery_rate = value;
+        self
+    }
+
+    /// Sets [`Limits::join_event_threshold`].
+    pub fn with_join_event_threshold(mut self, value: usize) -> Self {
+        self.join_event_threshold = value;
+        self
+    }
+
+    /// Sets [`Limits::max_rooms_per_user`].
+    pub fn with_max_rooms_per_user(mut self, value: usize) -> Self {
+        self.max_rooms_per_user = value;
+        self
+    }
+
+    /// Sets [`Limits::api_calls_per_user_per_second`].
+    pub fn with_api_calls_per_user_per_second(mut self, value: Option<u32>) -> Self {
+        self.api_calls_per_user_per_second = value;
+        self
+    }
+
+    /// Sets [`Limits::user_messages_per_window`].
+    pub fn with_user_messages_per_window(mut self, value: Option<(u32, u64)>) -> Self {
+        self.user_messages_per_window = value;
+        self
+    }
+}
+
 impl Limits {
     /// Checks that the limits make sense together (110 otherwise).
     pub fn validate(&self) -> Result<(), crate::ChatError> {

@@ -51,7 +51,7 @@ impl ChatManager {
     /// ```
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<ChatMessage, ChatError> {
         self.client
-            .core()
+            .core()?
             .send_message(self.client.current_user_id(), message)
             .await
     }
@@ -66,7 +66,7 @@ impl ChatManager {
         query: HistoryQuery,
     ) -> Result<ChatCursorResult<ChatMessage>, ChatError> {
         self.client
-            .core()
+            .core()?
             .fetch_history(self.client.current_user_id(), *room_id, query)
             .await
     }
@@ -139,7 +139,7 @@ impl Conversation {
             ));
         }
         self.client
-            .core()
+            .core()?
             .load_local_messages(self.client.current_user_id(), self.room_id, before, count)
             .await
     }

@@ -1,5 +1,6 @@
 //! `ChatClient`: one user's handle on the engine.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use roomcast_engine::{Core, EventStream, Session};
@@ -11,11 +12,22 @@ use crate::{ChatManager, ChatOptions, ChatRoomManager};
 pub(crate) struct ClientGuard {
     pub(crate) core: Core,
     pub(crate) session: Arc<Session>,
+    /// Set by [`ChatClient::logout`]: the client no longer counts as live, its calls get 201.
+    pub(crate) logged_out: AtomicBool,
+}
+
+impl ClientGuard {
+    /// This client stops counting as a live client of its user (once).
+    fn close(&self) {
+        if !self.logged_out.swap(true, Ordering::SeqCst) {
+            self.core.close_client(&self.session);
+        }
+    }
 }
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.core.close_client(&self.session);
+        self.close();
     }
 }
 
@@ -44,13 +56,47 @@ impl std::fmt::Debug for ChatClient {
 impl ChatClient {
     pub(crate) fn new(core: Core, session: Arc<Session>, options: ChatOptions) -> ChatClient {
         ChatClient {
-            guard: Arc::new(ClientGuard { core, session }),
+            guard: Arc::new(ClientGuard {
+                core,
+                session,
+                logged_out: AtomicBool::new(false),
+            }),
             options: Arc::new(options),
         }
     }
 
-    pub(crate) fn core(&self) -> &Core {
-        &self.guard.core
+    /// The engine, for a call: 201 once this client has logged out.
+    pub(crate) fn core(&self) -> Result<&Core, ChatError> {
+        if self.guard.logged_out.load(Ordering::SeqCst) {
+            return Err(ChatError::UserNotLogin);
+        }
+        Ok(&self.guard.core)
+    }
+
+    /// Logs this client out (the SDK's `ChatClient.logout`): it stops counting as a live client
+    /// of its user, so the user goes offline if it was the last one (and leaves its rooms after
+    /// their grace period unless it comes back), and every later call on this client or its
+    /// clones, and on its managers, fails with 201 ([`ChatError::UserNotLogin`]). Other clients
+    /// of the same user are not affected. Idempotent.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// let engine = roomcast::Engine::builder().build().await?;
+    /// let bob = engine.login("bob").await?;
+    /// bob.logout();
+    /// assert!(!bob.is_online());
+    /// let err = bob.chat_room_manager().fetch_public_chat_rooms_from_server(1, 20).await;
+    /// assert_eq!(err.unwrap_err().code(), 201);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn logout(&self) {
+        self.guard.close();
+    }
+
+    /// True once [`ChatClient::logout`] was called on this client (or a clone).
+    pub fn is_logged_out(&self) -> bool {
+        self.guard.logged_out.load(Ordering::SeqCst)
     }
 
     pub(crate) fn session(&self) -> &Arc<Session> {
@@ -93,7 +139,7 @@ impl ChatClient {
     /// [`ChatClient::reconnect`] or a new login of the user, and removal from each room after
     /// its grace period. Applies to the user's session, so to every client of the user.
     pub fn disconnect(&self) -> Result<(), ChatError> {
-        self.core().set_connected(self.session(), false)
+        self.core()?.set_connected(self.session(), false)
     }
 
     /// Brings the user back online after [`ChatClient::disconnect`]. Within the grace period it
@@ -101,7 +147,7 @@ impl ChatClient {
     /// sequence number it saw. If it was removed meanwhile, its handlers now get
     /// `on_removed_from_chat_room` with reason `Offline`.
     pub fn reconnect(&self) -> Result<(), ChatError> {
-        self.core().set_connected(self.session(), true)
+        self.core()?.set_connected(self.session(), true)
     }
 
     /// True if the user is online.

@@ -241,10 +241,10 @@ impl Engine {
         self.core.room_stats(*room_id).await
     }
 
-    /// Deliveries dropped engine-wide (since the process started) because a client's event
-    /// queue was full.
+    /// Deliveries this engine dropped (since it started) because a client's event queue or
+    /// event stream was full. Each such client was told how many it missed.
     pub fn overflowed_deliveries(&self) -> u64 {
-        roomcast_engine::overflowed_deliveries()
+        self.core.overflowed_deliveries()
     }
 
     /// Test support: makes the room's actor panic on its next call, so that a test can watch the

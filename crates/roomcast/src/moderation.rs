@@ -34,12 +34,12 @@ fn unexpected() -> ChatError {
 impl ChatRoomManager {
     async fn moderate(&self, room_id: &RoomId, action: Moderation) -> Result<(), ChatError> {
         let by = self.client.current_user_id();
-        self.client.core().moderate(by, *room_id, action).await
+        self.client.core()?.moderate(by, *room_id, action).await
     }
 
     async fn query(&self, room_id: &RoomId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
         let viewer = self.client.current_user_id();
-        self.client.core().query(viewer, *room_id, query).await
+        self.client.core()?.query(viewer, *room_id, query).await
     }
 
     /// Makes a member an admin (owner only; at most 99 admins, 4 beyond). The new admin and
@@ -367,7 +367,7 @@ impl ChatRoomManager {
         set: SetAttributes,
     ) -> Result<AttributeFailures, ChatError> {
         let by = self.client.current_user_id();
-        self.client.core().set_attributes(by, *room_id, set).await
+        self.client.core()?.set_attributes(by, *room_id, set).await
     }
 
     /// Removes custom attributes (any member; 1 to 10 keys). Keys of other members are removed
@@ -382,7 +382,7 @@ impl ChatRoomManager {
         let by = self.client.current_user_id();
         let keys = keys.iter().map(|k| k.to_string()).collect();
         self.client
-            .core()
+            .core()?
             .remove_attributes(by, *room_id, keys, force)
             .await
     }

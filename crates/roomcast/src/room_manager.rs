@@ -125,7 +125,7 @@ impl ChatRoomManager {
         &self,
         options: CreateChatRoomOptions,
     ) -> Result<ChatRoom, ChatError> {
-        let limits = self.client.core().limits();
+        let limits = self.client.core()?.limits();
         let spec = RoomSpec {
             name: options.name,
             description: options.description,
@@ -139,7 +139,7 @@ impl ChatRoomManager {
             .map(|m| UserId::new(m))
             .collect::<Result<Vec<_>, _>>()?;
         self.client
-            .core()
+            .core()?
             .create_room(self.client.session(), spec, members)
             .await
     }
@@ -148,7 +148,10 @@ impl ChatRoomManager {
     /// `on_chat_room_destroyed` and then `on_removed_from_chat_room` with reason `Destroyed`;
     /// all are removed at once, and later calls on the room fail with 705.
     pub async fn destroy_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
-        self.client.core().destroy_room(self.user(), *room_id).await
+        self.client
+            .core()?
+            .destroy_room(self.user(), *room_id)
+            .await
     }
 
     /// Joins a room and returns it. The other members get `on_member_joined_from_chat_room`.
@@ -156,7 +159,7 @@ impl ChatRoomManager {
     /// full room is 704, a blocked user 707, an unknown room 705.
     pub async fn join_chat_room(&self, room_id: &RoomId) -> Result<ChatRoom, ChatError> {
         self.client
-            .core()
+            .core()?
             .join_room(self.client.session(), *room_id)
             .await
     }
@@ -167,7 +170,7 @@ impl ChatRoomManager {
     pub async fn leave_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
         let owner_may_leave = self.client.options.is_chat_room_owner_leave_allowed;
         self.client
-            .core()
+            .core()?
             .leave_room(self.user(), *room_id, owner_may_leave)
             .await
     }
@@ -179,7 +182,7 @@ impl ChatRoomManager {
         &self,
         room_id: &RoomId,
     ) -> Result<ChatRoom, ChatError> {
-        self.client.core().room_info(self.user(), *room_id).await
+        self.client.core()?.room_info(self.user(), *room_id).await
     }
 
     /// One page of the public room list, newest first. Pages are numbered from 1; the page size
@@ -191,7 +194,7 @@ impl ChatRoomManager {
         page_size: u32,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
         self.client
-            .core()
+            .core()?
             .public_rooms(self.user(), page_num, page_size, None)
             .await
     }
@@ -205,7 +208,7 @@ impl ChatRoomManager {
         page_size: u32,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
         self.client
-            .core()
+            .core()?
             .public_rooms(self.user(), page_num, page_size, Some(name_contains))
             .await
     }

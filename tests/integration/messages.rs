@@ -476,10 +476,17 @@ async fn overflowed_deliveries_are_counted_per_engine() {
     }
     let deadline = std::time::Instant::now() + DEADLINE;
     while busy.overflowed_deliveries() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the busy engine counts its drops");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the busy engine counts its drops"
+        );
         tokio::task::yield_now().await;
     }
-    assert_eq!(quiet.overflowed_deliveries(), 0, "another engine counts nothing of it");
+    assert_eq!(
+        quiet.overflowed_deliveries(),
+        0,
+        "another engine counts nothing of it"
+    );
     busy.shutdown().await;
     quiet.shutdown().await;
 }

@@ -595,10 +595,11 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
             from: uid("owner")
         }]
     );
-    let eleven: Vec<&str> = vec!["k"; 11];
+    // Any iterator of string-like keys: owned strings here.
+    let eleven: Vec<String> = vec!["k".to_string(); 11];
     assert_eq!(
         owner
-            .remove_chat_room_attributes(&id, &eleven, true)
+            .remove_chat_room_attributes(&id, eleven, true)
             .await
             .unwrap_err()
             .code(),

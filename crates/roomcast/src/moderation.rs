@@ -373,14 +373,18 @@ impl ChatRoomManager {
     /// Removes custom attributes (any member; 1 to 10 keys). Keys of other members are removed
     /// only with `force`. Returns the keys that failed and why; the other members get
     /// `on_attributes_removed` for the rest.
-    pub async fn remove_chat_room_attributes(
+    pub async fn remove_chat_room_attributes<I, S>(
         &self,
         room_id: &RoomId,
-        keys: &[&str],
+        keys: I,
         force: bool,
-    ) -> Result<AttributeFailures, ChatError> {
+    ) -> Result<AttributeFailures, ChatError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
         let by = self.client.current_user_id();
-        let keys = keys.iter().map(|k| k.to_string()).collect();
+        let keys = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
         self.client
             .core()?
             .remove_attributes(by, *room_id, keys, force)

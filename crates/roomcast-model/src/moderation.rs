@@ -275,6 +275,7 @@ impl Room {
                 self.check_targets(Operation::Kick, &by, &targets, true)?;
                 let mut fx = Effects::default();
                 for t in targets {
+                    fx.merge(self.demote(&t, &by));
                     fx.merge(self.remove_member(t, LeaveReason::Kicked, Some(by.clone())));
                 }
                 Ok(fx)
@@ -288,6 +289,7 @@ impl Room {
                 }
                 let mut fx = Effects::default();
                 for t in targets {
+                    fx.merge(self.demote(&t, &by));
                     self.record_mut().block_list.insert(t.clone());
                     if self.is_member(&t) {
                         fx.merge(self.remove_member(t, LeaveReason::Kicked, Some(by.clone())));
@@ -486,6 +488,26 @@ impl Room {
                 operator: Some(by.clone()),
             },
         }]))
+    }
+
+    /// A kicked or blocked admin stops being an admin first, with the admin-removed event: a role
+    /// does not outlive the removal (rejoining after a kick, or after being unblocked, is as a
+    /// member).
+    fn demote(&mut self, target: &UserId, by: &UserId) -> Effects {
+        if !self.record().admins.contains(target) {
+            return Effects::default();
+        }
+        let room_id = self.id();
+        let to = Audience::MembersAmong(self.staff_and(std::slice::from_ref(target), Some(by)));
+        self.record_mut().admins.retain(|a| a != target);
+        self.changed(vec![Outgoing {
+            to,
+            event: ChatRoomEvent::AdminRemoved {
+                room_id,
+                admin: target.clone(),
+                operator: Some(by.clone()),
+            },
+        }])
     }
 
     /// A mute may have expired: lift it if so.
@@ -746,6 +768,43 @@ mod tests {
         r.apply(by(Moderation::Unblock(vec![uid("m")]))).unwrap();
         assert_eq!(code(r.apply(Command::Join { user: uid("m") })), OK);
         assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 707);
+    }
+
+    #[test]
+    fn a_kicked_or_blocked_admin_is_demoted_first() {
+        for action in [
+            Moderation::Kick(vec![uid("a")]),
+            Moderation::Block(vec![uid("a")]),
+        ] {
+            let mut r = room();
+            let fx = r
+                .apply(Command::Moderate {
+                    by: uid("o"),
+                    action: action.clone(),
+                    now: 0,
+                })
+                .unwrap();
+            assert!(!r.record().admins.contains(&uid("a")), "{action:?}");
+            assert!(fx.record_changed);
+            assert!(
+                matches!(
+                    &fx.events[0].event,
+                    ChatRoomEvent::AdminRemoved { admin, operator: Some(o), .. }
+                        if *admin == uid("a") && *o == uid("o")
+                ),
+                "{action:?}: the admin-removed event comes first: {:?}",
+                fx.events
+            );
+            assert!(fx.left.contains(&uid("a")));
+            if matches!(action, Moderation::Kick(_)) {
+                r.apply(Command::Join { user: uid("a") }).unwrap();
+                assert_eq!(
+                    r.role_of(&uid("a")),
+                    Role::Member,
+                    "back as a member, not an admin"
+                );
+            }
+        }
     }
 
     #[test]

@@ -606,3 +606,37 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
         110
     );
 }
+
+/// Removals are idempotent: unblocking someone never blocked, taking a non-member off the allow
+/// list or unmuting someone not muted succeeds and changes nothing; additions check their
+/// targets (the allow list takes members only).
+#[tokio::test]
+async fn removals_are_idempotent_and_additions_validate() {
+    let (engine, owner) = engine_with_admin("owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    let _member = join(&engine, "member", room).await;
+    let rooms = owner.chat_room_manager();
+    rooms
+        .unblock_chat_room_members(&room, ["never"])
+        .await
+        .unwrap();
+    rooms
+        .remove_members_from_chat_room_allow_list(&room, ["stranger"])
+        .await
+        .unwrap();
+    rooms
+        .unmute_chat_room_members(&room, ["member"])
+        .await
+        .unwrap();
+    assert!(rooms
+        .fetch_chat_room_allow_list_from_server(&room)
+        .await
+        .unwrap()
+        .is_empty());
+    let err = rooms
+        .add_members_to_chat_room_allow_list(&room, ["stranger"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 702, "{err}");
+    engine.shutdown().await;
+}

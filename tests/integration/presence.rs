@@ -333,3 +333,40 @@ async fn logout_ends_a_client_and_the_last_one_takes_the_user_offline() {
     );
     engine.shutdown().await;
 }
+
+/// A room destroyed while a member is offline: on reconnect the member gets the removal notice
+/// (reason `Destroyed`), which is kept for it, and not `on_chat_room_destroyed`, which is not.
+#[tokio::test]
+async fn a_room_destroyed_while_away_is_told_on_reconnect_as_a_removal() {
+    let (engine, owner) = engine_with_admin("owner").await;
+    let room = create_room(&owner, "r").await;
+    let away = join(&engine, "away", room.room_id).await;
+    let rec = record(&away, "rec");
+    away.disconnect().unwrap();
+    owner
+        .chat_room_manager()
+        .destroy_chat_room(&room.room_id)
+        .await
+        .unwrap();
+    away.reconnect().unwrap();
+    rec.wait_until("the removal notice", |events| {
+        events.iter().any(|e| {
+            matches!(
+                e,
+                ChatRoomEvent::RemovedFromChatRoom {
+                    reason: LeaveReason::Destroyed,
+                    ..
+                }
+            )
+        })
+    })
+    .await;
+    assert!(
+        !rec.events()
+            .iter()
+            .any(|e| matches!(e, ChatRoomEvent::ChatRoomDestroyed { .. })),
+        "events of the absence are not queued: {:?}",
+        rec.events()
+    );
+    engine.shutdown().await;
+}

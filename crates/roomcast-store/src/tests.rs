@@ -442,8 +442,7 @@ async fn a_truncated_store_is_an_error_that_names_the_cause() {
         .unwrap();
     // sled alone would open what is left before the cut; the write mark says writes were lost.
     let err = Store::open(&dir_config(dir.path()))
-        .err()
-        .expect("a log cut after acknowledged writes does not open");
+        .expect_err("a log cut after acknowledged writes does not open");
     assert!(err.to_string().contains("acknowledged"), "{err}");
     let report = check(dir.path()).unwrap();
     assert!(!report.is_clean(), "the checker reports the cut");

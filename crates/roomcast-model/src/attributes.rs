@@ -84,8 +84,95 @@ impl SetAttributes {
     }
 }
 
-/// Per-key failures of an attribute call; keys not in it succeeded.
-pub type AttributeFailures = BTreeMap<String, ChatError>;
+/// The keys an attribute call could not apply, each with why; every key not in it was applied.
+///
+/// An attribute call returns `Ok` even when some keys fail (as the SDK's `failureKeys`), so this
+/// is `#[must_use]`: look at it, or turn it into an error with
+/// [`AttributeFailures::into_result`].
+///
+/// ```
+/// # fn main() -> Result<(), roomcast_model::ChatError> {
+/// # let failures = roomcast_model::AttributeFailures::default();
+/// // failures = rooms.set_chat_room_attributes(&room, set).await?;
+/// for (key, error) in failures.iter() {
+///     eprintln!("{key} not set: {error} (code {})", error.code());
+/// }
+/// failures.into_result()?; // or fail on the first key that did not apply
+/// # Ok(()) }
+/// ```
+#[must_use = "an attribute call returns Ok even when some keys failed: check the failures"]
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttributeFailures(BTreeMap<String, ChatError>);
+
+impl AttributeFailures {
+    /// True if every key was applied.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many keys failed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Why `key` failed, if it did.
+    pub fn get(&self, key: &str) -> Option<&ChatError> {
+        self.0.get(key)
+    }
+
+    /// The failed keys and their errors, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ChatError)> {
+        self.0.iter().map(|(k, e)| (k.as_str(), e))
+    }
+
+    /// The failed keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// `Ok` if every key was applied, else the error of the first key that failed (in key
+    /// order), with the key named in its message.
+    pub fn into_result(self) -> Result<(), ChatError> {
+        match self.0.into_iter().next() {
+            None => Ok(()),
+            Some((key, error)) => Err(error.with_context(&format!("attribute {key:?}"))),
+        }
+    }
+
+    /// The failures as a map, key to error.
+    pub fn into_map(self) -> BTreeMap<String, ChatError> {
+        self.0
+    }
+
+    pub(crate) fn insert(&mut self, key: String, error: ChatError) {
+        self.0.insert(key, error);
+    }
+
+    pub(crate) fn extend(&mut self, other: AttributeFailures) {
+        self.0.extend(other.0);
+    }
+}
+
+impl IntoIterator for AttributeFailures {
+    type Item = (String, ChatError);
+    type IntoIter = std::collections::btree_map::IntoIter<String, ChatError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl std::fmt::Display for AttributeFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "every key applied");
+        }
+        write!(f, "{} key(s) failed:", self.0.len())?;
+        for (key, e) in &self.0 {
+            write!(f, " {key:?}: {e} ({});", e.code())?;
+        }
+        Ok(())
+    }
+}
 
 fn check_key(key: &str) -> Result<(), ChatError> {
     let chars = key.chars().count();
@@ -145,7 +232,7 @@ impl Room {
         set: SetAttributes,
     ) -> Result<Effects, ChatError> {
         self.check_attribute_caller(&by, set.attributes.len())?;
-        let mut failures = AttributeFailures::new();
+        let mut failures = AttributeFailures::default();
         let mut updated = BTreeMap::new();
         for (key, value) in set.attributes {
             let outcome = check_key(&key).and_then(|()| {
@@ -217,7 +304,7 @@ impl Room {
         force: bool,
     ) -> Result<Effects, ChatError> {
         self.check_attribute_caller(&by, keys.len())?;
-        let mut failures = AttributeFailures::new();
+        let mut failures = AttributeFailures::default();
         let mut removed = Vec::new();
         for key in keys {
             let outcome = check_key(&key).and_then(|()| match self.record().attributes.get(&key) {
@@ -306,7 +393,7 @@ mod tests {
     }
 
     fn codes(f: &AttributeFailures) -> BTreeMap<&str, u32> {
-        f.iter().map(|(k, e)| (k.as_str(), e.code())).collect()
+        f.iter().map(|(k, e)| (k, e.code())).collect()
     }
 
     #[test]
@@ -392,7 +479,7 @@ mod tests {
             let pairs: Vec<(String, String)> = (0..10)
                 .map(|n| (format!("b{batch}-{n}"), "v".into()))
                 .collect();
-            set(&mut r, "a", SetAttributes::new(pairs)).unwrap();
+            set(&mut r, "a", SetAttributes::new(pairs)).unwrap().into_map();
         }
         assert_eq!(r.record().attributes.len(), MAX_KEYS_PER_ROOM);
         let failed = set(
@@ -443,8 +530,8 @@ mod tests {
             "a",
             SetAttributes::new([("temp", "1")]).delete_when_left(true),
         )
-        .unwrap();
-        set(&mut r, "a", SetAttributes::new([("kept", "1")])).unwrap();
+        .unwrap().into_result().unwrap();
+        set(&mut r, "a", SetAttributes::new([("kept", "1")])).unwrap().into_result().unwrap();
         let fx = r
             .apply(Command::Leave {
                 user: uid("a"),

@@ -155,6 +155,21 @@ impl PartialEq for StorageFailure {
 impl Eq for StorageFailure {}
 
 impl ChatError {
+    /// The same error with `what` in front of its text, where it has one (the code is kept).
+    pub(crate) fn with_context(self, what: &str) -> ChatError {
+        use ChatError::*;
+        let add = |s: String| format!("{what}: {s}");
+        match self {
+            General(s) => General(add(s)),
+            ExceedServiceLimit(s) => ExceedServiceLimit(add(s)),
+            InvalidParam(s) => InvalidParam(add(s)),
+            UserPermissionDenied(s) => UserPermissionDenied(add(s)),
+            MessageInvalid(s) => MessageInvalid(add(s)),
+            PermissionDenied(s) => PermissionDenied(add(s)),
+            other => other,
+        }
+    }
+
     /// The stable numeric code (Agora's numbering where Agora has one).
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChatRoom, RoomId, UserId};
+use crate::{ChatRoom, RoomId, Timestamp, UserId};
 
 /// Why a member was removed from a room (the SDK's `LeaveReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,8 +45,8 @@ pub enum ChatRoomEvent {
         room_id: RoomId,
         /// The members muted.
         members: Vec<UserId>,
-        /// When the mute ends, in ms since the Unix epoch; -1 for never.
-        expire_time: i64,
+        /// When the mute ends, in ms since the Unix epoch; `None`: never (until unmuted).
+        expire_time: Option<Timestamp>,
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,

@@ -33,12 +33,12 @@ pub struct HistoryQuery {
     /// oldest retained (down).
     pub start_seq: Option<u64>,
     /// Most messages in the page, 1 to the engine's `history_page_max` (200 by default).
-    pub page_size: usize,
+    pub page_size: u32,
 }
 
 impl HistoryQuery {
     /// The newest `page_size` messages, newest first.
-    pub fn newest(page_size: usize) -> HistoryQuery {
+    pub fn newest(page_size: u32) -> HistoryQuery {
         HistoryQuery {
             direction: SearchDirection::Up,
             start_seq: None,
@@ -47,7 +47,7 @@ impl HistoryQuery {
     }
 
     /// Up to `page_size` messages older than `seq`, newest first.
-    pub fn before(seq: u64, page_size: usize) -> HistoryQuery {
+    pub fn before(seq: u64, page_size: u32) -> HistoryQuery {
         HistoryQuery {
             direction: SearchDirection::Up,
             start_seq: Some(seq),
@@ -57,7 +57,7 @@ impl HistoryQuery {
 
     /// Up to `page_size` messages newer than `seq`, oldest first: what a member that saw `seq`
     /// last has missed.
-    pub fn after(seq: u64, page_size: usize) -> HistoryQuery {
+    pub fn after(seq: u64, page_size: u32) -> HistoryQuery {
         HistoryQuery {
             direction: SearchDirection::Down,
             start_seq: Some(seq),
@@ -205,7 +205,7 @@ mod tests {
         r.data.iter().map(ChatMessage::seq).collect()
     }
 
-    fn q(direction: SearchDirection, start_seq: Option<u64>, page_size: usize) -> HistoryQuery {
+    fn q(direction: SearchDirection, start_seq: Option<u64>, page_size: u32) -> HistoryQuery {
         HistoryQuery {
             direction,
             start_seq,

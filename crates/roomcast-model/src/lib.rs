@@ -30,14 +30,16 @@ pub use event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 pub use gate::{DeliveryGate, RoomMessageStats};
 pub use history::{ChatCursorResult, History, HistoryQuery, SearchDirection};
 pub use id::{RoomId, UserId};
-pub use limits::Limits;
+pub use limits::{Limits, RoomLimits};
 pub use message::{
     AttributeValue, ChatMessage, MessageBody, MessageData, MessageId, MessagePriority,
     OutgoingMessage,
 };
-pub use moderation::{check_permission, Moderation, Operation, MAX_ADMINS};
-pub use page::ChatPageResult;
+pub use moderation::{
+    check_permission, Moderation, MuteDuration, MutedMember, Operation, MAX_ADMINS,
+};
+pub use page::{check_page, ChatPageResult, LIST_PAGE_MAX};
 pub use room::{
     duration_ms, ms_to_timestamp, ChatRoom, ChatRoomPermissionType, Command, Effects, Room,
-    RoomPolicy, RoomRecord, RoomSpec, Timer, TimerKind, Timestamp,
+    RoomRecord, RoomSpec, Timer, TimerKind, Timestamp,
 };

@@ -1,5 +1,7 @@
 //! Configurable limits. Defaults are Agora's (see `shared/AGORA-REFERENCE.md`).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The engine's limits. Every field has Agora's default; each is configurable.
@@ -31,14 +33,13 @@ pub struct Limits {
     pub join_replay_count: usize,
     /// Messages each room retains for history and replay. Default 1,000.
     pub history_retention: usize,
-    /// Messages older than this (ms) are dropped from a room's history; `None` keeps them until
-    /// the count retention drops them. Default 7 days.
-    pub history_max_age_ms: Option<u64>,
+    /// Messages older than this are dropped from a room's history; `None` keeps them until the
+    /// count retention drops them. Default 7 days.
+    pub history_max_age: Option<Duration>,
     /// Largest page of history. Default 200.
-    pub history_page_max: usize,
-    /// How long a member may be offline before it is removed, in ms. Default 300,000 (5
-    /// minutes); a room may set its own.
-    pub offline_grace_ms: u64,
+    pub history_page_max: u32,
+    /// How long a member may be offline before it is removed. Default 5 minutes.
+    pub offline_grace: Duration,
     /// Per-room delivery threshold in messages per second, above which the room drops messages
     /// by priority (low first). Default 20, as Agora; `None` turns it off.
     pub room_delivery_rate: Option<u32>,
@@ -50,10 +51,10 @@ pub struct Limits {
     /// Calls a user may make per second, bursts included (EXCEED_SERVICE_LIMIT, 4); `None`: no
     /// limit. Default 100.
     pub api_calls_per_user_per_second: Option<u32>,
-    /// Messages a member may send to a room per window, as `(count, window in ms)`
+    /// Messages a member may send to a room per window, as `(count, window)`
     /// (MESSAGE_CURRENT_LIMITING, 509); the owner and admins are exempt. Default Twitch's 20 per
     /// 30 seconds; `None`: no limit.
-    pub user_messages_per_window: Option<(u32, u64)>,
+    pub user_messages_per_window: Option<(u32, Duration)>,
 }
 
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
@@ -138,21 +139,21 @@ impl Limits {
         self
     }
 
-    /// Sets [`Limits::history_max_age_ms`].
-    pub fn with_history_max_age_ms(mut self, value: Option<u64>) -> Self {
-        self.history_max_age_ms = value;
+    /// Sets [`Limits::history_max_age`].
+    pub fn with_history_max_age(mut self, value: Option<Duration>) -> Self {
+        self.history_max_age = value;
         self
     }
 
     /// Sets [`Limits::history_page_max`].
-    pub fn with_history_page_max(mut self, value: usize) -> Self {
+    pub fn with_history_page_max(mut self, value: u32) -> Self {
         self.history_page_max = value;
         self
     }
 
-    /// Sets [`Limits::offline_grace_ms`].
-    pub fn with_offline_grace_ms(mut self, value: u64) -> Self {
-        self.offline_grace_ms = value;
+    /// Sets [`Limits::offline_grace`].
+    pub fn with_offline_grace(mut self, value: Duration) -> Self {
+        self.offline_grace = value;
         self
     }
 
@@ -181,7 +182,7 @@ impl Limits {
     }
 
     /// Sets [`Limits::user_messages_per_window`].
-    pub fn with_user_messages_per_window(mut self, value: Option<(u32, u64)>) -> Self {
+    pub fn with_user_messages_per_window(mut self, value: Option<(u32, Duration)>) -> Self {
         self.user_messages_per_window = value;
         self
     }
@@ -206,7 +207,9 @@ impl Limits {
                 "a rate limit must be at least 1 per second (None turns it off)".into(),
             ));
         }
-        if matches!(self.user_messages_per_window, Some((0, _)) | Some((_, 0))) {
+        if matches!(self.user_messages_per_window, Some((0, _)))
+            || matches!(self.user_messages_per_window, Some((_, w)) if w < Duration::from_millis(1))
+        {
             return Err(crate::ChatError::InvalidParam(
                 "a message window needs a count and a length of at least 1 (None turns it off)"
                     .into(),
@@ -231,14 +234,148 @@ impl Default for Limits {
             message_max_bytes: 5 * 1024,
             join_replay_count: 10,
             history_retention: 1_000,
-            history_max_age_ms: Some(7 * 24 * 60 * 60 * 1000),
+            history_max_age: Some(Duration::from_secs(7 * 24 * 60 * 60)),
             history_page_max: 200,
-            offline_grace_ms: 5 * 60 * 1000,
+            offline_grace: Duration::from_secs(5 * 60),
             room_delivery_rate: Some(20),
             join_event_threshold: 1_000,
             max_rooms_per_user: 1_000,
             api_calls_per_user_per_second: Some(100),
-            user_messages_per_window: Some((20, 30_000)),
+            user_messages_per_window: Some((20, Duration::from_secs(30))),
         }
+    }
+}
+
+/// A room's own limits, set when it is created and changed by its owner. Each field left
+/// `None` falls back to the engine's [`Limits`]; fields whose engine limit may be off take
+/// `Some(None)` to turn it off for this room.
+///
+/// A stream room and its side rooms need different limits: the stream's room keeps Agora's
+/// delivery threshold and the message window, a moderators' side room turns both off.
+///
+/// ```
+/// use roomcast_model::{Limits, RoomLimits};
+/// use std::time::Duration;
+/// let side_room = RoomLimits::default()
+///     .with_delivery_rate(None) // no delivery threshold in this room
+///     .with_offline_grace(Duration::from_secs(30));
+/// let effective = side_room.apply(&Limits::default());
+/// assert_eq!(effective.room_delivery_rate, None);
+/// assert_eq!(effective.offline_grace, Duration::from_secs(30));
+/// assert_eq!(effective.join_replay_count, 10); // the engine's
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RoomLimits {
+    /// The delivery threshold in messages per second ([`Limits::room_delivery_rate`]);
+    /// `Some(None)`: none in this room.
+    pub delivery_rate: Option<Option<u32>>,
+    /// Messages a member may send per window ([`Limits::user_messages_per_window`]);
+    /// `Some(None)`: no limit in this room.
+    pub user_messages_per_window: Option<Option<(u32, Duration)>>,
+    /// How long a member may be offline before it is removed ([`Limits::offline_grace`]).
+    pub offline_grace: Option<Duration>,
+    /// Above this many members, join and exit events go only to the owner and admins
+    /// ([`Limits::join_event_threshold`]).
+    pub join_event_threshold: Option<usize>,
+    /// Messages replayed to a member who joins, at most 200 ([`Limits::join_replay_count`]).
+    pub join_replay_count: Option<usize>,
+    /// Messages the room retains for history and replay ([`Limits::history_retention`]).
+    pub history_retention: Option<usize>,
+    /// Messages older than this leave the history ([`Limits::history_max_age`]); `Some(None)`:
+    /// no age limit in this room.
+    pub history_max_age: Option<Option<Duration>>,
+}
+
+impl RoomLimits {
+    /// Sets [`RoomLimits::delivery_rate`] (`None` turns the threshold off for this room).
+    pub fn with_delivery_rate(mut self, per_second: Option<u32>) -> Self {
+        self.delivery_rate = Some(per_second);
+        self
+    }
+
+    /// Sets [`RoomLimits::user_messages_per_window`] (`None` turns the limit off for this room).
+    pub fn with_user_messages_per_window(mut self, value: Option<(u32, Duration)>) -> Self {
+        self.user_messages_per_window = Some(value);
+        self
+    }
+
+    /// Sets [`RoomLimits::offline_grace`].
+    pub fn with_offline_grace(mut self, grace: Duration) -> Self {
+        self.offline_grace = Some(grace);
+        self
+    }
+
+    /// Sets [`RoomLimits::join_event_threshold`].
+    pub fn with_join_event_threshold(mut self, members: usize) -> Self {
+        self.join_event_threshold = Some(members);
+        self
+    }
+
+    /// Sets [`RoomLimits::join_replay_count`].
+    pub fn with_join_replay_count(mut self, count: usize) -> Self {
+        self.join_replay_count = Some(count);
+        self
+    }
+
+    /// Sets [`RoomLimits::history_retention`].
+    pub fn with_history_retention(mut self, count: usize) -> Self {
+        self.history_retention = Some(count);
+        self
+    }
+
+    /// Sets [`RoomLimits::history_max_age`] (`None` turns the age limit off for this room).
+    pub fn with_history_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.history_max_age = Some(max_age);
+        self
+    }
+
+    /// The limits a room with these overrides runs under: `engine`'s, with every field set here
+    /// replaced.
+    pub fn apply(&self, engine: &Limits) -> Limits {
+        let mut l = engine.clone();
+        if let Some(v) = self.delivery_rate {
+            l.room_delivery_rate = v;
+        }
+        if let Some(v) = self.user_messages_per_window {
+            l.user_messages_per_window = v;
+        }
+        if let Some(v) = self.offline_grace {
+            l.offline_grace = v;
+        }
+        if let Some(v) = self.join_event_threshold {
+            l.join_event_threshold = v;
+        }
+        if let Some(v) = self.join_replay_count {
+            l.join_replay_count = v;
+        }
+        if let Some(v) = self.history_retention {
+            l.history_retention = v;
+        }
+        if let Some(v) = self.history_max_age {
+            l.history_max_age = v;
+        }
+        l
+    }
+
+    /// Checks the overrides against the rules of [`Limits`] (110 otherwise).
+    pub fn validate(&self, engine: &Limits) -> Result<(), crate::ChatError> {
+        self.apply(engine).validate()
+    }
+
+    /// Merges `change` into these overrides: each field `change` sets replaces this one's.
+    pub fn merge(&mut self, change: &RoomLimits) {
+        macro_rules! take {
+            ($($f:ident),*) => {$(if change.$f.is_some() { self.$f = change.$f; })*};
+        }
+        take!(
+            delivery_rate,
+            user_messages_per_window,
+            offline_grace,
+            join_event_threshold,
+            join_replay_count,
+            history_retention,
+            history_max_age
+        );
     }
 }

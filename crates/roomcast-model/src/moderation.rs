@@ -51,6 +51,8 @@ pub enum Operation {
     ChangeSpecification,
     /// Change the announcement.
     UpdateAnnouncement,
+    /// Change the room's own limits.
+    ChangeLimits,
 }
 
 /// May `actor` do `op` to `target` (`None` for operations without a target)? The target's role
@@ -63,7 +65,7 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
     let deny = |why: &str| Err(ChatError::PermissionDenied(format!("{op:?}: {why}")));
     let staff = matches!(actor, Role::Owner | Role::Admin);
     match op {
-        Destroy | ChangeOwner | AddAdmin | RemoveAdmin => {
+        Destroy | ChangeOwner | AddAdmin | RemoveAdmin | ChangeLimits => {
             if actor != Role::Owner {
                 return deny("only the owner may");
             }
@@ -93,6 +95,40 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
     }
 }
 
+/// How long a mute lasts (the SDK's `duration` argument, where -1 meant forever).
+///
+/// ```
+/// use roomcast_model::MuteDuration;
+/// use std::time::Duration;
+/// let ten_minutes: MuteDuration = Duration::from_secs(600).into();
+/// assert_eq!(ten_minutes, MuteDuration::For(Duration::from_secs(600)));
+/// assert_ne!(ten_minutes, MuteDuration::Forever);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MuteDuration {
+    /// For this long (at least 1 ms; a zero duration is refused with 110). The mute ends by
+    /// itself, with `on_mute_list_removed_from_chat_room`.
+    For(std::time::Duration),
+    /// Until unmuted.
+    Forever,
+}
+
+/// One entry of the mute list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct MutedMember {
+    /// The muted member.
+    pub user_id: UserId,
+    /// When the mute ends, in ms since the Unix epoch; `None`: never (until unmuted).
+    pub expire_time: Option<crate::Timestamp>,
+}
+
+impl From<std::time::Duration> for MuteDuration {
+    fn from(d: std::time::Duration) -> Self {
+        MuteDuration::For(d)
+    }
+}
+
 /// A moderation command's action.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Moderation {
@@ -109,12 +145,12 @@ pub enum Moderation {
     Block(Vec<UserId>),
     /// Unblock these users.
     Unblock(Vec<UserId>),
-    /// Mute these members for `duration_ms` (-1: until unmuted).
+    /// Mute these members for a while or until unmuted.
     Mute {
         /// Whom.
         targets: Vec<UserId>,
-        /// For how long, in ms; -1 forever.
-        duration_ms: i64,
+        /// For how long.
+        duration: MuteDuration,
     },
     /// Unmute these members.
     Unmute(Vec<UserId>),
@@ -130,6 +166,8 @@ pub enum Moderation {
     ChangeDescription(String),
     /// Change max members (not below the current count).
     ChangeMaxUsers(u32),
+    /// Change the room's own limits (owner only): each field set replaces the room's.
+    ChangeLimits(crate::RoomLimits),
     /// Change the announcement.
     UpdateAnnouncement(String),
 }
@@ -307,22 +345,20 @@ impl Room {
                 }
                 Ok(self.changed(Vec::new()))
             }
-            M::Mute {
-                targets,
-                duration_ms,
-            } => {
+            M::Mute { targets, duration } => {
                 let targets = dedup(targets);
                 non_empty(&targets)?;
-                if duration_ms == 0 || duration_ms < -1 {
+                if duration == MuteDuration::For(std::time::Duration::ZERO) {
                     return Err(ChatError::InvalidParam(
-                        "mute duration must be positive ms, or -1 for forever".into(),
+                        "a mute lasts at least 1 ms (MuteDuration::Forever for no end)".into(),
                     ));
                 }
                 self.check_targets(Operation::Mute, &by, &targets, true)?;
-                let expire = if duration_ms < 0 {
-                    -1
-                } else {
-                    now.saturating_add(duration_ms)
+                // The record keeps Agora's -1 for "no end"; the API never shows it.
+                let expire = match duration {
+                    MuteDuration::Forever => -1,
+                    MuteDuration::For(d) => now
+                        .saturating_add(crate::ms_to_timestamp(crate::duration_ms(d)).max(1)),
                 };
                 for t in &targets {
                     self.record_mut().mute_list.insert(t.clone(), expire);
@@ -333,7 +369,7 @@ impl Room {
                     event: ChatRoomEvent::MuteListAdded {
                         room_id,
                         members: targets.clone(),
-                        expire_time: expire,
+                        expire_time: (expire >= 0).then_some(expire),
                         operator: Some(by),
                     },
                 }]);
@@ -438,6 +474,18 @@ impl Room {
             M::ChangeName(name) => self.change_spec(&by, |spec| spec.name = name),
             M::ChangeDescription(description) => {
                 self.change_spec(&by, |spec| spec.description = description)
+            }
+            M::ChangeLimits(change) => {
+                check_permission(Operation::ChangeLimits, self.role_of(&by), None)?;
+                self.set_room_limits(&change, now)?;
+                let room = Box::new(self.snapshot(None));
+                Ok(self.changed(vec![Outgoing {
+                    to: Audience::MembersExcept(vec![by.clone()]),
+                    event: ChatRoomEvent::SpecificationChanged {
+                        room,
+                        operator: Some(by),
+                    },
+                }]))
             }
             M::ChangeMaxUsers(max) => {
                 if (max as usize) < self.member_count() {
@@ -598,7 +646,7 @@ mod tests {
         let kick: Make = |u| Moderation::Kick(vec![u]);
         let block: Make = |u| Moderation::Block(vec![u]);
         let unblock: Make = |u| Moderation::Unblock(vec![u]);
-        let mute: Make = |u| Moderation::Mute { targets: vec![u], duration_ms: 1_000 };
+        let mute: Make = |u| Moderation::Mute { targets: vec![u], duration: MuteDuration::For(std::time::Duration::from_secs(1)) };
         let unmute: Make = |u| Moderation::Unmute(vec![u]);
         let allow: Make = |u| Moderation::AllowListAdd(vec![u]);
         let disallow: Make = |u| Moderation::AllowListRemove(vec![u]);
@@ -685,12 +733,12 @@ mod tests {
         let reads: [(&str, Read, [u32; 4]); 5] = [
             (
                 "mute list",
-                |r, u| r.mute_list(u, 0).map(drop),
+                |r, u| r.mute_list(u, 0, 1, 10).map(drop),
                 [OK, OK, 703, 703],
             ),
             (
                 "allow list",
-                |r, u| r.allow_list(u).map(drop),
+                |r, u| r.allow_list(u, 1, 10).map(drop),
                 [OK, OK, 703, 703],
             ),
             (
@@ -820,7 +868,7 @@ mod tests {
         let fx = r
             .apply(by(Moderation::Mute {
                 targets: vec![uid("m")],
-                duration_ms: 500,
+                duration: MuteDuration::For(std::time::Duration::from_millis(500)),
             }))
             .unwrap();
         assert_eq!(
@@ -836,9 +884,9 @@ mod tests {
                 .code(),
             215
         );
-        assert_eq!(r.mute_list(&uid("o"), 1_499).unwrap().len(), 1);
+        assert_eq!(r.mute_list(&uid("o"), 1_499, 1, 10).unwrap().data.len(), 1);
         assert_eq!(
-            r.mute_list(&uid("o"), 1_500).unwrap().len(),
+            r.mute_list(&uid("o"), 1_500, 1, 10).unwrap().data.len(),
             0,
             "an ended mute is not listed"
         );
@@ -866,7 +914,7 @@ mod tests {
         // Mute-all and the mute list are independent.
         r.apply(by(Moderation::Mute {
             targets: vec![uid("m2")],
-            duration_ms: -1,
+            duration: MuteDuration::Forever,
         }))
         .unwrap();
         r.apply(by(Moderation::MuteAll(true))).unwrap();
@@ -875,7 +923,7 @@ mod tests {
         assert_eq!(
             code(r.apply(by(Moderation::Mute {
                 targets: vec![uid("m")],
-                duration_ms: 0
+                duration: MuteDuration::For(std::time::Duration::ZERO)
             }))),
             110
         );

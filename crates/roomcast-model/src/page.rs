@@ -15,7 +15,43 @@ pub struct ChatPageResult<T> {
     pub total: usize,
 }
 
+/// Largest page of a room's lists (members, mutes, allow list, block list).
+pub const LIST_PAGE_MAX: u32 = 1_000;
+
+/// Checks a page request of a room's list: pages from 1, of 1 to [`LIST_PAGE_MAX`] (110
+/// otherwise).
+pub fn check_page(page_num: u32, page_size: u32, max: u32) -> Result<(), crate::ChatError> {
+    if page_num == 0 || page_size == 0 || page_size > max {
+        return Err(crate::ChatError::InvalidParam(format!(
+            "pages are numbered from 1 and hold 1 to {max} items (asked page {page_num} of \
+             {page_size})"
+        )));
+    }
+    Ok(())
+}
+
 impl<T> ChatPageResult<T> {
+    /// Page `page_num` (from 1) of `page_size` items of a listing of `total` items, taken from
+    /// `items` in the listing's order. The caller checks the request with [`check_page`].
+    pub fn from_iter(
+        items: impl IntoIterator<Item = T>,
+        total: usize,
+        page_num: u32,
+        page_size: u32,
+    ) -> ChatPageResult<T> {
+        let skip = (page_num.max(1) as usize - 1).saturating_mul(page_size as usize);
+        ChatPageResult {
+            data: items
+                .into_iter()
+                .skip(skip)
+                .take(page_size as usize)
+                .collect(),
+            page_num,
+            page_size,
+            total,
+        }
+    }
+
     /// The number of items on this page (the SDK's `pageCount`).
     pub fn page_count(&self) -> usize {
         self.data.len()

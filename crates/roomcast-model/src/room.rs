@@ -15,8 +15,10 @@ use crate::attributes::{AttributeFailures, RoomAttribute, SetAttributes};
 use crate::event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 use crate::gate::{DeliveryGate, RoomMessageStats};
 use crate::message::{ChatMessage, MessageData, MessageId, MessagePriority, OutgoingMessage};
-use crate::moderation::{check_permission, Moderation, Operation};
-use crate::{ChatError, Limits, RoomId, UserId};
+use crate::moderation::{check_permission, Moderation, MutedMember, Operation};
+use crate::history::ChatCursorResult;
+use crate::page::{check_page, ChatPageResult, LIST_PAGE_MAX};
+use crate::{ChatError, Limits, RoomId, RoomLimits, UserId};
 
 /// Milliseconds since the Unix epoch, from the engine's clock.
 pub type Timestamp = i64;
@@ -43,9 +45,6 @@ pub struct RoomSpec {
     pub welcome_message: String,
     /// The most members the room may hold at once.
     pub max_users: u32,
-    /// How long a member may be offline before it is removed, in ms; `None`: the engine's
-    /// default (5 minutes unless configured).
-    pub offline_grace_ms: Option<u64>,
 }
 
 impl RoomSpec {
@@ -102,6 +101,7 @@ pub enum ChatRoomPermissionType {
 
 /// A snapshot of a room, as the SDK's `ChatRoom`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChatRoom {
     /// The room's id.
     pub room_id: RoomId,
@@ -125,6 +125,8 @@ pub struct ChatRoom {
     pub permission_type: ChatRoomPermissionType,
     /// When the room was created (ms since the Unix epoch).
     pub created_at: Timestamp,
+    /// The room's own limits (unset fields are the engine's).
+    pub limits: RoomLimits,
 }
 
 /// A room's persisted state: everything but transient membership.
@@ -155,6 +157,8 @@ pub struct RoomRecord {
     pub attributes: BTreeMap<String, RoomAttribute>,
     /// Creation time.
     pub created_at: Timestamp,
+    /// The room's own limits (the engine's where unset).
+    pub limits: RoomLimits,
 }
 
 /// A state change asked of a room. Reads are plain methods on [`Room`].
@@ -326,25 +330,15 @@ impl Effects {
     }
 }
 
-/// The engine-wide settings a room applies, fixed when the room is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomPolicy {
-    /// Offline grace period for rooms that do not set their own, in ms.
-    pub offline_grace_ms: u64,
-    /// Above this many members, join and exit events go to the owner and admins only.
-    pub join_event_threshold: usize,
-    /// The delivery threshold, in messages per second (`None`: off).
-    pub delivery_rate: Option<u32>,
-}
-
-impl RoomPolicy {
-    /// The policy `limits` set.
-    pub fn from_limits(limits: &Limits) -> RoomPolicy {
-        RoomPolicy {
-            offline_grace_ms: limits.offline_grace_ms,
-            join_event_threshold: limits.join_event_threshold,
-            delivery_rate: limits.room_delivery_rate,
-        }
+/// The engine's limits and the ones a room with `overrides` runs under (the same allocation
+/// when it overrides nothing).
+fn effective_limits(engine: &Limits, overrides: &RoomLimits) -> (Arc<Limits>, Arc<Limits>) {
+    let engine = Arc::new(engine.clone());
+    if *overrides == RoomLimits::default() {
+        (engine.clone(), engine)
+    } else {
+        let effective = Arc::new(overrides.apply(&engine));
+        (engine, effective)
     }
 }
 
@@ -394,8 +388,10 @@ pub struct Room {
     members: Members,
     /// Members whose session is offline, and since when.
     offline: HashMap<UserId, Timestamp>,
+    /// The engine's limits.
+    engine_limits: Arc<Limits>,
+    /// The limits this room runs under: the engine's with the record's overrides.
     limits: Arc<Limits>,
-    policy: RoomPolicy,
     last_seq: u64,
     gate: DeliveryGate,
     stats: RoomMessageStats,
@@ -414,11 +410,13 @@ impl Room {
         id: RoomId,
         creator: UserId,
         spec: RoomSpec,
+        room_limits: RoomLimits,
         members: Vec<UserId>,
         limits: &Limits,
         now: Timestamp,
     ) -> Result<Room, ChatError> {
         spec.validate(limits)?;
+        room_limits.validate(limits)?;
         if members.len() > limits.max_initial_members {
             return Err(ChatError::InvalidParam(format!(
                 "at most {} members may be added at creation, got {}",
@@ -434,13 +432,13 @@ impl Room {
         if set.len() > spec.max_users as usize {
             return Err(ChatError::MembersFull(spec.max_users));
         }
-        let policy = RoomPolicy::from_limits(limits);
+        let (engine_limits, effective) = effective_limits(limits, &room_limits);
         Ok(Room {
             offline: HashMap::new(),
-            limits: Arc::new(limits.clone()),
-            policy,
+            gate: DeliveryGate::new(effective.room_delivery_rate, now),
+            engine_limits,
+            limits: effective,
             last_seq: 0,
-            gate: DeliveryGate::new(policy.delivery_rate, now),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
             record: RoomRecord {
@@ -455,6 +453,7 @@ impl Room {
                 block_list: BTreeSet::new(),
                 attributes: BTreeMap::new(),
                 created_at: now,
+                limits: room_limits,
             },
             members: set,
         })
@@ -463,15 +462,15 @@ impl Room {
     /// Restores a room from its persisted record, with no members (they rejoin). Messages
     /// continue from `last_seq`.
     pub fn from_record(record: RoomRecord, limits: &Limits, last_seq: u64, now: Timestamp) -> Room {
-        let policy = RoomPolicy::from_limits(limits);
+        let (engine_limits, effective) = effective_limits(limits, &record.limits);
         Room {
             record,
             members: Members::default(),
             offline: HashMap::new(),
-            limits: Arc::new(limits.clone()),
-            policy,
+            gate: DeliveryGate::new(effective.room_delivery_rate, now),
+            engine_limits,
+            limits: effective,
             last_seq,
-            gate: DeliveryGate::new(policy.delivery_rate, now),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
         }
@@ -495,10 +494,30 @@ impl Room {
 
     /// This room's offline grace period in ms.
     pub fn offline_grace_ms(&self) -> u64 {
-        self.record
-            .spec
-            .offline_grace_ms
-            .unwrap_or(self.policy.offline_grace_ms)
+        duration_ms(self.limits.offline_grace)
+    }
+
+    /// The room's own limits, as set at creation and by its owner.
+    pub fn room_limits(&self) -> &RoomLimits {
+        &self.record.limits
+    }
+
+    /// Replaces the room's limits with `limits` merged into them (the owner's change).
+    pub(crate) fn set_room_limits(&mut self, change: &RoomLimits, now: Timestamp) -> Result<(), ChatError> {
+        let mut merged = self.record.limits.clone();
+        merged.merge(change);
+        merged.validate(&self.engine_limits)?;
+        let (_, effective) = effective_limits(&self.engine_limits, &merged);
+        if effective.room_delivery_rate != self.limits.room_delivery_rate {
+            self.gate = DeliveryGate::new(effective.room_delivery_rate, now);
+        }
+        if effective.user_messages_per_window != self.limits.user_messages_per_window {
+            // Windows counted under the old limit do not carry over.
+            self.send_windows.clear();
+        }
+        self.limits = effective;
+        self.record.limits = merged;
+        Ok(())
     }
 
     /// True if `user` is exempt from mute-all and the offline rule: the owner, an admin, or on
@@ -552,7 +571,7 @@ impl Room {
     /// threshold only the owner and admins, so that a join storm costs O(N), not O(N^2).
     fn membership_audience(&self, user: &UserId, actor: Option<&UserId>) -> Audience {
         let except: Vec<UserId> = std::iter::once(user).chain(actor).cloned().collect();
-        if self.members.len() > self.policy.join_event_threshold {
+        if self.members.len() > self.limits.join_event_threshold {
             Audience::StaffExcept(except)
         } else {
             Audience::MembersExcept(except)
@@ -596,27 +615,47 @@ impl Room {
         }
     }
 
-    /// The mute list with each mute's end (ms since the epoch, -1 never), leaving out mutes that
-    /// have ended by `now`. Owner and admins only.
+    /// Page `page_num` (from 1) of the mute list, sorted by user id, with each mute's end,
+    /// leaving out mutes that have ended by `now`. Owner and admins only.
     pub fn mute_list(
         &self,
         viewer: &UserId,
         now: Timestamp,
-    ) -> Result<BTreeMap<UserId, Timestamp>, ChatError> {
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<ChatPageResult<MutedMember>, ChatError> {
         check_permission(Operation::FetchMuteList, self.role_of(viewer), None)?;
-        Ok(self
+        check_page(page_num, page_size, LIST_PAGE_MAX)?;
+        let live = |(_, &until): &(&UserId, &Timestamp)| until < 0 || until > now;
+        let total = self.record.mute_list.iter().filter(live).count();
+        let entries = self
             .record
             .mute_list
             .iter()
-            .filter(|(_, &until)| until < 0 || until > now)
-            .map(|(u, t)| (u.clone(), *t))
-            .collect())
+            .filter(live)
+            .map(|(u, &t)| MutedMember {
+                user_id: u.clone(),
+                expire_time: (t >= 0).then_some(t),
+            });
+        Ok(ChatPageResult::from_iter(entries, total, page_num, page_size))
     }
 
-    /// The allow list. Owner and admins only.
-    pub fn allow_list(&self, viewer: &UserId) -> Result<Vec<UserId>, ChatError> {
+    /// Page `page_num` (from 1) of the allow list, sorted by user id. Owner and admins only.
+    pub fn allow_list(
+        &self,
+        viewer: &UserId,
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<ChatPageResult<UserId>, ChatError> {
         check_permission(Operation::FetchAllowList, self.role_of(viewer), None)?;
-        Ok(self.record.allow_list.iter().cloned().collect())
+        check_page(page_num, page_size, LIST_PAGE_MAX)?;
+        let list = &self.record.allow_list;
+        Ok(ChatPageResult::from_iter(
+            list.iter().cloned(),
+            list.len(),
+            page_num,
+            page_size,
+        ))
     }
 
     /// True if `user` is on the allow list (the owner and admins always are). Any member may ask
@@ -634,39 +673,30 @@ impl Room {
         viewer: &UserId,
         page_num: u32,
         page_size: u32,
-    ) -> Result<Vec<UserId>, ChatError> {
+    ) -> Result<ChatPageResult<UserId>, ChatError> {
         check_permission(Operation::FetchBlockList, self.role_of(viewer), None)?;
-        if page_num == 0 || page_size == 0 {
-            return Err(ChatError::InvalidParam(
-                "pages are numbered from 1, of 1 or more".into(),
-            ));
-        }
-        let skip = (page_num as usize - 1).saturating_mul(page_size as usize);
-        Ok(self
-            .record
-            .block_list
-            .iter()
-            .skip(skip)
-            .take(page_size as usize)
-            .cloned()
-            .collect())
+        check_page(page_num, page_size, LIST_PAGE_MAX)?;
+        let list = &self.record.block_list;
+        Ok(ChatPageResult::from_iter(
+            list.iter().cloned(),
+            list.len(),
+            page_num,
+            page_size,
+        ))
     }
 
-    /// A page of the member list, newest first: up to `page_size` members who joined before
-    /// the cursor (`None`: from the newest), and the cursor of the next page (`None` at the end).
-    /// Members only.
+    /// A page of the member list, newest first: up to `page_size` (1 to [`LIST_PAGE_MAX`])
+    /// members who joined before the cursor (`None`: from the newest), and the cursor of the
+    /// next page (`None` at the end). Members only.
     pub fn members_page(
         &self,
         viewer: &UserId,
         cursor: Option<u64>,
-        page_size: usize,
-    ) -> Result<(Vec<UserId>, Option<u64>), ChatError> {
+        page_size: u32,
+    ) -> Result<ChatCursorResult<UserId>, ChatError> {
         self.require_member(viewer)?;
-        if page_size == 0 {
-            return Err(ChatError::InvalidParam(
-                "page size must be at least 1".into(),
-            ));
-        }
+        check_page(1, page_size, LIST_PAGE_MAX)?;
+        let page_size = page_size as usize;
         let before = cursor.unwrap_or(u64::MAX);
         let mut older: Vec<(u64, &UserId)> = self
             .members
@@ -686,7 +716,10 @@ impl Room {
         } else {
             None
         };
-        Ok((older.into_iter().map(|(_, u)| u.clone()).collect(), next))
+        Ok(ChatCursorResult {
+            data: older.into_iter().map(|(_, u)| u.clone()).collect(),
+            cursor: next,
+        })
     }
 
     /// The room's id.
@@ -748,6 +781,7 @@ impl Room {
             is_all_member_muted: r.all_muted,
             permission_type: viewer.map_or(ChatRoomPermissionType::None, |v| self.role_of(v)),
             created_at: r.created_at,
+            limits: r.limits.clone(),
         }
     }
 
@@ -820,18 +854,18 @@ impl Room {
         let Some((max, window)) = self.limits.user_messages_per_window else {
             return Ok(());
         };
+        let window_ms = ms_to_timestamp(duration_ms(window));
         if *from == self.record.owner || self.record.admins.contains(from) {
             return Ok(());
         }
         // A member's window outlives its membership (leaving and rejoining does not reset it);
         // windows that ended are dropped now and then, so the map follows the active senders.
         if self.send_windows.len() > 2 * self.members.len() + 64 {
-            let window_ms = ms_to_timestamp(window);
             self.send_windows
                 .retain(|_, (start, _)| now.saturating_sub(*start) < window_ms);
         }
         let entry = self.send_windows.entry(from.clone()).or_insert((now, 0));
-        if now.saturating_sub(entry.0) >= ms_to_timestamp(window) {
+        if now.saturating_sub(entry.0) >= window_ms {
             *entry = (now, 0);
         }
         if entry.1 >= max {
@@ -1023,6 +1057,7 @@ mod tests {
             RoomId::from_u64(1),
             uid("owner"),
             spec(max_users),
+            RoomLimits::default(),
             vec![],
             &Limits::default(),
             0,
@@ -1099,6 +1134,7 @@ mod tests {
             RoomId::from_u64(1),
             uid("o"),
             spec(3),
+            RoomLimits::default(),
             vec![uid("a"), uid("b"), uid("a"), uid("o")],
             &Limits::default(),
             5,
@@ -1109,6 +1145,7 @@ mod tests {
             RoomId::from_u64(1),
             uid("o"),
             spec(2),
+            RoomLimits::default(),
             vec![uid("a"), uid("b")],
             &Limits::default(),
             5,
@@ -1233,6 +1270,7 @@ mod tests {
             RoomId::from_u64(1),
             uid("owner"),
             spec(10),
+            RoomLimits::default(),
             vec![uid("m")],
             &Limits {
                 room_delivery_rate: Some(1),
@@ -1341,6 +1379,7 @@ mod tests {
             RoomId::from_u64(1),
             uid("owner"),
             spec(100),
+            RoomLimits::default(),
             vec![],
             &Limits {
                 join_event_threshold: 3,
@@ -1384,13 +1423,14 @@ mod tests {
     fn members_are_held_to_a_message_window_staff_are_not() {
         let limits = Limits {
             room_delivery_rate: None,
-            user_messages_per_window: Some((3, 1_000)),
+            user_messages_per_window: Some((3, std::time::Duration::from_secs(1))),
             ..Limits::default()
         };
         let mut r = Room::create(
             RoomId::from_u64(1),
             uid("owner"),
             spec(10),
+            RoomLimits::default(),
             vec![uid("m")],
             &limits,
             0,

@@ -1,6 +1,6 @@
 //! Helpers shared by the model's unit tests.
 
-use crate::{Limits, Room, RoomId, RoomSpec, UserId};
+use crate::{Limits, Room, RoomId, RoomLimits, RoomSpec, UserId};
 
 pub(crate) fn uid(s: &str) -> UserId {
     UserId::new(s).unwrap()
@@ -13,7 +13,6 @@ pub(crate) fn spec(max_users: u32) -> RoomSpec {
         description: String::new(),
         welcome_message: String::new(),
         max_users,
-        offline_grace_ms: None,
     }
 }
 
@@ -24,6 +23,7 @@ pub(crate) fn room_of(owner: &str, members: &[&str], max_users: u32, limits: &Li
         RoomId::from_u64(1),
         uid(owner),
         spec(max_users),
+        RoomLimits::default(),
         members,
         limits,
         0,

@@ -141,7 +141,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
             }
         };
         match key.first() {
-            Some(&keys::ROOM) => match codec::decode::<RoomRecord>(RecordKind::Room, &value) {
+            Some(&keys::ROOM) => match codec::decode_room(&value) {
                 Ok(record) if keys::room_of(&key) == Some(record.id) => {
                     report.rooms += 1;
                     rooms.insert(record.id, record);

@@ -32,7 +32,8 @@ pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RecordKind {
-    /// A room's [`roomcast_model::RoomRecord`].
+    /// A room's record in the first layout (before rooms had their own limits): read, never
+    /// written.
     Room = 1,
     /// A super admin.
     SuperAdmin = 2,
@@ -44,6 +45,8 @@ pub enum RecordKind {
     RoomSeq = 5,
     /// The write mark (`u64`).
     Mark = 6,
+    /// A room's [`roomcast_model::RoomRecord`].
+    RoomV2 = 7,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -125,4 +128,79 @@ pub fn decode<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> Result<T, 
         )));
     }
     Ok(value)
+}
+
+/// Encodes a room record in the current layout.
+pub fn encode_room(record: &roomcast_model::RoomRecord) -> Result<Vec<u8>, StoreError> {
+    encode(RecordKind::RoomV2, record)
+}
+
+/// Decodes a room record of either layout: the record's kind says which.
+pub fn decode_room(bytes: &[u8]) -> Result<roomcast_model::RoomRecord, StoreError> {
+    if bytes.len() > 3 && bytes[3] == RecordKind::Room as u8 {
+        return decode::<legacy::RoomRecordV1>(RecordKind::Room, bytes).map(Into::into);
+    }
+    decode(RecordKind::RoomV2, bytes)
+}
+
+/// Earlier layouts, kept to read stores written by earlier versions.
+mod legacy {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use roomcast_model::{RoomAttribute, RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId};
+    use serde::Deserialize;
+
+    /// `RoomSpec` before rooms had their own limits: the offline grace was the only one.
+    #[derive(Debug, Deserialize)]
+    pub struct RoomSpecV1 {
+        name: String,
+        description: String,
+        welcome_message: String,
+        max_users: u32,
+        offline_grace_ms: Option<u64>,
+    }
+
+    /// `RoomRecord` before rooms had their own limits.
+    #[derive(Debug, Deserialize)]
+    pub struct RoomRecordV1 {
+        id: RoomId,
+        spec: RoomSpecV1,
+        owner: UserId,
+        admins: Vec<UserId>,
+        announcement: String,
+        all_muted: bool,
+        mute_list: BTreeMap<UserId, Timestamp>,
+        allow_list: BTreeSet<UserId>,
+        block_list: BTreeSet<UserId>,
+        attributes: BTreeMap<String, RoomAttribute>,
+        created_at: Timestamp,
+    }
+
+    impl From<RoomRecordV1> for RoomRecord {
+        fn from(v1: RoomRecordV1) -> RoomRecord {
+            let mut limits = RoomLimits::default();
+            if let Some(ms) = v1.spec.offline_grace_ms {
+                limits = limits.with_offline_grace(std::time::Duration::from_millis(ms));
+            }
+            RoomRecord {
+                id: v1.id,
+                spec: RoomSpec {
+                    name: v1.spec.name,
+                    description: v1.spec.description,
+                    welcome_message: v1.spec.welcome_message,
+                    max_users: v1.spec.max_users,
+                },
+                owner: v1.owner,
+                admins: v1.admins,
+                announcement: v1.announcement,
+                all_muted: v1.all_muted,
+                mute_list: v1.mute_list,
+                allow_list: v1.allow_list,
+                block_list: v1.block_list,
+                attributes: v1.attributes,
+                created_at: v1.created_at,
+                limits,
+            }
+        }
+    }
 }

@@ -559,14 +559,14 @@ impl Reader {
     pub fn rooms(&self) -> impl Iterator<Item = Result<RoomRecord, StoreError>> + '_ {
         self.tree.scan_prefix([keys::ROOM]).map(|item| {
             let (key, value) = item?;
-            codec::decode(RecordKind::Room, &value).map_err(|e| e.at(keys::describe(&key)))
+            codec::decode_room(&value).map_err(|e| e.at(keys::describe(&key)))
         })
     }
 
     /// The record of room `id`, if stored.
     pub fn room(&self, id: RoomId) -> Result<Option<RoomRecord>, StoreError> {
         match self.tree.get(keys::room(id))? {
-            Some(value) => codec::decode(RecordKind::Room, &value)
+            Some(value) => codec::decode_room(&value)
                 .map(Some)
                 .map_err(|e| e.at(format!("room {id}"))),
             None => Ok(None),

@@ -17,7 +17,6 @@ fn record(id: u64, name: &str) -> RoomRecord {
             description: "d".into(),
             welcome_message: String::new(),
             max_users: 300,
-            offline_grace_ms: Some(1_000),
         },
         owner: uid("owner"),
         admins: vec![uid("adm")],
@@ -36,7 +35,70 @@ fn record(id: u64, name: &str) -> RoomRecord {
             },
         )]),
         created_at: 42,
+        limits: roomcast_model::RoomLimits::default()
+            .with_offline_grace(std::time::Duration::from_secs(1))
+            .with_delivery_rate(None),
     }
+}
+
+/// A room record written by the first layout (before per-room limits) still reads, with its
+/// offline grace as the room's own limit.
+#[test]
+fn first_layout_room_records_still_read() {
+    #[derive(serde::Serialize)]
+    struct SpecV1 {
+        name: String,
+        description: String,
+        welcome_message: String,
+        max_users: u32,
+        offline_grace_ms: Option<u64>,
+    }
+    #[derive(serde::Serialize)]
+    struct RecordV1 {
+        id: RoomId,
+        spec: SpecV1,
+        owner: UserId,
+        admins: Vec<UserId>,
+        announcement: String,
+        all_muted: bool,
+        mute_list: BTreeMap<UserId, i64>,
+        allow_list: BTreeSet<UserId>,
+        block_list: BTreeSet<UserId>,
+        attributes: BTreeMap<String, roomcast_model::RoomAttribute>,
+        created_at: i64,
+    }
+    let now = record(7, "old");
+    let v1 = RecordV1 {
+        id: now.id,
+        spec: SpecV1 {
+            name: now.spec.name.clone(),
+            description: now.spec.description.clone(),
+            welcome_message: now.spec.welcome_message.clone(),
+            max_users: now.spec.max_users,
+            offline_grace_ms: Some(1_000),
+        },
+        owner: now.owner.clone(),
+        admins: now.admins.clone(),
+        announcement: now.announcement.clone(),
+        all_muted: now.all_muted,
+        mute_list: now.mute_list.clone(),
+        allow_list: now.allow_list.clone(),
+        block_list: now.block_list.clone(),
+        attributes: now.attributes.clone(),
+        created_at: now.created_at,
+    };
+    let bytes = codec::encode(RecordKind::Room, &v1).unwrap();
+    let back = codec::decode_room(&bytes).unwrap();
+    let expected = RoomRecord {
+        limits: roomcast_model::RoomLimits::default()
+            .with_offline_grace(std::time::Duration::from_secs(1)),
+        ..now
+    };
+    assert_eq!(back, expected);
+    // The current layout is written with its own kind, and reads back whole.
+    let bytes = codec::encode_room(&expected).unwrap();
+    assert_eq!(bytes[3], RecordKind::RoomV2 as u8);
+    assert_eq!(codec::decode_room(&bytes).unwrap(), expected);
 }
 
 fn dir_config(dir: &std::path::Path) -> StoreConfig {
@@ -49,19 +111,19 @@ fn dir_config(dir: &std::path::Path) -> StoreConfig {
 #[test]
 fn codec_round_trips() {
     let r = record(7, "room");
-    let bytes = codec::encode(RecordKind::Room, &r).unwrap();
-    let back: RoomRecord = codec::decode(RecordKind::Room, &bytes).unwrap();
+    let bytes = codec::encode(RecordKind::RoomV2, &r).unwrap();
+    let back: RoomRecord = codec::decode(RecordKind::RoomV2, &bytes).unwrap();
     assert_eq!(back, r);
 }
 
 #[test]
 fn codec_rejects_every_single_byte_corruption_without_panicking() {
-    let bytes = codec::encode(RecordKind::Room, &record(7, "room")).unwrap();
+    let bytes = codec::encode(RecordKind::RoomV2, &record(7, "room")).unwrap();
     for at in 0..bytes.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bad = bytes.clone();
             bad[at] ^= flip;
-            let got = codec::decode::<RoomRecord>(RecordKind::Room, &bad);
+            let got = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bad);
             assert!(
                 matches!(got, Err(StoreError::Corrupt { .. })),
                 "byte {at} ^ {flip:#x}"
@@ -69,27 +131,27 @@ fn codec_rejects_every_single_byte_corruption_without_panicking() {
         }
     }
     for len in 0..bytes.len() {
-        assert!(codec::decode::<RoomRecord>(RecordKind::Room, &bytes[..len]).is_err());
+        assert!(codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes[..len]).is_err());
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(codec::decode::<RoomRecord>(RecordKind::Room, &longer).is_err());
+    assert!(codec::decode::<RoomRecord>(RecordKind::RoomV2, &longer).is_err());
 }
 
 #[test]
 fn codec_checks_kind_version_and_length_limit() {
-    let bytes = codec::encode(RecordKind::Room, &record(7, "room")).unwrap();
+    let bytes = codec::encode(RecordKind::RoomV2, &record(7, "room")).unwrap();
     let err = codec::decode::<RoomRecord>(RecordKind::SuperAdmin, &bytes).unwrap_err();
     assert!(err.to_string().contains("kind"), "{err}");
 
     let mut v2 = bytes.clone();
     v2[2] = 2;
-    let err = codec::decode::<RoomRecord>(RecordKind::Room, &v2).unwrap_err();
+    let err = codec::decode::<RoomRecord>(RecordKind::RoomV2, &v2).unwrap_err();
     assert!(err.to_string().contains("version"), "{err}");
 
     let mut huge = bytes[..codec::HEADER_LEN].to_vec();
     huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    let err = codec::decode::<RoomRecord>(RecordKind::Room, &huge).unwrap_err();
+    let err = codec::decode::<RoomRecord>(RecordKind::RoomV2, &huge).unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");
 }
 
@@ -102,7 +164,7 @@ fn a_valid_envelope_around_a_bad_payload_is_corrupt() {
         name: String,
     }
     let bytes = codec::encode(
-        RecordKind::Room,
+        RecordKind::RoomV2,
         &Fake {
             id: 1,
             name: "NOT A USER".into(),
@@ -110,7 +172,7 @@ fn a_valid_envelope_around_a_bad_payload_is_corrupt() {
     )
     .unwrap();
     assert!(matches!(
-        codec::decode::<RoomRecord>(RecordKind::Room, &bytes),
+        codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes),
         Err(StoreError::Corrupt { .. })
     ));
 }
@@ -315,7 +377,7 @@ fn a_corrupt_record_is_an_error_item_and_the_rest_stays_readable() {
             .tree
             .insert(
                 keys::room(RoomId::from_u64(id)),
-                codec::encode(RecordKind::Room, &record(id, "r")).unwrap(),
+                codec::encode(RecordKind::RoomV2, &record(id, "r")).unwrap(),
             )
             .unwrap();
     }
@@ -456,7 +518,7 @@ mod fuzz {
     use super::*;
 
     fn valid() -> Vec<u8> {
-        codec::encode(RecordKind::Room, &record(7, "room")).unwrap()
+        codec::encode(RecordKind::RoomV2, &record(7, "room")).unwrap()
     }
 
     proptest! {
@@ -464,7 +526,7 @@ mod fuzz {
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &bytes);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes);
             let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::Message, &bytes);
             let _ = codec::decode::<LocalCopy>(RecordKind::Copy, &bytes);
         }
@@ -479,9 +541,9 @@ mod fuzz {
                 let i = at.index(bytes.len());
                 bytes[i] = value;
             }
-            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &bytes);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes);
             let end = cut.index(bytes.len() + 1);
-            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &bytes[..end]);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes[..end]);
         }
 
         #[test]
@@ -493,15 +555,15 @@ mod fuzz {
             let mut out = Vec::new();
             out.extend_from_slice(b"RC");
             out.push(codec::FORMAT_BINCODE2);
-            out.push(RecordKind::Room as u8);
+            out.push(RecordKind::RoomV2 as u8);
             out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             let mut crc = crc32fast::Hasher::new();
             crc.update(&out[..8]);
             crc.update(&payload);
             out.extend_from_slice(&crc.finalize().to_le_bytes());
             out.extend_from_slice(&payload);
-            let _ = codec::decode::<RoomRecord>(RecordKind::Room, &out);
-            let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::Room, &out);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &out);
+            let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::RoomV2, &out);
         }
     }
 }

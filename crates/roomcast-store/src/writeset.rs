@@ -68,7 +68,7 @@ impl WriteSet {
 
     /// Stores a room's record.
     pub fn put_room(&mut self, record: &RoomRecord) -> Result<(), StoreError> {
-        let value = codec::encode(RecordKind::Room, record)?;
+        let value = codec::encode_room(record)?;
         self.ops
             .push(Op::Put(keys::room(record.id).to_vec(), value));
         Ok(())

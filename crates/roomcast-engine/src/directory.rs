@@ -26,14 +26,12 @@ pub(crate) struct RoomEntry {
 }
 
 impl RoomEntry {
-    pub(crate) fn new(snapshot: ChatRoom) -> Arc<RoomEntry> {
+    pub(crate) fn new(mut snapshot: ChatRoom) -> Arc<RoomEntry> {
+        snapshot.permission_type = ChatRoomPermissionType::None;
         Arc::new(RoomEntry {
             id: snapshot.room_id,
             member_count: AtomicU32::new(snapshot.member_count),
-            summary: Mutex::new(ChatRoom {
-                permission_type: ChatRoomPermissionType::None,
-                ..snapshot
-            }),
+            summary: Mutex::new(snapshot),
             actor: Mutex::new(None),
             destroyed: AtomicBool::new(false),
         })
@@ -45,11 +43,9 @@ impl RoomEntry {
         room
     }
 
-    pub(crate) fn set_summary(&self, snapshot: ChatRoom) {
-        *self.summary.lock() = ChatRoom {
-            permission_type: ChatRoomPermissionType::None,
-            ..snapshot
-        };
+    pub(crate) fn set_summary(&self, mut snapshot: ChatRoom) {
+        snapshot.permission_type = ChatRoomPermissionType::None;
+        *self.summary.lock() = snapshot;
     }
 
     pub(crate) fn set_member_count(&self, n: usize) {

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use roomcast_model::{ChatMessage, ChatRoom, ChatRoomEvent, LeaveReason, RoomId, UserId};
+use roomcast_model::{
+    ChatMessage, ChatRoom, ChatRoomEvent, LeaveReason, RoomId, Timestamp, UserId,
+};
 
 /// Receives chat-room events (the SDK's `ChatRoomEventHandler`).
 ///
@@ -27,12 +29,13 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         operator: Option<&UserId>,
     ) {
     }
-    /// `onMuteListAddedFromChatRoom`: `mute_members` muted until `expire_time` (-1: forever).
+    /// `onMuteListAddedFromChatRoom`: `mute_members` muted until `expire_time` (ms since the
+    /// Unix epoch; `None`: until unmuted, the SDK's -1).
     fn on_mute_list_added_from_chat_room(
         &self,
         room_id: &RoomId,
         mute_members: &[UserId],
-        expire_time: i64,
+        expire_time: Option<Timestamp>,
         operator: Option<&UserId>,
     ) {
     }
@@ -259,6 +262,9 @@ pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
         E::ChatRoomRecovered { room_id, last_seq } => {
             handler.on_chat_room_recovered(room_id, *last_seq)
         }
+        // The model's enum is `#[non_exhaustive]`; every variant it has today is above (the
+        // `every_event_reaches_its_callback` test names each one).
+        other => tracing::error!(event = ?other, "a room event without a handler method"),
     }
 }
 
@@ -276,4 +282,86 @@ pub trait ChatEventHandler: Send + Sync + 'static {
     /// (messages or room events) were dropped. Fetch the rooms' history from the last sequence
     /// number seen to fill the gap.
     fn on_events_missed(&self, count: u64) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+    use roomcast_model::{Limits, Room, RoomLimits, RoomSpec};
+
+    #[derive(Default)]
+    struct Names(Mutex<Vec<&'static str>>);
+
+    impl Names {
+        fn push(&self, name: &'static str) {
+            self.0.lock().push(name);
+        }
+    }
+
+    #[rustfmt::skip]
+    impl ChatRoomEventHandler for Names {
+        fn on_owner_changed_from_chat_room(&self, _: &RoomId, _: &UserId, _: &UserId, _: Option<&UserId>) { self.push("owner") }
+        fn on_mute_list_added_from_chat_room(&self, _: &RoomId, _: &[UserId], _: Option<Timestamp>, _: Option<&UserId>) { self.push("muted") }
+        fn on_mute_list_removed_from_chat_room(&self, _: &RoomId, _: &[UserId], _: Option<&UserId>) { self.push("unmuted") }
+        fn on_chat_room_destroyed(&self, _: &RoomId, _: &str) { self.push("destroyed") }
+        fn on_specification_changed(&self, _: &ChatRoom, _: Option<&UserId>) { self.push("spec") }
+        fn on_member_joined_from_chat_room(&self, _: &RoomId, _: &UserId) { self.push("joined") }
+        fn on_member_exited_from_chat_room(&self, _: &RoomId, _: &str, _: &UserId) { self.push("exited") }
+        fn on_removed_from_chat_room(&self, _: &RoomId, _: &str, _: &UserId, _: LeaveReason, _: Option<&UserId>) { self.push("removed") }
+        fn on_announcement_changed_from_chat_room(&self, _: &RoomId, _: &str, _: Option<&UserId>) { self.push("announcement") }
+        fn on_allow_list_added_from_chat_room(&self, _: &RoomId, _: &[UserId], _: Option<&UserId>) { self.push("allowed") }
+        fn on_allow_list_removed_from_chat_room(&self, _: &RoomId, _: &[UserId], _: Option<&UserId>) { self.push("disallowed") }
+        fn on_all_chat_room_member_mute_state_changed(&self, _: &RoomId, _: bool, _: Option<&UserId>) { self.push("mute-all") }
+        fn on_admin_added_from_chat_room(&self, _: &RoomId, _: &UserId, _: Option<&UserId>) { self.push("admin+") }
+        fn on_admin_removed_from_chat_room(&self, _: &RoomId, _: &UserId, _: Option<&UserId>) { self.push("admin-") }
+        fn on_attributes_updated(&self, _: &RoomId, _: &BTreeMap<String, String>, _: &UserId) { self.push("attrs+") }
+        fn on_attributes_removed(&self, _: &RoomId, _: &[String], _: &UserId) { self.push("attrs-") }
+        fn on_chat_room_recovered(&self, _: &RoomId, _: u64) { self.push("recovered") }
+    }
+
+    /// `ChatRoomEvent` is `#[non_exhaustive]`, so `dispatch` has a `_` arm the compiler cannot
+    /// check: this names every event and the one callback it must reach.
+    #[test]
+    fn every_event_reaches_its_callback() {
+        use ChatRoomEvent as E;
+        let room_id = RoomId::from_u64(1);
+        let u = UserId::new("u").unwrap();
+        let op = Some(u.clone());
+        let spec = RoomSpec {
+            name: "r".into(),
+            description: String::new(),
+            welcome_message: String::new(),
+            max_users: 10,
+        };
+        let limits = RoomLimits::default();
+        let room = Room::create(room_id, u.clone(), spec, limits, vec![], &Limits::default(), 0)
+            .unwrap()
+            .snapshot(None);
+        let name = String::from("r");
+        let cases: Vec<(ChatRoomEvent, &str)> = vec![
+            (E::OwnerChanged { room_id, new_owner: u.clone(), old_owner: u.clone(), operator: op.clone() }, "owner"),
+            (E::MuteListAdded { room_id, members: vec![], expire_time: None, operator: op.clone() }, "muted"),
+            (E::MuteListRemoved { room_id, members: vec![], operator: op.clone() }, "unmuted"),
+            (E::ChatRoomDestroyed { room_id, room_name: name.clone() }, "destroyed"),
+            (E::SpecificationChanged { room: Box::new(room), operator: op.clone() }, "spec"),
+            (E::MemberJoined { room_id, participant: u.clone() }, "joined"),
+            (E::MemberExited { room_id, room_name: name.clone(), participant: u.clone() }, "exited"),
+            (E::RemovedFromChatRoom { room_id, room_name: name, participant: u.clone(), reason: LeaveReason::Kicked, operator: op.clone() }, "removed"),
+            (E::AnnouncementChanged { room_id, announcement: String::new(), operator: op.clone() }, "announcement"),
+            (E::AllowListAdded { room_id, members: vec![], operator: op.clone() }, "allowed"),
+            (E::AllowListRemoved { room_id, members: vec![], operator: op.clone() }, "disallowed"),
+            (E::AllMemberMuteStateChanged { room_id, is_all_muted: true, operator: op.clone() }, "mute-all"),
+            (E::AdminAdded { room_id, admin: u.clone(), operator: op.clone() }, "admin+"),
+            (E::AdminRemoved { room_id, admin: u.clone(), operator: op }, "admin-"),
+            (E::AttributesUpdated { room_id, attributes: BTreeMap::new(), from: u.clone() }, "attrs+"),
+            (E::AttributesRemoved { room_id, keys: vec![], from: u }, "attrs-"),
+            (E::ChatRoomRecovered { room_id, last_seq: 3 }, "recovered"),
+        ];
+        for (event, expected) in cases {
+            let names = Names::default();
+            dispatch(&names, &event);
+            assert_eq!(*names.0.lock(), vec![expected], "{event:?}");
+        }
+    }
 }

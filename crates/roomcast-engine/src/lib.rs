@@ -32,7 +32,7 @@ use actix::{Addr, MailboxError};
 use parking_lot::{Mutex, RwLock};
 use roomcast_model::{
     AttributeFailures, ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, Command,
-    HistoryQuery, Limits, MessageId, Moderation, OutgoingMessage, RoomId, RoomMessageStats,
+    HistoryQuery, Limits, MessageId, Moderation, MutedMember, RoomLimits, OutgoingMessage, RoomId, RoomMessageStats,
     RoomSpec, SetAttributes, Timestamp, UserId,
 };
 use roomcast_store::{Reader, Store, StoreConfig, StoreError, WriteSet};
@@ -167,10 +167,20 @@ impl std::borrow::Borrow<UserId> for SessionKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RoomQuery {
-    /// The mute list (owner, admins).
-    MuteList,
-    /// The allow list (owner, admins).
-    AllowList,
+    /// A page of the mute list (owner, admins).
+    MuteList {
+        /// From 1.
+        page_num: u32,
+        /// Items per page.
+        page_size: u32,
+    },
+    /// A page of the allow list (owner, admins).
+    AllowList {
+        /// From 1.
+        page_num: u32,
+        /// Items per page.
+        page_size: u32,
+    },
     /// Whether the viewer is on the allow list (any member).
     IsOnAllowList,
     /// A page of the block list (owner, admins).
@@ -185,7 +195,7 @@ pub enum RoomQuery {
         /// Where the previous page ended.
         cursor: Option<u64>,
         /// Items per page.
-        page_size: usize,
+        page_size: u32,
     },
     /// The announcement (members).
     Announcement,
@@ -200,10 +210,10 @@ pub enum RoomQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueryAnswer {
-    /// Muted members and when each mute ends (-1 never).
-    MuteList(std::collections::BTreeMap<UserId, Timestamp>),
-    /// A list of users.
-    Users(Vec<UserId>),
+    /// A page of the mute list.
+    MuteList(ChatPageResult<MutedMember>),
+    /// A page of users.
+    Users(ChatPageResult<UserId>),
     /// Yes or no.
     Bool(bool),
     /// A page of members.
@@ -216,6 +226,7 @@ pub enum QueryAnswer {
 
 /// A room's message and membership counts (roomcast's own, for monitoring).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RoomStats {
     /// The room.
     pub room_id: RoomId,
@@ -607,6 +618,7 @@ impl Core {
         &self,
         owner: &Session,
         spec: RoomSpec,
+        room_limits: RoomLimits,
         members: Vec<UserId>,
     ) -> Result<ChatRoom, ChatError> {
         self.admit(owner.user())?;
@@ -616,6 +628,7 @@ impl Core {
             ));
         }
         spec.validate(self.limits())?;
+        room_limits.validate(self.limits())?;
         let max_initial = self.limits().max_initial_members;
         if members.len() > max_initial {
             return Err(ChatError::InvalidParam(format!(
@@ -642,6 +655,7 @@ impl Core {
         let msg = CreateRoom {
             owner: owner.user().clone(),
             spec,
+            room_limits,
             members: sessions,
             reservations,
         };

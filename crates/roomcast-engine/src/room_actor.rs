@@ -347,7 +347,7 @@ impl RoomActor {
     /// retention), the local copies of members who joined or left.
     fn write_set(&self, fx: &Effects) -> Result<WriteSet, StoreError> {
         let room = self.room.id();
-        let limits = &self.shared.limits;
+        let limits = self.room.limits();
         let mut set = WriteSet::new();
         if fx.record_changed {
             if fx.destroyed {
@@ -364,10 +364,10 @@ impl RoomActor {
                 set.trim_before(room, seq + 1 - retention);
             }
             if seq % AGE_CHECK_EVERY == 0 {
-                if let Some(max_age) = limits.history_max_age_ms {
-                    let before = message
-                        .server_time()
-                        .saturating_sub(roomcast_model::ms_to_timestamp(max_age));
+                if let Some(max_age) = limits.history_max_age {
+                    let before = message.server_time().saturating_sub(
+                        roomcast_model::ms_to_timestamp(roomcast_model::duration_ms(max_age)),
+                    );
                     set.trim_older_than(room, before);
                 }
             }
@@ -407,7 +407,7 @@ impl RoomActor {
     /// Where a joiner's local copy starts: the first message replayed to it, or the next one.
     fn copy_from(&self) -> u64 {
         self.recent
-            .newest(self.shared.limits.join_replay_count)
+            .newest(self.room.limits().join_replay_count)
             .first()
             .map_or(self.room.last_seq() + 1, ChatMessage::seq)
     }
@@ -415,19 +415,21 @@ impl RoomActor {
     fn answer(&self, viewer: &UserId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
         let room = &self.room;
         Ok(match query {
-            RoomQuery::MuteList => QueryAnswer::MuteList(room.mute_list(viewer, self.now())?),
-            RoomQuery::AllowList => QueryAnswer::Users(room.allow_list(viewer)?),
+            RoomQuery::MuteList {
+                page_num,
+                page_size,
+            } => QueryAnswer::MuteList(room.mute_list(viewer, self.now(), page_num, page_size)?),
+            RoomQuery::AllowList {
+                page_num,
+                page_size,
+            } => QueryAnswer::Users(room.allow_list(viewer, page_num, page_size)?),
             RoomQuery::IsOnAllowList => QueryAnswer::Bool(room.is_on_allow_list(viewer)?),
             RoomQuery::BlockList {
                 page_num,
                 page_size,
             } => QueryAnswer::Users(room.block_list(viewer, page_num, page_size)?),
             RoomQuery::Members { cursor, page_size } => {
-                let (users, next) = room.members_page(viewer, cursor, page_size)?;
-                QueryAnswer::Members(ChatCursorResult {
-                    data: users,
-                    cursor: next,
-                })
+                QueryAnswer::Members(room.members_page(viewer, cursor, page_size)?)
             }
             RoomQuery::Announcement => QueryAnswer::Text(room.announcement(viewer)?.to_string()),
             RoomQuery::Attributes { keys } => {
@@ -570,7 +572,7 @@ impl RoomActor {
         let executed = self.execute(Command::Join { user: user.clone() }, Some(session), ctx);
         self.joining_reservation = None;
         let commit = executed?;
-        let replay = self.shared.limits.join_replay_count;
+        let replay = self.room.limits().join_replay_count;
         let recent: Vec<ClientEvent> = self
             .recent
             .newest(replay)
@@ -935,9 +937,10 @@ fn history_page(
         (SearchDirection::Down, None) => ((Unbounded, Unbounded), false),
         (SearchDirection::Down, Some(s)) => ((Excluded(s), Unbounded), false),
     };
-    let mut data = reader.messages(room, range, newest_first, q.page_size.saturating_add(1))?;
-    let more = data.len() > q.page_size;
-    data.truncate(q.page_size);
+    let page_size = q.page_size as usize;
+    let mut data = reader.messages(room, range, newest_first, page_size.saturating_add(1))?;
+    let more = data.len() > page_size;
+    data.truncate(page_size);
     let cursor = if more {
         data.last().map(|m| m.seq)
     } else {

@@ -101,6 +101,7 @@ impl Actor for Supervisor {
 pub(crate) struct CreateRoom {
     pub(crate) owner: UserId,
     pub(crate) spec: RoomSpec,
+    pub(crate) room_limits: roomcast_model::RoomLimits,
     pub(crate) members: Vec<Arc<Session>>,
     /// The members' places against rooms-per-user, held until the room has started.
     pub(crate) reservations: Vec<RoomReservation>,
@@ -125,7 +126,15 @@ impl Handler<CreateRoom> for Supervisor {
         let now = shared.clock.now_ms();
         let member_ids = msg.members.iter().map(|s| s.user().clone()).collect();
         let id = self.next_id()?;
-        let room = Room::create(id, msg.owner.clone(), msg.spec, member_ids, limits, now)?;
+        let room = Room::create(
+            id,
+            msg.owner.clone(),
+            msg.spec,
+            msg.room_limits,
+            member_ids,
+            limits,
+            now,
+        )?;
         let mut set = WriteSet::new();
         set.put_room(room.record()).map_err(storage_error)?;
         let commit = self.store.submit(set);
@@ -134,7 +143,7 @@ impl Handler<CreateRoom> for Supervisor {
         self.shared.directory.insert(entry.clone());
         crate::obs::rooms(self.shared.directory.len());
         crate::obs::members_changed(room.member_count() as i64);
-        let recent = History::new(self.shared.limits.join_replay_count);
+        let recent = History::new(room.limits().join_replay_count);
         // The members' places become the room in their sessions as the actor starts.
         self.spawn(
             room,
@@ -189,6 +198,8 @@ pub(crate) fn load_room(
     let Some(record) = reader.room(id)? else {
         return Ok(None);
     };
+    // The room's own replay count, where it sets one.
+    let replay = record.limits.join_replay_count.unwrap_or(replay);
     let last_seq = reader.last_seq(id)?;
     let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay)?;
     newest.reverse();
@@ -237,13 +248,12 @@ impl Supervisor {
         entry: Arc<RoomEntry>,
         me: Addr<Supervisor>,
     ) -> Addr<RoomActor> {
-        let replay = self.shared.limits.join_replay_count;
-        let mut recent = History::new(replay);
+        let now = self.shared.clock.now_ms();
+        let mut room = Room::from_record(data.record, &self.shared.limits, data.last_seq, now);
+        let mut recent = History::new(room.limits().join_replay_count);
         for m in data.newest {
             recent.push(ChatMessage::new(m));
         }
-        let now = self.shared.clock.now_ms();
-        let mut room = Room::from_record(data.record, &self.shared.limits, data.last_seq, now);
         let members: Vec<Arc<Session>> = self
             .shared
             .sessions

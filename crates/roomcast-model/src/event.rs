@@ -23,9 +23,11 @@ pub enum LeaveReason {
 
 /// One chat-room event, as delivered to a member's handlers and event stream.
 ///
-/// The enum is closed on purpose: a new event is a new variant here, a new handler method and a
-/// new arm of the engine's dispatch, all checked by the compiler.
+/// `#[non_exhaustive]`: later versions add events (a `match` needs a `_` arm). A new event is a
+/// new variant here and a new `ChatRoomEventHandler` method with a default body, so handlers
+/// written today keep compiling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ChatRoomEvent {
     /// `onOwnerChangedFromChatRoom`: ownership moved from `old_owner` to `new_owner`.
     OwnerChanged {

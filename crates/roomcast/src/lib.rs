@@ -30,7 +30,7 @@
 //!
 //! let bob = engine.login("bob").await?;
 //! bob.chat_room_manager().join_chat_room(&room.room_id).await?;
-//! let page = bob.chat_room_manager().fetch_public_chat_rooms_from_server(1, 20).await?;
+//! let page = bob.chat_room_manager().fetch_public_chat_rooms(1, 20, None).await?;
 //! assert_eq!(page.data[0].room_id, room.room_id);
 //!
 //! bob.chat_room_manager().leave_chat_room(&room.room_id).await?;
@@ -61,7 +61,6 @@ pub use engine::{Engine, EngineBuilder};
 pub use options::ChatOptions;
 pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
 
-pub use moderation::MEMBER_PAGE_MAX;
 pub use roomcast_engine::{
     ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability, EventStream,
     ManualClock, RoomStats, SystemClock,
@@ -69,9 +68,9 @@ pub use roomcast_engine::{
 pub use roomcast_model::{
     check_permission, AttributeFailures, AttributeValue, ChatCursorResult, ChatError, ChatMessage,
     ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery,
-    LeaveReason, Limits, MessageBody, MessageData, MessageId, MessagePriority, Operation,
-    OutgoingMessage, RoomId, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure,
-    Timestamp, UserId,
+    LeaveReason, Limits, MessageBody, MessageData, MessageId, MessagePriority, MuteDuration,
+    MutedMember, Operation, OutgoingMessage, RoomId, RoomLimits, RoomMessageStats,
+    SearchDirection, SetAttributes, StorageFailure, Timestamp, UserId, LIST_PAGE_MAX,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

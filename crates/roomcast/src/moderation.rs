@@ -10,14 +10,11 @@ use std::collections::BTreeMap;
 
 use roomcast_engine::{QueryAnswer, RoomQuery};
 use roomcast_model::{
-    AttributeFailures, ChatCursorResult, ChatError, Moderation, RoomId, SetAttributes, Timestamp,
-    UserId,
+    AttributeFailures, ChatCursorResult, ChatError, ChatPageResult, Moderation, MuteDuration,
+    MutedMember, RoomId, RoomLimits, SetAttributes, UserId,
 };
 
 use crate::ChatRoomManager;
-
-/// Largest page of the member list.
-pub const MEMBER_PAGE_MAX: usize = 1_000;
 
 fn users<I, S>(list: I) -> Result<Vec<UserId>, ChatError>
 where
@@ -122,33 +119,35 @@ impl ChatRoomManager {
             .await
     }
 
-    /// A page (from 1) of the block list, sorted by user id (owner and admins).
+    /// Page `page_num` (from 1) of the block list, sorted by user id (owner and admins). Pages
+    /// hold 1 to [`crate::LIST_PAGE_MAX`] users (110 otherwise); `total` counts the whole list.
     pub async fn fetch_chat_room_block_list(
         &self,
         room_id: &RoomId,
         page_num: u32,
         page_size: u32,
-    ) -> Result<Vec<UserId>, ChatError> {
+    ) -> Result<ChatPageResult<UserId>, ChatError> {
         let query = RoomQuery::BlockList {
             page_num,
             page_size,
         };
         match self.query(room_id, query).await? {
-            QueryAnswer::Users(u) => Ok(u),
+            QueryAnswer::Users(page) => Ok(page),
             _ => Err(unexpected()),
         }
     }
 
-    /// Mutes members for `duration_ms` milliseconds (-1: until unmuted). The owner mutes admins
-    /// and members, admins members only. A muted member's messages fail with 215, even if it is
-    /// on the allow list. The targets, the owner and the admins get
-    /// `on_mute_list_added_from_chat_room` with the expiry; when the mute ends by itself they get
-    /// `on_mute_list_removed_from_chat_room`.
+    /// Mutes members for a while or until unmuted ([`MuteDuration`]; a `Duration` converts
+    /// into one). The owner mutes admins and members, admins members only. A muted member's
+    /// messages fail with 215, even if it is on the allow list. The targets, the owner and the
+    /// admins get `on_mute_list_added_from_chat_room` with the end time; when the mute ends by
+    /// itself they get `on_mute_list_removed_from_chat_room`. Muting a muted member again
+    /// replaces its end time.
     pub async fn mute_chat_room_members<I, S>(
         &self,
         room_id: &RoomId,
         members: I,
-        duration_ms: i64,
+        duration: impl Into<MuteDuration>,
     ) -> Result<(), ChatError>
     where
         I: IntoIterator<Item = S>,
@@ -156,7 +155,7 @@ impl ChatRoomManager {
     {
         let action = Moderation::Mute {
             targets: users(members)?,
-            duration_ms,
+            duration: duration.into(),
         };
         self.moderate(room_id, action).await
     }
@@ -175,14 +174,21 @@ impl ChatRoomManager {
             .await
     }
 
-    /// The mute list: member to the end of its mute (ms since the epoch; -1 never), without
-    /// mutes that have ended (owner and admins).
+    /// Page `page_num` (from 1) of the mute list, sorted by user id, each member with the end
+    /// of its mute (`None`: until unmuted), without mutes that have ended (owner and admins).
+    /// Pages hold 1 to [`crate::LIST_PAGE_MAX`] entries (110 otherwise).
     pub async fn fetch_chat_room_mute_list(
         &self,
         room_id: &RoomId,
-    ) -> Result<BTreeMap<UserId, Timestamp>, ChatError> {
-        match self.query(room_id, RoomQuery::MuteList).await? {
-            QueryAnswer::MuteList(m) => Ok(m),
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<ChatPageResult<MutedMember>, ChatError> {
+        let query = RoomQuery::MuteList {
+            page_num,
+            page_size,
+        };
+        match self.query(room_id, query).await? {
+            QueryAnswer::MuteList(page) => Ok(page),
             _ => Err(unexpected()),
         }
     }
@@ -228,13 +234,21 @@ impl ChatRoomManager {
             .await
     }
 
-    /// The allow list (owner and admins).
-    pub async fn fetch_chat_room_allow_list_from_server(
+    /// Page `page_num` (from 1) of the allow list, sorted by user id (owner and admins; the
+    /// SDK's `fetchChatRoomAllowListFromServer`). Pages hold 1 to [`crate::LIST_PAGE_MAX`] users
+    /// (110 otherwise).
+    pub async fn fetch_chat_room_allow_list(
         &self,
         room_id: &RoomId,
-    ) -> Result<Vec<UserId>, ChatError> {
-        match self.query(room_id, RoomQuery::AllowList).await? {
-            QueryAnswer::Users(u) => Ok(u),
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<ChatPageResult<UserId>, ChatError> {
+        let query = RoomQuery::AllowList {
+            page_num,
+            page_size,
+        };
+        match self.query(room_id, query).await? {
+            QueryAnswer::Users(page) => Ok(page),
             _ => Err(unexpected()),
         }
     }
@@ -281,6 +295,23 @@ impl ChatRoomManager {
             .await
     }
 
+    /// Changes the room's own limits (owner only, 703 otherwise): each field `change` sets
+    /// replaces the room's, the others stay as they are; a field never set is the engine's
+    /// ([`crate::Limits`]). Checked as the engine's limits are (110). The other members get
+    /// `on_specification_changed`, and the room's info shows the limits.
+    ///
+    /// A new delivery threshold or message window starts counting afresh; a new offline grace
+    /// applies to members who go offline from now on; a new retention trims with the next
+    /// message; a larger replay count fills as messages arrive.
+    pub async fn change_chat_room_limits(
+        &self,
+        room_id: &RoomId,
+        change: RoomLimits,
+    ) -> Result<(), ChatError> {
+        self.moderate(room_id, Moderation::ChangeLimits(change))
+            .await
+    }
+
     /// Changes the announcement (owner and admins; up to 512 characters). All members get
     /// `on_announcement_changed_from_chat_room`.
     pub async fn update_chat_room_announcement(
@@ -303,19 +334,16 @@ impl ChatRoomManager {
         }
     }
 
-    /// A page of the member list, newest first (members). Pass the previous page's cursor to
-    /// get the next; the page size is 1 to 1,000 (110 otherwise).
+    /// A page of the member list, newest first (members). Start with `None`; pass the previous
+    /// page's `cursor` to get the next (`None` there means the end). The page size is 1 to
+    /// [`crate::LIST_PAGE_MAX`] (110 otherwise).
     pub async fn fetch_chat_room_members(
         &self,
         room_id: &RoomId,
         cursor: Option<u64>,
-        page_size: usize,
+        page_size: u32,
     ) -> Result<ChatCursorResult<UserId>, ChatError> {
-        if page_size == 0 || page_size > MEMBER_PAGE_MAX {
-            return Err(ChatError::InvalidParam(format!(
-                "page size must be 1 to {MEMBER_PAGE_MAX}"
-            )));
-        }
+        roomcast_model::check_page(1, page_size, crate::LIST_PAGE_MAX)?;
         match self
             .query(room_id, RoomQuery::Members { cursor, page_size })
             .await?
@@ -325,14 +353,28 @@ impl ChatRoomManager {
         }
     }
 
-    /// Custom attributes (members): the given keys (those that exist), or all if `keys` is
-    /// empty.
-    pub async fn fetch_chat_room_attributes(
+    /// Every custom attribute of the room, key to value (members; the SDK's
+    /// `fetchChatRoomAttributes` without keys).
+    pub async fn fetch_all_chat_room_attributes(
         &self,
         room_id: &RoomId,
-        keys: &[&str],
     ) -> Result<BTreeMap<String, String>, ChatError> {
-        let keys = keys.iter().map(|k| k.to_string()).collect();
+        self.fetch_chat_room_attributes(room_id, Vec::<String>::new())
+            .await
+    }
+
+    /// Custom attributes (members): those of the given keys that exist (all of them if `keys`
+    /// is empty).
+    pub async fn fetch_chat_room_attributes<I, S>(
+        &self,
+        room_id: &RoomId,
+        keys: I,
+    ) -> Result<BTreeMap<String, String>, ChatError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let keys = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
         match self.query(room_id, RoomQuery::Attributes { keys }).await? {
             QueryAnswer::Attributes(a) => Ok(a),
             _ => Err(unexpected()),
@@ -357,7 +399,7 @@ impl ChatRoomManager {
     ///     .set_chat_room_attributes(&room.room_id, SetAttributes::new([("poll", "best map?")]))
     ///     .await?;
     /// assert!(failed.is_empty());
-    /// let attrs = rooms.fetch_chat_room_attributes(&room.room_id, &[]).await?;
+    /// let attrs = rooms.fetch_chat_room_attributes(&room.room_id, ["poll"]).await?;
     /// assert_eq!(attrs["poll"], "best map?");
     /// # Ok(()) }
     /// ```

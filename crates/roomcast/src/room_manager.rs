@@ -2,12 +2,24 @@
 
 use std::sync::Arc;
 
-use roomcast_model::{ChatError, ChatPageResult, ChatRoom, RoomId, RoomSpec, UserId};
+use roomcast_model::{ChatError, ChatPageResult, ChatRoom, RoomId, RoomLimits, RoomSpec, UserId};
 
 use crate::{ChatClient, ChatRoomEventHandler};
 
-/// What to create a room with (the parameters of the SDK's `createChatRoom`).
+/// What to create a room with (the parameters of the SDK's `createChatRoom`), with one
+/// `with_*` setter per field.
+///
+/// ```
+/// use roomcast::{CreateChatRoomOptions, RoomLimits};
+/// use std::time::Duration;
+/// let options = CreateChatRoomOptions::new("Friday stream")
+///     .with_description("live Q&A")
+///     .with_max_users(5_000)
+///     .with_limits(RoomLimits::default().with_offline_grace(Duration::from_secs(60)));
+/// assert_eq!(options.max_users, Some(5_000));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CreateChatRoomOptions {
     /// The name, required, 1 to 128 characters by default.
     pub name: String,
@@ -20,9 +32,10 @@ pub struct CreateChatRoomOptions {
     /// The most members the room may hold. Default: the engine's `default_max_users` (300, as
     /// the SDK), and at most its `max_users_cap`.
     pub max_users: Option<u32>,
-    /// How long a member may be offline before it is removed. Default: the engine's
-    /// (`Limits::offline_grace_ms`, 5 minutes).
-    pub offline_grace: Option<std::time::Duration>,
+    /// The room's own limits (delivery threshold, message window, offline grace, join-event
+    /// threshold, replay count, retention); unset fields are the engine's. Its owner may change
+    /// them later with [`ChatRoomManager::change_chat_room_limits`].
+    pub limits: RoomLimits,
 }
 
 impl CreateChatRoomOptions {
@@ -34,30 +47,24 @@ impl CreateChatRoomOptions {
             welcome_message: String::new(),
             members: Vec::new(),
             max_users: None,
-            offline_grace: None,
+            limits: RoomLimits::default(),
         }
     }
 
-    /// Sets this room's offline grace period.
-    pub fn offline_grace(mut self, grace: std::time::Duration) -> Self {
-        self.offline_grace = Some(grace);
-        self
-    }
-
-    /// Sets the description.
-    pub fn description(mut self, description: impl Into<String>) -> Self {
+    /// Sets [`CreateChatRoomOptions::description`].
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
     }
 
-    /// Sets the welcome message.
-    pub fn welcome_message(mut self, message: impl Into<String>) -> Self {
+    /// Sets [`CreateChatRoomOptions::welcome_message`].
+    pub fn with_welcome_message(mut self, message: impl Into<String>) -> Self {
         self.welcome_message = message.into();
         self
     }
 
-    /// Sets the members added at creation.
-    pub fn members<I, S>(mut self, members: I) -> Self
+    /// Sets [`CreateChatRoomOptions::members`].
+    pub fn with_members<I, S>(mut self, members: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -66,9 +73,15 @@ impl CreateChatRoomOptions {
         self
     }
 
-    /// Sets the max members.
-    pub fn max_users(mut self, max_users: u32) -> Self {
+    /// Sets [`CreateChatRoomOptions::max_users`].
+    pub fn with_max_users(mut self, max_users: u32) -> Self {
         self.max_users = Some(max_users);
+        self
+    }
+
+    /// Sets [`CreateChatRoomOptions::limits`].
+    pub fn with_limits(mut self, limits: RoomLimits) -> Self {
+        self.limits = limits;
         self
     }
 }
@@ -112,9 +125,9 @@ impl ChatRoomManager {
     ///     .chat_room_manager()
     ///     .create_chat_room(
     ///         CreateChatRoomOptions::new("Friday stream")
-    ///             .description("live Q&A")
-    ///             .members(["guest1", "guest2"])
-    ///             .max_users(2_000),
+    ///             .with_description("live Q&A")
+    ///             .with_members(["guest1", "guest2"])
+    ///             .with_max_users(2_000),
     ///     )
     ///     .await?;
     /// assert_eq!(room.member_count, 3);
@@ -131,7 +144,6 @@ impl ChatRoomManager {
             description: options.description,
             welcome_message: options.welcome_message,
             max_users: options.max_users.unwrap_or(limits.default_max_users),
-            offline_grace_ms: options.offline_grace.map(roomcast_model::duration_ms),
         };
         let members = options
             .members
@@ -140,7 +152,7 @@ impl ChatRoomManager {
             .collect::<Result<Vec<_>, _>>()?;
         self.client
             .core()?
-            .create_room(self.client.session(), spec, members)
+            .create_room(self.client.session(), spec, options.limits, members)
             .await
     }
 
@@ -168,48 +180,35 @@ impl ChatRoomManager {
     /// if not in the room, and 706 for the owner if the client's options forbid the owner to
     /// leave. An owner who leaves is still the owner when it comes back.
     pub async fn leave_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
-        let owner_may_leave = self.client.options.is_chat_room_owner_leave_allowed;
+        let owner_may_leave = self.client.options.chat_room_owner_leave_allowed;
         self.client
             .core()?
             .leave_room(self.user(), *room_id, owner_may_leave)
             .await
     }
 
-    /// The room's details as the server holds them now: id, name, description, announcement,
-    /// owner, admins, max and current members, mute-all, and the caller's role. Any logged-in
-    /// user may look, member or not.
-    pub async fn fetch_chat_room_info_from_server(
-        &self,
-        room_id: &RoomId,
-    ) -> Result<ChatRoom, ChatError> {
+    /// The room's details as the engine holds them now (the SDK's
+    /// `fetchChatRoomInfoFromServer`): id, name, description, announcement, owner, admins, max
+    /// and current members, mute-all, the room's own limits, and the caller's role. Any
+    /// logged-in user may look, member or not.
+    pub async fn fetch_chat_room_info(&self, room_id: &RoomId) -> Result<ChatRoom, ChatError> {
         self.client.core()?.room_info(self.user(), *room_id).await
     }
 
-    /// One page of the public room list, newest first. Pages are numbered from 1; the page size
-    /// is 1 to 100 (110 otherwise). Each room's `permission_type` is `None`: the list does not
-    /// say the caller's role (fetch the room's info for it).
-    pub async fn fetch_public_chat_rooms_from_server(
+    /// Page `page_num` (from 1) of the public room list, newest first (the SDK's
+    /// `fetchPublicChatRoomsFromServer`), with only the rooms whose name contains
+    /// `name_contains`, ignoring case, if given. The page size is 1 to the engine's
+    /// `public_room_page_max` (100 by default; 110 otherwise). Each room's `permission_type` is
+    /// `None`: the list does not say the caller's role (fetch the room's info for it).
+    pub async fn fetch_public_chat_rooms(
         &self,
         page_num: u32,
         page_size: u32,
+        name_contains: Option<&str>,
     ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
         self.client
             .core()?
-            .public_rooms(self.user(), page_num, page_size, None)
-            .await
-    }
-
-    /// Like [`ChatRoomManager::fetch_public_chat_rooms_from_server`], only rooms whose name
-    /// contains `name_contains`, ignoring case.
-    pub async fn fetch_public_chat_rooms_with_name(
-        &self,
-        name_contains: &str,
-        page_num: u32,
-        page_size: u32,
-    ) -> Result<ChatPageResult<ChatRoom>, ChatError> {
-        self.client
-            .core()?
-            .public_rooms(self.user(), page_num, page_size, Some(name_contains))
+            .public_rooms(self.user(), page_num, page_size, name_contains)
             .await
     }
 

@@ -23,7 +23,7 @@ fn join_leave(c: &mut Criterion) {
             let owner = engine.login("owner").await.unwrap();
             let room = owner
                 .chat_room_manager()
-                .create_chat_room(CreateChatRoomOptions::new("bench").max_users(10_000))
+                .create_chat_room(CreateChatRoomOptions::new("bench").with_max_users(10_000))
                 .await
                 .unwrap();
             for n in 1..members {

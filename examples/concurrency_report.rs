@@ -88,7 +88,7 @@ async fn paced_run(members: usize, block_one: bool) -> Percentiles {
     let owner = engine.login("owner").await.unwrap();
     let room = owner
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("paced").max_users(1_000_000))
+        .create_chat_room(CreateChatRoomOptions::new("paced").with_max_users(1_000_000))
         .await
         .unwrap()
         .room_id;
@@ -172,7 +172,9 @@ async fn storm(
     let rooms = owner.chat_room_manager();
     rooms.add_event_handler(format!("joins{round}"), JoinCounter(counts.clone()));
     let room = rooms
-        .create_chat_room(CreateChatRoomOptions::new(format!("storm{round}")).max_users(1_000_000))
+        .create_chat_room(
+            CreateChatRoomOptions::new(format!("storm{round}")).with_max_users(1_000_000),
+        )
         .await
         .unwrap()
         .room_id;

@@ -171,7 +171,7 @@ async fn restart(rooms: usize, per_room: usize) -> (Duration, Duration, Duration
     let host = engine.login("host").await.unwrap();
     let page = host
         .chat_room_manager()
-        .fetch_public_chat_rooms_from_server(1, 20)
+        .fetch_public_chat_rooms(1, 20, None)
         .await
         .unwrap();
     let room = page.data[0].room_id;

@@ -279,7 +279,7 @@ async fn main() {
     );
 
     let mut limits = Limits::default();
-    limits.offline_grace_ms = args.grace_ms;
+    limits.offline_grace = Duration::from_millis(args.grace_ms);
     limits.max_users_cap = 1_000_000;
     let mut builder = Engine::builder().limits(limits).event_queue_capacity(1024);
     match &args.data_dir {
@@ -303,8 +303,8 @@ async fn main() {
     let stream = owner
         .create_chat_room(
             CreateChatRoomOptions::new("Grand finals")
-                .description("the main stream")
-                .max_users(args.members as u32 + 100),
+                .with_description("the main stream")
+                .with_max_users(args.members as u32 + 100),
         )
         .await
         .unwrap()
@@ -413,6 +413,8 @@ async fn main() {
     owner
         .set_chat_room_attributes(&stream, SetAttributes::new([("poll", "who wins? A / B")]))
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     let mut sends = SendCounts::default();
     let duration = Duration::from_secs(args.duration);
@@ -499,7 +501,7 @@ async fn main() {
             }
             let admin = mods[0].client.chat_room_manager();
             admin
-                .mute_chat_room_members(&stream, ["spammer0"], 5_000)
+                .mute_chat_room_members(&stream, ["spammer0"], Duration::from_secs(5))
                 .await
                 .unwrap();
             admin
@@ -544,6 +546,8 @@ async fn main() {
             owner
                 .set_chat_room_attributes(&stream, SetAttributes::new([("poll", "closed: A wins")]))
                 .await
+                .unwrap()
+                .into_result()
                 .unwrap();
         }
         let s = show.elapsed().as_secs();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use roomcast::{
     ChatClient, ChatError, ChatRoomEventHandler, CreateChatRoomOptions, Engine, ManualClock,
-    OutgoingMessage, RoomId, SetAttributes, UserId,
+    OutgoingMessage, RoomId, SetAttributes, Timestamp, UserId,
 };
 
 /// Prints the moderation events a viewer sees.
@@ -17,10 +17,11 @@ impl ChatRoomEventHandler for Watch {
         &self,
         _: &RoomId,
         members: &[UserId],
-        expire_time: i64,
+        expire_time: Option<Timestamp>,
         operator: Option<&UserId>,
     ) {
-        println!("  [viewer sees] {members:?} muted until {expire_time} by {operator:?}");
+        let until = expire_time.map_or("unmuted".to_string(), |t| format!("{t} ms"));
+        println!("  [viewer sees] {members:?} muted until {until} by {operator:?}");
     }
     fn on_mute_list_removed_from_chat_room(
         &self,
@@ -115,13 +116,13 @@ async fn main() -> Result<(), ChatError> {
 
     println!("\nthe admin mutes the spammer for 10 minutes");
     admin
-        .mute_chat_room_members(&id, ["spammer"], 10 * 60 * 1000)
+        .mute_chat_room_members(&id, ["spammer"], Duration::from_secs(10 * 60))
         .await?;
     pause().await;
     say(&spammer, id, "BUY FOLLOWERS").await;
     println!(
         "mute list: {:?}",
-        admin.fetch_chat_room_mute_list(&id).await?
+        admin.fetch_chat_room_mute_list(&id, 1, 20).await?.data
     );
     clock.advance(Duration::from_secs(10 * 60));
     pause().await;
@@ -161,7 +162,8 @@ async fn main() -> Result<(), ChatError> {
         .await?;
     admin
         .set_chat_room_attributes(&id, SetAttributes::new([("poll", "sub 2:00?")]))
-        .await?;
+        .await?
+        .into_result()?;
     pause().await;
 
     println!("\nthe streamer hands the room to the admin");
@@ -172,7 +174,7 @@ async fn main() -> Result<(), ChatError> {
         "the old owner tries to destroy it: {err} (code {})",
         err.code()
     );
-    let info = admin.fetch_chat_room_info_from_server(&id).await?;
+    let info = admin.fetch_chat_room_info(&id).await?;
     println!(
         "owner {}, admins {:?}, {} members",
         info.owner, info.admin_list, info.member_count

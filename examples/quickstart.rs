@@ -47,8 +47,8 @@ async fn main() -> Result<(), ChatError> {
     let room = rooms
         .create_chat_room(
             CreateChatRoomOptions::new("Friday night speedruns")
-                .description("any% attempts, chat welcome")
-                .max_users(10_000),
+                .with_description("any% attempts, chat welcome")
+                .with_max_users(10_000),
         )
         .await?;
     println!("  created room {} owned by {}", room.room_id, room.owner);
@@ -59,9 +59,7 @@ async fn main() -> Result<(), ChatError> {
     let mut viewer_events = viewer.events();
 
     println!("listing public rooms as 'viewer_1'");
-    let page = viewer_rooms
-        .fetch_public_chat_rooms_from_server(1, 20)
-        .await?;
+    let page = viewer_rooms.fetch_public_chat_rooms(1, 20, None).await?;
     for r in &page.data {
         println!("  {} {:?} ({} members)", r.room_id, r.name, r.member_count);
     }
@@ -73,9 +71,7 @@ async fn main() -> Result<(), ChatError> {
         v.chat_room_manager().join_chat_room(&room.room_id).await?;
     }
 
-    let info = viewer_rooms
-        .fetch_chat_room_info_from_server(&room.room_id)
-        .await?;
+    let info = viewer_rooms.fetch_chat_room_info(&room.room_id).await?;
     println!(
         "room info: {:?}, owner {}, {}/{} members, my role {:?}",
         info.name, info.owner, info.member_count, info.max_users, info.permission_type

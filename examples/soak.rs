@@ -146,7 +146,7 @@ async fn engine_with_room(
     let owner = engine.login("owner").await.expect("login");
     let room = owner
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("soak").max_users(100_000))
+        .create_chat_room(CreateChatRoomOptions::new("soak").with_max_users(100_000))
         .await
         .expect("room");
     let mut clients = Vec::with_capacity(members);
@@ -176,7 +176,7 @@ async fn main() {
             async move {
                 let who = format!("m{}", n % 1_000);
                 rooms
-                    .mute_chat_room_members(&room, [who.as_str()], 3_600_000)
+                    .mute_chat_room_members(&room, [who.as_str()], Duration::from_millis(3_600_000))
                     .await
                     .expect("mute");
                 rooms
@@ -233,7 +233,7 @@ async fn main() {
                     .mute_chat_room_members(
                         &created.room_id,
                         [member.current_user_id().as_str()],
-                        3_600_000,
+                        Duration::from_millis(3_600_000),
                     )
                     .await
                     .expect("mute");

@@ -111,7 +111,7 @@ impl Connection {
             // A login was answered above; it only shares this arm to keep the match whole.
             Request::Login { .. } | Request::Rooms => client
                 .chat_room_manager()
-                .fetch_public_chat_rooms_from_server(1, 100)
+                .fetch_public_chat_rooms(1, 100, None)
                 .await
                 .map(|page| {
                     let rooms: Vec<Value> = page
@@ -192,7 +192,7 @@ pub async fn demo_engine() -> Result<(Engine, RoomId), ChatError> {
     let host = engine.login("host").await?;
     let room = host
         .chat_room_manager()
-        .create_chat_room(roomcast::CreateChatRoomOptions::new("lobby").max_users(10_000))
+        .create_chat_room(roomcast::CreateChatRoomOptions::new("lobby").with_max_users(10_000))
         .await?;
     // The host keeps no client: it leaves, and the room stays (its owner may come back).
     host.chat_room_manager()

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use roomcast::{
     ChatClient, ChatEventHandler, ChatMessage, ChatOptions, ChatRoomEventHandler,
-    CreateChatRoomOptions, Engine, Limits, ManualClock, OutgoingMessage, RoomId, UserId,
-    MEMBER_PAGE_MAX,
+    CreateChatRoomOptions, Engine, Limits, ManualClock, MuteDuration, OutgoingMessage, RoomId,
+    RoomLimits, Timestamp, UserId, LIST_PAGE_MAX,
 };
 use tokio::sync::Notify;
 
@@ -334,7 +334,7 @@ async fn member_set(viewer: &ChatClient, room: RoomId) -> BTreeSet<String> {
         let rooms = viewer.chat_room_manager();
         let page = within(
             "fetch_chat_room_members",
-            rooms.fetch_chat_room_members(&room, cursor, MEMBER_PAGE_MAX),
+            rooms.fetch_chat_room_members(&room, cursor, LIST_PAGE_MAX),
         )
         .await
         .expect("the member list");
@@ -428,7 +428,7 @@ async fn racing_presence_changes_leave_every_user_online_and_in_the_room() {
     let (engine, owner, room) = engine_and_room(
         unthrottled(),
         Some(&clock),
-        CreateChatRoomOptions::new("presence").max_users(1_000),
+        CreateChatRoomOptions::new("presence").with_max_users(1_000),
     )
     .await;
     let _keep = KeepOnPanic::new(&engine);
@@ -673,7 +673,7 @@ impl ChatRoomEventHandler for Remover {
         &self,
         _: &RoomId,
         _: &[UserId],
-        _: i64,
+        _: Option<Timestamp>,
         _: Option<&UserId>,
     ) {
         self.meeting.arrive(Duration::from_secs(2));
@@ -727,14 +727,20 @@ async fn handlers_that_remove_each_other_do_not_stop_delivery() {
     );
 
     let rooms = owner.chat_room_manager();
-    within("mute", rooms.mute_chat_room_members(&room, ["a"], -1))
-        .await
-        .unwrap();
+    within(
+        "mute",
+        rooms.mute_chat_room_members(&room, ["a"], MuteDuration::Forever),
+    )
+    .await
+    .unwrap();
     let a_waits = wait_until(&meeting.changed, DEADLINE, || meeting.arrived() >= 1).await;
     assert!(a_waits, "A's handler was not called");
-    within("mute", rooms.mute_chat_room_members(&room, ["b"], -1))
-        .await
-        .unwrap();
+    within(
+        "mute",
+        rooms.mute_chat_room_members(&room, ["b"], MuteDuration::Forever),
+    )
+    .await
+    .unwrap();
     // Both handlers are now running (or, if B's was removed before it was called, A's is done).
     let both = wait_until(&meeting.changed, DEADLINE, || {
         meeting.arrived() >= 2 || removed.load(Ordering::SeqCst) >= 1
@@ -993,7 +999,7 @@ async fn the_owner_sees_every_join_of_a_join_storm() {
     let (engine, owner, first) = engine_and_room(
         unthrottled(),
         None,
-        CreateChatRoomOptions::new("storm 0").max_users(20_000),
+        CreateChatRoomOptions::new("storm 0").with_max_users(20_000),
     )
     .await;
     let _keep = KeepOnPanic::new(&engine);
@@ -1003,7 +1009,7 @@ async fn the_owner_sees_every_join_of_a_join_storm() {
         .add_event_handler("joins", counter.clone());
     let mut rooms = vec![first];
     for n in 1..STORMS {
-        let options = CreateChatRoomOptions::new(format!("storm {n}")).max_users(20_000);
+        let options = CreateChatRoomOptions::new(format!("storm {n}")).with_max_users(20_000);
         rooms.push(create_room(&owner, options).await);
     }
 
@@ -1075,7 +1081,7 @@ async fn an_offline_member_stays_for_an_endless_grace(
     let rooms = owner.chat_room_manager();
     within(
         "mute",
-        rooms.mute_chat_room_members(&room, ["sentinel"], DAY_MS),
+        rooms.mute_chat_room_members(&room, ["sentinel"], Duration::from_millis(DAY_MS as u64)),
     )
     .await
     .unwrap();
@@ -1114,17 +1120,18 @@ async fn an_offline_member_stays_for_an_endless_grace(
 async fn a_room_grace_period_of_duration_max_never_ends() {
     an_offline_member_stays_for_an_endless_grace(
         unthrottled(),
-        CreateChatRoomOptions::new("endless").offline_grace(Duration::MAX),
+        CreateChatRoomOptions::new("endless")
+            .with_limits(RoomLimits::default().with_offline_grace(Duration::MAX)),
     )
     .await;
 }
 
-/// Bug: `Limits::offline_grace_ms = u64::MAX` is read as a signed time (-1 ms), so the deadline
-/// lands in the past and an offline member is removed at once instead of never.
+/// Bug: an engine grace of `u64::MAX` ms was read as a signed time (-1 ms), so the deadline
+/// landed in the past and an offline member was removed at once instead of never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_engine_grace_period_of_u64_max_never_ends() {
     let mut limits = unthrottled();
-    limits.offline_grace_ms = u64::MAX;
+    limits.offline_grace = Duration::MAX;
     an_offline_member_stays_for_an_endless_grace(limits, CreateChatRoomOptions::new("endless"))
         .await;
 }
@@ -1149,7 +1156,7 @@ async fn a_kept_local_copy_lists_each_message_once() {
     let keeper = engine
         .login_with_options(
             "keeper",
-            ChatOptions::default().delete_messages_on_exit(false),
+            ChatOptions::default().with_delete_messages_on_exit(false),
         )
         .await
         .unwrap();
@@ -1225,7 +1232,7 @@ async fn timed_checks_are_replaced_and_cancelled() {
     for _ in 0..100 {
         within(
             "mute",
-            rooms.mute_chat_room_members(&room, ["member"], 3_600_000),
+            rooms.mute_chat_room_members(&room, ["member"], Duration::from_millis(3_600_000)),
         )
         .await
         .unwrap();
@@ -1241,13 +1248,16 @@ async fn timed_checks_are_replaced_and_cancelled() {
     assert_eq!(engine.pending_timers(), 0, "unmuting removes it");
     within(
         "mute",
-        rooms.mute_chat_room_members(&room, ["member"], 3_600_000),
+        rooms.mute_chat_room_members(&room, ["member"], Duration::from_millis(3_600_000)),
     )
     .await
     .unwrap();
-    within("mute", rooms.mute_chat_room_members(&room, ["member"], -1))
-        .await
-        .unwrap();
+    within(
+        "mute",
+        rooms.mute_chat_room_members(&room, ["member"], MuteDuration::Forever),
+    )
+    .await
+    .unwrap();
     assert_eq!(engine.pending_timers(), 0, "a mute for ever has no expiry");
 
     for _ in 0..100 {
@@ -1418,19 +1428,19 @@ async fn room_creation_counts_against_rooms_per_user() {
     let host = engine.login("host").await.unwrap();
     let before = host
         .chat_room_manager()
-        .fetch_public_chat_rooms_from_server(1, 100)
+        .fetch_public_chat_rooms(1, 100, None)
         .await
         .unwrap()
         .total;
     let err = host
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("with owner").members(["owner"]))
+        .create_chat_room(CreateChatRoomOptions::new("with owner").with_members(["owner"]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), 4, "{err}");
     let after = host
         .chat_room_manager()
-        .fetch_public_chat_rooms_from_server(1, 100)
+        .fetch_public_chat_rooms(1, 100, None)
         .await
         .unwrap()
         .total;
@@ -1483,10 +1493,7 @@ async fn ids_never_repeat_at_the_end_of_time() {
         Ok(r) => assert!(ids.insert(r.room_id), "room id {} repeated", r.room_id),
         Err(e) => assert_eq!(e.code(), 1, "{e}"),
     }
-    let listed = rooms
-        .fetch_public_chat_rooms_from_server(1, 100)
-        .await
-        .unwrap();
+    let listed = rooms.fetch_public_chat_rooms(1, 100, None).await.unwrap();
     assert!(
         listed.data.iter().any(|r| r.room_id == room),
         "no room was replaced"

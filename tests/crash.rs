@@ -20,7 +20,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use roomcast::{
-    CreateChatRoomOptions, Engine, HistoryQuery, OutgoingMessage, RoomId, SetAttributes,
+    CreateChatRoomOptions, Engine, HistoryQuery, MuteDuration, OutgoingMessage, RoomId,
+    SetAttributes,
 };
 use roomcast_workspace::{harness_limits, Rng};
 
@@ -129,7 +130,7 @@ fn child(dir: String, seed: u64) {
                 }
                 8 => {
                     rooms
-                        .mute_chat_room_members(&room, ["viewer"], -1)
+                        .mute_chat_room_members(&room, ["viewer"], MuteDuration::Forever)
                         .await
                         .unwrap();
                     println!("ACK mute {room} viewer");
@@ -215,7 +216,7 @@ impl Expected {
         let rooms = owner.chat_room_manager();
         for (id, name) in &self.rooms {
             let info = rooms
-                .fetch_chat_room_info_from_server(id)
+                .fetch_chat_room_info(id)
                 .await
                 .unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged room {id} is lost: {e}"));
             assert_eq!(&info.name, name);
@@ -281,7 +282,7 @@ impl Expected {
             }
         }
         for (id, attrs) in &self.attributes {
-            let stored = rooms.fetch_chat_room_attributes(id, &[]).await.unwrap();
+            let stored = rooms.fetch_all_chat_room_attributes(id).await.unwrap();
             for (k, v) in attrs {
                 // A later unacknowledged write may have replaced the value; it must still exist.
                 assert!(
@@ -291,19 +292,16 @@ impl Expected {
             }
         }
         for id in &self.muted {
-            let mutes = rooms.fetch_chat_room_mute_list(id).await.unwrap();
+            let mutes = rooms.fetch_chat_room_mute_list(id, 1, 100).await.unwrap();
             assert!(
-                mutes.keys().any(|u| u.as_str() == "viewer"),
+                mutes.data.iter().any(|m| m.user_id.as_str() == "viewer"),
                 "cycle {cycle}: room {id} lost a mute"
             );
         }
         for id in &self.allowed {
-            let allowed = rooms
-                .fetch_chat_room_allow_list_from_server(id)
-                .await
-                .unwrap();
+            let allowed = rooms.fetch_chat_room_allow_list(id, 1, 100).await.unwrap();
             assert!(
-                allowed.iter().any(|u| u.as_str() == "viewer"),
+                allowed.data.iter().any(|u| u.as_str() == "viewer"),
                 "cycle {cycle}: room {id} lost an allow-list entry"
             );
         }
@@ -311,7 +309,7 @@ impl Expected {
             if changing {
                 continue;
             }
-            let info = rooms.fetch_chat_room_info_from_server(id).await.unwrap();
+            let info = rooms.fetch_chat_room_info(id).await.unwrap();
             assert_eq!(
                 info.is_all_member_muted, on,
                 "cycle {cycle}: room {id} lost an acknowledged mute-all change"

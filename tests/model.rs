@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use roomcast::{
-    ChatClient, ChatError, CreateChatRoomOptions, Engine, HistoryQuery, OutgoingMessage, RoomId,
-    SetAttributes,
+    ChatClient, CreateChatRoomOptions, Engine, HistoryQuery, OutgoingMessage, RoomId, SetAttributes,
 };
 use roomcast_workspace::harness_limits;
 
@@ -186,7 +185,7 @@ async fn step(real: &mut Real, model: &mut Model, op: &Op, n: usize) {
                 },
             };
             let got = got
-                .map(|failed| failed.values().map(ChatError::code).collect::<Vec<_>>())
+                .map(|failed| failed.iter().map(|(_, e)| e.code()).collect::<Vec<_>>())
                 .map_err(|e| e.code());
             assert_eq!(got, expect, "{op:?}");
         }
@@ -208,7 +207,7 @@ async fn compare(real: &Real, model: &Model) {
     let page = real
         .admin
         .chat_room_manager()
-        .fetch_public_chat_rooms_from_server(1, 100)
+        .fetch_public_chat_rooms(1, 100, None)
         .await
         .unwrap();
     let listed: BTreeMap<RoomId, (String, u32)> = page
@@ -240,7 +239,7 @@ async fn compare(real: &Real, model: &Model) {
         assert_eq!(texts, room.messages, "history of {id}");
         let attrs = reader
             .chat_room_manager()
-            .fetch_chat_room_attributes(id, &[])
+            .fetch_all_chat_room_attributes(id)
             .await
             .unwrap();
         let expected: BTreeMap<String, String> = room

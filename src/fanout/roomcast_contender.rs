@@ -95,7 +95,9 @@ impl Roomcast {
             let sender = engine.login("streamer").await.unwrap();
             let room = sender
                 .chat_room_manager()
-                .create_chat_room(CreateChatRoomOptions::new("bench").max_users(members as u32 + 1))
+                .create_chat_room(
+                    CreateChatRoomOptions::new("bench").with_max_users(members as u32 + 1),
+                )
                 .await
                 .unwrap()
                 .room_id;

@@ -1,9 +1,8 @@
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use roomcast::{
     ChatOptions, ChatRoomEvent, CreateChatRoomOptions, Engine, HistoryQuery, ManualClock,
-    SetAttributes,
+    MuteDuration, SetAttributes,
 };
 
 use crate::support::*;
@@ -35,11 +34,11 @@ async fn everything_but_membership_survives_a_restart() {
         }
         rooms.add_chat_room_admin(&room_id, "adm").await.unwrap();
         rooms
-            .mute_chat_room_members(&room_id, ["short"], 60_000)
+            .mute_chat_room_members(&room_id, ["short"], Duration::from_millis(60_000))
             .await
             .unwrap();
         rooms
-            .mute_chat_room_members(&room_id, ["long"], -1)
+            .mute_chat_room_members(&room_id, ["long"], MuteDuration::Forever)
             .await
             .unwrap();
         rooms
@@ -58,6 +57,8 @@ async fn everything_but_membership_survives_a_restart() {
         rooms
             .set_chat_room_attributes(&room_id, SetAttributes::new([("poll", "yes")]))
             .await
+            .unwrap()
+            .into_result()
             .unwrap();
         for n in 1..=12 {
             say(&owner, room_id, &format!("m{n}")).await;
@@ -69,37 +70,40 @@ async fn everything_but_membership_survives_a_restart() {
     let engine = open(dir.path(), &clock).await;
     let owner = engine.login("owner").await.unwrap();
     let rooms = owner.chat_room_manager();
-    let info = rooms
-        .fetch_chat_room_info_from_server(&room_id)
-        .await
-        .unwrap();
+    let info = rooms.fetch_chat_room_info(&room_id).await.unwrap();
     assert_eq!(info.member_count, 0, "membership is not persisted");
     assert_eq!(info.admin_list, vec![uid("adm")]);
     assert!(info.is_all_member_muted);
     assert_eq!(info.announcement, "welcome back");
     rooms.join_chat_room(&room_id).await.unwrap();
-    let mutes = rooms.fetch_chat_room_mute_list(&room_id).await.unwrap();
-    assert_eq!(
-        mutes,
-        BTreeMap::from([(uid("long"), -1)]),
-        "the expired mute is gone"
-    );
+    let mutes = rooms
+        .fetch_chat_room_mute_list(&room_id, 1, 10)
+        .await
+        .unwrap();
+    let mutes: Vec<_> = mutes
+        .data
+        .iter()
+        .map(|m| (m.user_id.clone(), m.expire_time))
+        .collect();
+    assert_eq!(mutes, vec![(uid("long"), None)], "the expired mute is gone");
     assert_eq!(
         rooms
-            .fetch_chat_room_allow_list_from_server(&room_id)
+            .fetch_chat_room_allow_list(&room_id, 1, 10)
             .await
-            .unwrap(),
+            .unwrap()
+            .data,
         vec![uid("allowed")]
     );
     assert_eq!(
         rooms
             .fetch_chat_room_block_list(&room_id, 1, 10)
             .await
-            .unwrap(),
+            .unwrap()
+            .data,
         vec![uid("bad")]
     );
     let attrs = rooms
-        .fetch_chat_room_attributes(&room_id, &[])
+        .fetch_all_chat_room_attributes(&room_id)
         .await
         .unwrap();
     assert_eq!(attrs["poll"], "yes");
@@ -145,7 +149,7 @@ async fn a_local_copy_is_deleted_on_exit_unless_the_option_says_keep() {
     let keeper = engine
         .login_with_options(
             "keeper",
-            ChatOptions::default().delete_messages_on_exit(false),
+            ChatOptions::default().with_delete_messages_on_exit(false),
         )
         .await
         .unwrap();
@@ -227,7 +231,7 @@ async fn a_kept_copy_left_open_by_a_restart_ends_at_the_room_s_last_message() {
     let keeper = engine
         .login_with_options(
             "keeper",
-            ChatOptions::default().delete_messages_on_exit(false),
+            ChatOptions::default().with_delete_messages_on_exit(false),
         )
         .await
         .unwrap();
@@ -249,7 +253,7 @@ async fn a_kept_copy_left_open_by_a_restart_ends_at_the_room_s_last_message() {
     let keeper = engine
         .login_with_options(
             "keeper",
-            ChatOptions::default().delete_messages_on_exit(false),
+            ChatOptions::default().with_delete_messages_on_exit(false),
         )
         .await
         .unwrap();
@@ -275,7 +279,7 @@ async fn a_kept_copy_loses_what_the_room_no_longer_retains() {
     let keeper = engine
         .login_with_options(
             "keeper",
-            ChatOptions::default().delete_messages_on_exit(false),
+            ChatOptions::default().with_delete_messages_on_exit(false),
         )
         .await
         .unwrap();
@@ -336,7 +340,7 @@ async fn a_room_whose_actor_panics_is_restarted_with_its_members() {
         .await;
     let info = owner
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.member_count, 2, "members are restored");

@@ -200,7 +200,7 @@ async fn a_panicking_handler_stalls_nothing() {
     good.wait_for_count(20).await;
     let info = alice
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.member_count, 21);
@@ -344,7 +344,7 @@ async fn a_thousand_concurrent_joins_give_exact_counts() {
     let (engine, alice) = engine_with_admin("alice").await;
     let room = alice
         .chat_room_manager()
-        .create_chat_room(roomcast::CreateChatRoomOptions::new("big").max_users(2_000))
+        .create_chat_room(roomcast::CreateChatRoomOptions::new("big").with_max_users(2_000))
         .await
         .unwrap();
     let rec = record(&alice, "a");
@@ -362,7 +362,7 @@ async fn a_thousand_concurrent_joins_give_exact_counts() {
     }
     let info = alice
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.member_count, 1_001);

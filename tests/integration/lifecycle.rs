@@ -44,20 +44,26 @@ async fn create_validates_every_parameter() {
         (CreateChatRoomOptions::new(""), 110),
         (CreateChatRoomOptions::new("n".repeat(129)), 110),
         (
-            CreateChatRoomOptions::new("ok").description("d".repeat(513)),
+            CreateChatRoomOptions::new("ok").with_description("d".repeat(513)),
             110,
         ),
         (
-            CreateChatRoomOptions::new("ok").welcome_message("w".repeat(513)),
+            CreateChatRoomOptions::new("ok").with_welcome_message("w".repeat(513)),
             110,
         ),
-        (CreateChatRoomOptions::new("ok").max_users(0), 110),
-        (CreateChatRoomOptions::new("ok").max_users(100_001), 110),
-        (CreateChatRoomOptions::new("ok").members(["Bad Id"]), 110),
+        (CreateChatRoomOptions::new("ok").with_max_users(0), 110),
+        (
+            CreateChatRoomOptions::new("ok").with_max_users(100_001),
+            110,
+        ),
+        (
+            CreateChatRoomOptions::new("ok").with_members(["Bad Id"]),
+            110,
+        ),
         (
             CreateChatRoomOptions::new("ok")
-                .members(["b", "c"])
-                .max_users(2),
+                .with_members(["b", "c"])
+                .with_max_users(2),
             704,
         ),
     ];
@@ -65,18 +71,15 @@ async fn create_validates_every_parameter() {
         let err = rooms.create_chat_room(options.clone()).await.unwrap_err();
         assert_eq!(err.code(), code, "{options:?}");
     }
-    let page = rooms
-        .fetch_public_chat_rooms_from_server(1, 100)
-        .await
-        .unwrap();
+    let page = rooms.fetch_public_chat_rooms(1, 100, None).await.unwrap();
     assert_eq!(page.total, 0, "no failed create left a room behind");
 
     let room = rooms
         .create_chat_room(
             CreateChatRoomOptions::new("n".repeat(128))
-                .description("d".repeat(512))
-                .members(["B", "c", "b"])
-                .max_users(3),
+                .with_description("d".repeat(512))
+                .with_members(["B", "c", "b"])
+                .with_max_users(3),
         )
         .await
         .unwrap();
@@ -91,7 +94,7 @@ async fn members_added_at_creation_are_in_the_room() {
     let (engine, alice) = engine_with_admin("alice").await;
     let room = alice
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("r").members(["bob"]))
+        .create_chat_room(CreateChatRoomOptions::new("r").with_members(["bob"]))
         .await
         .unwrap();
     let bob = engine.login("bob").await.unwrap();
@@ -126,7 +129,7 @@ async fn max_users_is_capped_by_the_engine_limit() {
         .unwrap();
     assert_eq!(room.max_users, 10);
     let err = rooms
-        .create_chat_room(CreateChatRoomOptions::new("r").max_users(51))
+        .create_chat_room(CreateChatRoomOptions::new("r").with_max_users(51))
         .await
         .unwrap_err();
     assert_eq!(err.code(), 110);
@@ -163,7 +166,7 @@ async fn join_rules_and_codes() {
     let (engine, alice) = engine_with_admin("alice").await;
     let room = alice
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("small").max_users(2))
+        .create_chat_room(CreateChatRoomOptions::new("small").with_max_users(2))
         .await
         .unwrap();
     let bob = engine.login("bob").await.unwrap();
@@ -206,10 +209,7 @@ async fn leave_rules_and_the_owner_stays_owner() {
 
     let rooms = alice.chat_room_manager();
     rooms.leave_chat_room(&room.room_id).await.unwrap();
-    let info = rooms
-        .fetch_chat_room_info_from_server(&room.room_id)
-        .await
-        .unwrap();
+    let info = rooms.fetch_chat_room_info(&room.room_id).await.unwrap();
     assert_eq!(info.member_count, 0);
     assert_eq!(info.owner, uid("alice"));
     assert_eq!(info.permission_type, ChatRoomPermissionType::Owner);
@@ -223,7 +223,7 @@ async fn an_owner_may_be_forbidden_to_leave() {
     let strict = engine
         .login_with_options(
             "alice",
-            ChatOptions::default().chat_room_owner_leave_allowed(false),
+            ChatOptions::default().with_chat_room_owner_leave_allowed(false),
         )
         .await
         .unwrap();
@@ -237,7 +237,7 @@ async fn an_owner_may_be_forbidden_to_leave() {
     let bob_strict = engine
         .login_with_options(
             "bob",
-            ChatOptions::default().chat_room_owner_leave_allowed(false),
+            ChatOptions::default().with_chat_room_owner_leave_allowed(false),
         )
         .await
         .unwrap();
@@ -256,15 +256,15 @@ async fn info_is_readable_by_anyone() {
         .chat_room_manager()
         .create_chat_room(
             CreateChatRoomOptions::new("Show")
-                .description("about")
-                .max_users(42),
+                .with_description("about")
+                .with_max_users(42),
         )
         .await
         .unwrap();
     let stranger = engine.login("stranger").await.unwrap();
     let info = stranger
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.room_id, room.room_id);
@@ -279,7 +279,7 @@ async fn info_is_readable_by_anyone() {
     assert_eq!(info.permission_type, ChatRoomPermissionType::None);
     let err = stranger
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&RoomId::from_u64(1))
+        .fetch_chat_room_info(&RoomId::from_u64(1))
         .await;
     assert_eq!(err.unwrap_err().code(), 705);
 }
@@ -314,15 +314,9 @@ async fn destroy_is_owner_only_then_everything_is_705() {
     let bm = bob.chat_room_manager();
     assert_eq!(bm.join_chat_room(&id).await.unwrap_err().code(), 705);
     assert_eq!(bm.leave_chat_room(&id).await.unwrap_err().code(), 705);
-    assert_eq!(
-        bm.fetch_chat_room_info_from_server(&id)
-            .await
-            .unwrap_err()
-            .code(),
-        705
-    );
+    assert_eq!(bm.fetch_chat_room_info(&id).await.unwrap_err().code(), 705);
     let am = alice.chat_room_manager();
     assert_eq!(am.destroy_chat_room(&id).await.unwrap_err().code(), 705);
-    let page = am.fetch_public_chat_rooms_from_server(1, 10).await.unwrap();
+    let page = am.fetch_public_chat_rooms(1, 10, None).await.unwrap();
     assert!(page.data.is_empty());
 }

@@ -56,7 +56,7 @@ async fn calls_per_user_per_second_are_limited() {
     let mut codes = Vec::new();
     for _ in 0..10 {
         codes.push(
-            m.fetch_chat_room_info_from_server(&room.room_id)
+            m.fetch_chat_room_info(&room.room_id)
                 .await
                 .map(drop)
                 .map_err(|e| e.code()),
@@ -68,7 +68,7 @@ async fn calls_per_user_per_second_are_limited() {
     let carol = engine.login("carol").await.unwrap();
     carol
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
 }
@@ -77,7 +77,7 @@ async fn calls_per_user_per_second_are_limited() {
 async fn members_send_at_most_so_many_messages_per_window_staff_are_exempt() {
     let clock = ManualClock::new(1_700_000_000_000);
     let mut limits = unthrottled();
-    limits.user_messages_per_window = Some((20, 30_000));
+    limits.user_messages_per_window = Some((20, Duration::from_secs(30)));
     let (engine, owner) = engine_with(limits, Some(clock.clone()), "owner").await;
     let room = owner
         .chat_room_manager()
@@ -109,11 +109,14 @@ async fn members_send_at_most_so_many_messages_per_window_staff_are_exempt() {
 async fn the_default_limits_are_agoras_and_twitchs() {
     let limits = roomcast::Limits::default();
     assert_eq!(limits.room_delivery_rate, Some(20));
-    assert_eq!(limits.user_messages_per_window, Some((20, 30_000)));
+    assert_eq!(
+        limits.user_messages_per_window,
+        Some((20, Duration::from_secs(30)))
+    );
     assert_eq!(limits.api_calls_per_user_per_second, Some(100));
     assert_eq!(limits.max_rooms_per_user, 1_000);
     assert_eq!(limits.default_max_users, 300);
-    assert_eq!(limits.offline_grace_ms, 300_000);
+    assert_eq!(limits.offline_grace, Duration::from_secs(300));
 }
 
 /// A rate of zero would refuse everything: it is refused at build time (None turns a limit off).
@@ -122,8 +125,8 @@ async fn zero_rates_are_refused_with_110() {
     let cases: [fn(&mut roomcast::Limits); 4] = [
         |l| l.api_calls_per_user_per_second = Some(0),
         |l| l.room_delivery_rate = Some(0),
-        |l| l.user_messages_per_window = Some((0, 1_000)),
-        |l| l.user_messages_per_window = Some((5, 0)),
+        |l| l.user_messages_per_window = Some((0, Duration::from_secs(1))),
+        |l| l.user_messages_per_window = Some((5, Duration::ZERO)),
     ];
     for set in cases {
         let mut limits = roomcast::Limits::default();

@@ -16,7 +16,7 @@ async fn pages_are_newest_first_and_cover_every_room_once() {
     let mut listed = Vec::new();
     for page_num in 1..=3 {
         let page = rooms
-            .fetch_public_chat_rooms_from_server(page_num, 10)
+            .fetch_public_chat_rooms(page_num, 10, None)
             .await
             .unwrap();
         assert_eq!(page.total, 23);
@@ -28,21 +28,12 @@ async fn pages_are_newest_first_and_cover_every_room_once() {
     }
     assert_eq!(listed, newest_first);
 
-    let beyond = rooms
-        .fetch_public_chat_rooms_from_server(4, 10)
-        .await
-        .unwrap();
+    let beyond = rooms.fetch_public_chat_rooms(4, 10, None).await.unwrap();
     assert!(beyond.data.is_empty());
     assert_eq!(beyond.total, 23);
-    let one = rooms
-        .fetch_public_chat_rooms_from_server(23, 1)
-        .await
-        .unwrap();
+    let one = rooms.fetch_public_chat_rooms(23, 1, None).await.unwrap();
     assert_eq!(one.data[0].room_id, created[0]);
-    let all = rooms
-        .fetch_public_chat_rooms_from_server(1, 100)
-        .await
-        .unwrap();
+    let all = rooms.fetch_public_chat_rooms(1, 100, None).await.unwrap();
     assert_eq!(all.page_count(), 23);
     assert!(!all.has_more());
 }
@@ -52,12 +43,10 @@ async fn bad_page_numbers_and_sizes_are_invalid_params() {
     let (_engine, alice) = engine_with_admin("alice").await;
     let rooms = alice.chat_room_manager();
     for (num, size) in [(0, 10), (1, 0), (1, 101), (0, 0), (u32::MAX, 0)] {
-        let err = rooms.fetch_public_chat_rooms_from_server(num, size).await;
+        let err = rooms.fetch_public_chat_rooms(num, size, None).await;
         assert_eq!(err.unwrap_err().code(), 110, "page {num} size {size}");
     }
-    let huge = rooms
-        .fetch_public_chat_rooms_from_server(u32::MAX, 100)
-        .await;
+    let huge = rooms.fetch_public_chat_rooms(u32::MAX, 100, None).await;
     assert!(huge.unwrap().data.is_empty());
 }
 
@@ -69,10 +58,7 @@ async fn the_list_shows_current_member_counts_and_drops_destroyed_rooms() {
     join(&engine, "x", a.room_id).await;
     join(&engine, "y", a.room_id).await;
     let rooms = alice.chat_room_manager();
-    let page = rooms
-        .fetch_public_chat_rooms_from_server(1, 10)
-        .await
-        .unwrap();
+    let page = rooms.fetch_public_chat_rooms(1, 10, None).await.unwrap();
     let counts: Vec<_> = page
         .data
         .iter()
@@ -84,10 +70,7 @@ async fn the_list_shows_current_member_counts_and_drops_destroyed_rooms() {
         .iter()
         .all(|r| r.permission_type == roomcast::ChatRoomPermissionType::None));
     rooms.destroy_chat_room(&b.room_id).await.unwrap();
-    let page = rooms
-        .fetch_public_chat_rooms_from_server(1, 10)
-        .await
-        .unwrap();
+    let page = rooms.fetch_public_chat_rooms(1, 10, None).await.unwrap();
     assert_eq!(page.total, 1);
     assert_eq!(page.data[0].room_id, a.room_id);
 }
@@ -103,19 +86,19 @@ async fn the_name_filter_ignores_case() {
             .unwrap();
     }
     let page = rooms
-        .fetch_public_chat_rooms_with_name("speedrun", 1, 10)
+        .fetch_public_chat_rooms(1, 10, Some("speedrun"))
         .await
         .unwrap();
     let names: Vec<_> = page.data.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec!["SPEEDRUN finals", "Speedrun Weekly"]);
     assert_eq!(page.total, 2);
     let page = rooms
-        .fetch_public_chat_rooms_with_name("SPEEDRUN", 2, 1)
+        .fetch_public_chat_rooms(2, 1, Some("SPEEDRUN"))
         .await
         .unwrap();
     assert_eq!(page.data[0].name, "Speedrun Weekly");
     let none = rooms
-        .fetch_public_chat_rooms_with_name("golf", 1, 10)
+        .fetch_public_chat_rooms(1, 10, Some("golf"))
         .await
         .unwrap();
     assert_eq!(none.total, 0);

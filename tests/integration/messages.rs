@@ -321,7 +321,7 @@ async fn every_member_sees_one_order_under_concurrent_senders() {
     let (engine, alice) = engine_with(unthrottled(), None, "alice").await;
     let room = alice
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("busy").max_users(100))
+        .create_chat_room(CreateChatRoomOptions::new("busy").with_max_users(100))
         .await
         .unwrap();
     let mut watchers = Vec::new();

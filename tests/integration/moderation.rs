@@ -2,7 +2,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use roomcast::{
-    ChatRoomEvent, ChatRoomPermissionType, LeaveReason, ManualClock, OutgoingMessage, SetAttributes,
+    ChatRoomEvent, ChatRoomPermissionType, LeaveReason, ManualClock, MuteDuration, OutgoingMessage,
+    SetAttributes,
 };
 
 use crate::support::*;
@@ -73,7 +74,7 @@ impl Cast {
                 .await
                 .unwrap()
                 .chat_room_manager()
-                .fetch_chat_room_info_from_server(&room_id)
+                .fetch_chat_room_info(&room_id)
                 .await
                 .unwrap()
                 .permission_type
@@ -129,7 +130,7 @@ async fn admin_changes_reach_the_target_and_the_admins() {
     assert!(got["m2"].is_empty());
     let info =
         c.m2.chat_room_manager()
-            .fetch_chat_room_info_from_server(&id)
+            .fetch_chat_room_info(&id)
             .await
             .unwrap();
     assert_eq!(info.admin_list, vec![uid("admin")]);
@@ -165,7 +166,7 @@ async fn ownership_transfer_tells_everyone_and_moves_the_rights() {
             .code(),
         703
     );
-    let info = old.fetch_chat_room_info_from_server(&id).await.unwrap();
+    let info = old.fetch_chat_room_info(&id).await.unwrap();
     assert_eq!(info.owner, uid("m1"));
     assert_eq!(info.permission_type, ChatRoomPermissionType::Member);
     c.m1.chat_room_manager()
@@ -222,14 +223,19 @@ async fn blocked_users_are_removed_and_barred_until_unblocked() {
         .block_chat_room_members(&id, ["m2", "outsider"])
         .await
         .unwrap();
-    assert_eq!(
-        rooms.fetch_chat_room_block_list(&id, 1, 10).await.unwrap(),
-        vec![uid("m2"), uid("outsider")]
-    );
-    assert_eq!(
-        rooms.fetch_chat_room_block_list(&id, 2, 1).await.unwrap(),
-        vec![uid("outsider")]
-    );
+    let first = rooms.fetch_chat_room_block_list(&id, 1, 10).await.unwrap();
+    assert_eq!(first.data, vec![uid("m2"), uid("outsider")]);
+    assert_eq!((first.total, first.has_more()), (2, false));
+    let second = rooms.fetch_chat_room_block_list(&id, 2, 1).await.unwrap();
+    assert_eq!(second.data, vec![uid("outsider")]);
+    assert_eq!((second.page_num, second.page_size, second.total), (2, 1, 2));
+    for (page_num, page_size) in [(0, 10), (1, 0), (1, roomcast::LIST_PAGE_MAX + 1)] {
+        let err = rooms
+            .fetch_chat_room_block_list(&id, page_num, page_size)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), 110, "page {page_num} of {page_size}");
+    }
     let err =
         c.m2.chat_room_manager()
             .join_chat_room(&id)
@@ -258,7 +264,7 @@ async fn mutes_reach_targets_and_staff_and_end_by_themselves() {
     c.settle().await;
     c.admin
         .chat_room_manager()
-        .mute_chat_room_members(&id, ["m1"], 60_000)
+        .mute_chat_room_members(&id, ["m1"], Duration::from_millis(60_000))
         .await
         .unwrap();
     let got = c.settle().await;
@@ -266,7 +272,7 @@ async fn mutes_reach_targets_and_staff_and_end_by_themselves() {
     let added = ChatRoomEvent::MuteListAdded {
         room_id: id,
         members: vec![uid("m1")],
-        expire_time: expire,
+        expire_time: Some(expire),
         operator: Some(uid("admin")),
     };
     assert_eq!(got["m1"], vec![added.clone()]);
@@ -277,10 +283,12 @@ async fn mutes_reach_targets_and_staff_and_end_by_themselves() {
     let list = c
         .owner
         .chat_room_manager()
-        .fetch_chat_room_mute_list(&id)
+        .fetch_chat_room_mute_list(&id, 1, 10)
         .await
         .unwrap();
-    assert_eq!(list, BTreeMap::from([(uid("m1"), expire)]));
+    assert_eq!(list.total, 1);
+    assert_eq!(list.data[0].user_id, uid("m1"));
+    assert_eq!(list.data[0].expire_time, Some(expire));
 
     c.clock.advance(Duration::from_secs(60));
     c.rec["m1"]
@@ -300,9 +308,10 @@ async fn mutes_reach_targets_and_staff_and_end_by_themselves() {
     assert!(c
         .owner
         .chat_room_manager()
-        .fetch_chat_room_mute_list(&id)
+        .fetch_chat_room_mute_list(&id, 1, 10)
         .await
         .unwrap()
+        .data
         .is_empty());
 }
 
@@ -357,7 +366,10 @@ async fn mute_all_spares_staff_and_the_allow_list_but_not_a_personal_mute() {
     say(&c.m1, id, "allowed").await;
     say(&c.admin, id, "staff").await;
     say(&c.owner, id, "owner").await;
-    rooms.mute_chat_room_members(&id, ["m1"], -1).await.unwrap();
+    rooms
+        .mute_chat_room_members(&id, ["m1"], MuteDuration::Forever)
+        .await
+        .unwrap();
     assert_eq!(
         say_err(&c.m1, id).await,
         215,
@@ -375,9 +387,10 @@ async fn mute_all_spares_staff_and_the_allow_list_but_not_a_personal_mute() {
         .await
         .unwrap();
     assert!(rooms
-        .fetch_chat_room_allow_list_from_server(&id)
+        .fetch_chat_room_allow_list(&id, 1, 100)
         .await
         .unwrap()
+        .data
         .is_empty());
 }
 
@@ -448,7 +461,7 @@ async fn specification_and_announcement_changes_reach_all_members() {
             .code(),
         110
     );
-    let page = m1.fetch_public_chat_rooms_from_server(1, 10).await.unwrap();
+    let page = m1.fetch_public_chat_rooms(1, 10, None).await.unwrap();
     assert_eq!(
         page.data[0].name, "main stage",
         "the public list follows the change"
@@ -517,10 +530,16 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
             .set_chat_room_attributes(&id, SetAttributes::new([("poll", "mine")]))
             .await
             .unwrap();
-    assert_eq!(failed["poll"].code(), 703);
+    assert_eq!(failed.get("poll").unwrap().code(), 703);
+    assert_eq!(failed.keys().collect::<Vec<_>>(), ["poll"]);
+    let err = failed.into_result().unwrap_err();
+    assert_eq!(err.code(), 703);
+    assert!(err.to_string().contains("poll"), "the key is named: {err}");
     c.m2.chat_room_manager()
         .set_chat_room_attributes(&id, SetAttributes::new([("poll", "mine")]).overwrite(true))
         .await
+        .unwrap()
+        .into_result()
         .unwrap();
     let got = c.settle().await;
     let by_m1 = ChatRoomEvent::AttributesUpdated {
@@ -542,7 +561,7 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
     let attrs = c
         .owner
         .chat_room_manager()
-        .fetch_chat_room_attributes(&id, &["poll", "none"])
+        .fetch_chat_room_attributes(&id, ["poll", "none"])
         .await
         .unwrap();
     assert_eq!(
@@ -567,7 +586,7 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
     let all = c
         .owner
         .chat_room_manager()
-        .fetch_chat_room_attributes(&id, &[])
+        .fetch_all_chat_room_attributes(&id)
         .await
         .unwrap();
     assert_eq!(all.keys().collect::<Vec<_>>(), vec!["poll"]);
@@ -575,14 +594,16 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
     let owner = c.owner.chat_room_manager();
     assert_eq!(
         owner
-            .remove_chat_room_attributes(&id, &["poll"], false)
+            .remove_chat_room_attributes(&id, ["poll"], false)
             .await
-            .unwrap()["poll"]
+            .unwrap()
+            .get("poll")
+            .unwrap()
             .code(),
         703
     );
     assert!(owner
-        .remove_chat_room_attributes(&id, &["poll"], true)
+        .remove_chat_room_attributes(&id, ["poll"], true)
         .await
         .unwrap()
         .is_empty());
@@ -629,9 +650,10 @@ async fn removals_are_idempotent_and_additions_validate() {
         .await
         .unwrap();
     assert!(rooms
-        .fetch_chat_room_allow_list_from_server(&room)
+        .fetch_chat_room_allow_list(&room, 1, 100)
         .await
         .unwrap()
+        .data
         .is_empty());
     let err = rooms
         .add_members_to_chat_room_allow_list(&room, ["stranger"])

@@ -18,8 +18,8 @@ async fn reopening_a_data_dir_lists_the_same_rooms() {
             rooms
                 .create_chat_room(
                     CreateChatRoomOptions::new(format!("room {n}"))
-                        .description(format!("desc {n}"))
-                        .max_users(100 + n),
+                        .with_description(format!("desc {n}"))
+                        .with_max_users(100 + n),
                 )
                 .await
                 .unwrap();
@@ -30,17 +30,14 @@ async fn reopening_a_data_dir_lists_the_same_rooms() {
             &engine,
             "bob",
             rooms
-                .fetch_public_chat_rooms_from_server(1, 1)
+                .fetch_public_chat_rooms(1, 1, None)
                 .await
                 .unwrap()
                 .data[0]
                 .room_id,
         )
         .await;
-        let page = rooms
-            .fetch_public_chat_rooms_from_server(1, 100)
-            .await
-            .unwrap();
+        let page = rooms.fetch_public_chat_rooms(1, 100, None).await.unwrap();
         engine.shutdown().await;
         (page, doomed.room_id)
     };
@@ -49,10 +46,7 @@ async fn reopening_a_data_dir_lists_the_same_rooms() {
     assert_eq!(engine.super_admins(), vec![uid("alice")]);
     let alice = engine.login("alice").await.unwrap();
     let rooms = alice.chat_room_manager();
-    let after = rooms
-        .fetch_public_chat_rooms_from_server(1, 100)
-        .await
-        .unwrap();
+    let after = rooms.fetch_public_chat_rooms(1, 100, None).await.unwrap();
     assert_eq!(after.total, 5);
     let strip = |p: &roomcast::ChatPageResult<roomcast::ChatRoom>| {
         p.data
@@ -76,16 +70,13 @@ async fn reopening_a_data_dir_lists_the_same_rooms() {
     );
 
     let first = after.data[0].room_id;
-    let info = rooms
-        .fetch_chat_room_info_from_server(&first)
-        .await
-        .unwrap();
+    let info = rooms.fetch_chat_room_info(&first).await.unwrap();
     assert_eq!(info.owner, uid("alice"));
     assert_eq!(info.member_count, 0);
     join(&engine, "bob", first).await;
     assert_eq!(
         rooms
-            .fetch_chat_room_info_from_server(&destroyed_id)
+            .fetch_chat_room_info(&destroyed_id)
             .await
             .unwrap_err()
             .code(),
@@ -117,7 +108,7 @@ async fn a_buffered_store_also_survives_a_clean_shutdown() {
     let alice = engine.login("alice").await.unwrap();
     let page = alice
         .chat_room_manager()
-        .fetch_public_chat_rooms_from_server(1, 10)
+        .fetch_public_chat_rooms(1, 10, None)
         .await
         .unwrap();
     assert_eq!(page.data[0].name, "kept");

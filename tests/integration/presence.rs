@@ -77,7 +77,7 @@ async fn offline_members_get_no_pushes_and_resume_from_history_without_gaps() {
     clock.advance(GRACE * 2);
     let info = owner
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.member_count, 2);
@@ -109,7 +109,7 @@ async fn a_member_away_past_the_grace_period_is_removed() {
         .await;
     let info = owner
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.member_count, 3);
@@ -171,7 +171,7 @@ async fn the_owner_admins_and_allow_listed_are_exempt() {
     assert_eq!(watcher_rec.events(), vec![joined(room.room_id, "probe")]);
     let info = probe
         .chat_room_manager()
-        .fetch_chat_room_info_from_server(&room.room_id)
+        .fetch_chat_room_info(&room.room_id)
         .await
         .unwrap();
     assert_eq!(info.member_count, 3, "the owner is still in");
@@ -182,9 +182,9 @@ async fn a_room_may_set_its_own_grace_period() {
     let (clock, engine, owner, _) = setup().await;
     let room = owner
         .chat_room_manager()
-        .create_chat_room(
-            CreateChatRoomOptions::new("quick").offline_grace(Duration::from_secs(10)),
-        )
+        .create_chat_room(CreateChatRoomOptions::new("quick").with_limits(
+            roomcast::RoomLimits::default().with_offline_grace(Duration::from_secs(10)),
+        ))
         .await
         .unwrap();
     let owner_rec = record(&owner, "o");
@@ -201,7 +201,7 @@ async fn members_added_at_creation_without_a_client_are_offline() {
     let (clock, _engine, owner, _) = setup().await;
     let room = owner
         .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new("invited").members(["ghost"]))
+        .create_chat_room(CreateChatRoomOptions::new("invited").with_members(["ghost"]))
         .await
         .unwrap();
     assert_eq!(room.member_count, 2);

@@ -111,13 +111,9 @@ async fn calls_after_shutdown_fail_with_900_and_shutdown_is_idempotent() {
     let codes = [
         rooms.join_chat_room(&id).await.unwrap_err().code(),
         rooms.leave_chat_room(&id).await.unwrap_err().code(),
+        rooms.fetch_chat_room_info(&id).await.unwrap_err().code(),
         rooms
-            .fetch_chat_room_info_from_server(&id)
-            .await
-            .unwrap_err()
-            .code(),
-        rooms
-            .fetch_public_chat_rooms_from_server(1, 10)
+            .fetch_public_chat_rooms(1, 10, None)
             .await
             .unwrap_err()
             .code(),
@@ -166,7 +162,7 @@ async fn bad_user_ids_are_invalid_params_everywhere() {
         );
         let err = alice
             .chat_room_manager()
-            .create_chat_room(CreateChatRoomOptions::new("r").members([bad]))
+            .create_chat_room(CreateChatRoomOptions::new("r").with_members([bad]))
             .await
             .unwrap_err();
         assert_eq!(err.code(), 110);
@@ -190,7 +186,7 @@ async fn huge_and_odd_inputs_get_errors_not_panics() {
         .await
         .unwrap();
     let err = rooms
-        .create_chat_room(CreateChatRoomOptions::new("r").members(vec!["m"; 1_001]))
+        .create_chat_room(CreateChatRoomOptions::new("r").with_members(vec!["m"; 1_001]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), 110);
@@ -203,7 +199,7 @@ async fn huge_and_odd_inputs_get_errors_not_panics() {
     }
     assert_eq!(huge.parse::<RoomId>().unwrap_err().code(), 700);
     let page = rooms
-        .fetch_public_chat_rooms_with_name(&huge, 1, 10)
+        .fetch_public_chat_rooms(1, 10, Some(&huge))
         .await
         .unwrap();
     assert_eq!(page.total, 0);

@@ -10,7 +10,7 @@ use futures_core::Stream;
 use parking_lot::Mutex;
 use roomcast::{
     ChatClient, ChatRoom, ChatRoomEvent, ChatRoomEventHandler, ClientEvent, CreateChatRoomOptions,
-    Engine, EventStream, LeaveReason, RoomId, UserId,
+    Engine, EventStream, LeaveReason, RoomId, Timestamp, UserId,
 };
 use tokio::sync::Notify;
 
@@ -124,7 +124,7 @@ impl ChatRoomEventHandler for Recorder {
         &self,
         room_id: &RoomId,
         m: &[UserId],
-        expire: i64,
+        expire: Option<Timestamp>,
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::MuteListAdded {

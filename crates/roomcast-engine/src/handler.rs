@@ -335,28 +335,155 @@ mod tests {
             max_users: 10,
         };
         let limits = RoomLimits::default();
-        let room = Room::create(room_id, u.clone(), spec, limits, vec![], &Limits::default(), 0)
-            .unwrap()
-            .snapshot(None);
+        let room = Room::create(
+            room_id,
+            u.clone(),
+            spec,
+            limits,
+            vec![],
+            &Limits::default(),
+            0,
+        )
+        .unwrap()
+        .snapshot(None);
         let name = String::from("r");
         let cases: Vec<(ChatRoomEvent, &str)> = vec![
-            (E::OwnerChanged { room_id, new_owner: u.clone(), old_owner: u.clone(), operator: op.clone() }, "owner"),
-            (E::MuteListAdded { room_id, members: vec![], expire_time: None, operator: op.clone() }, "muted"),
-            (E::MuteListRemoved { room_id, members: vec![], operator: op.clone() }, "unmuted"),
-            (E::ChatRoomDestroyed { room_id, room_name: name.clone() }, "destroyed"),
-            (E::SpecificationChanged { room: Box::new(room), operator: op.clone() }, "spec"),
-            (E::MemberJoined { room_id, participant: u.clone() }, "joined"),
-            (E::MemberExited { room_id, room_name: name.clone(), participant: u.clone() }, "exited"),
-            (E::RemovedFromChatRoom { room_id, room_name: name, participant: u.clone(), reason: LeaveReason::Kicked, operator: op.clone() }, "removed"),
-            (E::AnnouncementChanged { room_id, announcement: String::new(), operator: op.clone() }, "announcement"),
-            (E::AllowListAdded { room_id, members: vec![], operator: op.clone() }, "allowed"),
-            (E::AllowListRemoved { room_id, members: vec![], operator: op.clone() }, "disallowed"),
-            (E::AllMemberMuteStateChanged { room_id, is_all_muted: true, operator: op.clone() }, "mute-all"),
-            (E::AdminAdded { room_id, admin: u.clone(), operator: op.clone() }, "admin+"),
-            (E::AdminRemoved { room_id, admin: u.clone(), operator: op }, "admin-"),
-            (E::AttributesUpdated { room_id, attributes: BTreeMap::new(), from: u.clone() }, "attrs+"),
-            (E::AttributesRemoved { room_id, keys: vec![], from: u }, "attrs-"),
-            (E::ChatRoomRecovered { room_id, last_seq: 3 }, "recovered"),
+            (
+                E::OwnerChanged {
+                    room_id,
+                    new_owner: u.clone(),
+                    old_owner: u.clone(),
+                    operator: op.clone(),
+                },
+                "owner",
+            ),
+            (
+                E::MuteListAdded {
+                    room_id,
+                    members: vec![],
+                    expire_time: None,
+                    operator: op.clone(),
+                },
+                "muted",
+            ),
+            (
+                E::MuteListRemoved {
+                    room_id,
+                    members: vec![],
+                    operator: op.clone(),
+                },
+                "unmuted",
+            ),
+            (
+                E::ChatRoomDestroyed {
+                    room_id,
+                    room_name: name.clone(),
+                },
+                "destroyed",
+            ),
+            (
+                E::SpecificationChanged {
+                    room: Box::new(room),
+                    operator: op.clone(),
+                },
+                "spec",
+            ),
+            (
+                E::MemberJoined {
+                    room_id,
+                    participant: u.clone(),
+                },
+                "joined",
+            ),
+            (
+                E::MemberExited {
+                    room_id,
+                    room_name: name.clone(),
+                    participant: u.clone(),
+                },
+                "exited",
+            ),
+            (
+                E::RemovedFromChatRoom {
+                    room_id,
+                    room_name: name,
+                    participant: u.clone(),
+                    reason: LeaveReason::Kicked,
+                    operator: op.clone(),
+                },
+                "removed",
+            ),
+            (
+                E::AnnouncementChanged {
+                    room_id,
+                    announcement: String::new(),
+                    operator: op.clone(),
+                },
+                "announcement",
+            ),
+            (
+                E::AllowListAdded {
+                    room_id,
+                    members: vec![],
+                    operator: op.clone(),
+                },
+                "allowed",
+            ),
+            (
+                E::AllowListRemoved {
+                    room_id,
+                    members: vec![],
+                    operator: op.clone(),
+                },
+                "disallowed",
+            ),
+            (
+                E::AllMemberMuteStateChanged {
+                    room_id,
+                    is_all_muted: true,
+                    operator: op.clone(),
+                },
+                "mute-all",
+            ),
+            (
+                E::AdminAdded {
+                    room_id,
+                    admin: u.clone(),
+                    operator: op.clone(),
+                },
+                "admin+",
+            ),
+            (
+                E::AdminRemoved {
+                    room_id,
+                    admin: u.clone(),
+                    operator: op,
+                },
+                "admin-",
+            ),
+            (
+                E::AttributesUpdated {
+                    room_id,
+                    attributes: BTreeMap::new(),
+                    from: u.clone(),
+                },
+                "attrs+",
+            ),
+            (
+                E::AttributesRemoved {
+                    room_id,
+                    keys: vec![],
+                    from: u,
+                },
+                "attrs-",
+            ),
+            (
+                E::ChatRoomRecovered {
+                    room_id,
+                    last_seq: 3,
+                },
+                "recovered",
+            ),
         ];
         for (event, expected) in cases {
             let names = Names::default();

@@ -32,8 +32,8 @@ use actix::{Addr, MailboxError};
 use parking_lot::{Mutex, RwLock};
 use roomcast_model::{
     AttributeFailures, ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, Command,
-    HistoryQuery, Limits, MessageId, Moderation, MutedMember, RoomLimits, OutgoingMessage, RoomId, RoomMessageStats,
-    RoomSpec, SetAttributes, Timestamp, UserId,
+    HistoryQuery, Limits, MessageId, Moderation, MutedMember, OutgoingMessage, RoomId, RoomLimits,
+    RoomMessageStats, RoomSpec, SetAttributes, Timestamp, UserId,
 };
 use roomcast_store::{Reader, Store, StoreConfig, StoreError, WriteSet};
 

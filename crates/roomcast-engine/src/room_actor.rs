@@ -365,9 +365,12 @@ impl RoomActor {
             }
             if seq % AGE_CHECK_EVERY == 0 {
                 if let Some(max_age) = limits.history_max_age {
-                    let before = message.server_time().saturating_sub(
-                        roomcast_model::ms_to_timestamp(roomcast_model::duration_ms(max_age)),
-                    );
+                    let before =
+                        message
+                            .server_time()
+                            .saturating_sub(roomcast_model::ms_to_timestamp(
+                                roomcast_model::duration_ms(max_age),
+                            ));
                     set.trim_older_than(room, before);
                 }
             }

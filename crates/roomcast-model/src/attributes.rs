@@ -479,7 +479,9 @@ mod tests {
             let pairs: Vec<(String, String)> = (0..10)
                 .map(|n| (format!("b{batch}-{n}"), "v".into()))
                 .collect();
-            set(&mut r, "a", SetAttributes::new(pairs)).unwrap().into_map();
+            set(&mut r, "a", SetAttributes::new(pairs))
+                .unwrap()
+                .into_map();
         }
         assert_eq!(r.record().attributes.len(), MAX_KEYS_PER_ROOM);
         let failed = set(
@@ -530,8 +532,13 @@ mod tests {
             "a",
             SetAttributes::new([("temp", "1")]).delete_when_left(true),
         )
-        .unwrap().into_result().unwrap();
-        set(&mut r, "a", SetAttributes::new([("kept", "1")])).unwrap().into_result().unwrap();
+        .unwrap()
+        .into_result()
+        .unwrap();
+        set(&mut r, "a", SetAttributes::new([("kept", "1")]))
+            .unwrap()
+            .into_result()
+            .unwrap();
         let fx = r
             .apply(Command::Leave {
                 user: uid("a"),

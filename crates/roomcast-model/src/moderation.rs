@@ -357,8 +357,9 @@ impl Room {
                 // The record keeps Agora's -1 for "no end"; the API never shows it.
                 let expire = match duration {
                     MuteDuration::Forever => -1,
-                    MuteDuration::For(d) => now
-                        .saturating_add(crate::ms_to_timestamp(crate::duration_ms(d)).max(1)),
+                    MuteDuration::For(d) => {
+                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(d)).max(1))
+                    }
                 };
                 for t in &targets {
                     self.record_mut().mute_list.insert(t.clone(), expire);

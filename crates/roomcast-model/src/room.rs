@@ -14,9 +14,9 @@ use std::sync::Arc;
 use crate::attributes::{AttributeFailures, RoomAttribute, SetAttributes};
 use crate::event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 use crate::gate::{DeliveryGate, RoomMessageStats};
+use crate::history::ChatCursorResult;
 use crate::message::{ChatMessage, MessageData, MessageId, MessagePriority, OutgoingMessage};
 use crate::moderation::{check_permission, Moderation, MutedMember, Operation};
-use crate::history::ChatCursorResult;
 use crate::page::{check_page, ChatPageResult, LIST_PAGE_MAX};
 use crate::{ChatError, Limits, RoomId, RoomLimits, UserId};
 
@@ -503,7 +503,11 @@ impl Room {
     }
 
     /// Replaces the room's limits with `limits` merged into them (the owner's change).
-    pub(crate) fn set_room_limits(&mut self, change: &RoomLimits, now: Timestamp) -> Result<(), ChatError> {
+    pub(crate) fn set_room_limits(
+        &mut self,
+        change: &RoomLimits,
+        now: Timestamp,
+    ) -> Result<(), ChatError> {
         let mut merged = self.record.limits.clone();
         merged.merge(change);
         merged.validate(&self.engine_limits)?;
@@ -637,7 +641,9 @@ impl Room {
                 user_id: u.clone(),
                 expire_time: (t >= 0).then_some(t),
             });
-        Ok(ChatPageResult::from_iter(entries, total, page_num, page_size))
+        Ok(ChatPageResult::from_iter(
+            entries, total, page_num, page_size,
+        ))
     }
 
     /// Page `page_num` (from 1) of the allow list, sorted by user id. Owner and admins only.

@@ -147,7 +147,9 @@ pub fn decode_room(bytes: &[u8]) -> Result<roomcast_model::RoomRecord, StoreErro
 mod legacy {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use roomcast_model::{RoomAttribute, RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId};
+    use roomcast_model::{
+        RoomAttribute, RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId,
+    };
     use serde::Deserialize;
 
     /// `RoomSpec` before rooms had their own limits: the offline grace was the only one.

@@ -85,7 +85,7 @@ impl ChatClient {
     /// let bob = engine.login("bob").await?;
     /// bob.logout();
     /// assert!(!bob.is_online());
-    /// let err = bob.chat_room_manager().fetch_public_chat_rooms_from_server(1, 20).await;
+    /// let err = bob.chat_room_manager().fetch_public_chat_rooms(1, 20, None).await;
     /// assert_eq!(err.unwrap_err().code(), 201);
     /// # engine.shutdown().await;
     /// # Ok(()) }

@@ -147,7 +147,7 @@ impl EngineBuilder {
 ///     .await?;
 /// let bob = engine.login("Bob").await?; // user ids are case-insensitive: this is "bob"
 /// bob.chat_room_manager().join_chat_room(&room.room_id).await?;
-/// let info = bob.chat_room_manager().fetch_chat_room_info_from_server(&room.room_id).await?;
+/// let info = bob.chat_room_manager().fetch_chat_room_info(&room.room_id).await?;
 /// assert_eq!(info.member_count, 2);
 /// engine.shutdown().await;
 /// # Ok(()) }

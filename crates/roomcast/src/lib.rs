@@ -69,8 +69,8 @@ pub use roomcast_model::{
     check_permission, AttributeFailures, AttributeValue, ChatCursorResult, ChatError, ChatMessage,
     ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery,
     LeaveReason, Limits, MessageBody, MessageData, MessageId, MessagePriority, MuteDuration,
-    MutedMember, Operation, OutgoingMessage, RoomId, RoomLimits, RoomMessageStats,
-    SearchDirection, SetAttributes, StorageFailure, Timestamp, UserId, LIST_PAGE_MAX,
+    MutedMember, Operation, OutgoingMessage, RoomId, RoomLimits, RoomMessageStats, SearchDirection,
+    SetAttributes, StorageFailure, Timestamp, UserId, LIST_PAGE_MAX,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

@@ -49,6 +49,15 @@ async fn everything_but_membership_survives_a_restart() {
             .block_chat_room_members(&room_id, ["bad"])
             .await
             .unwrap();
+        rooms
+            .change_chat_room_limits(
+                &room_id,
+                roomcast::RoomLimits::default()
+                    .with_offline_grace(Duration::from_secs(42))
+                    .with_delivery_rate(None),
+            )
+            .await
+            .unwrap();
         rooms.mute_all_chat_room_members(&room_id).await.unwrap();
         rooms
             .update_chat_room_announcement(&room_id, "welcome back")
@@ -75,6 +84,13 @@ async fn everything_but_membership_survives_a_restart() {
     assert_eq!(info.admin_list, vec![uid("adm")]);
     assert!(info.is_all_member_muted);
     assert_eq!(info.announcement, "welcome back");
+    assert_eq!(
+        info.limits,
+        roomcast::RoomLimits::default()
+            .with_offline_grace(Duration::from_secs(42))
+            .with_delivery_rate(None),
+        "the room's own limits persist"
+    );
     rooms.join_chat_room(&room_id).await.unwrap();
     let mutes = rooms
         .fetch_chat_room_mute_list(&room_id, 1, 10)

@@ -698,6 +698,7 @@ mod tests {
             ("description", Moderation::ChangeDescription("d".into()), [OK, OK, 703, 703]),
             ("max members", Moderation::ChangeMaxUsers(50), [OK, OK, 703, 703]),
             ("announcement", Moderation::UpdateAnnouncement("hi".into()), [OK, OK, 703, 703]),
+            ("room limits", Moderation::ChangeLimits(crate::RoomLimits::default().with_join_replay_count(3)), [OK, 703, 703, 703]),
         ]
     }
 

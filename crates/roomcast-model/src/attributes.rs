@@ -39,6 +39,7 @@ pub struct RoomAttribute {
 
 /// How to set attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SetAttributes {
     /// Key to value.
     pub attributes: BTreeMap<String, String>,

@@ -13,6 +13,7 @@ use crate::{MessagePriority, Timestamp};
 
 /// Counts of a room's messages since it started (or was restarted).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RoomMessageStats {
     /// Messages admitted and delivered to the room.
     pub accepted: u64,

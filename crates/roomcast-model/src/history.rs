@@ -26,6 +26,7 @@ pub struct ChatCursorResult<T> {
 
 /// What to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HistoryQuery {
     /// Which way to walk.
     pub direction: SearchDirection,

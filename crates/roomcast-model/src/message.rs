@@ -103,6 +103,7 @@ impl AttributeValue {
 
 /// A message to send to a room. The engine assigns the id, sequence number and time.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct OutgoingMessage {
     /// The room to send to.
     pub room_id: RoomId,

@@ -5,6 +5,7 @@
 
 pub mod fanout;
 pub mod gateway;
+pub mod scale;
 
 /// Limits for load harnesses (benchmarks, simulations of load, crash and model tests): Agora's
 /// defaults, but without the per-room delivery threshold and the per-user rate limits, which a

@@ -520,7 +520,7 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
     let failed = m1
         .set_chat_room_attributes(
             &id,
-            SetAttributes::new([("poll", "a or b"), ("mood", "hype")]).delete_when_left(true),
+            SetAttributes::new([("poll", "a or b"), ("mood", "hype")]).with_delete_when_left(true),
         )
         .await
         .unwrap();
@@ -536,7 +536,10 @@ async fn attributes_reach_the_other_members_and_follow_ownership() {
     assert_eq!(err.code(), 703);
     assert!(err.to_string().contains("poll"), "the key is named: {err}");
     c.m2.chat_room_manager()
-        .set_chat_room_attributes(&id, SetAttributes::new([("poll", "mine")]).overwrite(true))
+        .set_chat_room_attributes(
+            &id,
+            SetAttributes::new([("poll", "mine")]).with_overwrite(true),
+        )
         .await
         .unwrap()
         .into_result()

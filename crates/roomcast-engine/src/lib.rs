@@ -279,7 +279,7 @@ pub(crate) fn storage_error(e: StoreError) -> ChatError {
 pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
     match e {
         MailboxError::Closed => ChatError::RoomUnavailable(format!("{what}: the actor stopped")),
-        MailboxError::Timeout => ChatError::Timeout(0),
+        MailboxError::Timeout => ChatError::Timeout(std::time::Duration::ZERO),
     }
 }
 
@@ -425,7 +425,7 @@ impl Core {
             deadline
                 .as_mut()
                 .poll(cx)
-                .map(|()| Err(ChatError::Timeout(roomcast_model::duration_ms(limit))))
+                .map(|()| Err(ChatError::Timeout(limit)))
         })
         .await
     }

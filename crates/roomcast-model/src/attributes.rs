@@ -67,18 +67,19 @@ impl SetAttributes {
     }
 
     /// Removes the keys when the setter leaves the room.
-    pub fn delete_when_left(mut self, yes: bool) -> Self {
+    pub fn with_delete_when_left(mut self, yes: bool) -> Self {
         self.delete_when_left = yes;
         self
     }
 
     /// Takes over keys owned by other members.
-    pub fn overwrite(mut self, yes: bool) -> Self {
+    pub fn with_overwrite(mut self, yes: bool) -> Self {
         self.overwrite = yes;
         self
     }
 
-    /// Sets `key` only if its version is `version` (0: only if it does not exist).
+    /// Sets `key` only if its version is `version` (0: only if it does not exist). Adds to
+    /// the conditions (one per key), so it is not a `with_` setter.
     pub fn if_version(mut self, key: impl Into<String>, version: u64) -> Self {
         self.if_versions.insert(key.into(), version);
         self
@@ -413,7 +414,7 @@ mod tests {
         let failed = set(
             &mut r,
             "b",
-            SetAttributes::new([("k", "2")]).overwrite(true),
+            SetAttributes::new([("k", "2")]).with_overwrite(true),
         )
         .unwrap();
         assert!(failed.is_empty());
@@ -531,7 +532,7 @@ mod tests {
         set(
             &mut r,
             "a",
-            SetAttributes::new([("temp", "1")]).delete_when_left(true),
+            SetAttributes::new([("temp", "1")]).with_delete_when_left(true),
         )
         .unwrap()
         .into_result()

@@ -80,8 +80,8 @@ pub enum ChatError {
     #[error("the engine has stopped")]
     EngineStopped,
     /// 901: the engine did not answer within the configured call timeout.
-    #[error("the call timed out after {0} ms")]
-    Timeout(u64),
+    #[error("the call timed out after {0:?}")]
+    Timeout(std::time::Duration),
     /// 902: the store failed to open, read or write; the operation was not applied. The
     /// [`StorageFailure`] keeps the store's own error as its `source()`.
     #[error("storage failure: {}", .0.context())]
@@ -234,7 +234,7 @@ mod tests {
             (ChatError::OwnerNotAllowLeave, 706),
             (ChatError::UserInBlocklist, 707),
             (ChatError::EngineStopped, 900),
-            (ChatError::Timeout(5), 901),
+            (ChatError::Timeout(std::time::Duration::from_millis(5)), 901),
             (ChatError::Storage(StorageFailure::message("disk")), 902),
             (ChatError::RoomUnavailable(String::new()), 903),
         ];

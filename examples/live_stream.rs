@@ -80,54 +80,6 @@ fn usage(flag: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Publish-to-handler latency, in 50 µs buckets up to 200 ms.
-struct Histogram {
-    buckets: Vec<AtomicU64>,
-}
-
-impl Histogram {
-    const WIDTH_US: u64 = 50;
-
-    fn new() -> Histogram {
-        Histogram {
-            buckets: (0..4_001).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn record(&self, us: u64) {
-        let i = ((us / Self::WIDTH_US) as usize).min(self.buckets.len() - 1);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The `q` quantile in ms, and the largest bucket reached.
-    fn quantile(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        let target = ((total as f64) * q).ceil() as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= target.max(1) {
-                return ((i as u64 + 1) * Self::WIDTH_US) as f64 / 1000.0;
-            }
-        }
-        0.0
-    }
-
-    fn max(&self) -> f64 {
-        let last = self
-            .buckets
-            .iter()
-            .rposition(|b| b.load(Ordering::Relaxed) > 0)
-            .unwrap_or(0);
-        ((last as u64 + 1) * Self::WIDTH_US) as f64 / 1000.0
-    }
-}
-
 /// Counters shared by every viewer.
 struct Totals {
     start: Instant,
@@ -135,7 +87,8 @@ struct Totals {
     missed: AtomicU64,
     order_violations: AtomicU64,
     after_removal: AtomicU64,
-    latency: Histogram,
+    /// Publish-to-handler latency, µs (HDR histograms: true percentiles).
+    latency: roomcast_workspace::Latencies,
 }
 
 /// One viewer's view: what it received, per room.
@@ -267,7 +220,7 @@ async fn main() {
         missed: AtomicU64::new(0),
         order_violations: AtomicU64::new(0),
         after_removal: AtomicU64::new(0),
-        latency: Histogram::new(),
+        latency: roomcast_workspace::Latencies::new(),
     });
     println!(
         "roomcast live stream: {} viewers in the stream room, {} side rooms, {} s of chat, seed {}",
@@ -700,15 +653,15 @@ async fn main() {
             "deliveries per second (average over the show)",
             format!("{:.0}", delivered as f64 / elapsed),
         ),
-        (
-            "publish-to-handler latency p50 / p99 / max",
+        ("publish-to-handler latency p50 / p99 / max", {
+            let p = totals.latency.percentiles();
             format!(
                 "{:.2} / {:.2} / {:.2} ms",
-                totals.latency.quantile(0.50),
-                totals.latency.quantile(0.99),
-                totals.latency.max()
-            ),
-        ),
+                p.p50 as f64 / 1000.0,
+                p.p99 as f64 / 1000.0,
+                p.max as f64 / 1000.0
+            )
+        }),
         (
             "missed-N markers (events dropped from full queues)",
             totals.missed.load(Ordering::Relaxed).to_string(),

@@ -57,6 +57,9 @@ fn main() {
                     async move { r.join_leave(t, i).await }
                 },
             )));
+            if std::env::var_os("SCALE_ROOMCAST_ONLY").is_some() {
+                continue;
+            }
             let b = tokio_rooms.clone();
             best[1] = best[1].max(rt.block_on(roomcast_workspace::scale::run_tasks(
                 TASKS,

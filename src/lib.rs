@@ -84,9 +84,105 @@ impl Percentiles {
     }
 }
 
+/// Latency samples recorded from many threads at once, in microseconds, into HDR histograms
+/// (3 significant digits, any value up to an hour): true percentiles, no saturating bucket.
+///
+/// Each thread records into a histogram of its own (an uncontended lock); [`Latencies::merged`]
+/// adds them up.
+#[derive(Debug, Default)]
+pub struct Latencies {
+    threads: parking_lot::Mutex<Vec<std::sync::Arc<parking_lot::Mutex<Histogram>>>>,
+    id: std::sync::OnceLock<u64>,
+}
+
+type Histogram = hdrhistogram::Histogram<u64>;
+
+fn new_histogram() -> Histogram {
+    // unwrap: the bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()
+}
+
+impl Latencies {
+    /// An empty recorder.
+    pub fn new() -> Latencies {
+        Latencies::default()
+    }
+
+    fn key(&self) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        *self
+            .id
+            .get_or_init(|| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Records one sample of `us` microseconds (0 counts as 1).
+    pub fn record(&self, us: u64) {
+        thread_local! {
+            static MINE: std::cell::RefCell<Vec<(u64, std::sync::Arc<parking_lot::Mutex<Histogram>>)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let key = self.key();
+        let local = MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            if let Some((_, h)) = mine.iter().find(|(k, _)| *k == key) {
+                return h.clone();
+            }
+            let h = std::sync::Arc::new(parking_lot::Mutex::new(new_histogram()));
+            self.threads.lock().push(h.clone());
+            mine.push((key, h.clone()));
+            h
+        });
+        local.lock().saturating_record(us.max(1));
+    }
+
+    /// Every thread's samples in one histogram.
+    pub fn merged(&self) -> Histogram {
+        let mut all = new_histogram();
+        for h in self.threads.lock().iter() {
+            // unwrap: the histograms share bounds, so adding cannot fail.
+            all.add(&*h.lock()).unwrap();
+        }
+        all
+    }
+
+    /// The merged samples' percentiles.
+    pub fn percentiles(&self) -> Percentiles {
+        let h = self.merged();
+        Percentiles {
+            count: h.len() as usize,
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_from_many_threads_merge_without_saturating() {
+        let l = std::sync::Arc::new(Latencies::new());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for v in 1..=1_000u64 {
+                        l.record(v * 1_000 + t);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        l.record(10_000_000); // 10 s: far above any fixed bucket range
+        let p = l.percentiles();
+        assert_eq!(p.count, 4_001);
+        assert!((495_000..=505_000).contains(&p.p50), "{p:?}");
+        assert!(p.max >= 9_990_000, "{p:?}");
+    }
 
     #[test]
     fn percentiles_of_a_range() {

@@ -122,11 +122,14 @@ async fn the_default_limits_are_agoras_and_twitchs() {
 /// A rate of zero would refuse everything: it is refused at build time (None turns a limit off).
 #[tokio::test]
 async fn zero_rates_are_refused_with_110() {
-    let cases: [fn(&mut roomcast::Limits); 4] = [
+    let cases: [fn(&mut roomcast::Limits); 6] = [
         |l| l.api_calls_per_user_per_second = Some(0),
         |l| l.room_delivery_rate = Some(0),
         |l| l.user_messages_per_window = Some((0, Duration::from_secs(1))),
         |l| l.user_messages_per_window = Some((5, Duration::ZERO)),
+        // Limits that disagree with each other (found by a new-user review).
+        |l| l.default_max_users = l.max_users_cap + 1,
+        |l| l.default_max_users = 0,
     ];
     for set in cases {
         let mut limits = roomcast::Limits::default();

@@ -665,3 +665,47 @@ async fn removals_are_idempotent_and_additions_validate() {
     assert_eq!(err.code(), 702, "{err}");
     engine.shutdown().await;
 }
+
+/// Kicking or blocking an admin demotes it first: the admin itself hears it lost the role, then
+/// that it was removed; the owner hears both too (found by a new-user review: the target did
+/// not hear the demotion).
+#[tokio::test]
+async fn a_kicked_or_blocked_admin_hears_its_demotion_then_its_removal() {
+    for block in [false, true] {
+        let c = Cast::new().await;
+        let id = c.room.room_id;
+        c.settle().await;
+        let rooms = c.owner.chat_room_manager();
+        if block {
+            rooms.block_chat_room_members(&id, ["admin"]).await.unwrap();
+        } else {
+            rooms
+                .remove_chat_room_members(&id, ["admin"])
+                .await
+                .unwrap();
+        }
+        let demoted = ChatRoomEvent::AdminRemoved {
+            room_id: id,
+            admin: uid("admin"),
+            operator: Some(uid("owner")),
+        };
+        let removed = ChatRoomEvent::RemovedFromChatRoom {
+            room_id: id,
+            room_name: c.room.name.clone(),
+            participant: uid("admin"),
+            reason: LeaveReason::Kicked,
+            operator: Some(uid("owner")),
+        };
+        c.rec["admin"]
+            .wait_until("the admin's two events", |e| e.len() >= 2)
+            .await;
+        assert_eq!(
+            c.rec["admin"].events(),
+            vec![demoted, removed],
+            "block: {block}"
+        );
+        let info = rooms.fetch_chat_room_info(&id).await.unwrap();
+        assert!(info.admin_list.is_empty(), "block: {block}");
+        c.engine.shutdown().await;
+    }
+}

@@ -370,3 +370,49 @@ async fn a_room_destroyed_while_away_is_told_on_reconnect_as_a_removal() {
     );
     engine.shutdown().await;
 }
+
+/// A client that logs out stops receiving: its event streams end and the handlers it registered
+/// are removed, while another client of the same user keeps its own (found by a new-user
+/// review: a logged-out WebSocket connection kept getting events).
+#[tokio::test]
+async fn a_logged_out_client_gets_no_more_events_its_sibling_does() {
+    let (engine, owner) = engine_with_admin("owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    let gone = join(&engine, "bob", room).await;
+    let stays = engine.login("bob").await.unwrap();
+    let gone_rec = record(&gone, "gone");
+    let stays_rec = record(&stays, "stays");
+    let gone_inbox = inbox(&gone, "gone-inbox");
+    let mut gone_stream = gone.events();
+    let mut stays_stream = stays.events();
+    gone.logout();
+    // Opened and registered after logout: nothing.
+    let mut late_stream = gone.events();
+    let late_rec = record(&gone, "late");
+    assert!(
+        next_event(&mut gone_stream).await.is_none(),
+        "the stream ends"
+    );
+    assert!(next_event(&mut late_stream).await.is_none());
+    join(&engine, "carol", room).await;
+    say(&owner, room, "after").await;
+    stays_rec.wait_for_count(1).await;
+    match next_event(&mut stays_stream).await {
+        Some(roomcast::ClientEvent::Room(e)) => assert_eq!(*e, joined(room, "carol")),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Everything the sibling got has been dispatched to both: the logged-out client's
+    // handlers got none of it.
+    let sibling = inbox(&stays, "sibling-inbox");
+    say(&owner, room, "fence").await;
+    sibling.wait_for_count(1).await;
+    assert!(gone_rec.events().is_empty(), "{:?}", gone_rec.events());
+    assert!(late_rec.events().is_empty());
+    assert!(gone_inbox.texts().is_empty(), "{:?}", gone_inbox.texts());
+    assert!(
+        !gone.chat_room_manager().remove_event_handler("gone"),
+        "already removed"
+    );
+    assert!(stays.chat_room_manager().remove_event_handler("stays"));
+    engine.shutdown().await;
+}

@@ -41,7 +41,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
 pub use roomcast_store::{Durability, Location};
 use session::PresenceNotices;
-pub use session::{ClientEvent, EventStream, Session};
+pub use session::{ClientEvent, EventStream, Session, StreamCloser};
 
 use directory::Directory;
 use fanout::{Fanout, FanoutThreads};

@@ -501,7 +501,9 @@ impl RoomActor {
                 }
                 Audience::MembersAmong(users) => {
                     for user in users {
-                        if self.room.is_member(&user) {
+                        // A member this command removed still hears what it says before the
+                        // removal (a kicked admin hears it was demoted, then removed).
+                        if self.room.is_member(&user) || gone.contains_key(&user) {
                             if let Some(m) = member(&user) {
                                 fanout.send_to(m, vec![item.clone()]);
                             }

@@ -46,6 +46,8 @@ thread_local! {
 
 struct HandlerEntry<H: ?Sized> {
     id: Box<str>,
+    /// The client that registered it (see [`Session::release_client`]).
+    client: u64,
     handler: Arc<H>,
     alive: AtomicBool,
     /// Held for reading while the handler runs; `remove` takes it for writing to wait out a
@@ -95,9 +97,10 @@ impl<H: ?Sized> Registry<H> {
     }
 
     /// Adds `handler` under `id`; returns the entry it replaced.
-    fn add(&self, id: String, handler: Arc<H>) -> Option<Arc<HandlerEntry<H>>> {
+    fn add(&self, id: String, handler: Arc<H>, client: u64) -> Option<Arc<HandlerEntry<H>>> {
         let entry = Arc::new(HandlerEntry {
             id: id.into_boxed_str(),
+            client,
             handler,
             alive: AtomicBool::new(true),
             gate: RwLock::new(()),
@@ -122,6 +125,18 @@ impl<H: ?Sized> Registry<H> {
             .take()
             .map(|e| e.to_vec())
             .unwrap_or_default()
+    }
+
+    /// Removes the handlers `client` registered; returns them.
+    fn remove_client(&self, client: u64) -> Vec<Arc<HandlerEntry<H>>> {
+        let mut entries = self.entries.lock();
+        let current = entries.as_deref().unwrap_or_default();
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            current.iter().cloned().partition(|h| h.client == client);
+        if !gone.is_empty() {
+            Self::set(&mut entries, kept);
+        }
+        gone
     }
 
     fn remove(&self, id: &str) -> Option<Arc<HandlerEntry<H>>> {
@@ -480,9 +495,15 @@ impl Session {
         self.state.lock().rooms.retain(|s| s.room != room);
     }
 
-    /// Registers a chat-room event handler under `id`, replacing any with the same id.
-    pub fn add_room_handler(self: &Arc<Self>, id: String, handler: Arc<dyn ChatRoomEventHandler>) {
-        if let Some(old) = self.room_handlers.add(id, handler) {
+    /// Registers a chat-room event handler under `id` for `client`, replacing any with the same
+    /// id.
+    pub fn add_room_handler(
+        self: &Arc<Self>,
+        id: String,
+        handler: Arc<dyn ChatRoomEventHandler>,
+        client: u64,
+    ) {
+        if let Some(old) = self.room_handlers.add(id, handler, client) {
             self.retire(&old);
         }
         self.attach();
@@ -498,9 +519,14 @@ impl Session {
             .is_some()
     }
 
-    /// Registers a message handler under `id`, replacing any with the same id.
-    pub fn add_chat_handler(self: &Arc<Self>, id: String, handler: Arc<dyn ChatEventHandler>) {
-        if let Some(old) = self.chat_handlers.add(id, handler) {
+    /// Registers a message handler under `id` for `client`, replacing any with the same id.
+    pub fn add_chat_handler(
+        self: &Arc<Self>,
+        id: String,
+        handler: Arc<dyn ChatEventHandler>,
+        client: u64,
+    ) {
+        if let Some(old) = self.chat_handlers.add(id, handler, client) {
             self.retire(&old);
         }
         self.attach();
@@ -512,6 +538,17 @@ impl Session {
             .remove(id)
             .map(|e| self.retire(&e))
             .is_some()
+    }
+
+    /// A client logged out: the handlers it registered are removed (as by `remove_*_handler`);
+    /// those of the user's other clients stay.
+    pub fn release_client(&self, client: u64) {
+        for e in self.room_handlers.remove_client(client) {
+            self.retire(&e);
+        }
+        for e in self.chat_handlers.remove_client(client) {
+            self.retire(&e);
+        }
     }
 
     fn retire<H: ?Sized>(&self, entry: &HandlerEntry<H>) {
@@ -665,6 +702,38 @@ impl Stream for EventStream {
                 Received::Item(item) => item,
             })
         })
+    }
+}
+
+impl EventStream {
+    /// A handle that ends this stream from elsewhere (the facade ends a client's streams when
+    /// it logs out). Not part of the API.
+    #[doc(hidden)]
+    pub fn closer(&self) -> StreamCloser {
+        StreamCloser(Arc::downgrade(&self.mailbox))
+    }
+}
+
+/// Ends an [`EventStream`] from elsewhere; see [`EventStream::closer`]. Not part of the API.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct StreamCloser(std::sync::Weak<Mailbox>);
+
+impl StreamCloser {
+    /// Ends the stream (it yields what it holds, then `None`); false if it had ended.
+    pub fn close(&self) -> bool {
+        match self.0.upgrade() {
+            Some(m) if !m.is_closed() => {
+                m.close();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True once the stream has ended or was dropped.
+    pub fn is_closed(&self) -> bool {
+        self.0.upgrade().is_none_or(|m| m.is_closed())
     }
 }
 

@@ -196,6 +196,12 @@ impl Limits {
                 "join_replay_count must be at most 200".into(),
             ));
         }
+        if self.default_max_users == 0 || self.default_max_users > self.max_users_cap {
+            return Err(crate::ChatError::InvalidParam(format!(
+                "default_max_users must be 1 to max_users_cap ({}), got {}",
+                self.max_users_cap, self.default_max_users
+            )));
+        }
         if self.history_page_max == 0 || self.public_room_page_max == 0 {
             return Err(crate::ChatError::InvalidParam(
                 "page maxima must be at least 1".into(),

@@ -85,7 +85,11 @@ impl ChatManager {
     pub fn add_event_handler(&self, id: impl Into<String>, handler: impl ChatEventHandler) {
         self.client
             .session()
-            .add_chat_handler(id.into(), Arc::new(handler));
+            .add_chat_handler(id.into(), Arc::new(handler), self.client.id());
+        if self.client.is_logged_out() {
+            // Registered after (or while) this client logged out: it gets nothing.
+            self.client.session().release_client(self.client.id());
+        }
     }
 
     /// Removes the message handler under `id`; true if there was one. Once this returns, the

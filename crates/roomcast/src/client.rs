@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use roomcast_engine::{Core, EventStream, Session};
+use parking_lot::Mutex;
+use roomcast_engine::{Core, EventStream, Session, StreamCloser};
 use roomcast_model::{ChatError, UserId};
 
 use crate::{ChatManager, ChatOptions, ChatRoomManager};
@@ -14,6 +15,10 @@ pub(crate) struct ClientGuard {
     pub(crate) session: Arc<Session>,
     /// Set by [`ChatClient::logout`]: the client no longer counts as live, its calls get 201.
     pub(crate) logged_out: AtomicBool,
+    /// This client's id among the session's clients: the handlers it registers carry it.
+    pub(crate) id: u64,
+    /// The event streams this client opened, ended when it logs out.
+    streams: Mutex<Vec<StreamCloser>>,
 }
 
 impl ClientGuard {
@@ -23,6 +28,16 @@ impl ClientGuard {
             self.core.close_client(&self.session);
         }
     }
+
+    /// Logs out: closes, then removes the handlers this client registered and ends its
+    /// streams.
+    fn logout(&self) {
+        self.close();
+        self.session.release_client(self.id);
+        for s in std::mem::take(&mut *self.streams.lock()) {
+            s.close();
+        }
+    }
 }
 
 impl Drop for ClientGuard {
@@ -30,6 +45,9 @@ impl Drop for ClientGuard {
         self.close();
     }
 }
+
+/// Ids of clients, unique in the process.
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A logged-in user (the SDK's `ChatClient`). Cloning is shallow.
 ///
@@ -60,6 +78,8 @@ impl ChatClient {
                 core,
                 session,
                 logged_out: AtomicBool::new(false),
+                id: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+                streams: Mutex::new(Vec::new()),
             }),
             options: Arc::new(options),
         }
@@ -76,8 +96,10 @@ impl ChatClient {
     /// Logs this client out (the SDK's `ChatClient.logout`): it stops counting as a live client
     /// of its user, so the user goes offline if it was the last one (and leaves its rooms after
     /// their grace period unless it comes back), and every later call on this client or its
-    /// clones, and on its managers, fails with 201 ([`ChatError::UserNotLogin`]). Other clients
-    /// of the same user are not affected. Idempotent.
+    /// clones, and on its managers, fails with 201 ([`ChatError::UserNotLogin`]). The handlers
+    /// registered through this client are removed and the event streams it opened end; a
+    /// handler added or a stream opened after logout gets nothing. Other clients of the same
+    /// user, and the handlers and streams they registered, are not affected. Idempotent.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
@@ -91,7 +113,7 @@ impl ChatClient {
     /// # Ok(()) }
     /// ```
     pub fn logout(&self) {
-        self.guard.close();
+        self.guard.logout();
     }
 
     /// True once [`ChatClient::logout`] was called on this client (or a clone).
@@ -132,7 +154,27 @@ impl ChatClient {
     /// [`crate::EngineBuilder::event_queue_capacity`]): if not polled it drops its oldest events
     /// and yields [`crate::ClientEvent::Missed`] with their count.
     pub fn events(&self) -> EventStream {
-        self.session().events()
+        let stream = self.session().events();
+        let closer = stream.closer();
+        if self.is_logged_out() {
+            closer.close();
+        } else {
+            let mut streams = self.guard.streams.lock();
+            streams.retain(|s| !s.is_closed());
+            streams.push(closer);
+            // A logout that ran meanwhile has taken the list: end this one too.
+            if self.is_logged_out() {
+                for s in streams.drain(..) {
+                    s.close();
+                }
+            }
+        }
+        stream
+    }
+
+    /// This client's id among its session's clients (the handlers it registers carry it).
+    pub(crate) fn id(&self) -> u64 {
+        self.guard.id
     }
 
     /// Takes the user offline, as if its connection dropped: no pushes until

@@ -217,7 +217,11 @@ impl ChatRoomManager {
     pub fn add_event_handler(&self, id: impl Into<String>, handler: impl ChatRoomEventHandler) {
         self.client
             .session()
-            .add_room_handler(id.into(), Arc::new(handler));
+            .add_room_handler(id.into(), Arc::new(handler), self.client.id());
+        if self.client.is_logged_out() {
+            // Registered after (or while) this client logged out: it gets nothing.
+            self.client.session().release_client(self.client.id());
+        }
     }
 
     /// Removes the handler registered under `id`; true if there was one. Once this returns, the

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use roomcast_model::RoomId;
 
 use crate::dispatch::{DispatchPool, WakeBatch};
+use crate::mailbox::ticket;
 use crate::session::Session;
 use crate::ClientEvent;
 
@@ -35,21 +36,20 @@ enum Job {
         room: RoomId,
         item: ClientEvent,
         except: Except,
+        at: u64,
     },
     SendTo {
         member: Arc<Session>,
         items: Vec<ClientEvent>,
+        at: u64,
     },
     SendBatch {
         member: Arc<Session>,
         items: Arc<[ClientEvent]>,
+        at: u64,
     },
     DropRoom {
         room: RoomId,
-    },
-    /// The member's presence changed: its mailbox takes the presence now.
-    SetOnline {
-        member: Arc<Session>,
     },
     Stop,
 }
@@ -115,6 +115,7 @@ impl Fanout {
 
     /// Delivers `item` to every member of `room` but the mailboxes in `except`.
     pub(crate) fn broadcast(&self, room: RoomId, item: ClientEvent, except: Except) {
+        let at = ticket();
         for tx in self.senders.iter() {
             Self::send(
                 tx,
@@ -122,6 +123,7 @@ impl Fanout {
                     room,
                     item: item.clone(),
                     except,
+                    at,
                 },
             );
         }
@@ -131,7 +133,8 @@ impl Fanout {
     pub(crate) fn send_to(&self, member: Arc<Session>, items: Vec<ClientEvent>) {
         if !items.is_empty() {
             let shard = self.shard_of(member.mailbox().id());
-            Self::send(shard, Job::SendTo { member, items });
+            let at = ticket();
+            Self::send(shard, Job::SendTo { member, items, at });
         }
     }
 
@@ -140,15 +143,9 @@ impl Fanout {
     pub(crate) fn send_batch_to(&self, member: Arc<Session>, items: Arc<[ClientEvent]>) {
         if !items.is_empty() {
             let shard = self.shard_of(member.mailbox().id());
-            Self::send(shard, Job::SendBatch { member, items });
+            let at = ticket();
+            Self::send(shard, Job::SendBatch { member, items, at });
         }
-    }
-
-    /// Brings a mailbox's presence up to date with its session's, in order with its deliveries:
-    /// what rooms sent before the change is delivered (or not) as the mailbox was before it.
-    pub(crate) fn set_online(&self, member: Arc<Session>) {
-        let shard = self.shard_of(member.mailbox().id());
-        Self::send(shard, Job::SetOnline { member });
     }
 
     pub(crate) fn drop_room(&self, room: RoomId) {
@@ -211,7 +208,7 @@ impl Except {
 /// A run of consecutive broadcasts to one room, delivered to each member under one lock.
 struct Run {
     room: RoomId,
-    items: Vec<(ClientEvent, Except)>,
+    items: Vec<(ClientEvent, Except, u64)>,
 }
 
 fn flush(
@@ -227,11 +224,14 @@ fn flush(
         return;
     };
     let mut delivered = 0u64;
-    if let [(item, except)] = run.items.as_slice() {
+    if let [(item, except, at)] = run.items.as_slice() {
         for member in &slice.members {
             let mailbox = member.mailbox();
             if !except.contains(mailbox.id()) {
-                wakes.add(mailbox.push_many(std::iter::once(item.clone())), pool);
+                wakes.add(
+                    mailbox.push_many(std::iter::once((item.clone(), *at))),
+                    pool,
+                );
                 delivered += 1;
             }
         }
@@ -239,11 +239,15 @@ fn flush(
         for member in &slice.members {
             let mailbox = member.mailbox();
             let id = mailbox.id();
-            let mine = |(_, except): &&(ClientEvent, Except)| !except.contains(id);
+            let mine = |(_, except, _): &&(ClientEvent, Except, u64)| !except.contains(id);
             // Counted here, not as the mailbox takes them: a mailbox that is not live takes
             // none (as in the single-item case above, a delivery is a push to a member).
             delivered += run.items.iter().filter(mine).count() as u64;
-            let items = run.items.iter().filter(mine).map(|(item, _)| item.clone());
+            let items = run
+                .items
+                .iter()
+                .filter(mine)
+                .map(|(item, _, at)| (item.clone(), *at));
             wakes.add(mailbox.push_many(items), pool);
         }
     }
@@ -265,14 +269,19 @@ fn run_shard(rx: mpsc::Receiver<Job>, pool: &DispatchPool) {
         }
         for job in jobs.drain(..) {
             match job {
-                Job::Broadcast { room, item, except } => {
+                Job::Broadcast {
+                    room,
+                    item,
+                    except,
+                    at,
+                } => {
                     match &mut run {
-                        Some(r) if r.room == room => r.items.push((item, except)),
+                        Some(r) if r.room == room => r.items.push((item, except, at)),
                         _ => {
                             flush(&rooms, &mut run, &mut wakes, pool);
                             run = Some(Run {
                                 room,
-                                items: vec![(item, except)],
+                                items: vec![(item, except, at)],
                             });
                         }
                     }
@@ -323,22 +332,27 @@ fn apply(
                 }
             }
         }
-        Job::SendTo { member, items } => {
+        Job::SendTo { member, items, at } => {
+            let items = items.into_iter().map(|item| (item, at));
             wakes.add(member.mailbox().push_many(items), pool);
         }
-        Job::SendBatch { member, items } => {
-            wakes.add(member.mailbox().push_batch(items), pool);
+        Job::SendBatch { member, items, at } => {
+            wakes.add(member.mailbox().push_batch(items, at), pool);
         }
         Job::DropRoom { room } => {
             rooms.remove(&room);
         }
-        Job::SetOnline { member } => member.mailbox().set_online(member.take_mailbox_notice()),
-        Job::Broadcast { room, item, except } => {
+        Job::Broadcast {
+            room,
+            item,
+            except,
+            at,
+        } => {
             flush(
                 rooms,
                 &mut Some(Run {
                     room,
-                    items: vec![(item, except)],
+                    items: vec![(item, except, at)],
                 }),
                 wakes,
                 pool,

@@ -542,17 +542,14 @@ impl Core {
         Ok(())
     }
 
-    /// Tells the session's mailbox (through its shard, in order with deliveries) and the rooms
-    /// in `notices` that the session's presence changed; each reads the presence when it handles
-    /// the notice (see `session::State`).
+    /// Tells the rooms in `notices` that the session's presence changed; each reads the
+    /// presence when it handles the notice (see `session::State`). The mailbox has taken it
+    /// already.
     fn presence_changed(&self, session: &Arc<Session>, notices: PresenceNotices) {
         if self.is_stopped() {
             return;
         }
         tracing::debug!(user = %session.user(), "presence changed");
-        if notices.mailbox {
-            self.inner.shared.fanout.set_online(session.clone());
-        }
         for room in notices.rooms {
             // A room without a live actor is restarting: it reads the presence of each member
             // when it starts (`Session::entered` clears the notice).

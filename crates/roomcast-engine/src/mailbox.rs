@@ -101,12 +101,31 @@ struct State {
     notifier: Option<Notifier>,
     closed: bool,
     online: bool,
+    /// When the session last came online (a [`ticket`]): deliveries made before it are not
+    /// queued, even if they reach the mailbox after (a shard running behind).
+    online_since: u64,
     consumed: bool,
     /// Removal notices that arrived while offline, delivered when back online (boxed: rare, and
     /// every member pays for the field: 8 bytes boxed against 24 for a bare vector).
     #[allow(clippy::box_collection)]
     deferred: Option<Box<Vec<ClientEvent>>>,
 }
+
+/// A point in the engine's delivery order: nanoseconds on the monotonic clock since the first
+/// ticket. Rooms stamp each delivery with one as they send it, and a mailbox stamps its
+/// coming online with one, so that what was sent while its session was offline is never
+/// pushed, however late the shard delivers it.
+pub(crate) fn ticket() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // +1: ticket 0 stays below every delivery's.
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1
+}
+
+/// The ticket of a delivery that is never too old (an event stream's own pushes).
+pub(crate) const ANY_TIME: u64 = u64::MAX;
 
 fn is_removal(item: &ClientEvent) -> bool {
     matches!(item, ClientEvent::Room(e) if matches!(**e, ChatRoomEvent::RemovedFromChatRoom { .. }))
@@ -139,6 +158,7 @@ impl Mailbox {
                 notifier: None,
                 closed: false,
                 online,
+                online_since: 0,
                 consumed,
                 deferred: None,
             }),
@@ -166,6 +186,9 @@ impl Mailbox {
     pub(crate) fn set_online(&self, online: bool) {
         let notifier = {
             let mut state = self.state.lock();
+            if online && !state.online {
+                state.online_since = ticket();
+            }
             state.online = online;
             if online {
                 if let Some(deferred) = state.deferred.take() {
@@ -201,7 +224,7 @@ impl Mailbox {
     /// Queues `item`, dropping the oldest if full, and wakes the consumer. `open` is false
     /// only if the mailbox is closed.
     pub(crate) fn push(&self, item: ClientEvent) -> Pushed {
-        let mut pushed = self.push_many(std::iter::once(item));
+        let mut pushed = self.push_many(std::iter::once((item, ANY_TIME)));
         notify(pushed.notifier.take());
         pushed
     }
@@ -209,7 +232,9 @@ impl Mailbox {
     /// Queues `items` under one lock. Returns whether the mailbox is open, the waiting consumer
     /// (if any) for the caller to notify (a shard collects many and notifies them together), and
     /// how many old items were dropped.
-    pub(crate) fn push_many(&self, items: impl IntoIterator<Item = ClientEvent>) -> Pushed {
+    /// Each item comes with the [`ticket`] of its sending: one sent before the session came
+    /// online is dropped (it was sent while the session was offline), but removal notices.
+    pub(crate) fn push_many(&self, items: impl IntoIterator<Item = (ClientEvent, u64)>) -> Pushed {
         let mut state = self.state.lock();
         if state.closed {
             return Pushed::new(false, None, 0);
@@ -217,7 +242,7 @@ impl Mailbox {
         // Queued only while online and consumed (a handler or stream reads it).
         if !(state.online && state.consumed) {
             if !state.online {
-                for item in items {
+                for (item, _) in items {
                     if is_removal(&item) {
                         let deferred = state.deferred.get_or_insert_with(Default::default);
                         if deferred.len() < self.capacity() {
@@ -230,7 +255,11 @@ impl Mailbox {
         }
         let before = state.queue.len();
         let mut dropped = 0;
-        for item in items {
+        let since = state.online_since;
+        for (item, at) in items {
+            if at < since && !is_removal(&item) {
+                continue;
+            }
             dropped += self.enqueue(&mut state, Queued::One(item));
         }
         if state.queue.len() == before && state.missed == 0 {
@@ -241,13 +270,13 @@ impl Mailbox {
 
     /// Queues `items` as one entry (see [`Queued::Many`]). As [`Mailbox::push_many`] otherwise;
     /// `items` hold no removal notice (those are never batched).
-    pub(crate) fn push_batch(&self, items: Arc<[ClientEvent]>) -> Pushed {
+    pub(crate) fn push_batch(&self, items: Arc<[ClientEvent]>, at: u64) -> Pushed {
         let mut state = self.state.lock();
         if state.closed {
             return Pushed::new(false, None, 0);
         }
         debug_assert!(!items.iter().any(is_removal), "removals are never batched");
-        if !(state.online && state.consumed) || items.is_empty() {
+        if !(state.online && state.consumed) || items.is_empty() || at < state.online_since {
             return Pushed::new(true, None, 0);
         }
         let dropped = self.enqueue(&mut state, Queued::Many(items));
@@ -414,5 +443,27 @@ mod tests {
             "offline dropped 2 and 3, kept the removal"
         );
         assert_eq!(room_of(next(&mb)), 5);
+    }
+
+    /// A delivery sent while the session was offline and delivered late (its shard ran behind)
+    /// is not pushed once the session is back; a removal notice is; what was sent after the
+    /// return is.
+    #[test]
+    fn what_was_sent_while_offline_stays_out_however_late_it_arrives() {
+        let mb = Mailbox::for_session(10);
+        mb.set_consumed();
+        mb.set_online(false);
+        let while_away = ticket();
+        mb.set_online(true);
+        let after = ticket();
+        mb.push_many([
+            (item(1), while_away),
+            (removal(2), while_away),
+            (item(3), after),
+        ]);
+        mb.push_batch(Arc::from(vec![item(4)]), while_away);
+        assert_eq!(room_of(next(&mb)), 2, "the removal notice is kept");
+        assert_eq!(room_of(next(&mb)), 3);
+        assert_eq!(mb.state.lock().queue.len(), 0, "the late batch was dropped");
     }
 }

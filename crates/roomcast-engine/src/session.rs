@@ -164,8 +164,6 @@ struct State {
     disconnected: bool,
     /// When the session last went offline (engine clock).
     offline_since: Timestamp,
-    /// A presence notice is on its way to the mailbox's shard.
-    mailbox_notice: bool,
     /// The rooms the user is in (a few, so a vector).
     rooms: Vec<RoomSlot>,
     /// Joins in flight, by room, with how many calls wait on each (`None`: rooms being created
@@ -186,8 +184,6 @@ struct RoomSlot {
 
 /// Who must be told that a session's presence changed (see [`State`]).
 pub(crate) struct PresenceNotices {
-    /// The mailbox, through its shard.
-    pub(crate) mailbox: bool,
     /// These rooms.
     pub(crate) rooms: Vec<RoomId>,
 }
@@ -346,13 +342,17 @@ impl Session {
         if !after {
             state.offline_since = now;
         }
-        let mailbox = !std::mem::replace(&mut state.mailbox_notice, true);
+        // The mailbox takes the change at once, under the session's lock: once `disconnect()`
+        // (or the last client's drop) returns nothing more is pushed, and once `reconnect()` (or
+        // a login) returns what rooms send is pushed. What rooms sent before coming back online
+        // is not, however late its shard delivers it (see `mailbox::ticket`).
+        self.mailbox.set_online(after);
         let rooms = state
             .rooms
             .iter_mut()
             .filter_map(|s| (!std::mem::replace(&mut s.notice, true)).then_some(s.room))
             .collect();
-        Some(PresenceNotices { mailbox, rooms })
+        Some(PresenceNotices { rooms })
     }
 
     /// A client of this user appeared (a login): the user is connected again, whatever an
@@ -372,13 +372,6 @@ impl Session {
     /// Disconnects (`false`) or reconnects (`true`); who to tell if the state changed.
     pub(crate) fn set_connected(&self, connected: bool, now: Timestamp) -> Option<PresenceNotices> {
         self.change_presence(now, |p| p.disconnected = !connected)
-    }
-
-    /// The mailbox's shard handles its notice: the presence now.
-    pub(crate) fn take_mailbox_notice(&self) -> bool {
-        let mut state = self.state.lock();
-        state.mailbox_notice = false;
-        state.online()
     }
 
     /// `room` handles its notice: `Some(None)` if the session is online now, `Some(Some(since))`

@@ -54,7 +54,7 @@ async fn everything_but_membership_survives_a_restart() {
                 &room_id,
                 roomcast::RoomLimits::default()
                     .with_offline_grace(Duration::from_secs(42))
-                    .with_delivery_rate(None),
+                    .with_room_delivery_rate(None),
             )
             .await
             .unwrap();
@@ -88,7 +88,7 @@ async fn everything_but_membership_survives_a_restart() {
         info.limits,
         roomcast::RoomLimits::default()
             .with_offline_grace(Duration::from_secs(42))
-            .with_delivery_rate(None),
+            .with_room_delivery_rate(None),
         "the room's own limits persist"
     );
     rooms.join_chat_room(&room_id).await.unwrap();

@@ -231,7 +231,7 @@ async fn the_owner_changes_a_room_s_limits() {
     assert_eq!(err.code(), 110, "{err}");
     let err = owner
         .chat_room_manager()
-        .change_chat_room_limits(&id, RoomLimits::default().with_delivery_rate(Some(0)))
+        .change_chat_room_limits(&id, RoomLimits::default().with_room_delivery_rate(Some(0)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), 110, "{err}");
@@ -240,10 +240,15 @@ async fn the_owner_changes_a_room_s_limits() {
         .change_chat_room_limits(&id, change)
         .await
         .unwrap();
-    // A second change merges: the replay count set before stays.
+    // A change replaces the room's limits: start from the current ones to keep them.
+    let info = owner
+        .chat_room_manager()
+        .fetch_chat_room_info(&id)
+        .await
+        .unwrap();
     owner
         .chat_room_manager()
-        .change_chat_room_limits(&id, RoomLimits::default().with_history_retention(50))
+        .change_chat_room_limits(&id, info.limits.with_history_retention(50))
         .await
         .unwrap();
     let expected = RoomLimits::default()
@@ -309,7 +314,7 @@ async fn bad_room_limits_are_refused_at_creation() {
     let (engine, owner) = engine_with(unthrottled(), None, "owner").await;
     for limits in [
         RoomLimits::default().with_join_replay_count(201),
-        RoomLimits::default().with_delivery_rate(Some(0)),
+        RoomLimits::default().with_room_delivery_rate(Some(0)),
         RoomLimits::default().with_user_messages_per_window(Some((0, Duration::from_secs(1)))),
         RoomLimits::default().with_user_messages_per_window(Some((1, Duration::ZERO))),
     ] {
@@ -342,7 +347,7 @@ async fn a_room_may_turn_the_delivery_threshold_off() {
         .chat_room_manager()
         .create_chat_room(
             CreateChatRoomOptions::new("open")
-                .with_limits(RoomLimits::default().with_delivery_rate(None)),
+                .with_limits(RoomLimits::default().with_room_delivery_rate(None)),
         )
         .await
         .unwrap()
@@ -369,5 +374,47 @@ async fn a_room_may_turn_the_delivery_threshold_off() {
         "over the engine's threshold: {accepted:?}"
     );
     assert_eq!(accepted[1], 20, "no threshold in this room");
+    engine.shutdown().await;
+}
+
+/// A change replaces the room's own limits: an empty one hands every limit back to the engine
+/// (found by a new-user review: with merging, a room could never follow the engine again).
+#[tokio::test]
+async fn an_empty_change_hands_the_limits_back_to_the_engine() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut limits = unthrottled();
+    limits.user_messages_per_window = Some((1, Duration::from_secs(60)));
+    let (engine, owner) = engine_with(limits, Some(clock), "owner").await;
+    let id = owner
+        .chat_room_manager()
+        .create_chat_room(
+            CreateChatRoomOptions::new("side")
+                .with_limits(RoomLimits::default().with_user_messages_per_window(None)),
+        )
+        .await
+        .unwrap()
+        .room_id;
+    let viewer = join(&engine, "viewer", id).await;
+    let chat = viewer.chat_manager();
+    let send = || chat.send_message(OutgoingMessage::text(id, "x"));
+    send().await.unwrap();
+    send().await.expect("no window of its own");
+    owner
+        .chat_room_manager()
+        .change_chat_room_limits(&id, RoomLimits::default())
+        .await
+        .unwrap();
+    let info = owner
+        .chat_room_manager()
+        .fetch_chat_room_info(&id)
+        .await
+        .unwrap();
+    assert_eq!(info.limits, RoomLimits::default());
+    send().await.unwrap();
+    assert_eq!(
+        send().await.unwrap_err().code(),
+        509,
+        "the engine's window again"
+    );
     engine.shutdown().await;
 }

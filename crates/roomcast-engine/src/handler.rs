@@ -49,7 +49,8 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
     }
     /// `onChatRoomDestroyed`: the room was destroyed by its owner.
     fn on_chat_room_destroyed(&self, room_id: &RoomId, room_name: &str) {}
-    /// `onSpecificationChanged`: name, description or max members changed.
+    /// `onSpecificationChanged`: name, description, max members or the room's own limits
+    /// changed; `room` is the room as it is now.
     fn on_specification_changed(&self, room: &ChatRoom, operator: Option<&UserId>) {}
     /// `onMemberJoinedFromChatRoom`: `participant` joined.
     fn on_member_joined_from_chat_room(&self, room_id: &RoomId, participant: &UserId) {}

@@ -671,10 +671,39 @@ impl Session {
     }
 }
 
-/// A `Stream` of one client's events. Ends when the engine stops.
+/// A `Stream` of one user's events: room events and messages, the same ones its handlers get,
+/// in the same order. It is opened with `ChatClient::events` in the `roomcast` crate, whose
+/// documentation has runnable examples of what follows.
 ///
-/// It is bounded: if it is not polled and falls behind, it drops its oldest events and yields
-/// [`ClientEvent::Missed`] with their count before the next event.
+/// # Lagging
+///
+/// A stream is bounded: it holds at most `EngineBuilder::event_queue_capacity` events (4,096 by
+/// default) that have reached it and have not been read. When an event reaches a full stream,
+/// the stream drops its oldest event, and its next item is [`ClientEvent::Missed`] with how many
+/// it dropped since it last said so, before any further event. The user's own queue, which
+/// feeds its handlers and streams, has the same capacity and drops its oldest events the same
+/// way when they fall behind; those drops are added to every stream's `Missed` count. A stream
+/// that lags never slows the room, the other members, or the user's other streams and handlers,
+/// and `Engine::overflowed_deliveries` counts what was dropped.
+///
+/// # Closing
+///
+/// The stream ends (yields `None`), after yielding the events it holds:
+/// - when the client that opened it logs out, or its last clone is dropped (a stream opened on
+///   a logged-out client ends at once; `a_logged_out_client_gets_no_more_events_its_sibling_does`
+///   in `tests/integration/presence.rs`);
+/// - when the engine stops: on `Engine::shutdown`, or when the last `Engine` handle is dropped
+///   (a stream opened after that ends at once;
+///   `calls_after_shutdown_fail_with_900_and_shutdown_is_idempotent` in
+///   `tests/integration/runtime.rs`).
+///
+/// Disconnecting the user (`ChatClient::disconnect`, or every client of it gone) stops
+/// deliveries until it is back online: what the user's queue held is dropped, and what rooms
+/// send meanwhile is never pushed, however late, except the notice that it was removed from a
+/// room (see `tests/integration/presence.rs`). Events the stream already holds stay readable.
+///
+/// Dropping the stream stops deliveries to it; the user's other streams and handlers are not
+/// affected.
 pub struct EventStream {
     mailbox: Arc<Mailbox>,
 }

@@ -309,16 +309,19 @@ impl Room {
         let mut failures = AttributeFailures::default();
         let mut removed = Vec::new();
         for key in keys {
+            // Removing a key that is not there succeeds and changes nothing (removals are
+            // idempotent, as the lists'): no event names it.
             let outcome = check_key(&key).and_then(|()| match self.record().attributes.get(&key) {
-                None => Err(ChatError::InvalidParam("no such attribute".into())),
+                None => Ok(false),
                 Some(a) if a.owner != by && !force => Err(ChatError::PermissionDenied(format!(
                     "the key belongs to {}",
                     a.owner
                 ))),
-                Some(_) => Ok(()),
+                Some(_) => Ok(true),
             });
             match outcome {
-                Ok(()) => {
+                Ok(false) => {}
+                Ok(true) => {
                     self.record_mut().attributes.remove(&key);
                     removed.push(key);
                 }
@@ -429,9 +432,18 @@ mod tests {
             .map(|fx| fx.failures)
         };
         assert_eq!(
-            codes(&rm(&mut r, "a", &["k", "nope"], false).unwrap()),
-            BTreeMap::from([("k", 703), ("nope", 110)])
+            codes(&rm(&mut r, "a", &["k", "nope", "bad key!"], false).unwrap()),
+            BTreeMap::from([("k", 703), ("bad key!", 110)]),
+            "a key that is not there is removed already; a malformed one is 110"
         );
+        let fx = r
+            .apply(Command::RemoveAttributes {
+                by: uid("a"),
+                keys: vec!["nope".into()],
+                force: false,
+            })
+            .unwrap();
+        assert!(fx.failures.is_empty() && fx.events.is_empty() && !fx.record_changed);
         assert!(rm(&mut r, "a", &["k"], true).unwrap().is_empty());
         assert!(!r.record().attributes.contains_key("k"));
         assert_eq!(rm(&mut r, "x", &["j"], true).unwrap_err().code(), 702);

@@ -70,7 +70,8 @@ pub enum ChatRoomEvent {
         /// Its name when it was destroyed.
         room_name: String,
     },
-    /// `onSpecificationChanged`: name, description or max members changed.
+    /// `onSpecificationChanged`: name, description, max members or the room's own limits
+    /// changed; `room` is the room as it is now.
     SpecificationChanged {
         /// The room as it is now.
         room: Box<ChatRoom>,

@@ -24,6 +24,18 @@ pub struct ChatCursorResult<T> {
     pub cursor: Option<u64>,
 }
 
+impl<T> ChatCursorResult<T> {
+    /// True if a next page may hold more (there is a cursor to pass).
+    pub fn has_more(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// The number of items on this page.
+    pub fn page_count(&self) -> usize {
+        self.data.len()
+    }
+}
+
 /// What to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

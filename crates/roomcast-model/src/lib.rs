@@ -38,7 +38,7 @@ pub use message::{
 pub use moderation::{
     check_permission, Moderation, MuteDuration, MutedMember, Operation, MAX_ADMINS,
 };
-pub use page::{check_page, ChatPageResult, LIST_PAGE_MAX};
+pub use page::{check_page, check_page_size, ChatPageResult, LIST_PAGE_MAX};
 pub use room::{
     duration_ms, ms_to_timestamp, ChatRoom, ChatRoomPermissionType, Command, Effects, Room,
     RoomRecord, RoomSpec, Timer, TimerKind, Timestamp,

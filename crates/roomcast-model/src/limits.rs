@@ -60,7 +60,8 @@ pub struct Limits {
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
 ///
 /// ```
-/// use roomcast_model::Limits;
+/// # use roomcast_model as roomcast;
+/// use roomcast::Limits;
 /// let limits = Limits::default()
 ///     .with_max_rooms_per_user(10)
 ///     .with_room_delivery_rate(None);
@@ -252,18 +253,20 @@ impl Default for Limits {
     }
 }
 
-/// A room's own limits, set when it is created and changed by its owner. Each field left
-/// `None` falls back to the engine's [`Limits`]; fields whose engine limit may be off take
-/// `Some(None)` to turn it off for this room.
+/// A room's own limits, set when it is created and replaced by its owner. Each field left
+/// `None` follows the engine's [`Limits`] (so `RoomLimits::default()` is "the engine's, all
+/// of them"); fields whose engine limit may be off take `Some(None)` to turn it off for this
+/// room. The fields are named as in [`Limits`].
 ///
 /// A stream room and its side rooms need different limits: the stream's room keeps Agora's
 /// delivery threshold and the message window, a moderators' side room turns both off.
 ///
 /// ```
-/// use roomcast_model::{Limits, RoomLimits};
+/// # use roomcast_model as roomcast;
+/// use roomcast::{Limits, RoomLimits};
 /// use std::time::Duration;
 /// let side_room = RoomLimits::default()
-///     .with_delivery_rate(None) // no delivery threshold in this room
+///     .with_room_delivery_rate(None) // no delivery threshold in this room
 ///     .with_offline_grace(Duration::from_secs(30));
 /// let effective = side_room.apply(&Limits::default());
 /// assert_eq!(effective.room_delivery_rate, None);
@@ -275,7 +278,7 @@ impl Default for Limits {
 pub struct RoomLimits {
     /// The delivery threshold in messages per second ([`Limits::room_delivery_rate`]);
     /// `Some(None)`: none in this room.
-    pub delivery_rate: Option<Option<u32>>,
+    pub room_delivery_rate: Option<Option<u32>>,
     /// Messages a member may send per window ([`Limits::user_messages_per_window`]);
     /// `Some(None)`: no limit in this room.
     pub user_messages_per_window: Option<Option<(u32, Duration)>>,
@@ -294,9 +297,9 @@ pub struct RoomLimits {
 }
 
 impl RoomLimits {
-    /// Sets [`RoomLimits::delivery_rate`] (`None` turns the threshold off for this room).
-    pub fn with_delivery_rate(mut self, per_second: Option<u32>) -> Self {
-        self.delivery_rate = Some(per_second);
+    /// Sets [`RoomLimits::room_delivery_rate`] (`None` turns the threshold off for this room).
+    pub fn with_room_delivery_rate(mut self, per_second: Option<u32>) -> Self {
+        self.room_delivery_rate = Some(per_second);
         self
     }
 
@@ -340,7 +343,7 @@ impl RoomLimits {
     /// replaced.
     pub fn apply(&self, engine: &Limits) -> Limits {
         let mut l = engine.clone();
-        if let Some(v) = self.delivery_rate {
+        if let Some(v) = self.room_delivery_rate {
             l.room_delivery_rate = v;
         }
         if let Some(v) = self.user_messages_per_window {
@@ -367,21 +370,5 @@ impl RoomLimits {
     /// Checks the overrides against the rules of [`Limits`] (110 otherwise).
     pub fn validate(&self, engine: &Limits) -> Result<(), crate::ChatError> {
         self.apply(engine).validate()
-    }
-
-    /// Merges `change` into these overrides: each field `change` sets replaces this one's.
-    pub fn merge(&mut self, change: &RoomLimits) {
-        macro_rules! take {
-            ($($f:ident),*) => {$(if change.$f.is_some() { self.$f = change.$f; })*};
-        }
-        take!(
-            delivery_rate,
-            user_messages_per_window,
-            offline_grace,
-            join_event_threshold,
-            join_replay_count,
-            history_retention,
-            history_max_age
-        );
     }
 }

@@ -98,7 +98,8 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
 /// How long a mute lasts (the SDK's `duration` argument, where -1 meant forever).
 ///
 /// ```
-/// use roomcast_model::MuteDuration;
+/// # use roomcast_model as roomcast;
+/// use roomcast::MuteDuration;
 /// use std::time::Duration;
 /// let ten_minutes: MuteDuration = Duration::from_secs(600).into();
 /// assert_eq!(ten_minutes, MuteDuration::For(Duration::from_secs(600)));
@@ -106,7 +107,8 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MuteDuration {
-    /// For this long (at least 1 ms; a zero duration is refused with 110). The mute ends by
+    /// For this long (a zero duration is refused with 110; one under 1 ms counts as 1 ms, the
+    /// engine clock's unit). The mute ends by
     /// itself, with `on_mute_list_removed_from_chat_room`.
     For(std::time::Duration),
     /// Until unmuted.
@@ -166,7 +168,7 @@ pub enum Moderation {
     ChangeDescription(String),
     /// Change max members (not below the current count).
     ChangeMaxUsers(u32),
-    /// Change the room's own limits (owner only): each field set replaces the room's.
+    /// Replace the room's own limits (owner only).
     ChangeLimits(crate::RoomLimits),
     /// Change the announcement.
     UpdateAnnouncement(String),
@@ -350,7 +352,7 @@ impl Room {
                 non_empty(&targets)?;
                 if duration == MuteDuration::For(std::time::Duration::ZERO) {
                     return Err(ChatError::InvalidParam(
-                        "a mute lasts at least 1 ms (MuteDuration::Forever for no end)".into(),
+                        "a mute cannot last zero time (MuteDuration::Forever for no end)".into(),
                     ));
                 }
                 self.check_targets(Operation::Mute, &by, &targets, true)?;
@@ -489,6 +491,8 @@ impl Room {
                 }]))
             }
             M::ChangeMaxUsers(max) => {
+                // The role first: a member gets 703 whatever the value (the first rule broken).
+                check_permission(Operation::ChangeSpecification, self.role_of(&by), None)?;
                 if (max as usize) < self.member_count() {
                     return Err(ChatError::InvalidParam(format!(
                         "max members {max} is below the {} members in the room",

@@ -18,13 +18,23 @@ pub struct ChatPageResult<T> {
 /// Largest page of a room's lists (members, mutes, allow list, block list).
 pub const LIST_PAGE_MAX: u32 = 1_000;
 
-/// Checks a page request of a room's list: pages from 1, of 1 to [`LIST_PAGE_MAX`] (110
+/// Checks a page request of a room's list: pages from 1, of 1 to `max` items (110
 /// otherwise).
 pub fn check_page(page_num: u32, page_size: u32, max: u32) -> Result<(), crate::ChatError> {
     if page_num == 0 || page_size == 0 || page_size > max {
         return Err(crate::ChatError::InvalidParam(format!(
             "pages are numbered from 1 and hold 1 to {max} items (asked page {page_num} of \
              {page_size})"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the size of a cursor page: 1 to `max` items (110 otherwise).
+pub fn check_page_size(page_size: u32, max: u32) -> Result<(), crate::ChatError> {
+    if page_size == 0 || page_size > max {
+        return Err(crate::ChatError::InvalidParam(format!(
+            "the page size must be 1 to {max}, got {page_size}"
         )));
     }
     Ok(())

@@ -17,7 +17,7 @@ use crate::gate::{DeliveryGate, RoomMessageStats};
 use crate::history::ChatCursorResult;
 use crate::message::{ChatMessage, MessageData, MessageId, MessagePriority, OutgoingMessage};
 use crate::moderation::{check_permission, Moderation, MutedMember, Operation};
-use crate::page::{check_page, ChatPageResult, LIST_PAGE_MAX};
+use crate::page::{check_page, check_page_size, ChatPageResult, LIST_PAGE_MAX};
 use crate::{ChatError, Limits, RoomId, RoomLimits, UserId};
 
 /// Milliseconds since the Unix epoch, from the engine's clock.
@@ -502,14 +502,13 @@ impl Room {
         &self.record.limits
     }
 
-    /// Replaces the room's limits with `limits` merged into them (the owner's change).
+    /// Replaces the room's own limits with `limits` (the owner's change).
     pub(crate) fn set_room_limits(
         &mut self,
-        change: &RoomLimits,
+        limits: &RoomLimits,
         now: Timestamp,
     ) -> Result<(), ChatError> {
-        let mut merged = self.record.limits.clone();
-        merged.merge(change);
+        let merged = limits.clone();
         merged.validate(&self.engine_limits)?;
         let (_, effective) = effective_limits(&self.engine_limits, &merged);
         if effective.room_delivery_rate != self.limits.room_delivery_rate {
@@ -701,7 +700,7 @@ impl Room {
         page_size: u32,
     ) -> Result<ChatCursorResult<UserId>, ChatError> {
         self.require_member(viewer)?;
-        check_page(1, page_size, LIST_PAGE_MAX)?;
+        check_page_size(page_size, LIST_PAGE_MAX)?;
         let page_size = page_size as usize;
         let before = cursor.unwrap_or(u64::MAX);
         let mut older: Vec<(u64, &UserId)> = self

@@ -37,7 +37,7 @@ fn record(id: u64, name: &str) -> RoomRecord {
         created_at: 42,
         limits: roomcast_model::RoomLimits::default()
             .with_offline_grace(std::time::Duration::from_secs(1))
-            .with_delivery_rate(None),
+            .with_room_delivery_rate(None),
     }
 }
 

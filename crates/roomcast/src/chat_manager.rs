@@ -9,6 +9,9 @@ use roomcast_model::{
 use crate::{ChatClient, ChatEventHandler};
 
 /// The message calls of one client (the SDK's `ChatManager`). Cloning is shallow.
+///
+/// Most examples below start, in hidden lines, from an engine `engine` with a room owned by the
+/// super admin `host`, whose id is `room`, and a member `bob` (each a [`ChatClient`]).
 #[derive(Clone)]
 pub struct ChatManager {
     pub(crate) client: ChatClient,
@@ -44,9 +47,13 @@ impl ChatManager {
     ///     .await?;
     /// let sent = host
     ///     .chat_manager()
-    ///     .send_message(OutgoingMessage::text(room.room_id, "welcome!").with_priority(MessagePriority::High))
+    ///     .send_message(
+    ///         OutgoingMessage::text(room.room_id, "welcome!")
+    ///             .with_priority(MessagePriority::High),
+    ///     )
     ///     .await?;
     /// assert_eq!(sent.seq(), 1);
+    /// # engine.shutdown().await;
     /// # Ok(()) }
     /// ```
     pub async fn send_message(&self, message: OutgoingMessage) -> Result<ChatMessage, ChatError> {
@@ -59,7 +66,38 @@ impl ChatManager {
     /// A page of a room's retained history (the SDK's `fetchHistoryMessages`), for a member of
     /// the room (702 otherwise). `HistoryQuery::newest(n)` pages back from the newest;
     /// `HistoryQuery::after(seq, n)` fetches what came after the last message seen, without gaps
-    /// or duplicates while it is retained. The page size is 1 to 200 (110 otherwise).
+    /// or duplicates while it is retained. The page size is 1 to the engine's `history_page_max`
+    /// (200 by default; 110 otherwise).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # for text in ["one", "two", "three"] {
+    /// #     let message = roomcast::OutgoingMessage::text(room, text);
+    /// #     host.chat_manager().send_message(message).await?;
+    /// # }
+    /// use roomcast::HistoryQuery;
+    /// // "one", "two" and "three" were sent, with sequence numbers 1, 2 and 3.
+    /// let chat = bob.chat_manager();
+    /// let newest = chat.fetch_history_messages(&room, HistoryQuery::newest(2)).await?;
+    /// let texts: Vec<&str> = newest.data.iter().filter_map(|m| m.text()).collect();
+    /// assert_eq!(texts, ["three", "two"]); // newest first
+    /// let after = chat.fetch_history_messages(&room, HistoryQuery::after(1, 50)).await?;
+    /// let texts: Vec<&str> = after.data.iter().filter_map(|m| m.text()).collect();
+    /// assert_eq!(texts, ["two", "three"]); // what came after seq 1, oldest first
+    /// let outsider = engine.login("carol").await?.chat_manager();
+    /// let err = outsider.fetch_history_messages(&room, HistoryQuery::newest(2)).await;
+    /// assert_eq!(err.unwrap_err().code(), 702);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_history_messages(
         &self,
         room_id: &RoomId,
@@ -74,6 +112,26 @@ impl ChatManager {
     /// This user's local copy of a room's conversation (the SDK's `getConversation`): the
     /// messages of the room from when it joined to when it left, kept after it leaves only if
     /// its `ChatOptions::delete_messages_on_exit` is false.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// let conversation = bob.chat_manager().get_conversation(&room);
+    /// assert_eq!(conversation.room_id(), room);
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "hello")).await?;
+    /// let messages = conversation.load_messages(None, 10).await?;
+    /// assert_eq!(messages[0].text(), Some("hello"));
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn get_conversation(&self, room_id: &RoomId) -> Conversation {
         Conversation {
             client: self.client.clone(),
@@ -82,6 +140,37 @@ impl ChatManager {
     }
 
     /// Registers a message handler under `id`, replacing any with the same id.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatEventHandler, ChatMessage, OutgoingMessage};
+    /// use tokio::sync::mpsc;
+    ///
+    /// struct Inbox(mpsc::UnboundedSender<String>);
+    /// impl ChatEventHandler for Inbox {
+    ///     fn on_messages_received(&self, messages: &[ChatMessage]) {
+    ///         for message in messages {
+    ///             let _ = self.0.send(message.text().unwrap_or_default().to_string());
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let (tx, mut inbox) = mpsc::unbounded_channel();
+    /// bob.chat_manager().add_event_handler("inbox", Inbox(tx));
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "hello")).await?;
+    /// let received = tokio::time::timeout(std::time::Duration::from_secs(10), inbox.recv()).await;
+    /// assert_eq!(received.unwrap().as_deref(), Some("hello"));
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn add_event_handler(&self, id: impl Into<String>, handler: impl ChatEventHandler) {
         self.client
             .session()
@@ -96,10 +185,52 @@ impl ChatManager {
     /// handler is not started again. Called from outside a handler, it also waits for a call of
     /// the handler in progress; called from inside a handler (removing itself or another
     /// client's), it does not wait, so that handlers can never deadlock each other.
+    ///
+    /// ```
+    /// # struct Inbox(tokio::sync::mpsc::UnboundedSender<roomcast::ChatMessage>);
+    /// # impl roomcast::ChatEventHandler for Inbox {
+    /// #     fn on_messages_received(&self, messages: &[roomcast::ChatMessage]) {
+    /// #         for message in messages {
+    /// #             let _ = self.0.send(message.clone());
+    /// #         }
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// use std::time::Duration;
+    /// use tokio::sync::mpsc;
+    /// // `Inbox` sends each message it gets to its channel, as in `add_event_handler`.
+    /// let chat = bob.chat_manager();
+    /// let (tx, mut removed) = mpsc::unbounded_channel();
+    /// let (tx2, mut kept) = mpsc::unbounded_channel();
+    /// chat.add_event_handler("first", Inbox(tx));
+    /// chat.add_event_handler("second", Inbox(tx2));
+    /// assert!(chat.remove_event_handler("first"));
+    /// assert!(!chat.remove_event_handler("first")); // nothing under that id any more
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "hello")).await?;
+    /// // Handlers are called in the order they were added: once "second" has the message,
+    /// // "first" would have had it.
+    /// let delivered = tokio::time::timeout(Duration::from_secs(10), kept.recv()).await;
+    /// assert!(delivered.unwrap().is_some());
+    /// assert!(removed.try_recv().is_err());
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn remove_event_handler(&self, id: &str) -> bool {
         self.client.session().remove_chat_handler(id)
     }
 }
+
+/// Most messages [`Conversation::load_messages`] loads at once.
+pub const LOAD_MESSAGES_MAX: u32 = 400;
 
 /// A user's local copy of a room's conversation (the SDK's `ChatConversation`).
 ///
@@ -126,25 +257,74 @@ impl std::fmt::Debug for Conversation {
 
 impl Conversation {
     /// The room.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let conversation = bob.chat_manager().get_conversation(&room);
+    /// assert_eq!(conversation.room_id(), room);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn room_id(&self) -> RoomId {
         self.room_id
     }
 
-    /// Up to `count` messages of the copy, newest first; only those older than `before` (a
-    /// sequence number) if given (the SDK's `loadMessages`).
+    /// Up to `count` messages of the copy (1 to [`LOAD_MESSAGES_MAX`]; 110 otherwise), newest
+    /// first; only those
+    /// older than `before` (a sequence number) if given (the SDK's `loadMessages`).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # for text in ["one", "two", "three"] {
+    /// #     let message = roomcast::OutgoingMessage::text(room, text);
+    /// #     host.chat_manager().send_message(message).await?;
+    /// # }
+    /// // "one", "two" and "three" were sent while bob was in the room.
+    /// let conversation = bob.chat_manager().get_conversation(&room);
+    /// let newest = conversation.load_messages(None, 2).await?;
+    /// let texts: Vec<&str> = newest.iter().filter_map(|m| m.text()).collect();
+    /// assert_eq!(texts, ["three", "two"]); // newest first
+    /// let older = conversation.load_messages(Some(newest[1].seq()), 10).await?;
+    /// assert_eq!(older[0].text(), Some("one"));
+    /// assert_eq!(older.len(), 1);
+    /// assert_eq!(conversation.load_messages(None, 0).await.unwrap_err().code(), 110);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn load_messages(
         &self,
         before: Option<u64>,
-        count: usize,
+        count: u32,
     ) -> Result<Vec<ChatMessage>, ChatError> {
-        if count == 0 || count > 400 {
-            return Err(ChatError::InvalidParam(
-                "load 1 to 400 messages at a time".into(),
-            ));
+        if count == 0 || count > LOAD_MESSAGES_MAX {
+            return Err(ChatError::InvalidParam(format!(
+                "load 1 to {LOAD_MESSAGES_MAX} messages at a time"
+            )));
         }
         self.client
             .core()?
-            .load_local_messages(self.client.current_user_id(), self.room_id, before, count)
+            .load_local_messages(
+                self.client.current_user_id(),
+                self.room_id,
+                before,
+                count as usize,
+            )
             .await
     }
 }

@@ -55,16 +55,20 @@ mod options;
 mod room_manager;
 pub mod store;
 
-pub use chat_manager::{ChatManager, Conversation};
+pub use chat_manager::{ChatManager, Conversation, LOAD_MESSAGES_MAX};
 pub use client::ChatClient;
 pub use engine::{Engine, EngineBuilder};
 pub use options::ChatOptions;
 pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
 
 pub use roomcast_engine::{
-    ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability, EventStream,
-    ManualClock, RoomStats, SystemClock,
+    ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability, ManualClock, RoomStats,
+    SystemClock,
 };
+
+/// See [`ChatClient::events`] for runnable examples of this contract: reading, falling behind,
+/// ending.
+pub use roomcast_engine::EventStream;
 pub use roomcast_model::{
     check_permission, AttributeFailures, AttributeValue, ChatCursorResult, ChatError, ChatMessage,
     ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery,

@@ -41,6 +41,43 @@ impl ChatRoomManager {
 
     /// Makes a member an admin (owner only; at most 99 admins, 4 beyond). The new admin and
     /// the admins get `on_admin_added_from_chat_room`.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatRoomEvent, UserId};
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// rooms.add_chat_room_admin(&room, "bob").await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.admin_list, [UserId::new("bob")?]);
+    /// let told = ChatRoomEvent::AdminAdded {
+    ///     room_id: room,
+    ///     admin: UserId::new("bob")?,
+    ///     operator: Some(UserId::new("host")?),
+    /// };
+    /// assert_eq!(next_room_event(&mut bob_events).await, told);
+    /// assert_eq!(rooms.add_chat_room_admin(&room, "carol").await.unwrap_err().code(), 702);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn add_chat_room_admin(
         &self,
         room_id: &RoomId,
@@ -52,6 +89,43 @@ impl ChatRoomManager {
 
     /// Takes an admin's role (owner only). The former admin and the admins get
     /// `on_admin_removed_from_chat_room`.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::ChatRoomEvent;
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// rooms.add_chat_room_admin(&room, "bob").await?;
+    /// rooms.remove_chat_room_admin(&room, "bob").await?;
+    /// assert!(rooms.fetch_chat_room_info(&room).await?.admin_list.is_empty());
+    /// let added = next_room_event(&mut bob_events).await;
+    /// assert!(matches!(added, ChatRoomEvent::AdminAdded { .. }));
+    /// let removed = next_room_event(&mut bob_events).await;
+    /// assert!(matches!(removed, ChatRoomEvent::AdminRemoved { .. }));
+    /// // bob is a member still, and not an admin any more.
+    /// assert_eq!(rooms.remove_chat_room_admin(&room, "bob").await.unwrap_err().code(), 110);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn remove_chat_room_admin(
         &self,
         room_id: &RoomId,
@@ -61,8 +135,48 @@ impl ChatRoomManager {
         self.moderate(room_id, Moderation::RemoveAdmin(admin)).await
     }
 
-    /// Transfers ownership to a member (owner only); the old owner becomes a plain member. All
-    /// members get `on_owner_changed_from_chat_room`.
+    /// Transfers ownership to a member (owner only); the old owner becomes a plain member (and the
+    /// new owner is no longer an admin). The other members get `on_owner_changed_from_chat_room`.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatRoomEvent, ChatRoomPermissionType, UserId};
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// rooms.change_owner(&room, "bob").await?;
+    /// let info = rooms.fetch_chat_room_info(&room).await?;
+    /// assert_eq!(info.owner.as_str(), "bob");
+    /// assert_eq!(info.permission_type, ChatRoomPermissionType::Member); // the old owner
+    /// let told = ChatRoomEvent::OwnerChanged {
+    ///     room_id: room,
+    ///     new_owner: UserId::new("bob")?,
+    ///     old_owner: UserId::new("host")?,
+    ///     operator: Some(UserId::new("host")?),
+    /// };
+    /// assert_eq!(next_room_event(&mut bob_events).await, told);
+    /// assert_eq!(rooms.destroy_chat_room(&room).await.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn change_owner(
         &self,
         room_id: &RoomId,
@@ -77,6 +191,44 @@ impl ChatRoomManager {
     /// Each gets `on_removed_from_chat_room` (reason `Kicked`), the others
     /// `on_member_exited_from_chat_room`. All targets are checked first; on an error none is
     /// removed. A kicked member may join again.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatRoomEvent, LeaveReason};
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// rooms.remove_chat_room_members(&room, ["bob"]).await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.member_count, 1);
+    /// assert!(matches!(next_room_event(&mut bob_events).await,
+    ///     ChatRoomEvent::RemovedFromChatRoom { reason: LeaveReason::Kicked, .. }));
+    ///
+    /// bob.chat_room_manager().join_chat_room(&room).await?; // a kicked member may come back
+    /// // carol is not in the room: nobody is removed.
+    /// let err = rooms.remove_chat_room_members(&room, ["bob", "carol"]).await.unwrap_err();
+    /// assert_eq!(err.code(), 702);
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.member_count, 2);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn remove_chat_room_members<I, S>(
         &self,
         room_id: &RoomId,
@@ -92,6 +244,25 @@ impl ChatRoomManager {
 
     /// Blocks users (owner and admins; admins not the owner or other admins). Members among them
     /// are removed as if kicked, and none may join again (707) until unblocked.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.block_chat_room_members(&room, ["bob", "troll"]).await?; // troll is not even in it
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.member_count, 1); // bob was removed
+    /// let err = bob.chat_room_manager().join_chat_room(&room).await.unwrap_err();
+    /// assert_eq!(err.code(), 707);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn block_chat_room_members<I, S>(
         &self,
         room_id: &RoomId,
@@ -106,6 +277,27 @@ impl ChatRoomManager {
     }
 
     /// Unblocks users (owner and admins).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.block_chat_room_members(&room, ["bob"]).await?;
+    /// rooms.unblock_chat_room_members(&room, ["bob"]).await?;
+    /// bob.chat_room_manager().join_chat_room(&room).await?; // bob may join again
+    /// assert_eq!(rooms.fetch_chat_room_block_list(&room, 1, 20).await?.total, 0);
+    /// let err = bob.chat_room_manager().unblock_chat_room_members(&room, ["troll"]).await;
+    /// assert_eq!(err.unwrap_err().code(), 703); // bob is a plain member
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn unblock_chat_room_members<I, S>(
         &self,
         room_id: &RoomId,
@@ -121,6 +313,31 @@ impl ChatRoomManager {
 
     /// Page `page_num` (from 1) of the block list, sorted by user id (owner and admins). Pages
     /// hold 1 to [`crate::LIST_PAGE_MAX`] users (110 otherwise); `total` counts the whole list.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::UserId;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.block_chat_room_members(&room, ["zed", "amy", "max"]).await?;
+    /// let first = rooms.fetch_chat_room_block_list(&room, 1, 2).await?;
+    /// assert_eq!(first.data, [UserId::new("amy")?, UserId::new("max")?]); // sorted by id
+    /// assert_eq!(first.total, 3);
+    /// let second = rooms.fetch_chat_room_block_list(&room, 2, 2).await?;
+    /// assert_eq!(second.data, [UserId::new("zed")?]);
+    /// assert!(!second.has_more());
+    /// let err = bob.chat_room_manager().fetch_chat_room_block_list(&room, 1, 2).await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_chat_room_block_list(
         &self,
         room_id: &RoomId,
@@ -140,9 +357,49 @@ impl ChatRoomManager {
     /// Mutes members for a while or until unmuted ([`MuteDuration`]; a `Duration` converts
     /// into one). The owner mutes admins and members, admins members only. A muted member's
     /// messages fail with 215, even if it is on the allow list. The targets, the owner and the
-    /// admins get `on_mute_list_added_from_chat_room` with the end time; when the mute ends by
-    /// itself they get `on_mute_list_removed_from_chat_room`. Muting a muted member again
-    /// replaces its end time.
+    /// admins (but not the member who muted) get `on_mute_list_added_from_chat_room` with the end
+    /// time; when the mute ends by itself they all get `on_mute_list_removed_from_chat_room`.
+    /// Muting a muted member again replaces its end time.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{ChatRoomEvent, ManualClock, OutgoingMessage};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new(1_700_000_000_000);
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// let hello = || OutgoingMessage::text(room, "hello");
+    /// rooms.mute_chat_room_members(&room, ["bob"], Duration::from_secs(600)).await?;
+    /// assert_eq!(bob.chat_manager().send_message(hello()).await.unwrap_err().code(), 215);
+    /// assert!(matches!(next_room_event(&mut bob_events).await,
+    ///     ChatRoomEvent::MuteListAdded { expire_time: Some(1_700_000_600_000), .. }));
+    ///
+    /// clock.advance(Duration::from_secs(600)); // the mute ends by itself
+    /// assert!(matches!(next_room_event(&mut bob_events).await,
+    ///     ChatRoomEvent::MuteListRemoved { operator: None, .. }));
+    /// bob.chat_manager().send_message(hello()).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn mute_chat_room_members<I, S>(
         &self,
         room_id: &RoomId,
@@ -161,6 +418,28 @@ impl ChatRoomManager {
     }
 
     /// Unmutes members (same rights as muting).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{MuteDuration, OutgoingMessage};
+    /// let rooms = host.chat_room_manager();
+    /// let hello = || OutgoingMessage::text(room, "hello");
+    /// rooms.mute_chat_room_members(&room, ["bob"], MuteDuration::Forever).await?;
+    /// assert_eq!(bob.chat_manager().send_message(hello()).await.unwrap_err().code(), 215);
+    /// rooms.unmute_chat_room_members(&room, ["bob"]).await?;
+    /// bob.chat_manager().send_message(hello()).await?;
+    /// assert_eq!(rooms.fetch_chat_room_mute_list(&room, 1, 20).await?.total, 0);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn unmute_chat_room_members<I, S>(
         &self,
         room_id: &RoomId,
@@ -177,6 +456,33 @@ impl ChatRoomManager {
     /// Page `page_num` (from 1) of the mute list, sorted by user id, each member with the end
     /// of its mute (`None`: until unmuted), without mutes that have ended (owner and admins).
     /// Pages hold 1 to [`crate::LIST_PAGE_MAX`] entries (110 otherwise).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{ManualClock, MuteDuration};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new(1_700_000_000_000);
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # for user in ["bob", "carol"] {
+    /// #     engine.login(user).await?.chat_room_manager().join_chat_room(&room).await?;
+    /// # }
+    /// let rooms = host.chat_room_manager();
+    /// rooms.mute_chat_room_members(&room, ["bob"], Duration::from_secs(60)).await?;
+    /// rooms.mute_chat_room_members(&room, ["carol"], MuteDuration::Forever).await?;
+    /// let page = rooms.fetch_chat_room_mute_list(&room, 1, 20).await?;
+    /// let muted: Vec<_> = page.data.iter().map(|m| (m.user_id.as_str(), m.expire_time)).collect();
+    /// assert_eq!(muted, [("bob", Some(1_700_000_060_000)), ("carol", None)]);
+    ///
+    /// clock.advance(Duration::from_secs(60)); // bob's mute has ended
+    /// assert_eq!(rooms.fetch_chat_room_mute_list(&room, 1, 20).await?.total, 1);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_chat_room_mute_list(
         &self,
         room_id: &RoomId,
@@ -194,19 +500,85 @@ impl ChatRoomManager {
     }
 
     /// Mutes every member but the owner, the admins and the allow-listed (owner and admins).
-    /// Independent of the mute list. All members get
+    /// Independent of the mute list. The other members get
     /// `on_all_chat_room_member_mute_state_changed`.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.mute_all_chat_room_members(&room).await?;
+    /// assert!(rooms.fetch_chat_room_info(&room).await?.is_all_member_muted);
+    /// let err = bob.chat_manager().send_message(OutgoingMessage::text(room, "hi")).await;
+    /// assert_eq!(err.unwrap_err().code(), 219);
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "quiet, please")).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn mute_all_chat_room_members(&self, room_id: &RoomId) -> Result<(), ChatError> {
         self.moderate(room_id, Moderation::MuteAll(true)).await
     }
 
     /// Turns mute-all off (owner and admins).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.mute_all_chat_room_members(&room).await?;
+    /// rooms.unmute_all_chat_room_members(&room).await?;
+    /// assert!(!rooms.fetch_chat_room_info(&room).await?.is_all_member_muted);
+    /// bob.chat_manager().send_message(OutgoingMessage::text(room, "hi")).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn unmute_all_chat_room_members(&self, room_id: &RoomId) -> Result<(), ChatError> {
         self.moderate(room_id, Moderation::MuteAll(false)).await
     }
 
     /// Adds members to the allow list (owner and admins): they may send while mute-all is on,
     /// and their messages count as high priority.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # let carol = engine.login("carol").await?;
+    /// # carol.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.mute_all_chat_room_members(&room).await?;
+    /// rooms.add_members_to_chat_room_allow_list(&room, ["bob"]).await?;
+    /// bob.chat_manager().send_message(OutgoingMessage::text(room, "allowed")).await?;
+    /// let err = carol.chat_manager().send_message(OutgoingMessage::text(room, "me too?")).await;
+    /// assert_eq!(err.unwrap_err().code(), 219);
+    /// let outsider = rooms.add_members_to_chat_room_allow_list(&room, ["dave"]).await;
+    /// assert_eq!(outsider.unwrap_err().code(), 702);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn add_members_to_chat_room_allow_list<I, S>(
         &self,
         room_id: &RoomId,
@@ -221,6 +593,26 @@ impl ChatRoomManager {
     }
 
     /// Removes users from the allow list (owner and admins).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.add_members_to_chat_room_allow_list(&room, ["bob"]).await?;
+    /// // Users who are not on the list are passed over.
+    /// rooms.remove_members_from_chat_room_allow_list(&room, ["bob", "nobody"]).await?;
+    /// assert!(!bob.chat_room_manager().is_member_in_chat_room_allow_list(&room).await?);
+    /// assert_eq!(rooms.fetch_chat_room_allow_list(&room, 1, 20).await?.total, 0);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn remove_members_from_chat_room_allow_list<I, S>(
         &self,
         room_id: &RoomId,
@@ -237,6 +629,30 @@ impl ChatRoomManager {
     /// Page `page_num` (from 1) of the allow list, sorted by user id (owner and admins; the
     /// SDK's `fetchChatRoomAllowListFromServer`). Pages hold 1 to [`crate::LIST_PAGE_MAX`] users
     /// (110 otherwise).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # let carol = engine.login("carol").await?;
+    /// # carol.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::UserId;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.add_members_to_chat_room_allow_list(&room, ["carol", "bob"]).await?;
+    /// let page = rooms.fetch_chat_room_allow_list(&room, 1, 20).await?;
+    /// assert_eq!(page.data, [UserId::new("bob")?, UserId::new("carol")?]);
+    /// assert_eq!(page.total, 2);
+    /// let err = bob.chat_room_manager().fetch_chat_room_allow_list(&room, 1, 20).await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_chat_room_allow_list(
         &self,
         room_id: &RoomId,
@@ -254,6 +670,28 @@ impl ChatRoomManager {
     }
 
     /// Whether the caller is on the allow list (the owner and admins always are). Any member.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let bob_rooms = bob.chat_room_manager();
+    /// assert!(!bob_rooms.is_member_in_chat_room_allow_list(&room).await?);
+    /// host.chat_room_manager().add_members_to_chat_room_allow_list(&room, ["bob"]).await?;
+    /// assert!(bob_rooms.is_member_in_chat_room_allow_list(&room).await?);
+    /// assert!(host.chat_room_manager().is_member_in_chat_room_allow_list(&room).await?);
+    /// let outsider = engine.login("carol").await?.chat_room_manager();
+    /// let err = outsider.is_member_in_chat_room_allow_list(&room).await.unwrap_err();
+    /// assert_eq!(err.code(), 702);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn is_member_in_chat_room_allow_list(
         &self,
         room_id: &RoomId,
@@ -264,8 +702,43 @@ impl ChatRoomManager {
         }
     }
 
-    /// Renames the room (owner and admins; 1 to 128 characters). All members get
+    /// Renames the room (owner and admins; 1 to 128 characters by default). The other members get
     /// `on_specification_changed`.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::ChatRoomEvent;
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// rooms.change_chat_room_name(&room, "Finals").await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.name, "Finals");
+    /// match next_room_event(&mut bob_events).await {
+    ///     ChatRoomEvent::SpecificationChanged { room: now, .. } => assert_eq!(now.name, "Finals"),
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// assert_eq!(rooms.change_chat_room_name(&room, "").await.unwrap_err().code(), 110);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn change_chat_room_name(
         &self,
         room_id: &RoomId,
@@ -275,7 +748,28 @@ impl ChatRoomManager {
             .await
     }
 
-    /// Changes the description (owner and admins; up to 512 characters).
+    /// Changes the description (owner and admins; up to 512 characters by default). The other
+    /// members get `on_specification_changed`.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.change_chat_room_description(&room, "best of five").await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.description, "best of five");
+    /// let too_long = "x".repeat(513);
+    /// let err = rooms.change_chat_room_description(&room, too_long).await.unwrap_err();
+    /// assert_eq!(err.code(), 110);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn change_chat_room_description(
         &self,
         room_id: &RoomId,
@@ -285,7 +779,28 @@ impl ChatRoomManager {
             .await
     }
 
-    /// Changes max members (owner and admins; not below the current member count, 110).
+    /// Changes max members (owner and admins; not below the current member count, 110). The other
+    /// members get `on_specification_changed`.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.change_chat_room_max_users(&room, 2).await?; // host and bob: full
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.max_users, 2);
+    /// let carol = engine.login("carol").await?;
+    /// assert_eq!(carol.chat_room_manager().join_chat_room(&room).await.unwrap_err().code(), 704);
+    /// assert_eq!(rooms.change_chat_room_max_users(&room, 1).await.unwrap_err().code(), 110);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn change_chat_room_max_users(
         &self,
         room_id: &RoomId,
@@ -295,25 +810,100 @@ impl ChatRoomManager {
             .await
     }
 
-    /// Changes the room's own limits (owner only, 703 otherwise): each field `change` sets
-    /// replaces the room's, the others stay as they are; a field never set is the engine's
-    /// ([`crate::Limits`]). Checked as the engine's limits are (110). The other members get
-    /// `on_specification_changed`, and the room's info shows the limits.
+    /// Replaces the room's own limits with `limits` (owner only, 703 otherwise): a field left
+    /// unset follows the engine's ([`crate::Limits`]), so `RoomLimits::default()` hands every
+    /// limit back to the engine. To change one field, start from the room's current ones
+    /// (`fetch_chat_room_info(..).limits`). Checked as the engine's limits are (110; nothing
+    /// changes). The other members get `on_specification_changed`, and the room's info shows
+    /// the limits; they persist with the room.
     ///
-    /// A new delivery threshold or message window starts counting afresh; a new offline grace
-    /// applies to members who go offline from now on; a new retention trims with the next
-    /// message; a larger replay count fills as messages arrive.
+    /// A new delivery threshold or message window starts counting afresh. A member already
+    /// offline is measured from when it went away against the grace in force when its check
+    /// runs (a longer grace extends its deadline; a shorter one never removes it before the
+    /// deadline it had). A lower retention trims with the next message; a larger replay count
+    /// fills as messages arrive.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::RoomLimits;
+    /// use std::time::Duration;
+    /// let rooms = host.chat_room_manager();
+    /// let quick = RoomLimits::default().with_offline_grace(Duration::from_secs(30));
+    /// rooms.change_chat_room_limits(&room, quick).await?;
+    /// let info = rooms.fetch_chat_room_info(&room).await?;
+    /// assert_eq!(info.limits.offline_grace, Some(Duration::from_secs(30)));
+    /// assert_eq!(info.limits.history_retention, None); // the engine's
+    /// // Add a retention of its own, keeping the grace: start from the current limits.
+    /// let longer = info.limits.with_history_retention(5_000);
+    /// rooms.change_chat_room_limits(&room, longer).await?;
+    /// let info = rooms.fetch_chat_room_info(&room).await?;
+    /// assert_eq!(info.limits.offline_grace, Some(Duration::from_secs(30)));
+    /// assert_eq!(info.limits.history_retention, Some(5_000));
+    /// // Hand every limit back to the engine.
+    /// rooms.change_chat_room_limits(&room, RoomLimits::default()).await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.limits, RoomLimits::default());
+    /// let bob_rooms = bob.chat_room_manager();
+    /// let err = bob_rooms.change_chat_room_limits(&room, RoomLimits::default()).await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn change_chat_room_limits(
         &self,
         room_id: &RoomId,
-        change: RoomLimits,
+        limits: RoomLimits,
     ) -> Result<(), ChatError> {
-        self.moderate(room_id, Moderation::ChangeLimits(change))
+        self.moderate(room_id, Moderation::ChangeLimits(limits))
             .await
     }
 
-    /// Changes the announcement (owner and admins; up to 512 characters). All members get
-    /// `on_announcement_changed_from_chat_room`.
+    /// Changes the announcement (owner and admins; up to 512 characters by default). The other
+    /// members get `on_announcement_changed_from_chat_room`.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # async fn next_room_event(events: &mut roomcast::EventStream) -> roomcast::ChatRoomEvent {
+    /// #     match next(events).await {
+    /// #         roomcast::ClientEvent::Room(event) => (*event).clone(),
+    /// #         other => panic!("expected a room event, got {other:?}"),
+    /// #     }
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatRoomEvent, UserId};
+    /// let rooms = host.chat_room_manager();
+    /// let mut bob_events = bob.events();
+    /// rooms.update_chat_room_announcement(&room, "Finals at 8pm").await?;
+    /// let told = ChatRoomEvent::AnnouncementChanged {
+    ///     room_id: room,
+    ///     announcement: "Finals at 8pm".into(),
+    ///     operator: Some(UserId::new("host")?),
+    /// };
+    /// assert_eq!(next_room_event(&mut bob_events).await, told);
+    /// let err = bob.chat_room_manager().update_chat_room_announcement(&room, "mine now").await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_chat_room_announcement(
         &self,
         room_id: &RoomId,
@@ -324,6 +914,26 @@ impl ChatRoomManager {
     }
 
     /// The announcement (members).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// let bob_rooms = bob.chat_room_manager();
+    /// assert_eq!(bob_rooms.fetch_chat_room_announcement(&room).await?, ""); // none yet
+    /// host.chat_room_manager().update_chat_room_announcement(&room, "Finals at 8pm").await?;
+    /// assert_eq!(bob_rooms.fetch_chat_room_announcement(&room).await?, "Finals at 8pm");
+    /// let outsider = engine.login("carol").await?.chat_room_manager();
+    /// assert_eq!(outsider.fetch_chat_room_announcement(&room).await.unwrap_err().code(), 702);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_chat_room_announcement(
         &self,
         room_id: &RoomId,
@@ -337,13 +947,38 @@ impl ChatRoomManager {
     /// A page of the member list, newest first (members). Start with `None`; pass the previous
     /// page's `cursor` to get the next (`None` there means the end). The page size is 1 to
     /// [`crate::LIST_PAGE_MAX`] (110 otherwise).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # for user in ["carol", "dave"] {
+    /// #     engine.login(user).await?.chat_room_manager().join_chat_room(&room).await?;
+    /// # }
+    /// // host, bob, carol and dave joined in that order.
+    /// let rooms = host.chat_room_manager();
+    /// let first = rooms.fetch_chat_room_members(&room, None, 3).await?;
+    /// let names: Vec<&str> = first.data.iter().map(|u| u.as_str()).collect();
+    /// assert_eq!(names, ["dave", "carol", "bob"]); // newest first
+    /// let rest = rooms.fetch_chat_room_members(&room, first.cursor, 3).await?;
+    /// assert_eq!(rest.data[0].as_str(), "host");
+    /// assert_eq!(rest.cursor, None); // the end
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_chat_room_members(
         &self,
         room_id: &RoomId,
         cursor: Option<u64>,
         page_size: u32,
     ) -> Result<ChatCursorResult<UserId>, ChatError> {
-        roomcast_model::check_page(1, page_size, crate::LIST_PAGE_MAX)?;
+        roomcast_model::check_page_size(page_size, crate::LIST_PAGE_MAX)?;
         match self
             .query(room_id, RoomQuery::Members { cursor, page_size })
             .await?
@@ -355,6 +990,27 @@ impl ChatRoomManager {
 
     /// Every custom attribute of the room, key to value (members; the SDK's
     /// `fetchChatRoomAttributes` without keys).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::SetAttributes;
+    /// let rooms = host.chat_room_manager();
+    /// let set = SetAttributes::new([("poll", "best map?"), ("theme", "dark")]);
+    /// rooms.set_chat_room_attributes(&room, set).await?.into_result()?;
+    /// let all = bob.chat_room_manager().fetch_all_chat_room_attributes(&room).await?;
+    /// assert_eq!(all.len(), 2);
+    /// assert_eq!(all["theme"], "dark");
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_all_chat_room_attributes(
         &self,
         room_id: &RoomId,
@@ -365,6 +1021,28 @@ impl ChatRoomManager {
 
     /// Custom attributes (members): those of the given keys that exist (all of them if `keys`
     /// is empty).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::SetAttributes;
+    /// let rooms = host.chat_room_manager();
+    /// let set = SetAttributes::new([("poll", "best map?"), ("theme", "dark")]);
+    /// rooms.set_chat_room_attributes(&room, set).await?.into_result()?;
+    /// let bob_rooms = bob.chat_room_manager();
+    /// let some = bob_rooms.fetch_chat_room_attributes(&room, ["theme", "nope"]).await?;
+    /// assert_eq!(some.len(), 1); // only the keys that exist
+    /// assert_eq!(some["theme"], "dark");
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn fetch_chat_room_attributes<I, S>(
         &self,
         room_id: &RoomId,
@@ -401,6 +1079,7 @@ impl ChatRoomManager {
     /// assert!(failed.is_empty());
     /// let attrs = rooms.fetch_chat_room_attributes(&room.room_id, ["poll"]).await?;
     /// assert_eq!(attrs["poll"], "best map?");
+    /// # engine.shutdown().await;
     /// # Ok(()) }
     /// ```
     pub async fn set_chat_room_attributes(
@@ -415,6 +1094,30 @@ impl ChatRoomManager {
     /// Removes custom attributes (any member; 1 to 10 keys). Keys of other members are removed
     /// only with `force`. Returns the keys that failed and why; the other members get
     /// `on_attributes_removed` for the rest.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::SetAttributes;
+    /// let rooms = host.chat_room_manager();
+    /// let set = SetAttributes::new([("topic", "speedruns")]);
+    /// bob.chat_room_manager().set_chat_room_attributes(&room, set).await?.into_result()?;
+    /// // The key is bob's: without `force`, even the owner cannot remove it.
+    /// let failed = rooms.remove_chat_room_attributes(&room, ["topic"], false).await?;
+    /// assert_eq!(failed.get("topic").map(|e| e.code()), Some(703));
+    /// let failed = rooms.remove_chat_room_attributes(&room, ["topic"], true).await?;
+    /// assert!(failed.is_empty());
+    /// assert!(rooms.fetch_all_chat_room_attributes(&room).await?.is_empty());
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn remove_chat_room_attributes<I, S>(
         &self,
         room_id: &RoomId,

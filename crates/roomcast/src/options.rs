@@ -35,12 +35,53 @@ impl Default for ChatOptions {
 /// ```
 impl ChatOptions {
     /// Sets [`ChatOptions::delete_messages_on_exit`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// use roomcast::{ChatOptions, OutgoingMessage};
+    /// let keep = ChatOptions::default().with_delete_messages_on_exit(false);
+    /// let bob = engine.login_with_options("bob", keep).await?;
+    /// let carol = engine.login("carol").await?; // the default: delete
+    /// for member in [&bob, &carol] {
+    ///     member.chat_room_manager().join_chat_room(&room).await?;
+    /// }
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "hello")).await?;
+    /// for member in [&bob, &carol] {
+    ///     member.chat_room_manager().leave_chat_room(&room).await?;
+    /// }
+    /// let kept = bob.chat_manager().get_conversation(&room).load_messages(None, 10).await?;
+    /// assert_eq!(kept[0].text(), Some("hello"));
+    /// let deleted = carol.chat_manager().get_conversation(&room).load_messages(None, 10).await?;
+    /// assert!(deleted.is_empty());
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn with_delete_messages_on_exit(mut self, yes: bool) -> Self {
         self.delete_messages_on_exit = yes;
         self
     }
 
     /// Sets [`ChatOptions::chat_room_owner_leave_allowed`].
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # let engine = roomcast::Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// use roomcast::{ChatOptions, CreateChatRoomOptions};
+    /// let stay = ChatOptions::default().with_chat_room_owner_leave_allowed(false);
+    /// let host = engine.login_with_options("host", stay).await?;
+    /// let rooms = host.chat_room_manager();
+    /// let room = rooms.create_chat_room(CreateChatRoomOptions::new("stream")).await?;
+    /// assert_eq!(rooms.leave_chat_room(&room.room_id).await.unwrap_err().code(), 706);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn with_chat_room_owner_leave_allowed(mut self, yes: bool) -> Self {
         self.chat_room_owner_leave_allowed = yes;
         self

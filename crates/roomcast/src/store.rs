@@ -42,6 +42,27 @@ pub fn check(dir: impl AsRef<Path>) -> Result<CheckReport, ChatError> {
 /// Checks the store in `from` as [`check`] does and copies every readable record into a new
 /// store in `to` (a directory that holds no store yet), leaving out corrupt records and messages
 /// of rooms that are gone. The new store opens cleanly with every invariant.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+/// use roomcast::{CreateChatRoomOptions, Engine};
+/// let old = tempfile::tempdir().unwrap();
+/// let engine = Engine::builder().data_dir(old.path()).build().await?;
+/// engine.add_super_admin("host").await?;
+/// let rooms = engine.login("host").await?.chat_room_manager();
+/// let room = rooms.create_chat_room(CreateChatRoomOptions::new("kept")).await?;
+/// engine.shutdown().await;
+///
+/// let new = tempfile::tempdir().unwrap();
+/// let report = roomcast::store::salvage(old.path(), new.path())?;
+/// assert!(report.is_clean());
+/// assert_eq!((report.rooms, report.super_admins), (1, 1));
+/// let engine = Engine::builder().data_dir(new.path()).build().await?;
+/// let rooms = engine.login("host").await?.chat_room_manager();
+/// assert_eq!(rooms.fetch_chat_room_info(&room.room_id).await?.name, "kept");
+/// engine.shutdown().await;
+/// # Ok(()) }
+/// ```
 pub fn salvage(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<CheckReport, ChatError> {
     let (from, to) = (from.as_ref(), to.as_ref());
     roomcast_store::salvage(from, to).map_err(|e| {

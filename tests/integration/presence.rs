@@ -416,3 +416,25 @@ async fn a_logged_out_client_gets_no_more_events_its_sibling_does() {
     assert!(stays.chat_room_manager().remove_event_handler("stays"));
     engine.shutdown().await;
 }
+
+/// Dropping a client (its last clone) ends the streams it opened; the handlers it registered
+/// stay with the user's session and go on with the user's next client (found by a doc review:
+/// a stream whose client was gone could hang for ever).
+#[tokio::test]
+async fn a_dropped_client_s_streams_end_its_handlers_stay() {
+    let (engine, owner) = engine_with_admin("owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    let first = join(&engine, "bob", room).await;
+    let rec = record(&first, "rec");
+    let mut stream = first.events();
+    let second = engine.login("bob").await.unwrap();
+    drop(first);
+    assert!(next_event(&mut stream).await.is_none(), "the stream ended");
+    join(&engine, "carol", room).await;
+    rec.wait_until("the join, through the handler that stayed", |e| {
+        e.contains(&joined(room, "carol"))
+    })
+    .await;
+    drop(second);
+    engine.shutdown().await;
+}

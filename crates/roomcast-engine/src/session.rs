@@ -691,7 +691,7 @@ impl Session {
 /// The stream ends (yields `None`), after yielding the events it holds:
 /// - when the client that opened it logs out, or its last clone is dropped (a stream opened on
 ///   a logged-out client ends at once; `a_logged_out_client_gets_no_more_events_its_sibling_does`
-///   in `tests/integration/presence.rs`);
+///   and `a_dropped_client_s_streams_end_its_handlers_stay` in `tests/integration/presence.rs`);
 /// - when the engine stops: on `Engine::shutdown`, or when the last `Engine` handle is dropped
 ///   (a stream opened after that ends at once;
 ///   `calls_after_shutdown_fail_with_900_and_shutdown_is_idempotent` in

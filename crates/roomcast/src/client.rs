@@ -29,11 +29,15 @@ impl ClientGuard {
         }
     }
 
-    /// Logs out (or the last clone is dropped): closes, then removes the handlers this client
-    /// registered and ends its streams.
+    /// Logs out: closes, then removes the handlers this client registered and ends its
+    /// streams.
     fn logout(&self) {
         self.close();
         self.session.release_client(self.id);
+        self.end_streams();
+    }
+
+    fn end_streams(&self) {
         for s in std::mem::take(&mut *self.streams.lock()) {
             s.close();
         }
@@ -41,8 +45,12 @@ impl ClientGuard {
 }
 
 impl Drop for ClientGuard {
+    /// The last clone is gone: the client closes and its streams end (nobody can read them
+    /// with the client's consent any more); its handlers stay with the user's session, as
+    /// the SDK's do across connections, until the session ends or they are removed.
     fn drop(&mut self) {
-        self.logout();
+        self.close();
+        self.end_streams();
     }
 }
 
@@ -57,10 +65,12 @@ static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 /// period (5 minutes by default) it is removed from the rooms it is in, unless it is the owner,
 /// an admin or allow-listed there.
 ///
-/// The handlers registered and the event streams opened through a client belong to it: when it
-/// logs out, or its last clone is dropped, they are removed and end. Those of the user's other
-/// clients are not affected (a WebSocket connection that logs in as a user and closes takes its
-/// own handlers and streams with it).
+/// The event streams opened through a client end when it logs out or its last clone is
+/// dropped. The handlers registered through it are removed when it logs out; when it is only
+/// dropped they stay with the user's session (like the SDK's, they outlive a connection) until
+/// they are removed or the user's last client is gone. The user's other clients, and their
+/// handlers and streams, are not affected. A WebSocket gateway that logs each connection in
+/// calls `logout()` when the connection closes.
 ///
 /// Some examples below start, in hidden lines, from an engine `engine` with a room owned by the
 /// super admin `host`, whose id is `room`, and a member `bob`.

@@ -346,9 +346,7 @@ pub async fn roomcast_storm(members: usize) -> (Duration, Duration) {
         .add_event_handler("count", heard.clone());
     let room = owner
         .chat_room_manager()
-        .create_chat_room(
-            CreateChatRoomOptions::new("storm").with_max_users(members as u32 + 1),
-        )
+        .create_chat_room(CreateChatRoomOptions::new("storm").with_max_users(members as u32 + 1))
         .await
         .unwrap()
         .room_id;
@@ -461,7 +459,11 @@ impl SmallRooms {
                 .unwrap()
                 .room_id;
             // The owner leaves: each room's audience is its members.
-            owner.chat_room_manager().leave_chat_room(&room).await.unwrap();
+            owner
+                .chat_room_manager()
+                .leave_chat_room(&room)
+                .await
+                .unwrap();
             for p in &pubs {
                 p.chat_room_manager().join_chat_room(&room).await.unwrap();
             }
@@ -501,7 +503,8 @@ impl SmallRooms {
         let start = Instant::now();
         let tasks: Vec<_> = (0..self.publishers.len())
             .map(|p| {
-                let (rooms, pubs, sent) = (self.rooms.clone(), self.publishers.clone(), sent.clone());
+                let (rooms, pubs, sent) =
+                    (self.rooms.clone(), self.publishers.clone(), sent.clone());
                 tokio::spawn(async move {
                     let chat = pubs[p].chat_manager();
                     let mut in_flight = tokio::task::JoinSet::new();
@@ -536,14 +539,22 @@ impl SmallRooms {
             t.await.unwrap();
         }
         let expected = sent.load(Ordering::Relaxed) * members;
-        wait_for(Duration::from_secs(60), || self.delivered() - before >= expected).await;
+        wait_for(Duration::from_secs(60), || {
+            self.delivered() - before >= expected
+        })
+        .await;
         (self.delivered() - before) as f64 / start.elapsed().as_secs_f64()
     }
 }
 
 /// The tokio-broadcast side of many small rooms: one channel per room, one receiver task per
 /// member, `publishers` tasks sending to rooms in turn.
-pub async fn tokio_small_rooms(rooms: usize, members: usize, publishers: usize, span: Duration) -> f64 {
+pub async fn tokio_small_rooms(
+    rooms: usize,
+    members: usize,
+    publishers: usize,
+    span: Duration,
+) -> f64 {
     let counters: Vec<Arc<AtomicU64>> = (0..rooms * members)
         .map(|_| Arc::new(AtomicU64::new(0)))
         .collect();
@@ -591,7 +602,12 @@ pub async fn tokio_small_rooms(rooms: usize, members: usize, publishers: usize, 
         t.await.unwrap();
     }
     let expected = sent.load(Ordering::Relaxed) * members as u64;
-    let total = || counters.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>();
+    let total = || {
+        counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     wait_for(Duration::from_secs(30), || total() >= expected).await;
     let rate = total() as f64 / start.elapsed().as_secs_f64();
     drop(senders);

@@ -5,8 +5,8 @@
 //! through the supervisor. The map is behind a `parking_lot::RwLock` (read-mostly, never held
 //! across an await).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -43,9 +43,18 @@ impl RoomEntry {
         room
     }
 
-    pub(crate) fn set_summary(&self, mut snapshot: ChatRoom) {
+    /// Sets the summary; true if the name changed.
+    fn set_summary(&self, mut snapshot: ChatRoom) -> bool {
         snapshot.permission_type = ChatRoomPermissionType::None;
-        *self.summary.lock() = snapshot;
+        let mut summary = self.summary.lock();
+        let renamed = summary.name != snapshot.name;
+        *summary = snapshot;
+        renamed
+    }
+
+    /// The name in lower case (for the list's filter).
+    fn name_lower(&self) -> String {
+        self.summary.lock().name.to_lowercase()
     }
 
     pub(crate) fn set_member_count(&self, n: usize) {
@@ -75,74 +84,262 @@ impl RoomEntry {
         }
     }
 
-    pub(crate) fn mark_destroyed(&self) {
-        self.destroyed.store(true, Ordering::SeqCst);
-    }
-
     pub(crate) fn is_destroyed(&self) -> bool {
         self.destroyed.load(Ordering::SeqCst)
     }
 }
 
+/// How many filtered listings are remembered (see [`Directory::page`]).
+const FILTER_CACHE: usize = 16;
+
+#[derive(Default)]
+struct Rooms {
+    by_id: HashMap<RoomId, Arc<RoomEntry>>,
+    /// Every room's id, oldest first: ids grow with creation, so a room created now is pushed
+    /// at the end, and a page of the newest-first list is a slice read from the end.
+    order: Vec<RoomId>,
+    /// Rooms marked destroyed and not removed yet (they are skipped and not counted).
+    destroyed: usize,
+}
+
+/// A filtered listing, remembered until a room is created, removed or renamed: paging through
+/// the rooms that match a filter walks the rooms once, not once per page.
+struct Filtered {
+    filter: String,
+    version: u64,
+    /// The matching rooms, newest first.
+    ids: Arc<Vec<RoomId>>,
+}
+
 #[derive(Default)]
 pub(crate) struct Directory {
-    rooms: RwLock<BTreeMap<RoomId, Arc<RoomEntry>>>,
+    rooms: RwLock<Rooms>,
+    /// Bumped whenever the set of rooms or a name changes.
+    version: AtomicU64,
+    filtered: Mutex<VecDeque<Filtered>>,
 }
 
 impl Directory {
     pub(crate) fn get(&self, id: RoomId) -> Option<Arc<RoomEntry>> {
-        self.rooms.read().get(&id).cloned()
+        self.rooms.read().by_id.get(&id).cloned()
     }
 
     pub(crate) fn insert(&self, entry: Arc<RoomEntry>) {
-        self.rooms.write().insert(entry.id, entry);
+        let mut rooms = self.rooms.write();
+        let id = entry.id;
+        if rooms.by_id.insert(id, entry).is_none() {
+            // New rooms have the largest id; rooms loaded at start come in id order too. Any
+            // other order still lands sorted.
+            match rooms.order.last() {
+                Some(last) if *last > id => {
+                    let at = rooms.order.partition_point(|r| *r < id);
+                    rooms.order.insert(at, id);
+                }
+                _ => rooms.order.push(id),
+            }
+        }
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn remove(&self, id: RoomId) {
-        self.rooms.write().remove(&id);
+        let mut rooms = self.rooms.write();
+        if let Some(entry) = rooms.by_id.remove(&id) {
+            if entry.is_destroyed() {
+                rooms.destroyed = rooms.destroyed.saturating_sub(1);
+            }
+            if let Ok(at) = rooms.order.binary_search(&id) {
+                rooms.order.remove(at);
+            }
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Marks `entry` destroyed: the list skips it from now on.
+    pub(crate) fn mark_destroyed(&self, entry: &RoomEntry) {
+        let mut rooms = self.rooms.write();
+        if !entry.destroyed.swap(true, Ordering::SeqCst) && rooms.by_id.contains_key(&entry.id) {
+            rooms.destroyed += 1;
+        }
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Sets `entry`'s summary; a new name changes filtered listings.
+    pub(crate) fn set_summary(&self, entry: &RoomEntry, snapshot: ChatRoom) {
+        if entry.set_summary(snapshot) {
+            self.version.fetch_add(1, Ordering::Release);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.rooms.read().len()
+        self.rooms.read().by_id.len()
     }
 
     pub(crate) fn max_id(&self) -> Option<RoomId> {
-        self.rooms.read().keys().next_back().copied()
+        self.rooms.read().order.last().copied()
     }
 
     /// Page `page_num` (from 1) of `page_size` rooms, newest first, of the rooms whose name
     /// contains `name_filter` (case-insensitive), and how many rooms match in all.
+    ///
+    /// Without a filter it costs O(page): the page is a slice of the id order. With one, the
+    /// first call walks the rooms and remembers the matches (a few filters at a time); later
+    /// pages of the same filter cost O(page) until a room is created, removed or renamed.
     pub(crate) fn page(
         &self,
         page_num: u32,
         page_size: u32,
         name_filter: Option<&str>,
     ) -> (Vec<ChatRoom>, usize) {
-        let filter = name_filter.map(str::to_lowercase);
-        let rooms = self.rooms.read();
         let skip = (page_num as usize - 1).saturating_mul(page_size as usize);
-        let mut total = 0;
-        let mut page = Vec::with_capacity(page_size as usize);
-        for entry in rooms.values().rev() {
-            if entry.is_destroyed() {
-                continue;
-            }
-            if let Some(f) = &filter {
-                if !entry
-                    .summary
-                    .lock()
-                    .name
-                    .to_lowercase()
-                    .contains(f.as_str())
-                {
-                    continue;
+        let size = page_size as usize;
+        let Some(filter) = name_filter.map(str::to_lowercase) else {
+            let rooms = self.rooms.read();
+            let total = rooms.order.len() - rooms.destroyed;
+            let mut page = Vec::with_capacity(size.min(total));
+            if rooms.destroyed == 0 {
+                let end = rooms.order.len().saturating_sub(skip);
+                let start = end.saturating_sub(size);
+                for id in rooms.order[start..end].iter().rev() {
+                    if let Some(e) = rooms.by_id.get(id) {
+                        page.push(e.summary());
+                    }
                 }
+            } else {
+                // Rooms being destroyed (a moment between destroy and removal): skip them.
+                let live = rooms
+                    .order
+                    .iter()
+                    .rev()
+                    .filter_map(|id| rooms.by_id.get(id))
+                    .filter(|e| !e.is_destroyed());
+                page.extend(live.skip(skip).take(size).map(|e| e.summary()));
             }
-            if total >= skip && page.len() < page_size as usize {
-                page.push(entry.summary());
+            return (page, total);
+        };
+        let ids = self.filtered(&filter);
+        let rooms = self.rooms.read();
+        let page = ids
+            .iter()
+            .skip(skip)
+            .filter_map(|id| rooms.by_id.get(id))
+            .filter(|e| !e.is_destroyed())
+            .take(size)
+            .map(|e| e.summary())
+            .collect();
+        (page, ids.len())
+    }
+
+    /// The rooms whose lower-cased name contains `filter`, newest first.
+    fn filtered(&self, filter: &str) -> Arc<Vec<RoomId>> {
+        let version = self.version.load(Ordering::Acquire);
+        {
+            let mut cache = self.filtered.lock();
+            if let Some(at) = cache.iter().position(|f| f.filter == filter) {
+                if cache[at].version == version {
+                    let hit = cache.remove(at).expect("found above");
+                    let ids = hit.ids.clone();
+                    cache.push_front(hit);
+                    return ids;
+                }
+                cache.remove(at);
             }
-            total += 1;
         }
-        (page, total)
+        let rooms = self.rooms.read();
+        // Read under the lock, so that no change is missed between the walk and `version`.
+        let version = self.version.load(Ordering::Acquire);
+        let ids: Vec<RoomId> = rooms
+            .order
+            .iter()
+            .rev()
+            .filter_map(|id| rooms.by_id.get(id))
+            .filter(|e| !e.is_destroyed() && e.name_lower().contains(filter))
+            .map(|e| e.id)
+            .collect();
+        drop(rooms);
+        let ids = Arc::new(ids);
+        let mut cache = self.filtered.lock();
+        cache.push_front(Filtered {
+            filter: filter.to_string(),
+            version,
+            ids: ids.clone(),
+        });
+        cache.truncate(FILTER_CACHE);
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_model::{Limits, Room, RoomLimits, RoomSpec, UserId};
+
+    fn snapshot(id: u64, name: &str) -> ChatRoom {
+        let spec = RoomSpec {
+            name: name.into(),
+            description: String::new(),
+            welcome_message: String::new(),
+            max_users: 10,
+        };
+        let owner = UserId::new("o").unwrap();
+        let limits = RoomLimits::default();
+        Room::create(
+            RoomId::from_u64(id),
+            owner,
+            spec,
+            limits,
+            vec![],
+            &Limits::default(),
+            0,
+        )
+        .unwrap()
+        .snapshot(None)
+    }
+
+    fn ids(page: &(Vec<ChatRoom>, usize)) -> (Vec<u64>, usize) {
+        (page.0.iter().map(|r| r.room_id.as_u64()).collect(), page.1)
+    }
+
+    #[test]
+    fn pages_are_newest_first_and_skip_destroyed_rooms() {
+        let d = Directory::default();
+        for id in [3, 1, 2, 5, 4] {
+            d.insert(RoomEntry::new(snapshot(id, &format!("room {id}"))));
+        }
+        assert_eq!(d.max_id(), Some(RoomId::from_u64(5)));
+        assert_eq!(ids(&d.page(1, 2, None)), (vec![5, 4], 5));
+        assert_eq!(ids(&d.page(3, 2, None)), (vec![1], 5));
+        assert_eq!(ids(&d.page(4, 2, None)), (vec![], 5));
+        let four = d.get(RoomId::from_u64(4)).unwrap();
+        d.mark_destroyed(&four);
+        assert_eq!(
+            ids(&d.page(1, 2, None)),
+            (vec![5, 3], 4),
+            "destroyed: skipped"
+        );
+        d.remove(RoomId::from_u64(4));
+        assert_eq!(ids(&d.page(1, 2, None)), (vec![5, 3], 4));
+        assert_eq!(ids(&d.page(2, 2, None)), (vec![2, 1], 4));
+    }
+
+    #[test]
+    fn filtered_listings_follow_creations_removals_and_renames() {
+        let d = Directory::default();
+        for (id, name) in [(1, "Alpha"), (2, "beta"), (3, "ALPHABET")] {
+            d.insert(RoomEntry::new(snapshot(id, name)));
+        }
+        assert_eq!(ids(&d.page(1, 10, Some("alpha"))), (vec![3, 1], 2));
+        assert_eq!(
+            ids(&d.page(2, 1, Some("alpha"))),
+            (vec![1], 2),
+            "from the cache"
+        );
+        d.insert(RoomEntry::new(snapshot(4, "alpha four")));
+        assert_eq!(ids(&d.page(1, 10, Some("alpha"))), (vec![4, 3, 1], 3));
+        let beta = d.get(RoomId::from_u64(2)).unwrap();
+        d.set_summary(&beta, snapshot(2, "alpha now"));
+        assert_eq!(ids(&d.page(1, 10, Some("alpha"))), (vec![4, 3, 2, 1], 4));
+        d.remove(RoomId::from_u64(3));
+        assert_eq!(ids(&d.page(1, 10, Some("alpha"))), (vec![4, 2, 1], 3));
+        assert_eq!(ids(&d.page(1, 10, Some("nothing"))), (vec![], 0));
     }
 }

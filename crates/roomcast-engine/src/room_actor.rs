@@ -329,7 +329,8 @@ impl RoomActor {
         };
         let commit = (!set.is_empty()).then(|| self.submit(set, ctx));
         if fx.record_changed && !fx.destroyed {
-            self.entry.set_summary(self.room.snapshot(None));
+            let snapshot = self.room.snapshot(None);
+            self.shared.directory.set_summary(&self.entry, snapshot);
         }
         let message = fx.message.clone();
         self.deliver(fx, joining, sender);
@@ -743,7 +744,7 @@ impl Handler<Destroy> for RoomActor {
     fn handle(&mut self, msg: Destroy, ctx: &mut Context<Self>) -> Self::Result {
         self.answer_with(ctx, |act, ctx| {
             let commit = act.execute(Command::Destroy { user: msg.user }, None, ctx)?;
-            act.entry.mark_destroyed();
+            act.shared.directory.mark_destroyed(&act.entry);
             ctx.stop();
             Ok(((), commit))
         })

@@ -164,6 +164,9 @@ fn joins(rt: &tokio::runtime::Runtime, span: Duration, rooms: usize) -> Row {
             let r = r.clone();
             async move { r.join_leave(t, i).await }
         })));
+        if std::env::var_os("SCALE_ROOMCAST_ONLY").is_some() {
+            continue; // for profiling roomcast alone
+        }
         let b = tokio_rooms.clone();
         best[1] = best[1].max(rt.block_on(run_tasks(TASKS, span, move |t, i| {
             let b = b.clone();

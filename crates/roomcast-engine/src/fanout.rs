@@ -54,6 +54,11 @@ enum Job {
     Stop,
 }
 
+/// How many members of one room each shard holds, kept by the room's actor as it adds and
+/// removes them, so that a broadcast goes only to the shards that have someone to deliver to.
+#[derive(Debug)]
+pub(crate) struct RoomShards(Box<[u32]>);
+
 /// A handle to the shards. Cloning is shallow.
 #[derive(Clone)]
 pub(crate) struct Fanout {
@@ -93,7 +98,7 @@ impl Fanout {
     }
 
     fn shard_of(&self, mailbox_id: u64) -> &mpsc::Sender<Job> {
-        &self.senders[(mailbox_id % self.senders.len() as u64) as usize]
+        &self.senders[self.index_of(mailbox_id)]
     }
 
     fn send(tx: &mpsc::Sender<Job>, job: Job) {
@@ -101,22 +106,45 @@ impl Fanout {
         let _ = tx.send(job);
     }
 
-    pub(crate) fn add(&self, room: RoomId, member: Arc<Session>) {
-        Self::send(
-            self.shard_of(member.mailbox().id()),
-            Job::Add { room, member },
-        );
+    fn index_of(&self, mailbox_id: u64) -> usize {
+        (mailbox_id % self.senders.len() as u64) as usize
     }
 
-    pub(crate) fn remove(&self, room: RoomId, member: &Session) {
+    /// A room's count of members per shard, all zero.
+    pub(crate) fn room_shards(&self) -> RoomShards {
+        RoomShards(vec![0; self.senders.len()].into_boxed_slice())
+    }
+
+    pub(crate) fn add(&self, room: RoomId, member: Arc<Session>, shards: &mut RoomShards) {
+        let at = self.index_of(member.mailbox().id());
+        shards.0[at] = shards.0[at].saturating_add(1);
+        Self::send(&self.senders[at], Job::Add { room, member });
+    }
+
+    pub(crate) fn remove(&self, room: RoomId, member: &Session, shards: &mut RoomShards) {
         let mailbox_id = member.mailbox().id();
-        Self::send(self.shard_of(mailbox_id), Job::Remove { room, mailbox_id });
+        let at = self.index_of(mailbox_id);
+        shards.0[at] = shards.0[at].saturating_sub(1);
+        Self::send(&self.senders[at], Job::Remove { room, mailbox_id });
     }
 
-    /// Delivers `item` to every member of `room` but the mailboxes in `except`.
-    pub(crate) fn broadcast(&self, room: RoomId, item: ClientEvent, except: Except) {
+    /// Delivers `item` to every member of `room` but the mailboxes in `except`: a job for each
+    /// shard that holds members of the room (a small room's members often sit on one shard;
+    /// the others are not woken).
+    pub(crate) fn broadcast(
+        &self,
+        room: RoomId,
+        item: ClientEvent,
+        except: Except,
+        shards: &RoomShards,
+    ) {
         let at = ticket();
-        for tx in self.senders.iter() {
+        let with_members = self
+            .senders
+            .iter()
+            .zip(shards.0.iter())
+            .filter(|(_, n)| **n > 0);
+        for (tx, _) in with_members {
             Self::send(
                 tx,
                 Job::Broadcast {

@@ -171,6 +171,8 @@ pub(crate) struct RoomActor {
     /// together: a join storm costs one delivery per staff member per batch, not per join.
     staff_batch: Vec<(ClientEvent, Vec<UserId>)>,
     staff_flush_scheduled: bool,
+    /// The room's members per delivery shard (broadcasts go to shards with members).
+    shards: crate::fanout::RoomShards,
     /// Set while a join is applied if the joiner's session was offline when it entered, with
     /// when its grace period starts.
     joined_offline: Option<(UserId, i64)>,
@@ -227,7 +229,9 @@ impl RoomActor {
             clean: false,
             room: start.room.id(),
         };
+        let shards = start.shared.fanout.room_shards();
         RoomActor {
+            shards,
             recent: start.recent,
             room: start.room,
             initial: start.sessions,
@@ -467,14 +471,14 @@ impl RoomActor {
                     // Away since before it entered: its grace period here starts now.
                     self.joined_offline = Some((session.user().clone(), since.max(self.now())));
                 }
-                fanout.add(room_id, session.clone());
+                fanout.add(room_id, session.clone(), &mut self.shards);
             }
         }
         let mut gone = HashMap::with_capacity(fx.left.len());
         for user in fx.left {
             if let Some(session) = shared.session_of(&user) {
                 session.exited(room_id);
-                fanout.remove(room_id, &session);
+                fanout.remove(room_id, &session, &mut self.shards);
                 gone.insert(user, session);
             }
         }
@@ -482,13 +486,13 @@ impl RoomActor {
         for out in fx.events {
             let item = ClientEvent::Room(Arc::new(out.event));
             match out.to {
-                Audience::Members => fanout.broadcast(room_id, item, Except::NONE),
+                Audience::Members => fanout.broadcast(room_id, item, Except::NONE, &self.shards),
                 Audience::MembersExcept(users) => {
                     debug_assert!(users.len() <= 2, "a broadcast skips at most two members");
                     let ids = users
                         .iter()
                         .filter_map(|u| member(u).map(|m| m.mailbox().id()));
-                    fanout.broadcast(room_id, item, Except::of(ids));
+                    fanout.broadcast(room_id, item, Except::of(ids), &self.shards);
                 }
                 Audience::StaffExcept(users) => {
                     self.staff_batch.push((item, users));
@@ -515,7 +519,8 @@ impl RoomActor {
         }
         if let Some(message) = fx.message {
             self.recent.push(message.clone());
-            fanout.broadcast(room_id, ClientEvent::Message(message), Except::of(sender));
+            let except = Except::of(sender);
+            fanout.broadcast(room_id, ClientEvent::Message(message), except, &self.shards);
         }
         for (user, kind) in &fx.cancelled {
             shared.timers.cancel(room_id, user, *kind);
@@ -647,7 +652,9 @@ impl Actor for RoomActor {
                 };
                 offline.push((session.user().clone(), since));
             }
-            self.shared.fanout.add(room_id, session.clone());
+            self.shared
+                .fanout
+                .add(room_id, session.clone(), &mut self.shards);
         }
         for (user, since) in offline {
             self.presence(
@@ -682,9 +689,12 @@ impl Actor for RoomActor {
                 room_id,
                 last_seq: self.room.last_seq(),
             };
-            self.shared
-                .fanout
-                .broadcast(room_id, ClientEvent::Room(Arc::new(event)), Except::NONE);
+            self.shared.fanout.broadcast(
+                room_id,
+                ClientEvent::Room(Arc::new(event)),
+                Except::NONE,
+                &self.shards,
+            );
         }
         self.entry.set_member_count(self.room.member_count());
         tracing::debug!(room = %room_id, "room actor started");

@@ -330,16 +330,38 @@ impl Effects {
     }
 }
 
-/// The engine's limits and the ones a room with `overrides` runs under (the same allocation
-/// when it overrides nothing).
+/// The engine's limits and the ones a room with `overrides` runs under. Limits are interned:
+/// every room under equal limits shares one allocation (a room holds two pointers, not two
+/// copies of some 200 bytes).
 fn effective_limits(engine: &Limits, overrides: &RoomLimits) -> (Arc<Limits>, Arc<Limits>) {
-    let engine = Arc::new(engine.clone());
+    let engine = interned(engine);
     if *overrides == RoomLimits::default() {
         (engine.clone(), engine)
     } else {
-        let effective = Arc::new(overrides.apply(&engine));
+        let effective = interned(&overrides.apply(&engine));
         (engine, effective)
     }
+}
+
+/// The one shared allocation of limits equal to `limits`.
+fn interned(limits: &Limits) -> Arc<Limits> {
+    static SEEN: std::sync::Mutex<Vec<std::sync::Weak<Limits>>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.retain(|w| w.strong_count() > 0);
+    if let Some(found) = seen
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .find(|l| **l == *limits)
+    {
+        return found;
+    }
+    let fresh = Arc::new(limits.clone());
+    // A few distinct limits are the rule (the engine's, and rooms' own); past that, rooms
+    // keep their own copy rather than make every creation search a long list.
+    if seen.len() < 64 {
+        seen.push(Arc::downgrade(&fresh));
+    }
+    fresh
 }
 
 /// Current members and the order they joined in (the member list is newest first). One map,

@@ -41,6 +41,9 @@ pub(crate) struct Progress {
     pub(crate) submitted: AtomicU64,
     pub(crate) applied: AtomicU64,
     pub(crate) flushed: AtomicU64,
+    /// The last write set whose group wrote the write mark (groups that came to no write
+    /// write no mark): the mark file is brought up to this, never further.
+    pub(crate) marked: AtomicU64,
 }
 
 impl Progress {
@@ -236,14 +239,15 @@ fn run(
             // Every waiter in the batch was handed over after its write set was applied, and
             // this load comes after taking the batch: the flush covers `target` write sets.
             let target = shared.progress.applied.load(Ordering::SeqCst);
+            let marked = shared.progress.marked.load(Ordering::SeqCst);
             let started = std::time::Instant::now();
             let mut result = db.flush().map(|_| ()).map_err(StoreError::from);
             if result.is_ok() {
                 if let Some((syncer, mark, base)) = sync.as_mut() {
                     result = syncer.sync();
-                    if result.is_ok() && target > 0 {
+                    if result.is_ok() && marked > 0 {
                         // After the sync: the mark file is never ahead of a sound log.
-                        if let Err(e) = mark.write(*base + target) {
+                        if let Err(e) = mark.write(*base + marked) {
                             tracing::warn!(error = %e, "cannot update the store's mark file");
                         }
                     }

@@ -389,7 +389,7 @@ impl Store {
         if closed > 0 {
             // Applied here, before anything else can touch the store.
             let batch = writeset::batch_of(std::slice::from_ref(&set), &reader.tree)?;
-            reader.tree.apply_batch(batch)?;
+            reader.tree.apply_batch(batch.into_batch())?;
         }
         Ok(closed)
     }
@@ -451,28 +451,56 @@ impl Group {
             return;
         }
         let mark = self.base + self.last_seq;
-        let mut marked = WriteSet::new();
-        if let Err(e) = marked.put_mark(mark) {
-            tracing::error!(error = %e, "cannot encode the write mark");
-        }
-        let apply = |sets: &[WriteSet]| {
+        // Each write set is resolved against the tree; one that comes to no write (deleting a
+        // copy that was never stored) writes nothing, not even the mark. `Some(true)`: written
+        // with the mark.
+        let apply = |sets: &[WriteSet], with_mark: bool| -> Result<bool, StoreError> {
             guarded("applying a write set", || {
-                writeset::batch_of(sets, &reader.tree)
-                    .and_then(|batch| Ok(reader.tree.apply_batch(batch)?))
+                let mut batch = writeset::batch_of(sets, &reader.tree)?;
+                if batch.is_empty() {
+                    return Ok(false);
+                }
+                if with_mark {
+                    batch.put_mark(mark)?;
+                }
+                reader.tree.apply_batch(batch.into_batch())?;
+                Ok(with_mark)
             })
             .and_then(|r| r)
         };
-        self.sets.push(marked);
-        let mut results = vec![apply(&self.sets)];
-        if results[0].is_err() && self.sets.len() > 2 {
-            // One by one, the mark last.
-            results = self.sets.chunks(1).map(apply).collect();
+        let mut results = vec![apply(&self.sets, true)];
+        if results[0].is_err() && self.sets.len() > 1 {
+            // One by one, then the mark.
+            results = self.sets.chunks(1).map(|s| apply(s, false)).collect();
+            let mut mark_only = writeset::Resolved::default();
+            let marked = mark_only.put_mark(mark).and_then(|()| {
+                guarded("writing the write mark", || {
+                    Ok(reader.tree.apply_batch(mark_only.into_batch())?)
+                })
+                .and_then(|r| r)
+            });
+            if marked.is_ok() {
+                progress.marked.store(self.last_seq, Ordering::SeqCst);
+            }
+        } else if matches!(results[0], Ok(true)) {
+            progress.marked.store(self.last_seq, Ordering::SeqCst);
         }
-        progress.applied.store(self.last_seq, Ordering::SeqCst);
+        let before = progress.applied.swap(self.last_seq, Ordering::SeqCst);
+        if matches!(results.as_slice(), [Ok(false)])
+            && progress.flushed.load(Ordering::SeqCst) >= before
+        {
+            // Nothing written, and everything before it durable already: so is this group.
+            progress.flushed.fetch_max(self.last_seq, Ordering::SeqCst);
+            for (waiter, _) in self.waiters.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
+            self.sets.clear();
+            return;
+        }
         let each = results.len() > 1;
         for (n, (waiter, on_failure)) in self.waiters.drain(..).enumerate() {
             match &results[if each { n } else { 0 }] {
-                Ok(()) => resolve(waiter),
+                Ok(_) => resolve(waiter),
                 Err(e) => {
                     tracing::error!(error = %e, "a write failed; nothing of it was applied");
                     if let Some(on_failure) = on_failure {

@@ -619,3 +619,41 @@ async fn a_log_that_lost_acknowledged_writes_does_not_open() {
         }
     }
 }
+
+/// A write set that comes to no write (deleting a copy that was never stored: every leave of a
+/// member whose copy goes on exit) writes nothing, not even the write mark, is acknowledged at
+/// once, and leaves a store that reopens with its mark file in agreement.
+#[tokio::test]
+async fn a_write_set_that_comes_to_nothing_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    filled(dir.path()).await;
+    {
+        let store = Store::open(&dir_config(dir.path())).unwrap();
+        let mark_before = store.blocking_reader().mark().unwrap();
+        for n in 0..100 {
+            apply(&store, |w| {
+                w.close_copy(uid(&format!("passer{n}")), RoomId::from_u64(1), 50, 1, true)
+            })
+            .await;
+        }
+        assert_eq!(
+            store.blocking_reader().mark().unwrap(),
+            mark_before,
+            "no mark written"
+        );
+        // A real write after them: its mark is written, and the mark file follows it.
+        apply(&store, |w| w.put_super_admin(&uid("late")).unwrap()).await;
+        assert!(store.blocking_reader().mark().unwrap() > mark_before);
+    }
+    let store = Store::open(&dir_config(dir.path())).expect("the mark file agrees with the log");
+    assert!(store.super_admins().unwrap().contains(&uid("late")));
+    // Nothing but no-op groups after the last write: still agrees.
+    for n in 0..10 {
+        apply(&store, |w| {
+            w.close_copy(uid(&format!("again{n}")), RoomId::from_u64(2), 50, 1, true)
+        })
+        .await;
+    }
+    drop(store);
+    Store::open(&dir_config(dir.path())).expect("still agrees");
+}

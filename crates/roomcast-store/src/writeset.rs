@@ -122,13 +122,6 @@ impl WriteSet {
         });
     }
 
-    /// Records the write mark (see `mark.rs`).
-    pub(crate) fn put_mark(&mut self, mark: u64) -> Result<(), StoreError> {
-        let value = codec::encode(RecordKind::Mark, &mark)?;
-        self.ops.push(Op::Put(keys::MARK.to_vec(), value));
-        Ok(())
-    }
-
     /// Makes `user` a super admin.
     pub fn put_super_admin(&mut self, user: &UserId) -> Result<(), StoreError> {
         let value = codec::encode(
@@ -145,11 +138,46 @@ impl WriteSet {
     }
 }
 
+/// A sled batch that knows whether it holds anything.
+#[derive(Default)]
+pub(crate) struct Resolved {
+    batch: sled::Batch,
+    writes: usize,
+}
+
+impl Resolved {
+    fn insert(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.writes += 1;
+        self.batch.insert(key, value);
+    }
+
+    fn remove(&mut self, key: impl Into<sled::IVec>) {
+        self.writes += 1;
+        self.batch.remove(key);
+    }
+
+    /// True if the steps came to no write at all (say, deleting a copy that was never stored).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writes == 0
+    }
+
+    /// Adds the write mark.
+    pub(crate) fn put_mark(&mut self, mark: u64) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Mark, &mark)?;
+        self.insert(keys::MARK.to_vec(), value);
+        Ok(())
+    }
+
+    pub(crate) fn into_batch(self) -> sled::Batch {
+        self.batch
+    }
+}
+
 /// Resolves the steps of `sets`, in order, against `tree` into one batch: each step sees what
 /// the steps before it (in any of the sets) did.
-pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<sled::Batch, StoreError> {
+pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved, StoreError> {
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = Resolved::default();
         // Copies read and changed in this set, so that two steps on one copy see each other.
         let mut copies: HashMap<Vec<u8>, Option<LocalCopy>> = HashMap::new();
         let read_copy = |copies: &mut HashMap<Vec<u8>, Option<LocalCopy>>,
@@ -165,7 +193,7 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<sled::Bat
         };
         // Messages put earlier in this batch: retention and deletion later in it see them too.
         let mut put_messages: std::collections::BTreeSet<Vec<u8>> = Default::default();
-        let unput = |batch: &mut sled::Batch,
+        let unput = |batch: &mut Resolved,
                      put: &mut std::collections::BTreeSet<Vec<u8>>,
                      range: std::ops::Range<Vec<u8>>| {
             let mine: Vec<Vec<u8>> = put.range(range).cloned().collect();

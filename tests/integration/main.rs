@@ -31,3 +31,6 @@ mod durability;
 
 /// Plan and call-frequency limits, each with its code.
 mod limits;
+
+/// Idle rooms leave memory and come back.
+mod hibernation;

@@ -6,7 +6,7 @@
 //! across an await).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -23,6 +23,23 @@ pub(crate) struct RoomEntry {
     /// The live actor and the generation it was spawned with.
     actor: Mutex<Option<(u64, Addr<RoomActor>)>>,
     destroyed: AtomicBool,
+    /// Calls holding the live actor's address (see [`RoomEntry::enter`]): a room does not
+    /// hibernate while one is in flight.
+    in_flight: AtomicU32,
+    /// When a call last entered the room (engine clock).
+    last_active: AtomicI64,
+    /// The room left memory while idle; its next actor is a wake-up, not a recovery.
+    hibernated: AtomicBool,
+}
+
+/// A call's hold on a room's live actor: while it lives the room does not hibernate, so the
+/// message it sends is handled by that actor.
+pub(crate) struct CallGuard(Arc<RoomEntry>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RoomEntry {
@@ -34,7 +51,52 @@ impl RoomEntry {
             summary: Mutex::new(snapshot),
             actor: Mutex::new(None),
             destroyed: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            last_active: AtomicI64::new(0),
+            hibernated: AtomicBool::new(false),
         })
+    }
+
+    /// The live actor, held for a call made now (engine clock); `None` if the room has none.
+    pub(crate) fn enter(self: &Arc<Self>, now: i64) -> Option<(Addr<RoomActor>, CallGuard)> {
+        let actor = self.actor.lock();
+        let addr = actor
+            .as_ref()
+            .filter(|(_, addr)| addr.connected())
+            .map(|(_, addr)| addr.clone())?;
+        // Under the actor's lock: `hibernate` sees either this call or no actor to give.
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.last_active.fetch_max(now, Ordering::AcqRel);
+        Some((addr, CallGuard(self.clone())))
+    }
+
+    /// Lets the actor of `generation` go if no call holds it and none entered since
+    /// `idle_before`; true if it may stop (the next call loads the room again).
+    pub(crate) fn hibernate(&self, generation: u64, idle_before: i64) -> bool {
+        let mut actor = self.actor.lock();
+        let mine = actor.as_ref().is_some_and(|(g, _)| *g == generation);
+        if !mine
+            || self.in_flight.load(Ordering::Acquire) > 0
+            || self.last_active.load(Ordering::Acquire) > idle_before
+        {
+            return false;
+        }
+        *actor = None;
+        self.hibernated.store(true, Ordering::SeqCst);
+        true
+    }
+
+    /// True once (for the actor that wakes the room) if the room hibernated.
+    pub(crate) fn take_hibernated(&self) -> bool {
+        self.hibernated.swap(false, Ordering::SeqCst)
+    }
+
+    /// True if the room has a live actor that no call entered since `idle_before`.
+    fn idle_since(&self, idle_before: i64) -> Option<Addr<RoomActor>> {
+        if self.last_active.load(Ordering::Acquire) > idle_before {
+            return None;
+        }
+        self.live_actor()
     }
 
     pub(crate) fn summary(&self) -> ChatRoom {
@@ -69,8 +131,10 @@ impl RoomEntry {
             .map(|(_, addr)| addr.clone())
     }
 
-    pub(crate) fn set_actor(&self, generation: u64, addr: Addr<RoomActor>) {
+    /// Sets the live actor, started now (engine clock).
+    pub(crate) fn set_actor(&self, generation: u64, addr: Addr<RoomActor>, now: i64) {
         *self.actor.lock() = Some((generation, addr));
+        self.last_active.fetch_max(now, Ordering::AcqRel);
     }
 
     /// Forgets the actor if it is still the one of `generation`; true if it was.
@@ -172,6 +236,27 @@ impl Directory {
 
     pub(crate) fn len(&self) -> usize {
         self.rooms.read().by_id.len()
+    }
+
+    /// The live actors of rooms no call entered since `idle_before` (engine clock): candidates
+    /// to hibernate (each checks itself).
+    pub(crate) fn idle_actors(&self, idle_before: i64) -> Vec<Addr<RoomActor>> {
+        self.rooms
+            .read()
+            .by_id
+            .values()
+            .filter_map(|e| e.idle_since(idle_before))
+            .collect()
+    }
+
+    /// How many rooms have a live actor (are in memory).
+    pub(crate) fn live_count(&self) -> usize {
+        self.rooms
+            .read()
+            .by_id
+            .values()
+            .filter(|e| e.live_actor().is_some())
+            .count()
     }
 
     pub(crate) fn max_id(&self) -> Option<RoomId> {

@@ -599,6 +599,12 @@ impl Core {
         self.inner.shared.timers.len()
     }
 
+    /// How many rooms are in memory (have a running actor); the others are in the store only,
+    /// loaded on their next use (after a restart, or after hibernating).
+    pub fn rooms_in_memory(&self) -> usize {
+        self.inner.shared.directory.live_count()
+    }
+
     /// The engine's limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.shared.limits
@@ -937,7 +943,13 @@ impl Core {
     /// The live actor of `room`, started from the store if it is not running: the room is read
     /// on the store's thread, and the supervisor starts it (or answers the actor another caller
     /// started meanwhile).
-    async fn room_actor(&self, room: RoomId) -> Result<Addr<RoomActor>, ChatError> {
+    ///
+    /// The address comes with a hold on the room ([`directory::CallGuard`]): the room does not
+    /// hibernate while the call holds it, so the message it sends is handled.
+    async fn room_actor(
+        &self,
+        room: RoomId,
+    ) -> Result<(Addr<RoomActor>, directory::CallGuard), ChatError> {
         let entry = self
             .inner
             .shared
@@ -945,29 +957,39 @@ impl Core {
             .get(room)
             .filter(|e| !e.is_destroyed())
             .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
-        if let Some(addr) = entry.live_actor() {
-            return Ok(addr);
+        let clock = &self.inner.shared.clock;
+        // A room that hibernates between its start and our hold is started again; it cannot
+        // go on for long (a started room waits out its idle time before it may go).
+        for _ in 0..8 {
+            if let Some(held) = entry.enter(clock.now_ms()) {
+                return Ok(held);
+            }
+            let supervisor = &self.inner.supervisor;
+            let running = supervisor
+                .send(Activate(room))
+                .await
+                .map_err(|e| self.delivery_error(e, Some(room)))??;
+            if running.is_none() {
+                let replay = self.limits().join_replay_count;
+                let data = self
+                    .store()?
+                    .read(move |reader| supervisor::load_room(reader, room, replay))
+                    .await
+                    .and_then(|r| r)
+                    .map_err(storage_error)?
+                    .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
+                supervisor
+                    .send(Spawn { id: room, data })
+                    .await
+                    .map_err(|e| self.delivery_error(e, Some(room)))??;
+            }
+            if entry.is_destroyed() {
+                return Err(ChatError::RoomNotExist(room.to_string()));
+            }
         }
-        let supervisor = &self.inner.supervisor;
-        if let Some(addr) = supervisor
-            .send(Activate(room))
-            .await
-            .map_err(|e| self.delivery_error(e, Some(room)))??
-        {
-            return Ok(addr);
-        }
-        let replay = self.limits().join_replay_count;
-        let data = self
-            .store()?
-            .read(move |reader| supervisor::load_room(reader, room, replay))
-            .await
-            .and_then(|r| r)
-            .map_err(storage_error)?
-            .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
-        supervisor
-            .send(Spawn { id: room, data })
-            .await
-            .map_err(|e| self.delivery_error(e, Some(room)))?
+        Err(ChatError::RoomUnavailable(format!(
+            "room {room} kept stopping while being started"
+        )))
     }
 
     /// Sends `msg` to `room`'s actor (starting it if needed) and waits until what the answer
@@ -983,7 +1005,7 @@ impl Core {
         let span =
             tracing::debug_span!("roomcast.call", room = %room, op = std::any::type_name::<M>());
         let call = async move {
-            let addr = self.room_actor(room).await?;
+            let (addr, _held) = self.room_actor(room).await?;
             let Answer { value, durable } = addr
                 .send(msg)
                 .await

@@ -89,6 +89,14 @@ pub(crate) struct FetchHistory {
 #[rtype(result = "Result<Answer<StoreRead<RoomStats>>, ChatError>")]
 pub(crate) struct Stats;
 
+/// The sweep found the room idle since `idle_before` (engine clock): it leaves memory if it is
+/// still idle and dormant (no online member; those left are exempt from the offline rule).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Hibernate {
+    pub(crate) idle_before: i64,
+}
+
 /// A state change answered with its per-key failures (moderation, attributes).
 #[derive(Message)]
 #[rtype(result = "Result<Answer<AttributeFailures>, ChatError>")]
@@ -806,6 +814,25 @@ impl Handler<FetchHistory> for RoomActor {
                 .read(move |reader| history_page(reader, room, query));
             Ok((page, None))
         })
+    }
+}
+
+impl Handler<Hibernate> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Hibernate, ctx: &mut Context<Self>) {
+        if !self.room.is_dormant() || !self.staff_batch.is_empty() || self.poisoned {
+            return;
+        }
+        if self.entry.hibernate(self.exit.generation, msg.idle_before) {
+            // No call holds the room and none can reach this actor any more: the next call
+            // loads the room again (its members, offline and exempt, come back from their
+            // sessions). The shards forget its members meanwhile.
+            let room = self.room.id();
+            self.shared.fanout.drop_room(room);
+            tracing::debug!(room = %room, "room hibernates");
+            ctx.stop();
+        }
     }
 }
 

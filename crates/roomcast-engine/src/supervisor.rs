@@ -88,7 +88,7 @@ impl Supervisor {
             reservations,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
-        entry.set_actor(generation, addr.clone());
+        entry.set_actor(generation, addr.clone(), self.shared.clock.now_ms());
         addr
     }
 }
@@ -265,7 +265,10 @@ impl Supervisor {
         for s in &members {
             room.restore_member(s.user().clone());
         }
-        let recovered = !members.is_empty();
+        // A room that hibernated wakes with the (offline, exempt) members it had, without a
+        // recovery notice: nothing was lost.
+        let woke = entry.take_hibernated();
+        let recovered = !members.is_empty() && !woke;
         tracing::info!(room = %id, last_seq = data.last_seq, recovered, "activating room from the store");
         self.spawn(room, members, Vec::new(), entry, me, recent, recovered)
     }

@@ -136,6 +136,15 @@ pub(crate) fn sweep(shared: &Shared) {
     if after < before {
         tracing::debug!(dropped = before - after, "idle sessions dropped");
     }
+    if let Some(after) = shared.limits.room_hibernate_after {
+        let now = shared.clock.now_ms();
+        let idle_before = now.saturating_sub(roomcast_model::ms_to_timestamp(
+            roomcast_model::duration_ms(after),
+        ));
+        for addr in shared.directory.idle_actors(idle_before) {
+            addr.do_send(crate::room_actor::Hibernate { idle_before });
+        }
+    }
     if let Some(limiter) = &shared.api_limiter {
         limiter.retain_recent();
     }

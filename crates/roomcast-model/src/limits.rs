@@ -55,6 +55,11 @@ pub struct Limits {
     /// (MESSAGE_CURRENT_LIMITING, 509); the owner and admins are exempt. Default Twitch's 20 per
     /// 30 seconds; `None`: no limit.
     pub user_messages_per_window: Option<(u32, Duration)>,
+    /// A room with no online member that nobody has called for this long leaves memory: its
+    /// actor stops and it is loaded from the store again on its next use, transparently
+    /// (history, lists, attributes, mutes, offline owner and admins all as they were). `None`:
+    /// rooms stay in memory. Default 5 minutes.
+    pub room_hibernate_after: Option<Duration>,
 }
 
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
@@ -182,6 +187,12 @@ impl Limits {
         self
     }
 
+    /// Sets [`Limits::room_hibernate_after`].
+    pub fn with_room_hibernate_after(mut self, value: Option<Duration>) -> Self {
+        self.room_hibernate_after = value;
+        self
+    }
+
     /// Sets [`Limits::user_messages_per_window`].
     pub fn with_user_messages_per_window(mut self, value: Option<(u32, Duration)>) -> Self {
         self.user_messages_per_window = value;
@@ -249,6 +260,7 @@ impl Default for Limits {
             max_rooms_per_user: 1_000,
             api_calls_per_user_per_second: Some(100),
             user_messages_per_window: Some((20, Duration::from_secs(30))),
+            room_hibernate_after: Some(Duration::from_secs(5 * 60)),
         }
     }
 }

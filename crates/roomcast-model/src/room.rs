@@ -553,6 +553,16 @@ impl Room {
             || self.record.allow_list.contains(user)
     }
 
+    /// True if nobody in the room is online and every member left is exempt from the offline
+    /// rule (so nothing about the room can change until someone calls it): the room may leave
+    /// memory.
+    pub fn is_dormant(&self) -> bool {
+        self.members
+            .seq_of
+            .keys()
+            .all(|m| self.offline.contains_key(m) && self.is_exempt(m))
+    }
+
     /// True if `user` is a member whose session is offline.
     pub fn is_offline(&self, user: &UserId) -> bool {
         self.offline.contains_key(user)

@@ -660,6 +660,40 @@ impl Engine {
         self.core.pending_timers()
     }
 
+    /// How many rooms are in memory, for monitoring: a room leaves memory when it has been idle
+    /// and without an online member for [`Limits::room_hibernate_after`] (5 minutes by
+    /// default), and comes back, transparently, on its next use. Rooms of a reopened store are
+    /// loaded on first use too.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// use std::time::Duration;
+    /// let clock = ManualClock::new(1_700_000_000_000);
+    /// let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// engine.add_super_admin("host").await?;
+    /// let host = engine.login("host").await?;
+    /// let rooms = host.chat_room_manager();
+    /// let room = rooms.create_chat_room(CreateChatRoomOptions::new("late show")).await?.room_id;
+    /// rooms.leave_chat_room(&room).await?; // nobody in it now
+    /// assert_eq!(engine.rooms_in_memory(), 1);
+    /// clock.advance(Duration::from_secs(6 * 60));
+    /// # let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// while engine.rooms_in_memory() > 0 {
+    /// #   assert!(std::time::Instant::now() < deadline, "the room hibernates");
+    ///     tokio::task::yield_now().await; // the sweep runs on the engine's threads
+    /// }
+    /// // Its next use loads it again, as it was.
+    /// let info = rooms.fetch_chat_room_info(&room).await?;
+    /// assert_eq!(info.name, "late show");
+    /// assert_eq!(engine.rooms_in_memory(), 1);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn rooms_in_memory(&self) -> usize {
+        self.core.rooms_in_memory()
+    }
+
     /// The engine's limits.
     ///
     /// ```

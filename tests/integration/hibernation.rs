@@ -1,0 +1,261 @@
+//! Idle rooms leave memory and come back on their next use, transparently.
+
+use std::time::Duration;
+
+use roomcast::{ChatRoomEvent, HistoryQuery, ManualClock, SetAttributes};
+
+use crate::support::*;
+
+const IDLE: Duration = Duration::from_secs(6 * 60);
+
+/// Polls until `engine` has `n` rooms in memory.
+async fn rooms_in_memory(engine: &roomcast::Engine, n: usize) {
+    let done = async {
+        while engine.rooms_in_memory() != n {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, done)
+        .await
+        .unwrap_or_else(|_| panic!("{} rooms in memory, not {n}", engine.rooms_in_memory()));
+}
+
+/// An empty room hibernates after its idle time and wakes as it was: history, attributes, the
+/// mute list with its end (and the mute ends on time after the wake), the announcement.
+#[tokio::test]
+async fn an_idle_empty_room_hibernates_and_wakes_as_it_was() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "night").await.room_id;
+    let rooms = owner.chat_room_manager();
+    let spammer = join(&engine, "spammer", room).await;
+    rooms
+        .mute_chat_room_members(&room, ["spammer"], Duration::from_secs(3_600))
+        .await
+        .unwrap();
+    spammer
+        .chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    rooms
+        .set_chat_room_attributes(&room, SetAttributes::new([("topic", "jazz")]))
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    rooms
+        .update_chat_room_announcement(&room, "back at 9")
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        say(&owner, room, &format!("m{n}")).await;
+    }
+    rooms.leave_chat_room(&room).await.unwrap();
+    let mutes_before = rooms.fetch_chat_room_mute_list(&room, 1, 10).await.unwrap();
+
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 0).await;
+
+    // A viewer joins: the room wakes, replays its newest messages, and holds what it held.
+    let viewer = engine.login("viewer").await.unwrap();
+    let got = inbox(&viewer, "inbox");
+    viewer
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    got.wait_for_count(3).await;
+    assert_eq!(got.texts(), ["m1", "m2", "m3"]);
+    assert_eq!(engine.rooms_in_memory(), 1);
+    let attrs = viewer
+        .chat_room_manager()
+        .fetch_all_chat_room_attributes(&room)
+        .await
+        .unwrap();
+    assert_eq!(attrs["topic"], "jazz");
+    assert_eq!(
+        viewer
+            .chat_room_manager()
+            .fetch_chat_room_announcement(&room)
+            .await
+            .unwrap(),
+        "back at 9"
+    );
+    let history = viewer
+        .chat_manager()
+        .fetch_history_messages(&room, HistoryQuery::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(history.data.len(), 3);
+    // The owner, back, sees the same mute list, and the mute ends on time.
+    rooms.join_chat_room(&room).await.unwrap();
+    assert_eq!(
+        rooms.fetch_chat_room_mute_list(&room, 1, 10).await.unwrap(),
+        mutes_before
+    );
+    let heard = record(&owner, "rec");
+    clock.advance(Duration::from_secs(3_600));
+    heard
+        .wait_until("the mute to end", |e| {
+            e.iter()
+                .any(|e| matches!(e, ChatRoomEvent::MuteListRemoved { .. }))
+        })
+        .await;
+    assert_eq!(
+        rooms
+            .fetch_chat_room_mute_list(&room, 1, 10)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    engine.shutdown().await;
+}
+
+/// A room whose only member is its owner, offline (exempt from the offline rule), hibernates;
+/// the owner is still its owner and member when it wakes, and no recovery notice is sent.
+#[tokio::test]
+async fn a_room_with_only_an_offline_owner_hibernates_and_keeps_it() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "stream").await.room_id;
+    let heard = record(&owner, "rec");
+    owner.disconnect().unwrap();
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 0).await;
+    owner.reconnect().unwrap();
+    let info = owner
+        .chat_room_manager()
+        .fetch_chat_room_info(&room)
+        .await
+        .unwrap();
+    assert_eq!(info.member_count, 1, "the owner is still in it");
+    assert_eq!(info.owner.as_str(), "owner");
+    // Still a member: it can send without joining again.
+    say(&owner, room, "I'm back").await;
+    let viewer = join(&engine, "viewer", room).await;
+    heard
+        .wait_until("the viewer's join", |e| e.contains(&joined(room, "viewer")))
+        .await;
+    assert!(
+        !heard
+            .events()
+            .iter()
+            .any(|e| matches!(e, ChatRoomEvent::ChatRoomRecovered { .. })),
+        "a wake is not a recovery: {:?}",
+        heard.events()
+    );
+    drop(viewer);
+    engine.shutdown().await;
+}
+
+/// A room with an online member, or one called within its idle time, stays in memory.
+#[tokio::test]
+async fn a_room_with_an_online_member_or_recent_calls_stays() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let busy = create_room(&owner, "busy").await.room_id;
+    let quiet = create_room(&owner, "quiet").await.room_id;
+    owner
+        .chat_room_manager()
+        .leave_chat_room(&quiet)
+        .await
+        .unwrap();
+    let viewer = engine.login("viewer").await.unwrap();
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(2 * 60));
+        // A call every two minutes keeps the quiet room awake.
+        viewer
+            .chat_room_manager()
+            .fetch_chat_room_info(&quiet)
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(2 * 60));
+    // A sweep has run (minutes passed); give it a moment, then both are still in memory.
+    owner
+        .chat_room_manager()
+        .fetch_chat_room_info(&busy)
+        .await
+        .unwrap();
+    assert_eq!(engine.rooms_in_memory(), 2);
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 1).await; // the quiet one goes; the owner is online in the busy one
+    engine.shutdown().await;
+}
+
+/// Calls racing hibernation, many times over, all succeed: a call that holds a room keeps it,
+/// and a room that went is loaded again; every message is kept, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_racing_hibernation_all_succeed() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "flicker").await.room_id;
+    owner
+        .chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for t in 0..6 {
+        clients.push(engine.login(format!("u{t}")).await.unwrap());
+    }
+    let mut asleep = 0;
+    let mut sent = 0;
+    for round in 0..60 {
+        // The sweep's hibernation request goes out as the calls start; every other round it
+        // gets a head start.
+        clock.advance(IDLE);
+        if round % 10 == 0 {
+            // Now and then, all the way: the calls below wake it.
+            rooms_in_memory(&engine, 0).await;
+        } else if round % 2 == 0 {
+            for _ in 0..(round % 7) * 20 {
+                tokio::task::yield_now().await;
+            }
+        }
+        asleep += usize::from(engine.rooms_in_memory() == 0);
+        let calls: Vec<_> = clients
+            .iter()
+            .map(|client| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let rooms = client.chat_room_manager();
+                    rooms.join_chat_room(&room).await.expect("join");
+                    client
+                        .chat_manager()
+                        .send_message(roomcast::OutgoingMessage::text(room, "hi"))
+                        .await
+                        .expect("send");
+                    rooms.leave_chat_room(&room).await.expect("leave");
+                    rooms.fetch_chat_room_info(&room).await.expect("info");
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.expect("no call failed");
+            sent += 1;
+        }
+    }
+    eprintln!("{sent} sends, the room seen asleep before {asleep} of 60 rounds");
+    assert!(asleep > 0, "the room hibernated at least once");
+    let auditor = engine.login("auditor").await.unwrap();
+    auditor
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    let page = auditor
+        .chat_manager()
+        .fetch_history_messages(&room, HistoryQuery::newest(200))
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page.data.iter().map(|m| m.seq()).collect();
+    assert_eq!(seqs[0], sent as u64, "every acknowledged message is kept");
+    assert!(
+        seqs.windows(2).all(|w| w[0] == w[1] + 1),
+        "no gaps: {seqs:?}"
+    );
+    engine.shutdown().await;
+}

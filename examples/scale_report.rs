@@ -115,7 +115,7 @@ fn main() {
         rows.push(memory_row(small, large));
     }
     if wants("rooms") {
-        rows.push(idle_rooms_row(if args.quick { 20_000 } else { 200_000 }));
+        rows.extend(idle_rooms_row(if args.quick { 20_000 } else { 200_000 }));
     }
     print_table(&rows);
     println!(
@@ -396,14 +396,32 @@ fn memory_row(small: usize, large: usize) -> Row {
     }
 }
 
-fn idle_rooms_row(rooms: usize) -> Row {
-    let per_room: f64 = run_child("rooms-roomcast", rooms).parse().unwrap();
-    Row {
-        workload: format!("RSS per idle room (created, nobody in it), slope to {rooms} rooms"),
-        roomcast: format!("{per_room:.0} B"),
-        baseline: "-".into(),
-        ratio: "-".into(),
-    }
+fn idle_rooms_row(rooms: usize) -> Vec<Row> {
+    let out = run_child("rooms-roomcast", rooms);
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (awake, asleep, rss_mb, p50, p99) = (v[0], v[1], v[2], v[3], v[4]);
+    vec![
+        Row {
+            workload: format!(
+                "RSS per idle room (nobody in it), slope to {rooms} rooms: in memory / hibernated"
+            ),
+            roomcast: format!("{awake:.0} B / {asleep:.0} B"),
+            baseline: "-".into(),
+            ratio: "-".into(),
+        },
+        Row {
+            workload: format!("RSS of the process with {rooms} hibernated rooms"),
+            roomcast: format!("{rss_mb:.0} MB"),
+            baseline: "-".into(),
+            ratio: "-".into(),
+        },
+        Row {
+            workload: "first call on a hibernated room (room info, loads it): p50 / p99".into(),
+            roomcast: format!("{p50:.0} / {p99:.0} us"),
+            baseline: "-".into(),
+            ratio: "-".into(),
+        },
+    ]
 }
 
 /// A memory row in a process of its own: prints one number.
@@ -479,9 +497,11 @@ async fn tokio_members(small: usize, large: usize) -> f64 {
     (rss_large as f64 - rss_small as f64) / (large - small) as f64
 }
 
-async fn roomcast_rooms(rooms: usize) -> f64 {
+async fn roomcast_rooms(rooms: usize) -> String {
+    let clock = roomcast::ManualClock::new(1_700_000_000_000);
     let engine = Engine::builder()
         .limits(report_limits())
+        .clock(clock.clone())
         .build()
         .await
         .unwrap();
@@ -503,5 +523,38 @@ async fn roomcast_rooms(rooms: usize) -> f64 {
         manager.leave_chat_room(&room).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    (rss_bytes() as f64 - rss_small as f64) / (rooms - small) as f64
+    let rss_awake = rss_bytes();
+    let awake = (rss_awake as f64 - rss_small as f64) / (rooms - small) as f64;
+    // Idle past the hibernation time: every room leaves memory.
+    clock.advance(Duration::from_secs(6 * 60));
+    while engine.rooms_in_memory() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_asleep = rss_bytes();
+    // What stays per room: the asleep RSS above the small-count baseline, over the rooms.
+    let asleep = (rss_asleep as f64 - rss_small as f64) / (rooms - small) as f64;
+    let mut us = Vec::new();
+    let viewer = engine.login("viewer").await.unwrap();
+    let list = viewer
+        .chat_room_manager()
+        .fetch_public_chat_rooms(1, 100, None)
+        .await
+        .unwrap();
+    for room in list.data.iter().take(100) {
+        let t = Instant::now();
+        viewer
+            .chat_room_manager()
+            .fetch_chat_room_info(&room.room_id)
+            .await
+            .unwrap();
+        us.push(t.elapsed().as_micros() as u64);
+    }
+    let p = roomcast_workspace::Percentiles::of(&mut us);
+    format!(
+        "{awake} {asleep} {} {} {}",
+        rss_asleep as f64 / 1048576.0,
+        p.p50,
+        p.p99
+    )
 }

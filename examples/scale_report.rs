@@ -410,7 +410,9 @@ fn idle_rooms_row(rooms: usize) -> Vec<Row> {
             ratio: "-".into(),
         },
         Row {
-            workload: format!("RSS of the process with {rooms} hibernated rooms"),
+            workload: format!(
+                "RSS of the process after {rooms} rooms in memory, then {rooms} more hibernated"
+            ),
             roomcast: format!("{rss_mb:.0} MB"),
             baseline: "-".into(),
             ratio: "-".into(),
@@ -508,32 +510,49 @@ async fn roomcast_rooms(rooms: usize) -> String {
     engine.add_super_admin("owner").await.unwrap();
     let owner = engine.login("owner").await.unwrap();
     let manager = owner.chat_room_manager();
-    let small = rooms / 10;
-    let mut rss_small = 0;
-    for n in 0..rooms {
-        if n == small {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            rss_small = rss_bytes();
+    let create = |from: usize, to: usize| {
+        let manager = manager.clone();
+        async move {
+            for n in from..to {
+                let room = manager
+                    .create_chat_room(CreateChatRoomOptions::new(format!("room {n}")))
+                    .await
+                    .unwrap()
+                    .room_id;
+                manager.leave_chat_room(&room).await.unwrap();
+            }
         }
-        let room = manager
-            .create_chat_room(CreateChatRoomOptions::new(format!("room {n}")))
-            .await
-            .unwrap()
-            .room_id;
-        manager.leave_chat_room(&room).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_awake = rss_bytes();
-    let awake = (rss_awake as f64 - rss_small as f64) / (rooms - small) as f64;
-    // Idle past the hibernation time: every room leaves memory.
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    // Awake: rooms created and left, all in memory.
+    let small = rooms / 10;
+    create(0, small).await;
+    settle().await;
+    let rss_small = rss_bytes();
+    create(small, rooms).await;
+    settle().await;
+    let awake = (rss_bytes() as f64 - rss_small as f64) / (rooms - small) as f64;
+    // Hibernated: the same again in a fresh batch at a time, each batch put to sleep before the
+    // next, so that what a sleeping room keeps is what grows.
     clock.advance(Duration::from_secs(6 * 60));
     while engine.rooms_in_memory() > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    settle().await;
+    let rss_before = rss_bytes();
+    let batch = (rooms / 10).max(1);
+    let mut made = rooms;
+    while made < 2 * rooms {
+        create(made, made + batch).await;
+        made += batch;
+        clock.advance(Duration::from_secs(6 * 60));
+        while engine.rooms_in_memory() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    settle().await;
     let rss_asleep = rss_bytes();
-    // What stays per room: the asleep RSS above the small-count baseline, over the rooms.
-    let asleep = (rss_asleep as f64 - rss_small as f64) / (rooms - small) as f64;
+    let asleep = (rss_asleep as f64 - rss_before as f64) / rooms as f64;
     let mut us = Vec::new();
     let viewer = engine.login("viewer").await.unwrap();
     let list = viewer

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use parking_lot::{Mutex, RwLock};
-use roomcast_model::{ChatRoom, ChatRoomPermissionType, RoomId};
+use roomcast_model::{ChatRoom, ChatRoomPermissionType, RoomId, UserId};
 
 use crate::room_actor::RoomActor;
 
@@ -30,6 +30,8 @@ pub(crate) struct RoomEntry {
     last_active: AtomicI64,
     /// The room left memory while idle; its next actor is a wake-up, not a recovery.
     hibernated: AtomicBool,
+    /// The members of a sleeping room, in the order they joined.
+    sleeping_members: Mutex<Vec<UserId>>,
 }
 
 /// A call's hold on a room's live actor: while it lives the room does not hibernate, so the
@@ -54,6 +56,7 @@ impl RoomEntry {
             in_flight: AtomicU32::new(0),
             last_active: AtomicI64::new(0),
             hibernated: AtomicBool::new(false),
+            sleeping_members: Mutex::new(Vec::new()),
         })
     }
 
@@ -72,7 +75,12 @@ impl RoomEntry {
 
     /// Lets the actor of `generation` go if no call holds it and none entered since
     /// `idle_before`; true if it may stop (the next call loads the room again).
-    pub(crate) fn hibernate(&self, generation: u64, idle_before: i64) -> bool {
+    pub(crate) fn hibernate(
+        &self,
+        generation: u64,
+        idle_before: i64,
+        members: Vec<UserId>,
+    ) -> bool {
         let mut actor = self.actor.lock();
         let mine = actor.as_ref().is_some_and(|(g, _)| *g == generation);
         if !mine
@@ -82,13 +90,19 @@ impl RoomEntry {
             return false;
         }
         *actor = None;
+        *self.sleeping_members.lock() = members;
         self.hibernated.store(true, Ordering::SeqCst);
         true
     }
 
-    /// True once (for the actor that wakes the room) if the room hibernated.
-    pub(crate) fn take_hibernated(&self) -> bool {
-        self.hibernated.swap(false, Ordering::SeqCst)
+    /// Once (for the actor that wakes the room): `Some` with the members it had, in join
+    /// order, if the room hibernated.
+    pub(crate) fn take_hibernated(&self) -> Option<Vec<UserId>> {
+        if self.hibernated.swap(false, Ordering::SeqCst) {
+            Some(std::mem::take(&mut *self.sleeping_members.lock()))
+        } else {
+            None
+        }
     }
 
     /// True if the room has a live actor that no call entered since `idle_before`.

@@ -173,6 +173,8 @@ pub(crate) struct RoomActor {
     exit: ExitGuard,
     started_at: i64,
     recovered: bool,
+    /// Woke from hibernation (see [`RoomStart::woke`]).
+    woke: bool,
     /// Set when a call panicked: the actor stops as failed.
     poisoned: bool,
     /// Join and exit events of a big room held for its staff (with whom each skips), sent
@@ -225,6 +227,8 @@ pub(crate) struct RoomStart {
     pub(crate) recent: History,
     /// True if the room is restarting after its actor died: its members are told.
     pub(crate) recovered: bool,
+    /// True if the room is waking from hibernation: its members' offline times stand.
+    pub(crate) woke: bool,
     /// The first members' places against rooms-per-user (a new room).
     pub(crate) reservations: Vec<RoomReservation>,
 }
@@ -249,6 +253,7 @@ impl RoomActor {
             exit,
             started_at: start.now,
             recovered: start.recovered,
+            woke: start.woke,
             poisoned: false,
             staff_batch: Vec::new(),
             staff_flush_scheduled: false,
@@ -653,7 +658,9 @@ impl Actor for RoomActor {
                 .iter_mut()
                 .find(|r| Arc::ptr_eq(r.session(), session));
             if let Some(since) = session.entered(room_id, from, reservation) {
-                let since = if self.recovered {
+                // A member of a room that restarted or woke has been away since it went, not
+                // since the actor started (a new room's initial members: since its start).
+                let since = if self.recovered || self.woke {
                     since.max(self.room.record().created_at)
                 } else {
                     since.max(self.started_at)
@@ -824,13 +831,20 @@ impl Handler<Hibernate> for RoomActor {
         if !self.room.is_dormant() || !self.staff_batch.is_empty() || self.poisoned {
             return;
         }
-        if self.entry.hibernate(self.exit.generation, msg.idle_before) {
+        let now = self.now();
+        if !self.room.windows_ended(now) {
+            // A member's message window outlives its membership: it is not dropped early.
+            return;
+        }
+        if self
+            .entry
+            .hibernate(self.exit.generation, msg.idle_before, self.room.members())
+        {
             // No call holds the room and none can reach this actor any more: the next call
-            // loads the room again (its members, offline and exempt, come back from their
-            // sessions). The shards forget its members meanwhile.
-            let room = self.room.id();
-            self.shared.fanout.drop_room(room);
-            tracing::debug!(room = %room, "room hibernates");
+            // loads the room again, its members (offline and exempt) coming back from their
+            // sessions in the order they joined. The shards keep the room's members (and so
+            // their sessions, which a sleeping room does not hold) until then.
+            tracing::debug!(room = %self.room.id(), "room hibernates");
             ctx.stop();
         }
     }

@@ -69,6 +69,7 @@ impl Supervisor {
         me: Addr<Supervisor>,
         recent: History,
         recovered: bool,
+        woke: bool,
     ) -> Addr<RoomActor> {
         self.generation += 1;
         let generation = self.generation;
@@ -85,6 +86,7 @@ impl Supervisor {
             now: self.shared.clock.now_ms(),
             recent,
             recovered,
+            woke,
             reservations,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
@@ -152,6 +154,7 @@ impl Handler<CreateRoom> for Supervisor {
             entry,
             ctx.address(),
             recent,
+            false,
             false,
         );
         tracing::info!(room = %id, owner = %msg.owner, "room created");
@@ -254,7 +257,7 @@ impl Supervisor {
         for m in data.newest {
             recent.push(ChatMessage::new(m));
         }
-        let members: Vec<Arc<Session>> = self
+        let mut members: Vec<Arc<Session>> = self
             .shared
             .sessions
             .read()
@@ -262,15 +265,34 @@ impl Supervisor {
             .filter(|SessionKey(s)| s.is_in(id))
             .map(|SessionKey(s)| s.clone())
             .collect();
+        // A room that hibernated wakes with the (offline, exempt) members it had, in the order
+        // they joined, without a recovery notice: nothing was lost.
+        let slept = entry.take_hibernated();
+        if let Some(order) = &slept {
+            let at = |s: &Arc<Session>| {
+                order
+                    .iter()
+                    .position(|u| u == s.user())
+                    .unwrap_or(usize::MAX)
+            };
+            members.sort_by_key(at);
+        }
         for s in &members {
             room.restore_member(s.user().clone());
         }
-        // A room that hibernated wakes with the (offline, exempt) members it had, without a
-        // recovery notice: nothing was lost.
-        let woke = entry.take_hibernated();
+        let woke = slept.is_some();
         let recovered = !members.is_empty() && !woke;
         tracing::info!(room = %id, last_seq = data.last_seq, recovered, "activating room from the store");
-        self.spawn(room, members, Vec::new(), entry, me, recent, recovered)
+        self.spawn(
+            room,
+            members,
+            Vec::new(),
+            entry,
+            me,
+            recent,
+            recovered,
+            woke,
+        )
     }
 }
 

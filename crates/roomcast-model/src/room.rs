@@ -563,6 +563,18 @@ impl Room {
             .all(|m| self.offline.contains_key(m) && self.is_exempt(m))
     }
 
+    /// True if no member's message window (`user_messages_per_window`) is still running at
+    /// `now`: a room that left memory would forget them.
+    pub fn windows_ended(&self, now: Timestamp) -> bool {
+        let Some((_, window)) = self.limits.user_messages_per_window else {
+            return true;
+        };
+        let window = ms_to_timestamp(duration_ms(window));
+        self.send_windows
+            .values()
+            .all(|(start, _)| now.saturating_sub(*start) >= window)
+    }
+
     /// True if `user` is a member whose session is offline.
     pub fn is_offline(&self, user: &UserId) -> bool {
         self.offline.contains_key(user)

@@ -851,7 +851,30 @@ impl Room {
             } => self.send(from, message, msg_id, now),
             Command::SetPresence { user, online, now } => Ok(self.set_presence(user, online, now)),
             Command::ExpireOffline { user, now } => Ok(self.expire_offline(user, now)),
-            Command::Moderate { by, action, now } => self.moderate(by, action, now),
+            Command::Moderate { by, action, now } => {
+                // Who may stop being exempt from the offline rule: the targets of a role or
+                // allow-list change, and the owner handing over its room.
+                let mut candidates: Vec<UserId> = match &action {
+                    Moderation::RemoveAdmin(u) => vec![u.clone()],
+                    Moderation::AllowListRemove(us) => us.clone(),
+                    Moderation::ChangeOwner(_) => vec![self.record.owner.clone()],
+                    _ => Vec::new(),
+                };
+                candidates.retain(|u| self.offline.contains_key(u) && self.is_exempt(u));
+                let mut fx = self.moderate(by, action, now)?;
+                // Offline and no longer exempt: its grace period, counted from when it went,
+                // is checked (at once if it has passed).
+                let grace = ms_to_timestamp(self.offline_grace_ms());
+                for user in candidates {
+                    if let Some(&since) = self.offline.get(&user) {
+                        if !self.is_exempt(&user) {
+                            let at = since.saturating_add(grace);
+                            fx.timers.push(Timer::OfflineCheck { user, at });
+                        }
+                    }
+                }
+                Ok(fx)
+            }
             Command::ExpireMute { user, now } => Ok(self.expire_mute(user, now)),
             Command::SetAttributes { by, set } => self.set_attributes(by, set),
             Command::RemoveAttributes { by, keys, force } => {
@@ -1351,6 +1374,53 @@ mod tests {
                 .code(),
             702
         );
+    }
+
+    /// A member offline while exempt, that stops being exempt (allow list, admin role, handing
+    /// over the room), gets its grace check again, counted from when it went away (found by a
+    /// hibernation review: it was never checked again).
+    #[test]
+    fn an_offline_member_that_loses_its_exemption_is_checked_again() {
+        for case in ["allow", "admin", "owner"] {
+            let mut r = room(10);
+            let target = if case == "owner" { "owner" } else { "m" };
+            r.apply(Command::Join { user: uid("m") }).unwrap();
+            r.apply(Command::Join { user: uid("heir") }).unwrap();
+            match case {
+                "allow" => {
+                    r.record.allow_list.insert(uid("m"));
+                }
+                "admin" => r.record.admins.push(uid("m")),
+                _ => {}
+            }
+            r.apply(Command::SetPresence {
+                user: uid(target),
+                online: false,
+                now: 1_000,
+            })
+            .unwrap();
+            let action = match case {
+                "allow" => Moderation::AllowListRemove(vec![uid("m")]),
+                "admin" => Moderation::RemoveAdmin(uid("m")),
+                _ => Moderation::ChangeOwner(uid("heir")),
+            };
+            let fx = r
+                .apply(Command::Moderate {
+                    by: uid("owner"),
+                    action,
+                    now: 900_000,
+                })
+                .unwrap();
+            let grace = r.offline_grace_ms() as Timestamp;
+            assert_eq!(
+                fx.timers,
+                vec![Timer::OfflineCheck {
+                    user: uid(target),
+                    at: 1_000 + grace
+                }],
+                "{case}"
+            );
+        }
     }
 
     #[test]

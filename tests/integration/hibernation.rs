@@ -259,3 +259,135 @@ async fn calls_racing_hibernation_all_succeed() {
     );
     engine.shutdown().await;
 }
+
+/// Offline owner and admin whose clients were dropped (not disconnected) stay members of a
+/// sleeping room however long it sleeps, and come back in the order they joined (found by a
+/// review: their sessions were swept while the room slept).
+#[tokio::test]
+async fn members_whose_clients_were_dropped_stay_members_in_join_order() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    let mut admins = Vec::new();
+    for name in ["zed", "amy", "mia"] {
+        admins.push(join(&engine, name, room).await);
+        owner
+            .chat_room_manager()
+            .add_chat_room_admin(&room, name)
+            .await
+            .unwrap();
+    }
+    let order_before = owner
+        .chat_room_manager()
+        .fetch_chat_room_members(&room, None, 10)
+        .await
+        .unwrap()
+        .data;
+    drop(admins);
+    drop(owner);
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 0).await;
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(60)); // sweeps
+    }
+    let owner = engine.login("owner").await.unwrap();
+    let members = owner
+        .chat_room_manager()
+        .fetch_chat_room_members(&room, None, 10)
+        .await
+        .unwrap()
+        .data;
+    assert_eq!(members, order_before);
+    engine.shutdown().await;
+}
+
+/// A room does not sleep while a member's message window runs: leaving and coming back after a
+/// long idle time does not reset a spammer's window (found by a review).
+#[tokio::test]
+async fn a_running_message_window_keeps_the_room_awake() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut limits = unthrottled();
+    limits.user_messages_per_window = Some((2, Duration::from_secs(3_600)));
+    let (engine, owner) = engine_with(limits, Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    owner
+        .chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    let spammer = join(&engine, "spammer", room).await;
+    let chat = spammer.chat_manager();
+    let send = || chat.send_message(roomcast::OutgoingMessage::text(room, "x"));
+    send().await.unwrap();
+    send().await.unwrap();
+    assert_eq!(send().await.unwrap_err().code(), 509);
+    spammer
+        .chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    clock.advance(IDLE);
+    clock.advance(IDLE);
+    // A later sweep has had every chance; the room is still in memory.
+    owner
+        .chat_room_manager()
+        .fetch_public_chat_rooms(1, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(engine.rooms_in_memory(), 1);
+    spammer
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    assert_eq!(send().await.unwrap_err().code(), 509, "the window stands");
+    // Once the window is over the room may sleep.
+    spammer
+        .chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(3_600));
+    rooms_in_memory(&engine, 0).await;
+    engine.shutdown().await;
+}
+
+/// A member offline (allow-listed, so exempt) in a room that slept is removed at once when it
+/// loses its exemption after its grace period has passed: its time away counts from when it
+/// went, not from the wake.
+#[tokio::test]
+async fn time_away_counts_from_when_the_member_went_across_a_wake() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    let vip = join(&engine, "vip", room).await;
+    let rooms = owner.chat_room_manager();
+    rooms
+        .add_members_to_chat_room_allow_list(&room, ["vip"])
+        .await
+        .unwrap();
+    rooms.leave_chat_room(&room).await.unwrap();
+    vip.disconnect().unwrap();
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 0).await;
+    clock.advance(Duration::from_secs(4 * 60)); // away 10 minutes, grace 5
+    rooms
+        .remove_members_from_chat_room_allow_list(&room, ["vip"])
+        .await
+        .unwrap();
+    let gone = async {
+        while rooms
+            .fetch_chat_room_info(&room)
+            .await
+            .unwrap()
+            .member_count
+            > 0
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, gone)
+        .await
+        .expect("removed at once, not a grace period after the wake");
+    engine.shutdown().await;
+}

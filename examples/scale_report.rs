@@ -9,6 +9,10 @@
 //! per user per second, the per-room delivery threshold and the per-member message window, so
 //! that the rows measure the engine and not its limiters; the room and member caps are raised.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +82,12 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("# roomcast scale report\n");
     println!(
-        "machine: {cores} cores; allocator: the system's (glibc malloc); load average before: {}",
+        "machine: {cores} cores; allocator: {}; load average before: {}",
+        if cfg!(feature = "mimalloc") {
+            "mimalloc (feature `mimalloc`)"
+        } else {
+            "the system's (glibc malloc)"
+        },
         loadavg()
     );
     println!(

@@ -44,8 +44,41 @@ thread_local! {
     static DISPATCHING: Cell<u64> = const { Cell::new(0) };
 }
 
+/// A handler's id: held inline when short (as ids are: "chat", "room-events"), so that a
+/// registration is one allocation less per user.
+#[derive(PartialEq, Eq)]
+enum HandlerId {
+    Inline { len: u8, bytes: [u8; 23] },
+    Heap(Box<str>),
+}
+
+impl HandlerId {
+    fn new(id: String) -> HandlerId {
+        if id.len() <= 23 {
+            let mut bytes = [0; 23];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            HandlerId::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            HandlerId::Heap(id.into_boxed_str())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes are a prefix of a `String`'s, cut at its length: valid UTF-8.
+            HandlerId::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
+            }
+            HandlerId::Heap(s) => s,
+        }
+    }
+}
+
 struct HandlerEntry<H: ?Sized> {
-    id: Box<str>,
+    id: HandlerId,
     /// The client that registered it (see [`Session::release_client`]).
     client: u64,
     handler: Arc<H>,
@@ -65,7 +98,7 @@ impl<H: ?Sized> HandlerEntry<H> {
         let result = catch_unwind(AssertUnwindSafe(|| f(&self.handler)));
         DISPATCHING.with(|d| d.set(0));
         if result.is_err() {
-            tracing::warn!(handler = %self.id, "an event handler panicked; it missed this event");
+            tracing::warn!(handler = %self.id.as_str(), "an event handler panicked; it missed this event");
         }
     }
 }
@@ -99,7 +132,7 @@ impl<H: ?Sized> Registry<H> {
     /// Adds `handler` under `id`; returns the entry it replaced.
     fn add(&self, id: String, handler: Arc<H>, client: u64) -> Option<Arc<HandlerEntry<H>>> {
         let entry = Arc::new(HandlerEntry {
-            id: id.into_boxed_str(),
+            id: HandlerId::new(id),
             client,
             handler,
             alive: AtomicBool::new(true),
@@ -142,9 +175,13 @@ impl<H: ?Sized> Registry<H> {
     fn remove(&self, id: &str) -> Option<Arc<HandlerEntry<H>>> {
         let mut entries = self.entries.lock();
         let current = entries.as_deref().unwrap_or_default();
-        let found = current.iter().find(|h| &*h.id == id).cloned();
+        let found = current.iter().find(|h| h.id.as_str() == id).cloned();
         if found.is_some() {
-            let next: Vec<_> = current.iter().filter(|h| &*h.id != id).cloned().collect();
+            let next: Vec<_> = current
+                .iter()
+                .filter(|h| h.id.as_str() != id)
+                .cloned()
+                .collect();
             Self::set(&mut entries, next);
         }
         found
@@ -236,6 +273,10 @@ impl State {
             *n -= 1;
             if *n == 0 {
                 self.pending.swap_remove(at);
+                if self.pending.is_empty() {
+                    // Joins in flight are rare and short: an idle member keeps no buffer.
+                    self.pending = Vec::new();
+                }
             }
         }
     }
@@ -762,5 +803,30 @@ impl StreamCloser {
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.mailbox.close();
+    }
+}
+
+#[cfg(test)]
+mod handler_id_tests {
+    use super::HandlerId;
+
+    #[test]
+    fn short_ids_are_inline_long_ones_on_the_heap_both_read_back() {
+        for id in [
+            "",
+            "chat",
+            "ünïcödé-händler",
+            "exactly-23-bytes-long!!",
+            "a-handler-id-longer-than-twenty-three",
+        ] {
+            let h = HandlerId::new(id.to_string());
+            assert_eq!(h.as_str(), id);
+            assert_eq!(
+                matches!(h, HandlerId::Inline { .. }),
+                id.len() <= 23,
+                "{id}"
+            );
+            assert!(h == HandlerId::new(id.to_string()));
+        }
     }
 }

@@ -379,7 +379,7 @@ impl ChatRoomManager {
     /// # Ok(()) }
     /// ```
     pub async fn leave_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
-        let owner_may_leave = self.client.options.chat_room_owner_leave_allowed;
+        let owner_may_leave = self.client.options().chat_room_owner_leave_allowed;
         self.client
             .core()?
             .leave_room(self.user(), *room_id, owner_may_leave)

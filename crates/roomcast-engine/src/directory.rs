@@ -128,9 +128,9 @@ impl RoomEntry {
         renamed
     }
 
-    /// The name in lower case (for the list's filter).
-    fn name_lower(&self) -> String {
-        self.summary.lock().name.to_lowercase()
+    /// True if the name contains `filter` (already in lower case), ignoring case.
+    fn name_contains(&self, filter: &str) -> bool {
+        contains_ignoring_case(&self.summary.lock().name, filter)
     }
 
     pub(crate) fn set_member_count(&self, n: usize) {
@@ -165,6 +165,24 @@ impl RoomEntry {
     pub(crate) fn is_destroyed(&self) -> bool {
         self.destroyed.load(Ordering::SeqCst)
     }
+}
+
+/// True if `name` contains `lower` (a lower-cased filter), ignoring case. ASCII names are
+/// compared in place (no allocation per room: the walk of a filtered listing reads every name);
+/// others are lower-cased first, as `str::to_lowercase` does.
+fn contains_ignoring_case(name: &str, lower: &str) -> bool {
+    if name.is_ascii() && lower.is_ascii() {
+        let (name, lower) = (name.as_bytes(), lower.as_bytes());
+        if lower.is_empty() {
+            return true;
+        }
+        return name.windows(lower.len()).any(|w| {
+            w.iter()
+                .zip(lower)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+        });
+    }
+    name.to_lowercase().contains(lower)
 }
 
 /// How many filtered listings are remembered (see [`Directory::page`]).
@@ -351,7 +369,7 @@ impl Directory {
             .iter()
             .rev()
             .filter_map(|id| rooms.by_id.get(id))
-            .filter(|e| !e.is_destroyed() && e.name_lower().contains(filter))
+            .filter(|e| !e.is_destroyed() && e.name_contains(filter))
             .map(|e| e.id)
             .collect();
         drop(rooms);
@@ -418,6 +436,26 @@ mod tests {
         d.remove(RoomId::from_u64(4));
         assert_eq!(ids(&d.page(1, 2, None)), (vec![5, 3], 4));
         assert_eq!(ids(&d.page(2, 2, None)), (vec![2, 1], 4));
+    }
+
+    #[test]
+    fn names_match_ignoring_case_ascii_or_not() {
+        for (name, filter, yes) in [
+            ("Room 42", "room 4", true),
+            ("ROOM", "room", true),
+            ("room", "", true),
+            ("ro", "room", false),
+            ("Ärger Zone", "ärger", true),
+            ("ÄRGER", "ärger", true),
+            ("plain", "ärger", false),
+            ("ärger", "rge", true),
+        ] {
+            assert_eq!(
+                contains_ignoring_case(name, filter),
+                yes,
+                "{name:?} {filter:?}"
+            );
+        }
     }
 
     #[test]

@@ -391,3 +391,34 @@ async fn time_away_counts_from_when_the_member_went_across_a_wake() {
         .expect("removed at once, not a grace period after the wake");
     engine.shutdown().await;
 }
+
+/// `Engine::room_stats` answers for a sleeping room without waking it (a monitoring loop over
+/// every room must not keep them all in memory): members, who is online, the last sequence
+/// number and what is retained, as the room had them.
+#[tokio::test]
+async fn room_stats_of_a_sleeping_room_do_not_wake_it() {
+    let clock = ManualClock::new(1_700_000_000_000);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "r").await.room_id;
+    for n in 1..=4 {
+        say(&owner, room, &format!("m{n}")).await;
+    }
+    owner.disconnect().unwrap();
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 0).await;
+    let stats = engine.room_stats(&room).await.unwrap();
+    assert_eq!(engine.rooms_in_memory(), 0, "still asleep");
+    assert_eq!(
+        (
+            stats.member_count,
+            stats.online_count,
+            stats.last_seq,
+            stats.retained
+        ),
+        (1, 0, 4, 4)
+    );
+    owner.reconnect().unwrap();
+    let stats = engine.room_stats(&room).await.unwrap();
+    assert_eq!((stats.online_count, engine.rooms_in_memory()), (1, 0));
+    engine.shutdown().await;
+}

@@ -105,6 +105,15 @@ impl RoomEntry {
         }
     }
 
+    /// The members of the room, in join order, if it is asleep (hibernated, not woken yet).
+    pub(crate) fn sleeping(&self) -> Option<Vec<UserId>> {
+        let actor = self.actor.lock();
+        if actor.is_some() || !self.hibernated.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(self.sleeping_members.lock().clone())
+    }
+
     /// True if the room has a live actor that no call entered since `idle_before`.
     fn idle_since(&self, idle_before: i64) -> Option<Addr<RoomActor>> {
         if self.last_active.load(Ordering::Acquire) > idle_before {

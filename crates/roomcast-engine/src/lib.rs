@@ -850,6 +850,38 @@ impl Core {
 
     /// `room`'s counters.
     pub async fn room_stats(&self, room: RoomId) -> Result<RoomStats, ChatError> {
+        self.check_running()?;
+        // A sleeping room is answered from its entry and the store, without waking it: a
+        // monitoring loop over every room must not keep them all in memory.
+        let asleep = self
+            .inner
+            .shared
+            .directory
+            .get(room)
+            .filter(|e| !e.is_destroyed())
+            .and_then(|e| e.sleeping());
+        if let Some(members) = asleep {
+            let shared = &self.inner.shared;
+            let online_count = members
+                .iter()
+                .filter(|u| shared.session_of(u).is_some_and(|s| s.is_online()))
+                .count();
+            let member_count = members.len();
+            let read = self.store()?.read(move |reader| {
+                let bounds = reader.message_bounds(room)?;
+                Ok(RoomStats {
+                    room_id: room,
+                    member_count,
+                    online_count,
+                    last_seq: reader.last_seq(room)?,
+                    retained: bounds.map_or(0, |(first, last)| (last + 1 - first) as usize),
+                    messages: RoomMessageStats::default(),
+                })
+            });
+            return self
+                .run(async move { read.await.and_then(|r| r).map_err(storage_error) })
+                .await;
+        }
         let read = self.room_call(room, Stats).await?;
         self.run(async move { read.await.and_then(|r| r).map_err(storage_error) })
             .await

@@ -506,6 +506,8 @@ impl Engine {
     }
 
     /// A room's counters: members, online members, messages accepted and dropped by priority.
+    /// The message counts are since the room was loaded; a sleeping room (see
+    /// [`Engine::rooms_in_memory`]) is answered without waking it, with zero message counts.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {

@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use roomcast::{CreateChatRoomOptions, Engine};
+use roomcast_workspace::scale::{empty_rooms, report_engine};
 
 fn room_list(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -18,22 +18,8 @@ fn room_list(c: &mut Criterion) {
     let mut group = c.benchmark_group("public_room_list_page");
     for rooms in [1_000usize, 10_000, 100_000] {
         let (engine, viewer) = rt.block_on(async {
-            let engine = Engine::builder()
-                .limits(roomcast_workspace::scale::report_limits())
-                .build()
-                .await
-                .unwrap();
-            engine.add_super_admin("owner").await.unwrap();
-            let owner = engine.login("owner").await.unwrap();
-            let manager = owner.chat_room_manager();
-            for n in 0..rooms {
-                let room = manager
-                    .create_chat_room(CreateChatRoomOptions::new(format!("room {n}")))
-                    .await
-                    .unwrap()
-                    .room_id;
-                manager.leave_chat_room(&room).await.unwrap();
-            }
+            let (engine, owner) = report_engine(None).await;
+            empty_rooms(&owner, 0..rooms).await;
             let viewer = engine.login("viewer").await.unwrap();
             (engine, viewer)
         });

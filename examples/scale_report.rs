@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use roomcast::{CreateChatRoomOptions, Engine};
 use roomcast_workspace::rss_bytes;
 use roomcast_workspace::scale::{
-    report_limits, roomcast_storm, run_tasks, send_latencies, tokio_small_rooms, tokio_storm,
-    ActixRoomActors, Counting, RoomcastJoins, SmallRooms, TokioRoomTasks,
+    empty_rooms, report_engine, report_limits, roomcast_storm, run_tasks, send_latencies,
+    tokio_small_rooms, tokio_storm, ActixRoomActors, Counting, RoomcastJoins, SmallRooms,
+    TokioRoomTasks,
 };
 
 struct Args {
@@ -311,22 +312,8 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 fn room_list(rt: &tokio::runtime::Runtime, rooms: usize) -> Vec<Row> {
     let (plain, filtered, deep) = rt.block_on(async {
-        let engine = Engine::builder()
-            .limits(report_limits())
-            .build()
-            .await
-            .unwrap();
-        engine.add_super_admin("owner").await.unwrap();
-        let owner = engine.login("owner").await.unwrap();
-        let manager = owner.chat_room_manager();
-        for n in 0..rooms {
-            let room = manager
-                .create_chat_room(CreateChatRoomOptions::new(format!("room {n}")))
-                .await
-                .unwrap()
-                .room_id;
-            manager.leave_chat_room(&room).await.unwrap();
-        }
+        let (engine, owner) = report_engine(None).await;
+        empty_rooms(&owner, 0..rooms).await;
         let viewer = engine.login("viewer").await.unwrap();
         let list = viewer.chat_room_manager();
         let time = |page: u32, filter: Option<&'static str>| {
@@ -454,13 +441,7 @@ fn child(row: &str, n: usize) {
 }
 
 async fn roomcast_members(small: usize, large: usize) -> f64 {
-    let engine = Engine::builder()
-        .limits(report_limits())
-        .build()
-        .await
-        .unwrap();
-    engine.add_super_admin("owner").await.unwrap();
-    let owner = engine.login("owner").await.unwrap();
+    let (engine, owner) = report_engine(None).await;
     let room = owner
         .chat_room_manager()
         .create_chat_room(CreateChatRoomOptions::new("big").with_max_users(large as u32 + 1))
@@ -510,28 +491,8 @@ async fn tokio_members(small: usize, large: usize) -> f64 {
 
 async fn roomcast_rooms(rooms: usize) -> String {
     let clock = roomcast::ManualClock::new(1_700_000_000_000);
-    let engine = Engine::builder()
-        .limits(report_limits())
-        .clock(clock.clone())
-        .build()
-        .await
-        .unwrap();
-    engine.add_super_admin("owner").await.unwrap();
-    let owner = engine.login("owner").await.unwrap();
-    let manager = owner.chat_room_manager();
-    let create = |from: usize, to: usize| {
-        let manager = manager.clone();
-        async move {
-            for n in from..to {
-                let room = manager
-                    .create_chat_room(CreateChatRoomOptions::new(format!("room {n}")))
-                    .await
-                    .unwrap()
-                    .room_id;
-                manager.leave_chat_room(&room).await.unwrap();
-            }
-        }
-    };
+    let (engine, owner) = report_engine(Some(clock.clone())).await;
+    let create = |from: usize, to: usize| empty_rooms(&owner, from..to);
     let settle = || tokio::time::sleep(Duration::from_millis(300));
     // Awake: rooms created and left, all in memory.
     let small = rooms / 10;

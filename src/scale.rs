@@ -23,6 +23,37 @@ pub fn report_limits() -> Limits {
         .with_max_users_cap(1_000_000)
 }
 
+/// An engine on a temporary store under [`report_limits`] (on `clock` if given), with its super
+/// admin `owner` logged in.
+pub async fn report_engine(clock: Option<roomcast::ManualClock>) -> (Engine, ChatClient) {
+    let mut builder = Engine::builder().limits(report_limits());
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
+    }
+    // unwrap: a report that cannot set up has nothing to measure.
+    let engine = builder.build().await.unwrap();
+    engine.add_super_admin("owner").await.unwrap();
+    let owner = engine.login("owner").await.unwrap();
+    (engine, owner)
+}
+
+/// Rooms named `room {n}` for each `n` of `names`, created by `owner`, who then leaves each:
+/// rooms with nobody in them.
+pub async fn empty_rooms(owner: &ChatClient, names: std::ops::Range<usize>) -> Vec<RoomId> {
+    let manager = owner.chat_room_manager();
+    let mut ids = Vec::with_capacity(names.len());
+    for n in names {
+        let room = manager
+            .create_chat_room(CreateChatRoomOptions::new(format!("room {n}")))
+            .await
+            .unwrap()
+            .room_id;
+        manager.leave_chat_room(&room).await.unwrap();
+        ids.push(room);
+    }
+    ids
+}
+
 /// Runs `tasks` copies of `op` (given the task's index and its iteration) for `for_how_long`,
 /// and returns the operations completed per second (`op` returns how many it completed).
 pub async fn run_tasks<F, Fut>(tasks: usize, for_how_long: Duration, op: F) -> f64
@@ -75,14 +106,8 @@ pub struct RoomcastJoins {
 impl RoomcastJoins {
     /// An engine (temporary store, [`report_limits`]) with `rooms` rooms and `tasks` clients.
     pub async fn new(rooms: usize, tasks: usize) -> RoomcastJoins {
-        // unwrap: a report that cannot set up has nothing to measure.
-        let mut builder = Engine::builder();
-        if std::env::var_os("SCALE_NO_TIMEOUT").is_some() {
-            builder = builder.call_timeout(None);
-        }
-        let engine = builder.limits(report_limits()).build().await.unwrap();
-        engine.add_super_admin("owner").await.unwrap();
-        let owner = engine.login("owner").await.unwrap();
+        let (engine, owner) = report_engine(None).await;
+        // The owner stays in each room: it hears every join and leave.
         let mut ids = Vec::with_capacity(rooms);
         for n in 0..rooms {
             let room = owner

@@ -32,6 +32,9 @@ pub(crate) struct RoomEntry {
     hibernated: AtomicBool,
     /// The members of a sleeping room, in the order they joined.
     sleeping_members: Mutex<Vec<UserId>>,
+    /// Actors started for the room so far. A load read from the store while none ran is
+    /// fresh only if none started since (see `supervisor::Spawn`).
+    starts: AtomicU64,
 }
 
 /// A call's hold on a room's live actor: while it lives the room does not hibernate, so the
@@ -57,6 +60,7 @@ impl RoomEntry {
             last_active: AtomicI64::new(0),
             hibernated: AtomicBool::new(false),
             sleeping_members: Mutex::new(Vec::new()),
+            starts: AtomicU64::new(0),
         })
     }
 
@@ -105,13 +109,18 @@ impl RoomEntry {
         }
     }
 
-    /// The members of the room, in join order, if it is asleep (hibernated, not woken yet).
+    /// The members of the room, in join order, if it is not in memory: asleep (hibernated,
+    /// not woken yet), or never loaded since the engine started (then it has none: members
+    /// come back only through a session that joins it, which loads it).
     pub(crate) fn sleeping(&self) -> Option<Vec<UserId>> {
         let actor = self.actor.lock();
-        if actor.is_some() || !self.hibernated.load(Ordering::SeqCst) {
+        if actor.is_some() {
             return None;
         }
-        Some(self.sleeping_members.lock().clone())
+        if self.hibernated.load(Ordering::SeqCst) {
+            return Some(self.sleeping_members.lock().clone());
+        }
+        (self.starts.load(Ordering::SeqCst) == 0).then(Vec::new)
     }
 
     /// True if the room has a live actor that no call entered since `idle_before`.
@@ -146,6 +155,11 @@ impl RoomEntry {
         self.member_count.store(n as u32, Ordering::Relaxed);
     }
 
+    /// How many actors were started for the room so far.
+    pub(crate) fn starts(&self) -> u64 {
+        self.starts.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn live_actor(&self) -> Option<Addr<RoomActor>> {
         self.actor
             .lock()
@@ -157,6 +171,7 @@ impl RoomEntry {
     /// Sets the live actor, started now (engine clock).
     pub(crate) fn set_actor(&self, generation: u64, addr: Addr<RoomActor>, now: i64) {
         *self.actor.lock() = Some((generation, addr));
+        self.starts.fetch_add(1, Ordering::SeqCst);
         self.last_active.fetch_max(now, Ordering::AcqRel);
     }
 
@@ -268,10 +283,17 @@ impl Directory {
         self.version.fetch_add(1, Ordering::Release);
     }
 
-    /// Sets `entry`'s summary; a new name changes filtered listings.
+    /// Sets `entry`'s summary; a new name changes filtered listings, so a rename happens
+    /// under the rooms' lock (a filtered page is one snapshot: its rooms match and its total
+    /// counts them).
     pub(crate) fn set_summary(&self, entry: &RoomEntry, snapshot: ChatRoom) {
-        if entry.set_summary(snapshot) {
+        let renamed = entry.summary.lock().name != snapshot.name;
+        if renamed {
+            let _rooms = self.rooms.write();
+            entry.set_summary(snapshot);
             self.version.fetch_add(1, Ordering::Release);
+        } else {
+            entry.set_summary(snapshot);
         }
     }
 
@@ -342,8 +364,10 @@ impl Directory {
             }
             return (page, total);
         };
-        let ids = self.filtered(&filter);
+        // One snapshot: every change of the set of rooms or of a name happens under the write
+        // lock, so the matches and the names shown agree.
         let rooms = self.rooms.read();
+        let ids = self.filtered(&rooms, &filter);
         let page = ids
             .iter()
             .skip(skip)
@@ -355,8 +379,9 @@ impl Directory {
         (page, ids.len())
     }
 
-    /// The rooms whose lower-cased name contains `filter`, newest first.
-    fn filtered(&self, filter: &str) -> Arc<Vec<RoomId>> {
+    /// The rooms whose lower-cased name contains `filter`, newest first (`rooms` is held, so
+    /// the version cannot change meanwhile).
+    fn filtered(&self, rooms: &Rooms, filter: &str) -> Arc<Vec<RoomId>> {
         let version = self.version.load(Ordering::Acquire);
         {
             let mut cache = self.filtered.lock();
@@ -370,9 +395,6 @@ impl Directory {
                 cache.remove(at);
             }
         }
-        let rooms = self.rooms.read();
-        // Read under the lock, so that no change is missed between the walk and `version`.
-        let version = self.version.load(Ordering::Acquire);
         let ids: Vec<RoomId> = rooms
             .order
             .iter()
@@ -381,7 +403,6 @@ impl Directory {
             .filter(|e| !e.is_destroyed() && e.name_contains(filter))
             .map(|e| e.id)
             .collect();
-        drop(rooms);
         let ids = Arc::new(ids);
         let mut cache = self.filtered.lock();
         cache.push_front(Filtered {

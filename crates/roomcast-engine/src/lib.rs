@@ -1001,7 +1001,7 @@ impl Core {
                 .send(Activate(room))
                 .await
                 .map_err(|e| self.delivery_error(e, Some(room)))??;
-            if running.is_none() {
+            if let Err(starts) = running {
                 let replay = self.limits().join_replay_count;
                 let data = self
                     .store()?
@@ -1011,7 +1011,11 @@ impl Core {
                     .map_err(storage_error)?
                     .ok_or_else(|| ChatError::RoomNotExist(room.to_string()))?;
                 supervisor
-                    .send(Spawn { id: room, data })
+                    .send(Spawn {
+                        id: room,
+                        data,
+                        starts,
+                    })
                     .await
                     .map_err(|e| self.delivery_error(e, Some(room)))??;
             }

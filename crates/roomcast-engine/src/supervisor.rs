@@ -162,16 +162,18 @@ impl Handler<CreateRoom> for Supervisor {
     }
 }
 
-/// Find the live actor of a room: `None` if it is not running (the caller loads the room from
-/// the store, off this actor, and sends [`Spawn`]).
+/// Find the live actor of a room: `Err(starts)` if it is not running (the caller loads the
+/// room from the store, off this actor, and sends [`Spawn`] with `starts`, the number of
+/// actors the room had: with none running, every earlier actor's writes are submitted, so a
+/// read submitted now sees them).
 pub(crate) struct Activate(pub(crate) RoomId);
 
 impl Message for Activate {
-    type Result = Result<Option<Addr<RoomActor>>, ChatError>;
+    type Result = Result<Result<Addr<RoomActor>, u64>, ChatError>;
 }
 
 impl Handler<Activate> for Supervisor {
-    type Result = Result<Option<Addr<RoomActor>>, ChatError>;
+    type Result = Result<Result<Addr<RoomActor>, u64>, ChatError>;
 
     fn handle(&mut self, Activate(id): Activate, _: &mut Context<Self>) -> Self::Result {
         let entry = self
@@ -180,7 +182,7 @@ impl Handler<Activate> for Supervisor {
             .get(id)
             .filter(|e| !e.is_destroyed())
             .ok_or_else(|| ChatError::RoomNotExist(id.to_string()))?;
-        Ok(entry.live_actor())
+        Ok(entry.live_actor().ok_or_else(|| entry.starts()))
     }
 }
 
@@ -214,18 +216,21 @@ pub(crate) fn load_room(
 }
 
 /// Start room `id` from `data`, unless its actor is running already (another caller loaded it
-/// first: then that one is answered).
+/// first: then that one is answered), or one ran since `data` was read (`starts` is no longer
+/// the room's count of actors: an actor started, may have written, and went to sleep
+/// meanwhile, so `data` may be stale; then `None`, and the caller reads again).
 pub(crate) struct Spawn {
     pub(crate) id: RoomId,
     pub(crate) data: RoomData,
+    pub(crate) starts: u64,
 }
 
 impl Message for Spawn {
-    type Result = Result<Addr<RoomActor>, ChatError>;
+    type Result = Result<Option<Addr<RoomActor>>, ChatError>;
 }
 
 impl Handler<Spawn> for Supervisor {
-    type Result = Result<Addr<RoomActor>, ChatError>;
+    type Result = Result<Option<Addr<RoomActor>>, ChatError>;
 
     fn handle(&mut self, msg: Spawn, ctx: &mut Context<Self>) -> Self::Result {
         let entry = self
@@ -235,9 +240,17 @@ impl Handler<Spawn> for Supervisor {
             .filter(|e| !e.is_destroyed())
             .ok_or_else(|| ChatError::RoomNotExist(msg.id.to_string()))?;
         if let Some(addr) = entry.live_actor() {
-            return Ok(addr);
+            return Ok(Some(addr));
         }
-        Ok(self.start_loaded(msg.id, msg.data, entry, ctx.address()))
+        if entry.starts() != msg.starts {
+            return Ok(None);
+        }
+        Ok(Some(self.start_loaded(
+            msg.id,
+            msg.data,
+            entry,
+            ctx.address(),
+        )))
     }
 }
 
@@ -336,13 +349,16 @@ impl Handler<RoomExited> for Supervisor {
             // Read on the store's thread (after the dead actor's writes), started here when read.
             let id = msg.room;
             let replay = self.shared.limits.join_replay_count;
+            // The dead actor submits nothing more, and none runs: the read sees every write.
+            let starts = entry.starts();
             let read = self.store.read(move |reader| load_room(reader, id, replay));
             ctx.spawn(fut::wrap_future::<_, Self>(read).map(move |loaded, act, ctx| {
                 let Some(entry) = act.shared.directory.get(id).filter(|e| !e.is_destroyed()) else {
                     return;
                 };
-                if entry.live_actor().is_some() {
-                    // A call loaded it first.
+                if entry.live_actor().is_some() || entry.starts() != starts {
+                    // A call loaded it first (and it may have run and slept since: what was
+                    // read may be stale; the next call loads it again).
                     return;
                 }
                 match loaded {

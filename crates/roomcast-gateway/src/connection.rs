@@ -126,6 +126,12 @@ where
         last_heard: Instant::now(),
     };
     let end = conn.run(&mut incoming).await;
+    let linger = conn
+        .gateway
+        .inner
+        .config
+        .write_timeout
+        .min(Duration::from_secs(2));
     if let Some(client) = conn.client.take() {
         client.logout();
     }
@@ -135,6 +141,16 @@ where
             if let Some(out) = conn.out.take() {
                 let write_timeout = conn.gateway.inner.config.write_timeout;
                 let _ = tokio::time::timeout(write_timeout, out.close(code, reason)).await;
+                // The closing handshake: wait a little for the client's close (or its end), so
+                // that the client reads our close frame before the socket goes.
+                let _ = tokio::time::timeout(linger, async {
+                    while let Some(frame) = incoming.next().await {
+                        if matches!(frame, Incoming::Close | Incoming::Failed(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
             }
             code
         }

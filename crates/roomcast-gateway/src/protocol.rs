@@ -532,6 +532,7 @@ impl ServerFrame {
         };
         let room = match fields.remove("room_id") {
             Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => n.to_string(),
             _ => String::new(),
         };
         let mut room = room;

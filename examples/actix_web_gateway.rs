@@ -1,28 +1,30 @@
-//! roomcast embedded in an actix-web service: a WebSocket at `/ws` speaking a small JSON
-//! protocol (see `roomcast_workspace::gateway`), and a chat page at `/`.
+//! roomcast embedded in an actix-web service: the chat page at `/`, the WebSocket protocol
+//! (docs/protocol.md) at `/ws`, served by the same connection core as the axum example.
 //!
-//! `cargo run --release --example actix_web_gateway -- [port]` (default 8080), then open
-//! `http://127.0.0.1:8080/` in two browser tabs, log in as two users, join `lobby` and chat.
+//! `cargo run --release --example actix_web_gateway -- [port] [--insecure]` (default port
+//! 8080), then open the printed links (one per demo user) in separate browser tabs.
 
 use std::net::SocketAddr;
 
-use roomcast_workspace::gateway::{actix, demo_engine};
+use roomcast_workspace::gateway::Demo;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8080);
-    let (engine, lobby) = demo_engine().await?;
-    let gateway = actix::start(engine.clone(), SocketAddr::from(([127, 0, 0, 1], port)))?;
-    println!(
-        "roomcast over actix-web at http://{}/ (room `lobby` is {lobby})",
-        gateway.addr
-    );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port: u16 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(8080);
+    let demo = Demo::new(args.iter().any(|a| a == "--insecure")).await?;
+    let server = roomcast_gateway::actix::start(
+        demo.gateway.clone(),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        2,
+    )?;
+    let base = format!("http://{}", server.addr);
+    println!("roomcast over actix-web at {base}/");
+    demo.print(&base);
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c().await?;
-    gateway.stop();
-    engine.shutdown().await;
+    demo.gateway.shutdown();
+    server.stop();
+    demo.gateway.engine().shutdown().await;
     Ok(())
 }

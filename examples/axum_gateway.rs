@@ -1,29 +1,33 @@
 //! roomcast embedded in an axum service, on a plain tokio runtime (no actix System in sight:
-//! the engine runs its own): the same WebSocket protocol and chat page as the actix-web example.
+//! the engine runs its own): the chat page at `/`, the WebSocket protocol (docs/protocol.md) at
+//! `/ws`.
 //!
-//! `cargo run --release --example axum_gateway -- [port]` (default 8081), then open
-//! `http://127.0.0.1:8081/`.
+//! `cargo run --release --example axum_gateway -- [port] [--insecure]` (default port 8081),
+//! then open the printed links (one per demo user: the owner `host`, the admin `mod`, the
+//! viewers `alice` and `bob`) in separate browser tabs. `--insecure` trusts typed user ids
+//! instead of tokens (local demos only).
 
-use roomcast_workspace::gateway::{axum::router, demo_engine};
+use roomcast_workspace::gateway::Demo;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8081);
-    let (engine, lobby) = demo_engine().await?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port: u16 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(8081);
+    let demo = Demo::new(args.iter().any(|a| a == "--insecure")).await?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!(
-        "roomcast over axum at http://{}/ (room `lobby` is {lobby})",
-        listener.local_addr()?
-    );
-    let shutdown_engine = engine.clone();
-    axum::serve(listener, router(engine))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    shutdown_engine.shutdown().await;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("roomcast over axum at {base}/");
+    demo.print(&base);
+    let gateway = demo.gateway.clone();
+    axum::serve(
+        listener,
+        roomcast_gateway::axum::router(demo.gateway.clone()),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        gateway.shutdown();
+    })
+    .await?;
+    demo.gateway.engine().shutdown().await;
     Ok(())
 }

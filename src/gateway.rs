@@ -1,202 +1,107 @@
-//! roomcast behind a WebSocket: a small JSON protocol, served by actix-web (actix-ws) or axum.
-//!
-//! One WebSocket is one client. Requests are JSON objects with an `op`:
-//!
-//! | request | answer |
-//! |---|---|
-//! | `{"op":"login","user":"alice"}` | `{"type":"ok","op":"login","user":"alice"}` |
-//! | `{"op":"rooms"}` | `{"type":"rooms","rooms":[{"id":"..","name":"..","members":3}]}` |
-//! | `{"op":"join","room":"<id>"}` | `{"type":"ok","op":"join","room":"<id>"}` |
-//! | `{"op":"leave","room":"<id>"}` | `{"type":"ok","op":"leave","room":"<id>"}` |
-//! | `{"op":"send","room":"<id>","text":".."}` | `{"type":"ok","op":"send","seq":7}` |
-//!
-//! Failures answer `{"type":"error","op":..,"code":702,"message":".."}` with roomcast's (Agora's)
-//! code. After login, the server pushes `{"type":"message","room","from","seq","text"}` for every
-//! message and `{"type":"event","event":{..}}` for every chat-room event of the user.
+//! The gateway examples' demo: an engine with a super admin `host` who owns a room `lobby`, a
+//! moderator `mod` (an admin of it), and a gateway that checks signed tokens (or, asked for,
+//! trusts typed user ids: insecure, for local demos only).
 
-pub mod actix;
-pub mod axum;
+use std::io::Read;
+use std::time::Duration;
 
-use futures_core::Stream;
-use roomcast::{ChatClient, ChatError, ClientEvent, Engine, MessageBody, OutgoingMessage, RoomId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use roomcast::{ChatError, CreateChatRoomOptions, Engine, RoomId};
+use roomcast_gateway::{Gateway, GatewayConfig, InsecureAuthenticator, TokenAuthenticator};
 
-/// The page served at `/`: a minimal chat client.
-pub const PAGE: &str = include_str!("gateway/page.html");
-
-/// A request from a WebSocket client.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
-    /// Log in as `user`.
-    Login {
-        /// The user id.
-        user: String,
-    },
-    /// List the public rooms.
-    Rooms,
-    /// Join a room.
-    Join {
-        /// The room id.
-        room: String,
-    },
-    /// Leave a room.
-    Leave {
-        /// The room id.
-        room: String,
-    },
-    /// Send a text message.
-    Send {
-        /// The room id.
-        room: String,
-        /// The text.
-        text: String,
-    },
+/// A demo: the gateway, its room, and a login link per demo user.
+#[derive(Debug)]
+pub struct Demo {
+    /// The gateway (serve it with an adapter).
+    pub gateway: Gateway,
+    /// The room `lobby`.
+    pub lobby: RoomId,
+    /// `(user, token)` for `host` (super admin, owner), `mod` (admin), `alice` and `bob`;
+    /// empty in insecure mode.
+    pub tokens: Vec<(String, String)>,
 }
 
-fn error(op: &str, e: &ChatError) -> Value {
-    json!({"type": "error", "op": op, "code": e.code(), "message": e.to_string()})
-}
-
-/// One WebSocket's state: the client it logged in as, if any.
-#[derive(Default)]
-pub struct Connection {
-    client: Option<ChatClient>,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").finish_non_exhaustive()
-    }
-}
-
-impl Connection {
-    /// Handles one text frame; returns the answer, and the client's event stream when the frame
-    /// logged in (the caller forwards it with [`event_json`]).
-    pub async fn handle(
-        &mut self,
-        engine: &Engine,
-        frame: &str,
-    ) -> (Value, Option<roomcast::EventStream>) {
-        let request: Request = match serde_json::from_str(frame) {
-            Ok(r) => r,
-            Err(e) => {
-                return (
-                    json!({"type": "error", "op": "parse", "code": 110, "message": e.to_string()}),
-                    None,
-                )
-            }
-        };
-        let client = match (&request, &self.client) {
-            (Request::Login { user }, _) => {
-                return match engine.login(user).await {
-                    Ok(client) => {
-                        let events = client.events();
-                        let user = client.current_user_id().to_string();
-                        self.client = Some(client);
-                        (
-                            json!({"type": "ok", "op": "login", "user": user}),
-                            Some(events),
-                        )
-                    }
-                    Err(e) => (error("login", &e), None),
-                };
-            }
-            (_, None) => return (error("request", &ChatError::UserNotLogin), None),
-            (_, Some(client)) => client,
-        };
-        let room_of = |room: &str| room.parse::<RoomId>();
-        let answer = match request {
-            // A login was answered above; it only shares this arm to keep the match whole.
-            Request::Login { .. } | Request::Rooms => client
-                .chat_room_manager()
-                .fetch_public_chat_rooms(1, 100, None)
-                .await
-                .map(|page| {
-                    let rooms: Vec<Value> = page
-                        .data
-                        .iter()
-                        .map(|r| {
-                            json!({"id": r.room_id.to_string(), "name": r.name, "members": r.member_count})
-                        })
-                        .collect();
-                    json!({"type": "rooms", "rooms": rooms})
-                })
-                .unwrap_or_else(|e| error("rooms", &e)),
-            Request::Join { room } => match room_of(&room) {
-                Ok(id) => client
-                    .chat_room_manager()
-                    .join_chat_room(&id)
-                    .await
-                    .map(|_| json!({"type": "ok", "op": "join", "room": room}))
-                    .unwrap_or_else(|e| error("join", &e)),
-                Err(e) => error("join", &e),
-            },
-            Request::Leave { room } => match room_of(&room) {
-                Ok(id) => client
-                    .chat_room_manager()
-                    .leave_chat_room(&id)
-                    .await
-                    .map(|_| json!({"type": "ok", "op": "leave", "room": room}))
-                    .unwrap_or_else(|e| error("leave", &e)),
-                Err(e) => error("leave", &e),
-            },
-            Request::Send { room, text } => match room_of(&room) {
-                Ok(id) => client
-                    .chat_manager()
-                    .send_message(OutgoingMessage::text(id, text))
-                    .await
-                    .map(|m| json!({"type": "ok", "op": "send", "seq": m.seq()}))
-                    .unwrap_or_else(|e| error("send", &e)),
-                Err(e) => error("send", &e),
-            },
-        };
-        (answer, None)
-    }
-}
-
-/// The JSON pushed to a WebSocket for one client event.
-pub fn event_json(event: &ClientEvent) -> Value {
-    match event {
-        ClientEvent::Message(m) => {
-            let text = match m.body() {
-                MessageBody::Text { content } => content.clone(),
-                MessageBody::Custom { event, .. } => format!("[{event}]"),
-            };
-            json!({
-                "type": "message",
-                "room": m.room_id().to_string(),
-                "from": m.from().to_string(),
-                "seq": m.seq(),
-                "text": text,
-            })
+impl Demo {
+    /// Builds the demo; `insecure` trusts typed user ids instead of tokens.
+    pub async fn new(insecure: bool) -> Result<Demo, Box<dyn std::error::Error>> {
+        let engine = Engine::builder().build().await?;
+        let lobby = setup(&engine).await?;
+        let config = GatewayConfig::default();
+        if insecure {
+            let gateway = Gateway::new(
+                engine,
+                InsecureAuthenticator::trust_client_user_ids(),
+                config,
+            );
+            return Ok(Demo {
+                gateway,
+                lobby,
+                tokens: Vec::new(),
+            });
         }
-        ClientEvent::Room(e) => {
-            json!({"type": "event", "event": serde_json::to_value(&**e).unwrap_or(Value::Null)})
+        let auth = TokenAuthenticator::new(&secret())?;
+        let mut tokens = Vec::new();
+        for user in ["host", "mod", "alice", "bob"] {
+            let token = auth.issue(user, Duration::from_secs(12 * 3600))?;
+            tokens.push((user.to_string(), token));
         }
-        ClientEvent::Missed { count } => json!({"type": "missed", "count": count}),
-        _ => json!({"type": "unknown"}),
+        Ok(Demo {
+            gateway: Gateway::new(engine, auth, config),
+            lobby,
+            tokens,
+        })
+    }
+
+    /// Prints how to log in.
+    pub fn print(&self, base: &str) {
+        println!("room `lobby` is {}", self.lobby);
+        if self.tokens.is_empty() {
+            println!("INSECURE demo: log in at {base}/ with any user id (not `host`)");
+        }
+        for (user, token) in &self.tokens {
+            println!("log in as {user:<5}: {base}/#token={token}");
+        }
     }
 }
 
-/// The next item of a stream (a tiny `StreamExt::next`).
-pub async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
-}
-
-/// An engine with a super admin `host` and one room, `lobby`, for the gateway examples.
-pub async fn demo_engine() -> Result<(Engine, RoomId), ChatError> {
-    let engine = Engine::builder().build().await?;
+async fn setup(engine: &Engine) -> Result<RoomId, ChatError> {
     engine.add_super_admin("host").await?;
     let host = engine.login("host").await?;
-    let room = host
-        .chat_room_manager()
-        .create_chat_room(roomcast::CreateChatRoomOptions::new("lobby").with_max_users(10_000))
-        .await?;
-    // The host keeps no client: it leaves, and the room stays (its owner may come back).
-    host.chat_room_manager()
-        .leave_chat_room(&room.room_id)
-        .await?;
-    Ok((engine, room.room_id))
+    let rooms = host.chat_room_manager();
+    let room = rooms
+        .create_chat_room(CreateChatRoomOptions::new("lobby").with_max_users(10_000))
+        .await?
+        .room_id;
+    let moderator = engine.login("mod").await?;
+    moderator.chat_room_manager().join_chat_room(&room).await?;
+    rooms.add_chat_room_admin(&room, "mod").await?;
+    // Neither keeps a client: they come back through the page (an owner and an admin stay
+    // members while offline).
+    moderator.logout();
+    host.logout();
+    Ok(room)
+}
+
+/// The token secret: `ROOMCAST_TOKEN_SECRET` if set, else 32 random bytes.
+fn secret() -> Vec<u8> {
+    if let Ok(s) = std::env::var("ROOMCAST_TOKEN_SECRET") {
+        return s.into_bytes();
+    }
+    let mut bytes = [0u8; 32];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        // No /dev/urandom: derive from the process's random hasher keys and the time.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    bytes.to_vec()
 }

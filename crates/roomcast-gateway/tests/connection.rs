@@ -80,7 +80,11 @@ async fn engine() -> (Engine, RoomId) {
 }
 
 async fn engine_with(limits: roomcast::Limits) -> (Engine, RoomId) {
-    let engine = Engine::builder().limits(limits).build().await.unwrap();
+    engine_from(Engine::builder().limits(limits)).await
+}
+
+async fn engine_from(builder: roomcast::EngineBuilder) -> (Engine, RoomId) {
+    let engine = builder.build().await.unwrap();
     engine.add_super_admin("host").await.unwrap();
     let host = engine.login("host").await.unwrap();
     let room = host
@@ -488,7 +492,9 @@ async fn a_slow_reader_stays_bounded_and_is_told_what_it_missed() {
             .with_api_calls_per_user_per_second(None)
             .with_room_delivery_rate(None)
             .with_user_messages_per_window(None);
-        let (engine, lobby) = engine_with(limits).await;
+        // A user's queue of 256 events: what a stalled reader costs is that, plus its socket.
+        let (engine, lobby) =
+            engine_from(Engine::builder().limits(limits).event_queue_capacity(256)).await;
         let room = lobby.to_string();
         // Patient with the reader that stalls (the default closes it after 10 s: 4009).
         let config = GatewayConfig::default().with_write_timeout(Duration::from_secs(300));

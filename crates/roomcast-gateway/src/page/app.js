@@ -547,7 +547,7 @@
     const note = $("composer-note");
     let text = "";
     if (!r.joined) text = "You are not in this room.";
-    else if (S.state !== "online") text = "Offline: messages are sent once the connection is back.";
+    else if (S.state !== "online") text = "Not connected: you can send again once the connection is back.";
     else if (r.mutedUntil !== null && (r.mutedUntil < 0 || r.mutedUntil > Date.now())) {
       text = r.mutedUntil < 0 ? "You are muted." : "You are muted until " + fmtTime(r.mutedUntil) + ".";
     } else if (r.allMuted && !isStaff(r)) text = "Only the hosts can talk now (everyone is muted).";

@@ -607,8 +607,8 @@ impl<O: Outgoing> Conn<O> {
         let rooms = client.chat_room_manager();
         let (info, already) = match rooms.join_chat_room(&room).await {
             Ok(info) => (info, false),
-            // A resume within the grace period: still a member.
-            Err(ChatError::AlreadyJoined) if since.is_some() => {
+            // A resume within the grace period, a page reloaded, a second tab: still a member.
+            Err(ChatError::AlreadyJoined) => {
                 (rooms.fetch_chat_room_info(&room).await?, true)
             }
             Err(e) => return Err(e.into()),

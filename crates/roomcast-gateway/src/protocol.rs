@@ -139,9 +139,10 @@ pub enum Request {
         /// The room.
         room: String,
     },
-    /// Join a room. The reply comes first, then history as `message` frames marked
-    /// `history: true`: the messages after `since` if given (resume after a reconnect: already a
-    /// member is fine, and nothing is sent twice on this connection), else the newest
+    /// Join a room (a member already in it, after a reconnect within the grace period or from
+    /// a second tab, gets `already: true`). The reply comes first, then history as `message`
+    /// frames marked `history: true`: the messages after `since` if given (resume after a
+    /// reconnect: nothing is sent twice on this connection), else the newest
     /// `GatewayConfig::history_on_join`.
     Join {
         /// The room.
@@ -530,15 +531,12 @@ impl ServerFrame {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        let room = match fields.remove("room_id") {
-            Some(Value::String(s)) => s,
-            Some(Value::Number(n)) => n.to_string(),
-            _ => String::new(),
-        };
-        let mut room = room;
+        // A `RoomId` serializes as a number (a u64, which JavaScript cannot hold exactly): the
+        // frame names the room as a string, like every other frame.
+        fields.remove("room_id");
+        let room = event.room_id().to_string();
         if let ChatRoomEvent::SpecificationChanged { room: info, .. } = event {
             fields.remove("room");
-            room = info.room_id.to_string();
             fields.insert(
                 "info".into(),
                 serde_json::to_value(WireRoom::from(&**info)).unwrap_or_default(),
@@ -570,6 +568,7 @@ fn snake_case(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roomcast::{RoomId, UserId};
 
     #[test]
     fn requests_parse_from_their_documented_json() {
@@ -588,6 +587,21 @@ mod tests {
         assert_eq!(f.request.op(), "mute_all");
         assert!(serde_json::from_str::<ClientFrame>(r#"{"op":"fly"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"op":"join"}"#).is_err());
+    }
+
+    #[test]
+    fn event_frames_name_their_room_as_a_string() {
+        let room = RoomId::from_u64(u64::MAX - 7);
+        let event = ChatRoomEvent::MemberJoined {
+            room_id: room,
+            participant: UserId::new("bob").unwrap(),
+        };
+        let v: Value = serde_json::from_str(&ServerFrame::event(&event).to_text()).unwrap();
+        assert_eq!(v["type"], "event");
+        assert_eq!(v["event"], "member_joined");
+        assert_eq!(v["room"], room.to_string());
+        assert_eq!(v["participant"], "bob");
+        assert!(v.get("room_id").is_none());
     }
 
     #[test]

@@ -19,15 +19,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("roomcast over axum at {base}/");
     demo.print(&base);
     let gateway = demo.gateway.clone();
-    axum::serve(
-        listener,
-        roomcast_gateway::axum::router(demo.gateway.clone()),
-    )
-    .with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-        gateway.shutdown();
-    })
-    .await?;
+        gateway.shutdown(); // closes every connection and ends `serve`
+    });
+    roomcast_gateway::axum::serve(listener, demo.gateway.clone()).await?;
     demo.gateway.engine().shutdown().await;
     Ok(())
 }

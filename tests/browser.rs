@@ -200,7 +200,7 @@ fn the_page_over_axum() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let server = rt.spawn(async move {
-        axum::serve(listener, roomcast_gateway::axum::router(gateway))
+        roomcast_gateway::axum::serve(listener, gateway)
             .await
             .unwrap();
     });

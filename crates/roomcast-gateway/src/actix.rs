@@ -149,6 +149,7 @@ pub fn start(gateway: Gateway, addr: SocketAddr, workers: usize) -> std::io::Res
                 let server =
                     HttpServer::new(move || App::new().configure(configure(gateway.clone())))
                         .workers(workers.max(1))
+                        .tcp_nodelay(true)
                         // WebSockets are long-lived: do not wait the default 30 s for them to close.
                         .shutdown_timeout(1)
                         .bind(addr)?;

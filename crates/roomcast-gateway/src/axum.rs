@@ -1,13 +1,17 @@
-//! The axum adapter: [`router`] serves the chat page and the WebSocket at `/ws`; [`upgrade`]
-//! is the WebSocket handler alone, for a router of your own.
+//! The axum adapter: [`serve`] runs the gateway on a listener; [`router`] gives its routes
+//! (the chat page and the WebSocket at `/ws`) to merge into a router of your own; [`upgrade`]
+//! is the WebSocket handler alone.
 //!
 //! ```no_run
 //! # async fn run(gateway: roomcast_gateway::Gateway) -> std::io::Result<()> {
-//! let app = roomcast_gateway::axum::router(gateway);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await
+//! roomcast_gateway::axum::serve(listener, gateway).await
 //! # }
 //! ```
+//!
+//! With a router of your own, set `TCP_NODELAY` on accepted sockets as [`serve`] does
+//! (`axum::serve::ListenerExt::tap_io`): chat frames are small, and without it Nagle's
+//! algorithm and delayed acknowledgements hold some of them back by 40 ms.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
@@ -19,6 +23,23 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 
 use crate::{Gateway, Incoming, Outgoing, TransportClosed, PAGE_CSS, PAGE_HTML, PAGE_JS};
+
+/// Serves the gateway's routes on `listener` (with `TCP_NODELAY` on every connection) until
+/// [`Gateway::shutdown`] is called.
+pub async fn serve(listener: tokio::net::TcpListener, gateway: Gateway) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let mut stopped = gateway.inner.shutdown.subscribe();
+    axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await
+}
 
 /// The gateway's routes: `/` (the chat page), `/app.js`, `/style.css` and `/ws`.
 pub fn router(gateway: Gateway) -> Router {
@@ -49,14 +70,18 @@ pub fn router(gateway: Gateway) -> Router {
 /// Upgrades a request to a WebSocket served by the gateway.
 pub async fn upgrade(State(gateway): State<Gateway>, ws: WebSocketUpgrade) -> Response {
     let limit = gateway.config().transport_limit();
+    // Small buffers: a connection costs kilobytes, not tungstenite's 2 x 128 KiB default (the
+    // core flushes after each burst anyway).
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| serve(gateway, socket))
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
+        .on_upgrade(move |socket| serve_socket(gateway, socket))
         .into_response()
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(gateway: Gateway, socket: WebSocket) {
+pub async fn serve_socket(gateway: Gateway, socket: WebSocket) {
     let (sink, stream) = socket.split();
     let incoming = stream.map(|frame| match frame {
         Ok(Message::Text(text)) => Incoming::Text(text.as_str().to_owned()),
@@ -83,6 +108,19 @@ impl Outgoing for AxumOut {
     async fn send_text(&mut self, text: String) -> Result<(), TransportClosed> {
         self.0
             .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| TransportClosed)
+    }
+
+    async fn feed_text(&mut self, text: String) -> Result<(), TransportClosed> {
+        self.0
+            .feed(Message::Text(text.into()))
+            .await
+            .map_err(|_| TransportClosed)
+    }
+
+    async fn flush(&mut self) -> Result<(), TransportClosed> {
+        SinkExt::flush(&mut self.0)
             .await
             .map_err(|_| TransportClosed)
     }

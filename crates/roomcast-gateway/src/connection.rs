@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use roomcast::{
     ChatClient, ChatError, ChatRoomEvent, ClientEvent, CreateChatRoomOptions, EventStream,
     HistoryQuery, MuteDuration, OutgoingMessage, RoomId, UserId,
@@ -43,6 +43,15 @@ pub struct TransportClosed;
 pub trait Outgoing {
     /// Writes a text frame (waiting while the socket is full).
     async fn send_text(&mut self, text: String) -> Result<(), TransportClosed>;
+    /// Queues a text frame, to be written by the next [`Outgoing::flush`] (or sooner); a
+    /// transport without such a buffer writes it now.
+    async fn feed_text(&mut self, text: String) -> Result<(), TransportClosed> {
+        self.send_text(text).await
+    }
+    /// Writes what [`Outgoing::feed_text`] queued.
+    async fn flush(&mut self) -> Result<(), TransportClosed> {
+        Ok(())
+    }
     /// Writes a ping.
     async fn send_ping(&mut self) -> Result<(), TransportClosed>;
     /// Writes a pong with this payload.
@@ -98,7 +107,23 @@ struct Conn<O: Outgoing> {
     events: Option<EventStream>,
     rooms: HashMap<RoomId, RoomState>,
     last_heard: Instant,
+    /// Writing a burst of pushed frames: feed them, flush once at the end.
+    feeding: bool,
 }
+
+/// What woke the connection's loop.
+enum Wake {
+    Shutdown,
+    Frame(Option<Incoming>),
+    Event(Option<ClientEvent>),
+    Timer,
+}
+
+/// How often a connection that has not logged in looks whether the engine stopped.
+const ENGINE_CHECK: Duration = Duration::from_millis(250);
+
+/// Most events pushed in one burst (one flush).
+const BURST: usize = 64;
 
 /// Code of Agora's "user already logged in".
 const ALREADY_LOGGED_IN: u32 = 200;
@@ -124,6 +149,7 @@ where
         events: None,
         rooms: HashMap::new(),
         last_heard: Instant::now(),
+        feeding: false,
     };
     let end = conn.run(&mut incoming).await;
     let linger = conn
@@ -181,6 +207,9 @@ impl<O: Outgoing> Conn<O> {
         if *shutdown.borrow_and_update() {
             return End::Close(close::GOING_AWAY, "the gateway is shutting down".into());
         }
+        if self.gateway.inner.engine.is_shut_down() {
+            return End::Close(close::GOING_AWAY, "the engine stopped".into());
+        }
         let config = self.config().clone();
         let hello = ServerFrame::Hello {
             protocol: crate::protocol::PROTOCOL_VERSION,
@@ -200,24 +229,52 @@ impl<O: Outgoing> Conn<O> {
             let idle_deadline = self.last_heard + config.idle_timeout;
             let mut wake = next_ping.min(idle_deadline).min(next_count);
             if let Some(d) = login_deadline {
-                wake = wake.min(d);
+                // Not logged in: no event stream tells of the engine stopping, so look.
+                wake = wake.min(d).min(Instant::now() + ENGINE_CHECK);
             }
-            let step = tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    Err(End::Close(close::GOING_AWAY, "the gateway is shutting down".into()))
+                _ = shutdown.changed() => Wake::Shutdown,
+                frame = incoming.next() => Wake::Frame(frame),
+                event = next_event(&mut self.events) => Wake::Event(event),
+                _ = tokio::time::sleep_until(wake) => Wake::Timer,
+            };
+            let step = match woke {
+                Wake::Shutdown => Err(End::Close(
+                    close::GOING_AWAY,
+                    "the gateway is shutting down".into(),
+                )),
+                // A request may wait on the engine or the authenticator: the gateway's shutdown
+                // and the login deadline still end the connection meanwhile.
+                Wake::Frame(frame) => {
+                    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => Err(End::Close(
+                            close::GOING_AWAY,
+                            "the gateway is shutting down".into(),
+                        )),
+                        _ = tokio::time::sleep_until(login_deadline.unwrap_or(far)) => {
+                            Err(End::Close(close::LOGIN_TIMEOUT, "no login in time".into()))
+                        }
+                        step = self.on_frame(frame) => step,
+                    }
                 }
-                frame = incoming.next() => self.on_frame(frame).await,
-                event = next_event(&mut self.events) => match event {
-                    Some(event) => self.push(event).await,
-                    None => Err(End::Close(close::GOING_AWAY, "the engine stopped".into())),
-                },
-                _ = tokio::time::sleep_until(wake) => {
+                Wake::Event(Some(event)) => self.push_burst(event).await,
+                Wake::Event(None) => {
+                    Err(End::Close(close::GOING_AWAY, "the engine stopped".into()))
+                }
+                Wake::Timer => {
                     let now = Instant::now();
                     if login_deadline.is_some_and(|d| now >= d) {
                         Err(End::Close(close::LOGIN_TIMEOUT, "no login in time".into()))
                     } else if now >= idle_deadline {
-                        Err(End::Close(close::IDLE_TIMEOUT, "nothing heard in time".into()))
+                        Err(End::Close(
+                            close::IDLE_TIMEOUT,
+                            "nothing heard in time".into(),
+                        ))
+                    } else if self.client.is_none() && self.gateway.inner.engine.is_shut_down() {
+                        Err(End::Close(close::GOING_AWAY, "the engine stopped".into()))
                     } else {
                         let mut result = Ok(());
                         if now >= next_ping {
@@ -238,13 +295,56 @@ impl<O: Outgoing> Conn<O> {
         }
     }
 
-    /// Writes a frame, within the write timeout.
-    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+    /// Pushes `first` and the events already waiting behind it (up to [`BURST`]), then flushes
+    /// once: a burst costs one write to the socket, not one per frame.
+    async fn push_burst(&mut self, first: ClientEvent) -> Result<(), End> {
+        self.feeding = true;
+        let mut result = self.push(first).await;
+        for _ in 1..BURST {
+            if result.is_err() {
+                break;
+            }
+            let Some(ready) = self.events.as_mut().and_then(|e| e.next().now_or_never()) else {
+                break;
+            };
+            match ready {
+                Some(event) => result = self.push(event).await,
+                // The stream ended: the next poll of the loop says so.
+                None => break,
+            }
+        }
+        self.feeding = false;
+        result?;
         let timeout = self.config().write_timeout;
         let Some(out) = self.out.as_mut() else {
             return Err(End::Gone);
         };
-        match tokio::time::timeout(timeout, out.send_text(frame.to_text())).await {
+        match tokio::time::timeout(timeout, out.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(TransportClosed)) => Err(End::Gone),
+            Err(_) => Err(End::Close(
+                close::SLOW_READER,
+                "the client does not read".into(),
+            )),
+        }
+    }
+
+    /// Writes a frame, within the write timeout (queues it while pushing a burst).
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        let timeout = self.config().write_timeout;
+        let feeding = self.feeding;
+        let Some(out) = self.out.as_mut() else {
+            return Err(End::Gone);
+        };
+        let text = frame.to_text();
+        let written = async {
+            if feeding {
+                out.feed_text(text).await
+            } else {
+                out.send_text(text).await
+            }
+        };
+        match tokio::time::timeout(timeout, written).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(TransportClosed)) => Err(End::Gone),
             Err(_) => Err(End::Close(
@@ -306,7 +406,17 @@ impl<O: Outgoing> Conn<O> {
             )),
             Incoming::Failed(why) => {
                 tracing::debug!(why, "gateway transport failed");
-                Err(End::Gone)
+                let lower = why.to_ascii_lowercase();
+                if lower.contains("utf-8") || lower.contains("utf8") {
+                    Err(End::Close(
+                        close::INVALID_DATA,
+                        "a text frame is not UTF-8".into(),
+                    ))
+                } else if lower.contains("reset") || lower.contains("broken pipe") {
+                    Err(End::Gone)
+                } else {
+                    Err(End::Close(close::PROTOCOL_ERROR, truncate(&why, 100)))
+                }
             }
         }
     }
@@ -604,19 +714,32 @@ impl<O: Outgoing> Conn<O> {
         id: Option<u64>,
     ) -> Result<Option<Value>, Fail> {
         let room = parse_room(room)?;
+        if let Some(since) = since {
+            // A `since` past the room's last message (a client's stale or wrong state) would
+            // hide the next messages as already seen.
+            let stats = self.gateway.inner.engine.room_stats(&room).await?;
+            if since > stats.last_seq {
+                return Err(Fail::Code(
+                    110,
+                    format!(
+                        "since {since} is past the room's last message ({})",
+                        stats.last_seq
+                    ),
+                ));
+            }
+        }
         let rooms = client.chat_room_manager();
         let (info, already) = match rooms.join_chat_room(&room).await {
             Ok(info) => (info, false),
             // A resume within the grace period, a page reloaded, a second tab: still a member.
-            Err(ChatError::AlreadyJoined) => {
-                (rooms.fetch_chat_room_info(&room).await?, true)
-            }
+            Err(ChatError::AlreadyJoined) => (rooms.fetch_chat_room_info(&room).await?, true),
             Err(e) => return Err(e.into()),
         };
         let members = info.member_count;
         let state = self.rooms.entry(room).or_default();
         if let Some(since) = since {
-            state.last_seq = since;
+            // What this connection pushed already is not sent again.
+            state.last_seq = state.last_seq.max(since);
         }
         state.count = Some(members);
         let reply = json!({"room": WireRoom::from(&info), "already": already});
@@ -624,6 +747,7 @@ impl<O: Outgoing> Conn<O> {
         let chat = client.chat_manager();
         match since {
             Some(since) => {
+                let since = self.rooms.get(&room).map_or(since, |s| s.last_seq);
                 let mut cursor = since;
                 let mut first = true;
                 loop {
@@ -745,6 +869,13 @@ fn error(op: &str, id: Option<u64>, code: u32, message: String) -> ServerFrame {
         id,
         code,
         message,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => s[..at].to_string(),
+        None => s.to_string(),
     }
 }
 

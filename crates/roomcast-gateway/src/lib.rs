@@ -16,7 +16,7 @@
 //! let token = auth.issue("alice", Duration::from_secs(3600))?;
 //! let gateway = Gateway::new(engine, auth, GatewayConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, roomcast_gateway::axum::router(gateway)).await?;
+//! roomcast_gateway::axum::serve(listener, gateway).await?;
 //! # Ok(()) }
 //! # #[cfg(not(feature = "axum"))] fn main() {}
 //! ```

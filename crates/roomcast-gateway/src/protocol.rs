@@ -18,6 +18,10 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The gateway or its engine is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unexpected continuation frame, say).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame above the transport limit (`GatewayConfig::transport_max_frame`). Frames above
     /// `max_frame` but under the transport limit get an error (510) and the connection stays.
     pub const TOO_BIG: u16 = 1009;

@@ -14,7 +14,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let port: u16 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(8081);
     let demo = Demo::new(args.iter().any(|a| a == "--insecure")).await?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = roomcast_gateway::axum::bind(([127, 0, 0, 1], port).into())?;
     let base = format!("http://{}", listener.local_addr()?);
     println!("roomcast over axum at {base}/");
     demo.print(&base);

@@ -119,9 +119,8 @@ async fn server(a: Args) {
             (s.addr, Box::new(move || s.stop()))
         }
         _ => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
+            let listener =
+                roomcast_gateway::axum::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
             let addr = listener.local_addr().expect("addr");
             let served = gateway.clone();
             let task = tokio::spawn(async move {

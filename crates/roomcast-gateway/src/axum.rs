@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn run(gateway: roomcast_gateway::Gateway) -> std::io::Result<()> {
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let listener = roomcast_gateway::axum::bind("127.0.0.1:8080".parse().unwrap())?;
 //! roomcast_gateway::axum::serve(listener, gateway).await
 //! # }
 //! ```
@@ -23,6 +23,20 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 
 use crate::{Gateway, Incoming, Outgoing, TransportClosed, PAGE_CSS, PAGE_HTML, PAGE_JS};
+
+/// A listener on `addr` with a backlog of 4,096 pending connections (capped by the system's
+/// `somaxconn`): a crowd reconnecting at once after a restart overflows tokio's default of
+/// 1,024, and each refused SYN costs its client a second.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
 
 /// Serves the gateway's routes on `listener` (with `TCP_NODELAY` on every connection) until
 /// [`Gateway::shutdown`] is called.

@@ -1,7 +1,7 @@
 //! roomcast over WebSockets: one protocol ([`protocol`], `docs/protocol.md`), authentication
 //! ([`Authenticator`]), one framework-neutral connection core ([`Gateway::serve`]), and
-//! adapters for axum ([`axum`](crate::axum), feature `axum`) and actix-web
-//! ([`actix`](crate::actix), feature `actix-web`) that both run that core, so they behave the
+//! adapters for axum ([`axum`], feature `axum`) and actix-web
+//! ([`actix`], feature `actix-web`) that both run that core, so they behave the
 //! same.
 //!
 //! ```no_run
@@ -170,7 +170,7 @@ pub(crate) struct Inner {
 
 /// A WebSocket gateway onto one engine: shared by every connection, `Send + Sync + Clone`.
 ///
-/// Adapters ([`axum`](crate::axum), [`actix`](crate::actix)) upgrade requests and hand each
+/// Adapters ([`axum`], [`actix`]) upgrade requests and hand each
 /// socket to [`Gateway::serve`]; another framework can do the same through [`Incoming`] and
 /// [`Outgoing`].
 #[derive(Clone)]

@@ -803,7 +803,12 @@ impl<O: Outgoing> Conn<O> {
 
     /// Pushes a message unless this connection pushed it (or a later one of its room) already.
     async fn push_message(&mut self, m: &roomcast::ChatMessage, history: bool) -> Result<(), End> {
-        let state = self.rooms.entry(m.room_id()).or_default();
+        // Only rooms joined (or created) on this connection: a user's other rooms are its
+        // other connections' business, and a room is resumed with `join` and `since`, not by
+        // messages that arrive between the login and the join.
+        let Some(state) = self.rooms.get_mut(&m.room_id()) else {
+            return Ok(());
+        };
         if m.seq() <= state.last_seq {
             return Ok(());
         }
@@ -816,6 +821,9 @@ impl<O: Outgoing> Conn<O> {
         match event {
             ClientEvent::Message(m) => self.push_message(&m, false).await,
             ClientEvent::Room(event) => {
+                if !self.rooms.contains_key(&event.room_id()) {
+                    return Ok(());
+                }
                 let me = self.client.as_ref().map(|c| c.current_user_id().clone());
                 match &*event {
                     ChatRoomEvent::RemovedFromChatRoom {

@@ -3,7 +3,8 @@
 //!
 //! A client sends [`ClientFrame`]s (an `op`, its fields, and an optional `id` that the answer
 //! echoes); the server sends [`ServerFrame`]s (a `type`). Every request gets exactly one
-//! answer, a `reply` or an `error`, in the order the requests were sent.
+//! answer, a `reply` or an `error`, in the order the requests were sent. Messages and events
+//! are pushed for the rooms joined (or created) on the connection.
 
 use roomcast::{ChatMessage, ChatRoom, ChatRoomEvent, MessageBody, MessagePriority};
 use serde::{Deserialize, Serialize};

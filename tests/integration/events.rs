@@ -89,6 +89,7 @@ async fn destroy_tells_every_other_member_and_removes_all() {
                 room_name: "doomed".into(),
             },
             ChatRoomEvent::RemovedFromChatRoom {
+                operator_reason: None,
                 room_id: room.room_id,
                 room_name: "doomed".into(),
                 participant: uid(who),

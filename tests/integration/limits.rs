@@ -264,7 +264,7 @@ async fn the_owner_changes_a_room_s_limits() {
         .wait_until("two specification changes", |e| e.len() >= 2)
         .await;
     match &heard.events()[1] {
-        roomcast::ChatRoomEvent::SpecificationChanged { room, operator } => {
+        roomcast::ChatRoomEvent::SpecificationChanged { room, operator, .. } => {
             assert_eq!(room.limits, expected);
             assert_eq!(operator.as_ref(), Some(&uid("owner")));
         }

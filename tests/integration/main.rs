@@ -34,3 +34,6 @@ mod limits;
 
 /// Idle rooms leave memory and come back.
 mod hibernation;
+
+/// Moderation reasons and the audit log.
+mod audit;

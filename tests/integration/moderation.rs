@@ -104,6 +104,7 @@ async fn admin_changes_reach_the_target_and_the_admins() {
         .unwrap();
     let got = c.settle().await;
     let added = ChatRoomEvent::AdminAdded {
+        operator_reason: None,
         room_id: id,
         admin: uid("m1"),
         operator: Some(uid("owner")),
@@ -148,6 +149,7 @@ async fn ownership_transfer_tells_everyone_and_moves_the_rights() {
         .unwrap();
     let got = c.settle().await;
     let changed = ChatRoomEvent::OwnerChanged {
+        operator_reason: None,
         room_id: id,
         new_owner: uid("m1"),
         old_owner: uid("owner"),
@@ -192,6 +194,7 @@ async fn kicked_members_are_told_and_may_rejoin() {
     assert_eq!(
         got["m1"],
         vec![ChatRoomEvent::RemovedFromChatRoom {
+            operator_reason: None,
             room_id: id,
             room_name: "stage".into(),
             participant: uid("m1"),
@@ -270,6 +273,7 @@ async fn mutes_reach_targets_and_staff_and_end_by_themselves() {
     let got = c.settle().await;
     let expire = 1_700_000_000_000 + 60_000;
     let added = ChatRoomEvent::MuteListAdded {
+        operator_reason: None,
         room_id: id,
         members: vec![uid("m1")],
         expire_time: Some(expire),
@@ -296,6 +300,7 @@ async fn mutes_reach_targets_and_staff_and_end_by_themselves() {
         .await;
     let got = c.settle().await;
     let removed = ChatRoomEvent::MuteListRemoved {
+        operator_reason: None,
         room_id: id,
         members: vec![uid("m1")],
         operator: None,
@@ -355,6 +360,7 @@ async fn mute_all_spares_staff_and_the_allow_list_but_not_a_personal_mute() {
     rooms.mute_all_chat_room_members(&id).await.unwrap();
     let got = c.settle().await;
     let muted = ChatRoomEvent::AllMemberMuteStateChanged {
+        operator_reason: None,
         room_id: id,
         is_all_muted: true,
         operator: Some(uid("admin")),
@@ -418,7 +424,7 @@ async fn specification_and_announcement_changes_reach_all_members() {
         let events = &got[who];
         assert_eq!(events.len(), 4, "{who}: {events:?}");
         match &events[2] {
-            ChatRoomEvent::SpecificationChanged { room, operator } => {
+            ChatRoomEvent::SpecificationChanged { room, operator, .. } => {
                 assert_eq!(
                     (
                         room.name.as_str(),
@@ -434,6 +440,7 @@ async fn specification_and_announcement_changes_reach_all_members() {
         assert_eq!(
             events[3],
             ChatRoomEvent::AnnouncementChanged {
+                operator_reason: None,
                 room_id: id,
                 announcement: "starting soon".into(),
                 operator: Some(uid("admin")),
@@ -685,11 +692,13 @@ async fn a_kicked_or_blocked_admin_hears_its_demotion_then_its_removal() {
                 .unwrap();
         }
         let demoted = ChatRoomEvent::AdminRemoved {
+            operator_reason: None,
             room_id: id,
             admin: uid("admin"),
             operator: Some(uid("owner")),
         };
         let removed = ChatRoomEvent::RemovedFromChatRoom {
+            operator_reason: None,
             room_id: id,
             room_name: c.room.name.clone(),
             participant: uid("admin"),

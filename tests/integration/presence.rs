@@ -20,6 +20,7 @@ async fn setup() -> (
 
 fn removed(room: &roomcast::ChatRoom, who: &str, reason: LeaveReason) -> ChatRoomEvent {
     ChatRoomEvent::RemovedFromChatRoom {
+        operator_reason: None,
         room_id: room.room_id,
         room_name: room.name.clone(),
         participant: uid(who),

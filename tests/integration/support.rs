@@ -114,6 +114,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::OwnerChanged {
+            operator_reason: None,
             room_id: *room_id,
             new_owner: new.clone(),
             old_owner: old.clone(),
@@ -128,6 +129,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::MuteListAdded {
+            operator_reason: None,
             room_id: *room_id,
             members: m.to_vec(),
             expire_time: expire,
@@ -141,6 +143,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::MuteListRemoved {
+            operator_reason: None,
             room_id: *room_id,
             members: m.to_vec(),
             operator: operator.cloned(),
@@ -154,6 +157,7 @@ impl ChatRoomEventHandler for Recorder {
     }
     fn on_specification_changed(&self, room: &ChatRoom, operator: Option<&UserId>) {
         self.push(ChatRoomEvent::SpecificationChanged {
+            operator_reason: None,
             room: Box::new(room.clone()),
             operator: operator.cloned(),
         });
@@ -180,6 +184,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::RemovedFromChatRoom {
+            operator_reason: None,
             room_id: *room_id,
             room_name: name.into(),
             participant: who.clone(),
@@ -194,6 +199,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::AnnouncementChanged {
+            operator_reason: None,
             room_id: *room_id,
             announcement: text.into(),
             operator: operator.cloned(),
@@ -206,6 +212,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::AllowListAdded {
+            operator_reason: None,
             room_id: *room_id,
             members: m.to_vec(),
             operator: operator.cloned(),
@@ -218,6 +225,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::AllowListRemoved {
+            operator_reason: None,
             room_id: *room_id,
             members: m.to_vec(),
             operator: operator.cloned(),
@@ -230,6 +238,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::AllMemberMuteStateChanged {
+            operator_reason: None,
             room_id: *room_id,
             is_all_muted: all,
             operator: operator.cloned(),
@@ -242,6 +251,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::AdminAdded {
+            operator_reason: None,
             room_id: *room_id,
             admin: admin.clone(),
             operator: operator.cloned(),
@@ -254,6 +264,7 @@ impl ChatRoomEventHandler for Recorder {
         operator: Option<&UserId>,
     ) {
         self.push(ChatRoomEvent::AdminRemoved {
+            operator_reason: None,
             room_id: *room_id,
             admin: admin.clone(),
             operator: operator.cloned(),

@@ -139,10 +139,56 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
     /// [`ChatEventHandler::on_events_missed`], so that a client with only room handlers is told
     /// too. Fetch the room's info and history to catch up.
     fn on_events_missed(&self, count: u64) {}
+    /// roomcast's own: every chat-room event, whole, before any callback. The default calls
+    /// the event's own callback ([`dispatch_callback`]). Override it to see what the SDK's
+    /// callbacks do not carry, such as the reason a moderator gave
+    /// ([`ChatRoomEvent::operator_reason`]); call [`dispatch_callback`] from it to keep the
+    /// callbacks too.
+    fn on_chat_room_event(&self, event: &ChatRoomEvent) {
+        dispatch_callback(self, event)
+    }
 }
 
-/// Calls the method of `handler` that corresponds to `event`.
+/// Hands `event` to `handler` ([`ChatRoomEventHandler::on_chat_room_event`], which calls the
+/// event's callback unless overridden).
 pub fn dispatch(handler: &dyn ChatRoomEventHandler, event: &ChatRoomEvent) {
+    handler.on_chat_room_event(event)
+}
+
+/// Calls the method of `handler` that corresponds to `event` (the SDK's callback).
+///
+/// A handler that wants whole events (with the reason a moderator gave) and its callbacks too:
+///
+/// ```
+/// use std::sync::Mutex;
+/// use roomcast_engine::{dispatch, dispatch_callback, ChatRoomEventHandler};
+/// use roomcast_model::{ChatRoomEvent, RoomId, UserId};
+///
+/// #[derive(Default)]
+/// struct Moderation { reasons: Mutex<Vec<String>>, unmuted: Mutex<usize> }
+/// impl ChatRoomEventHandler for Moderation {
+///     fn on_chat_room_event(&self, event: &ChatRoomEvent) {
+///         if let Some(reason) = event.operator_reason() {
+///             self.reasons.lock().unwrap().push(reason.to_string());
+///         }
+///         dispatch_callback(self, event); // and the callbacks below, as usual
+///     }
+///     fn on_mute_list_removed_from_chat_room(&self, _: &RoomId, _: &[UserId], _: Option<&UserId>) {
+///         *self.unmuted.lock().unwrap() += 1;
+///     }
+/// }
+/// # let event = ChatRoomEvent::MuteListRemoved {
+/// #     room_id: RoomId::from_u64(7),
+/// #     members: vec![UserId::new("bob").unwrap()],
+/// #     operator: Some(UserId::new("mod").unwrap()),
+/// #     operator_reason: Some("apologised".into()),
+/// # };
+/// let handler = Moderation::default();
+/// dispatch(&handler, &event); // what the engine does for each event
+/// assert_eq!(*handler.reasons.lock().unwrap(), ["apologised"]);
+/// assert_eq!(*handler.unmuted.lock().unwrap(), 1);
+/// ```
+pub fn dispatch_callback<H: ChatRoomEventHandler + ?Sized>(handler: &H, event: &ChatRoomEvent) {
     use ChatRoomEvent as E;
     match event {
         E::OwnerChanged {
@@ -351,6 +397,7 @@ mod tests {
         let cases: Vec<(ChatRoomEvent, &str)> = vec![
             (
                 E::OwnerChanged {
+                    operator_reason: None,
                     room_id,
                     new_owner: u.clone(),
                     old_owner: u.clone(),
@@ -360,6 +407,7 @@ mod tests {
             ),
             (
                 E::MuteListAdded {
+                    operator_reason: None,
                     room_id,
                     members: vec![],
                     expire_time: None,
@@ -369,6 +417,7 @@ mod tests {
             ),
             (
                 E::MuteListRemoved {
+                    operator_reason: None,
                     room_id,
                     members: vec![],
                     operator: op.clone(),
@@ -384,6 +433,7 @@ mod tests {
             ),
             (
                 E::SpecificationChanged {
+                    operator_reason: None,
                     room: Box::new(room),
                     operator: op.clone(),
                 },
@@ -406,6 +456,7 @@ mod tests {
             ),
             (
                 E::RemovedFromChatRoom {
+                    operator_reason: None,
                     room_id,
                     room_name: name,
                     participant: u.clone(),
@@ -416,6 +467,7 @@ mod tests {
             ),
             (
                 E::AnnouncementChanged {
+                    operator_reason: None,
                     room_id,
                     announcement: String::new(),
                     operator: op.clone(),
@@ -424,6 +476,7 @@ mod tests {
             ),
             (
                 E::AllowListAdded {
+                    operator_reason: None,
                     room_id,
                     members: vec![],
                     operator: op.clone(),
@@ -432,6 +485,7 @@ mod tests {
             ),
             (
                 E::AllowListRemoved {
+                    operator_reason: None,
                     room_id,
                     members: vec![],
                     operator: op.clone(),
@@ -440,6 +494,7 @@ mod tests {
             ),
             (
                 E::AllMemberMuteStateChanged {
+                    operator_reason: None,
                     room_id,
                     is_all_muted: true,
                     operator: op.clone(),
@@ -448,6 +503,7 @@ mod tests {
             ),
             (
                 E::AdminAdded {
+                    operator_reason: None,
                     room_id,
                     admin: u.clone(),
                     operator: op.clone(),
@@ -456,6 +512,7 @@ mod tests {
             ),
             (
                 E::AdminRemoved {
+                    operator_reason: None,
                     room_id,
                     admin: u.clone(),
                     operator: op,

@@ -38,7 +38,7 @@ use roomcast_model::{
 use roomcast_store::{Reader, Store, StoreConfig, StoreError, WriteSet};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use handler::{dispatch, ChatEventHandler, ChatRoomEventHandler};
+pub use handler::{dispatch, dispatch_callback, ChatEventHandler, ChatRoomEventHandler};
 pub use roomcast_store::{Durability, Location};
 use session::PresenceNotices;
 pub use session::{ClientEvent, EventStream, Session, StreamCloser};
@@ -744,20 +744,45 @@ impl Core {
             .await
     }
 
-    /// `by` moderates `room` (roles, lists, mutes, specification, announcement).
+    /// `by` moderates `room` (roles, lists, mutes, specification, announcement), giving
+    /// `reason` (at most 512 characters) for its events and the audit log.
     pub async fn moderate(
         &self,
         by: &UserId,
         room: RoomId,
         action: Moderation,
+        reason: Option<String>,
     ) -> Result<(), ChatError> {
         self.admit(by)?;
+        let reason = roomcast_model::check_reason(reason)?;
         let command = Command::Moderate {
             by: by.clone(),
             action,
             now: self.now_ms(),
+            reason,
         };
         self.room_call(room, Apply(command)).await.map(drop)
+    }
+
+    /// A page of `room`'s audit log, newest first, older than entry `before` if given (owner
+    /// and admins; 1 to `LIST_PAGE_MAX` entries).
+    pub async fn fetch_audit_log(
+        &self,
+        viewer: &UserId,
+        room: RoomId,
+        before: Option<u64>,
+        page_size: u32,
+    ) -> Result<ChatCursorResult<roomcast_model::AuditEntry>, ChatError> {
+        self.admit(viewer)?;
+        roomcast_model::check_page_size(page_size, roomcast_model::LIST_PAGE_MAX)?;
+        let msg = room_actor::FetchAuditLog {
+            viewer: viewer.clone(),
+            before,
+            page_size,
+        };
+        let page = self.room_call(room, msg).await?;
+        self.run(async move { page.await.and_then(|p| p).map_err(storage_error) })
+            .await
     }
 
     /// `by` sets attributes of `room`; returns the keys that failed and why.

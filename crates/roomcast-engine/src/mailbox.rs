@@ -378,6 +378,7 @@ mod tests {
 
     fn item(n: u64) -> ClientEvent {
         ClientEvent::Room(Arc::new(ChatRoomEvent::AllMemberMuteStateChanged {
+            operator_reason: None,
             room_id: RoomId::from_u64(n),
             is_all_muted: false,
             operator: None,
@@ -386,6 +387,7 @@ mod tests {
 
     fn removal(n: u64) -> ClientEvent {
         ClientEvent::Room(Arc::new(ChatRoomEvent::RemovedFromChatRoom {
+            operator_reason: None,
             room_id: RoomId::from_u64(n),
             room_name: String::new(),
             participant: UserId::new("u").unwrap(),

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use roomcast_model::{
-    AttributeFailures, Audience, ChatCursorResult, ChatError, ChatMessage, ChatRoom, ChatRoomEvent,
-    Command, Effects, History, HistoryQuery, MessageId, MessagePriority, OutgoingMessage, Room,
-    RoomId, SearchDirection, Timer, UserId,
+    AttributeFailures, Audience, AuditEntry, ChatCursorResult, ChatError, ChatMessage, ChatRoom,
+    ChatRoomEvent, Command, Effects, History, HistoryQuery, MessageId, MessagePriority,
+    OutgoingMessage, Room, RoomId, SearchDirection, Timer, UserId,
 };
 use roomcast_store::{Commit, Pending, Reader, Store, StoreError, WriteSet};
 
@@ -82,6 +82,16 @@ pub(crate) struct SendMessage {
 pub(crate) struct FetchHistory {
     pub(crate) viewer: UserId,
     pub(crate) query: HistoryQuery,
+}
+
+/// A page of the audit log, newest first (owner and admins).
+#[derive(Message)]
+#[rtype(result = "Result<Answer<StoreRead<ChatCursorResult<AuditEntry>>>, ChatError>")]
+pub(crate) struct FetchAuditLog {
+    pub(crate) viewer: UserId,
+    /// Entries older than this one.
+    pub(crate) before: Option<u64>,
+    pub(crate) page_size: u32,
 }
 
 /// The room's counters.
@@ -372,6 +382,11 @@ impl RoomActor {
                 set.delete_room(room);
             } else {
                 set.put_room(self.room.record())?;
+            }
+        }
+        if !fx.destroyed {
+            for entry in &fx.audit {
+                set.put_audit(room, entry, limits.audit_log_retention)?;
             }
         }
         if let Some(message) = &fx.message {
@@ -819,6 +834,29 @@ impl Handler<FetchHistory> for RoomActor {
             let page = act
                 .store
                 .read(move |reader| history_page(reader, room, query));
+            Ok((page, None))
+        })
+    }
+}
+
+impl Handler<FetchAuditLog> for RoomActor {
+    type Result = Result<Answer<StoreRead<ChatCursorResult<AuditEntry>>>, ChatError>;
+
+    fn handle(&mut self, msg: FetchAuditLog, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| {
+            let role = act.room.role_of(&msg.viewer);
+            roomcast_model::check_permission(roomcast_model::Operation::FetchAuditLog, role, None)?;
+            let room = act.room.id();
+            let (before, size) = (msg.before, msg.page_size as usize);
+            // Queued after this room's writes: the page shows every act before it.
+            let page = act.store.read(move |reader| {
+                let data = reader.audit_log(room, before, size)?;
+                let cursor = match data.last() {
+                    Some(oldest) if data.len() == size && oldest.seq > 1 => Some(oldest.seq),
+                    _ => None,
+                };
+                Ok(ChatCursorResult { data, cursor })
+            });
             Ok((page, None))
         })
     }

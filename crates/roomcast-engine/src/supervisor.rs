@@ -190,6 +190,8 @@ impl Handler<Activate> for Supervisor {
 pub(crate) struct RoomData {
     record: RoomRecord,
     last_seq: u64,
+    /// The number of its newest audit-log entry.
+    audit_seq: u64,
     /// The newest retained messages, oldest first.
     newest: Vec<MessageData>,
 }
@@ -206,11 +208,13 @@ pub(crate) fn load_room(
     // The room's own replay count, where it sets one.
     let replay = record.limits.join_replay_count.unwrap_or(replay);
     let last_seq = reader.last_seq(id)?;
+    let audit_seq = reader.last_audit_seq(id)?;
     let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay)?;
     newest.reverse();
     Ok(Some(RoomData {
         record,
         last_seq,
+        audit_seq,
         newest,
     }))
 }
@@ -266,6 +270,7 @@ impl Supervisor {
     ) -> Addr<RoomActor> {
         let now = self.shared.clock.now_ms();
         let mut room = Room::from_record(data.record, &self.shared.limits, data.last_seq, now);
+        room.set_audit_seq(data.audit_seq);
         let mut recent = History::new(room.limits().join_replay_count);
         for m in data.newest {
             recent.push(ChatMessage::new(m));

@@ -581,7 +581,9 @@ impl<O: Outgoing> Conn<O> {
                 room,
                 users,
                 seconds,
+                reason,
             } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 let duration = match seconds {
                     Some(s) => MuteDuration::For(Duration::from_secs(s)),
@@ -592,47 +594,72 @@ impl<O: Outgoing> Conn<O> {
                     .await?;
                 json!({"room": room.to_string(), "users": users})
             }
-            Request::Unmute { room, users } => {
+            Request::Unmute {
+                room,
+                users,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.unmute_chat_room_members(&room, &users).await?;
                 json!({"room": room.to_string(), "users": users})
             }
-            Request::Kick { room, users } => {
+            Request::Kick {
+                room,
+                users,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.remove_chat_room_members(&room, &users).await?;
                 json!({"room": room.to_string(), "users": users})
             }
-            Request::Block { room, users } => {
+            Request::Block {
+                room,
+                users,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.block_chat_room_members(&room, &users).await?;
                 json!({"room": room.to_string(), "users": users})
             }
-            Request::Unblock { room, users } => {
+            Request::Unblock {
+                room,
+                users,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.unblock_chat_room_members(&room, &users).await?;
                 json!({"room": room.to_string(), "users": users})
             }
-            Request::MuteAll { room } => {
+            Request::MuteAll { room, reason } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.mute_all_chat_room_members(&room).await?;
                 json!({"room": room.to_string()})
             }
-            Request::UnmuteAll { room } => {
+            Request::UnmuteAll { room, reason } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.unmute_all_chat_room_members(&room).await?;
                 json!({"room": room.to_string()})
             }
-            Request::Announce { room, text } => {
+            Request::Announce { room, text, reason } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.update_chat_room_announcement(&room, text).await?;
                 json!({"room": room.to_string()})
             }
-            Request::AddAdmin { room, user } => {
+            Request::AddAdmin { room, user, reason } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.add_chat_room_admin(&room, &user).await?;
                 json!({"room": room.to_string(), "user": user})
             }
-            Request::RemoveAdmin { room, user } => {
+            Request::RemoveAdmin { room, user, reason } => {
+                let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
                 rooms.remove_chat_room_admin(&room, &user).await?;
                 json!({"room": room.to_string(), "user": user})
@@ -864,6 +891,17 @@ impl<O: Outgoing> Conn<O> {
             }
         }
         Ok(())
+    }
+}
+
+/// `rooms`, giving `reason` to its moderation calls if there is one.
+fn reasoned(
+    rooms: &roomcast::ChatRoomManager,
+    reason: Option<String>,
+) -> roomcast::ChatRoomManager {
+    match reason {
+        Some(r) => rooms.with_reason(r),
+        None => rooms.clone(),
     }
 }
 

@@ -211,6 +211,10 @@ pub enum Request {
         /// How long; absent: until unmuted.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seconds: Option<u64>,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Unmute members.
     Unmute {
@@ -218,6 +222,10 @@ pub enum Request {
         room: String,
         /// The members.
         users: Vec<String>,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Remove members from the room.
     Kick {
@@ -225,6 +233,10 @@ pub enum Request {
         room: String,
         /// The members.
         users: Vec<String>,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Put users on the block list (removing them from the room).
     Block {
@@ -232,6 +244,10 @@ pub enum Request {
         room: String,
         /// The users.
         users: Vec<String>,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Take users off the block list.
     Unblock {
@@ -239,16 +255,28 @@ pub enum Request {
         room: String,
         /// The users.
         users: Vec<String>,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Mute every member but the owner, admins and the allow list.
     MuteAll {
         /// The room.
         room: String,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// End mute-all.
     UnmuteAll {
         /// The room.
         room: String,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Set the announcement.
     Announce {
@@ -256,6 +284,10 @@ pub enum Request {
         room: String,
         /// The announcement.
         text: String,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Make a member an admin (owner only).
     AddAdmin {
@@ -263,6 +295,10 @@ pub enum Request {
         room: String,
         /// The member.
         user: String,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Take a member's admin role (owner only).
     RemoveAdmin {
@@ -270,6 +306,10 @@ pub enum Request {
         room: String,
         /// The admin.
         user: String,
+        /// A reason for the act (at most 512 characters), carried by its events and the room's
+        /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A page of the mute list.
     MuteList {

@@ -691,3 +691,29 @@ async fn shutdown_closes_every_connection_with_going_away() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_reasons_reach_the_events() {
+    each_adapter(|adapter| async move {
+        let (server, lobby) = start(adapter, GatewayConfig::default()).await;
+        let room = lobby.to_string();
+        let mut host = Client::login(server.addr, "host").await;
+        host.call(json!({"op": "join", "room": room})).await;
+        let mut bob = Client::login(server.addr, "bob").await;
+        bob.call(json!({"op": "join", "room": room})).await;
+        let r = host
+            .call(json!({"op": "mute", "room": room, "users": ["bob"], "seconds": 60, "reason": "caps lock"}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        let e = bob
+            .expect("the mute", |v| v["event"] == "mute_list_added")
+            .await;
+        assert_eq!(e["operator_reason"], "caps lock");
+        let long = "x".repeat(513);
+        let e = host
+            .call(json!({"op": "kick", "room": room, "users": ["bob"], "reason": long}))
+            .await;
+        assert_eq!((&e["type"], &e["code"]), (&json!("error"), &json!(110)));
+    })
+    .await;
+}

@@ -40,6 +40,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onMuteListAddedFromChatRoom`: members were muted until `expire_time`.
     MuteListAdded {
@@ -52,6 +55,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onMuteListRemovedFromChatRoom`: members were unmuted (by a call or by expiry).
     MuteListRemoved {
@@ -62,6 +68,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onChatRoomDestroyed`: the owner destroyed the room; every member was removed.
     ChatRoomDestroyed {
@@ -78,6 +87,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onMemberJoinedFromChatRoom`: `participant` joined.
     MemberJoined {
@@ -108,6 +120,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAnnouncementChangedFromChatRoom`: the announcement is now `announcement`.
     AnnouncementChanged {
@@ -118,6 +133,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAllowListAddedFromChatRoom`: members were added to the allow list.
     AllowListAdded {
@@ -128,6 +146,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAllowListRemovedFromChatRoom`: members were removed from the allow list.
     AllowListRemoved {
@@ -138,6 +159,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAllChatRoomMemberMuteStateChanged`: mute-all was turned on or off.
     AllMemberMuteStateChanged {
@@ -148,6 +172,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAdminAddedFromChatRoom`: `admin` became an admin.
     AdminAdded {
@@ -158,6 +185,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAdminRemovedFromChatRoom`: `admin` is no longer an admin.
     AdminRemoved {
@@ -168,6 +198,9 @@ pub enum ChatRoomEvent {
         /// Who did it (roomcast's own: Agora's callbacks lack it); `None` when the engine did
         /// (an expiry, an offline removal).
         operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any: roomcast's own
+        /// (Agora's callback has no such argument).
+        operator_reason: Option<String>,
     },
     /// `onAttributesUpdated`: custom attributes were set by `from`.
     AttributesUpdated {
@@ -198,6 +231,87 @@ pub enum ChatRoomEvent {
 }
 
 impl ChatRoomEvent {
+    /// The reason the operator of a moderation event gave, if any (see
+    /// `ChatRoomManager::with_reason`).
+    pub fn operator_reason(&self) -> Option<&str> {
+        match self {
+            ChatRoomEvent::OwnerChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MuteListAdded {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MuteListRemoved {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::RemovedFromChatRoom {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AllMemberMuteStateChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AllowListAdded {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AllowListRemoved {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AdminAdded {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AdminRemoved {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AnnouncementChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::SpecificationChanged {
+                operator_reason, ..
+            } => operator_reason.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Sets the reason of a moderation event (other events have none).
+    pub(crate) fn set_operator_reason(&mut self, given: Option<String>) {
+        match self {
+            ChatRoomEvent::OwnerChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MuteListAdded {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MuteListRemoved {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::RemovedFromChatRoom {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AllMemberMuteStateChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AllowListAdded {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AllowListRemoved {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AdminAdded {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AdminRemoved {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::AnnouncementChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::SpecificationChanged {
+                operator_reason, ..
+            } => *operator_reason = given,
+            _ => {}
+        }
+    }
+
     /// The room's actor was restarted after a failure (roomcast's own; Agora has no such event).
     /// Members stay members; messages up to `last_seq` are in history, so a member that saw an
     /// earlier sequence number last can fetch the rest.

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod attributes;
+mod audit;
 mod error;
 mod event;
 mod gate;
@@ -25,6 +26,7 @@ pub use attributes::{
     AttributeFailures, RoomAttribute, SetAttributes, MAX_KEYS_PER_CALL, MAX_KEYS_PER_ROOM,
     MAX_KEY_CHARS, MAX_VALUE_CHARS,
 };
+pub use audit::{check_reason, AuditAction, AuditEntry, REASON_MAX_CHARS};
 pub use error::{ChatError, ErrorCode, StorageFailure};
 pub use event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 pub use gate::{DeliveryGate, RoomMessageStats};

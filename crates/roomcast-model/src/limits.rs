@@ -60,6 +60,8 @@ pub struct Limits {
     /// (history, lists, attributes, mutes, offline owner and admins all as they were). `None`:
     /// rooms stay in memory. Default 5 minutes.
     pub room_hibernate_after: Option<Duration>,
+    /// Entries each room's audit log keeps (the newest); 0 keeps none. Default 10,000.
+    pub audit_log_retention: usize,
 }
 
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
@@ -130,6 +132,12 @@ impl Limits {
     /// Sets [`Limits::message_max_bytes`].
     pub fn with_message_max_bytes(mut self, value: usize) -> Self {
         self.message_max_bytes = value;
+        self
+    }
+
+    /// Sets [`Limits::audit_log_retention`].
+    pub fn with_audit_log_retention(mut self, value: usize) -> Self {
+        self.audit_log_retention = value;
         self
     }
 
@@ -261,6 +269,7 @@ impl Default for Limits {
             api_calls_per_user_per_second: Some(100),
             user_messages_per_window: Some((20, Duration::from_secs(30))),
             room_hibernate_after: Some(Duration::from_secs(5 * 60)),
+            audit_log_retention: 10_000,
         }
     }
 }

@@ -49,6 +49,8 @@ pub enum Operation {
     FetchAllowList,
     /// Change name, description or max members.
     ChangeSpecification,
+    /// Read the audit log.
+    FetchAuditLog,
     /// Change the announcement.
     UpdateAnnouncement,
     /// Change the room's own limits.
@@ -85,7 +87,7 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
             }
         }
         Unblock | FetchBlockList | FetchMuteList | MuteAll | EditAllowList | FetchAllowList
-        | ChangeSpecification | UpdateAnnouncement => {
+        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog => {
             if staff {
                 Ok(())
             } else {
@@ -259,6 +261,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AdminAdded {
+                        operator_reason: None,
                         room_id,
                         admin: target,
                         operator: Some(by),
@@ -283,6 +286,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AdminRemoved {
+                        operator_reason: None,
                         room_id,
                         admin: target,
                         operator: Some(by),
@@ -302,6 +306,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::OwnerChanged {
+                        operator_reason: None,
                         room_id,
                         new_owner: target,
                         old_owner: old,
@@ -370,6 +375,7 @@ impl Room {
                 let mut fx = self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::MuteListAdded {
+                        operator_reason: None,
                         room_id,
                         members: targets.clone(),
                         expire_time: (expire >= 0).then_some(expire),
@@ -413,6 +419,7 @@ impl Room {
                 let mut fx = self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::MuteListRemoved {
+                        operator_reason: None,
                         room_id,
                         members: unmuted,
                         operator: Some(by),
@@ -430,6 +437,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::AllMemberMuteStateChanged {
+                        operator_reason: None,
                         room_id,
                         is_all_muted: on,
                         operator: Some(by),
@@ -447,6 +455,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AllowListAdded {
+                        operator_reason: None,
                         room_id,
                         members: targets,
                         operator: Some(by),
@@ -468,6 +477,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to,
                     event: ChatRoomEvent::AllowListRemoved {
+                        operator_reason: None,
                         room_id,
                         members: removed,
                         operator: Some(by),
@@ -485,6 +495,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::SpecificationChanged {
+                        operator_reason: None,
                         room,
                         operator: Some(by),
                     },
@@ -514,6 +525,7 @@ impl Room {
                 Ok(self.changed(vec![Outgoing {
                     to: Audience::MembersExcept(vec![by.clone()]),
                     event: ChatRoomEvent::AnnouncementChanged {
+                        operator_reason: None,
                         room_id,
                         announcement: text,
                         operator: Some(by),
@@ -537,6 +549,7 @@ impl Room {
         Ok(self.changed(vec![Outgoing {
             to: Audience::MembersExcept(vec![by.clone()]),
             event: ChatRoomEvent::SpecificationChanged {
+                operator_reason: None,
                 room,
                 operator: Some(by.clone()),
             },
@@ -556,6 +569,7 @@ impl Room {
         self.changed(vec![Outgoing {
             to,
             event: ChatRoomEvent::AdminRemoved {
+                operator_reason: None,
                 room_id,
                 admin: target.clone(),
                 operator: Some(by.clone()),
@@ -565,21 +579,32 @@ impl Room {
 
     /// A mute may have expired: lift it if so.
     pub(crate) fn expire_mute(&mut self, user: UserId, now: Timestamp) -> Effects {
-        match self.record().mute_list.get(&user) {
-            Some(&until) if until >= 0 && until <= now => {}
+        let ended = match self.record().mute_list.get(&user) {
+            Some(&until) if until >= 0 && until <= now => until,
             _ => return Effects::default(),
-        }
+        };
         self.record_mut().mute_list.remove(&user);
         let to = Audience::MembersAmong(self.staff_and(std::slice::from_ref(&user), None));
         let room_id = self.id();
-        self.changed(vec![Outgoing {
+        let mut fx = self.changed(vec![Outgoing {
             to,
             event: ChatRoomEvent::MuteListRemoved {
+                operator_reason: None,
                 room_id,
-                members: vec![user],
+                members: vec![user.clone()],
                 operator: None,
             },
-        }])
+        }]);
+        // Logged at the time it ended, though noticed a little later.
+        self.audit(
+            &mut fx,
+            ended,
+            None,
+            crate::AuditAction::MuteExpired,
+            vec![user],
+            None,
+        );
+        fx
     }
 }
 
@@ -597,6 +622,7 @@ mod tests {
         let mut r = room_of("o", &["a", "a2", "m", "m2"], 100, &Limits::default());
         for a in ["a", "a2"] {
             r.apply(Command::Moderate {
+                reason: None,
                 by: uid("o"),
                 action: Moderation::AddAdmin(uid(a)),
                 now: 0,
@@ -717,6 +743,7 @@ mod tests {
                 let mut r = room();
                 let target = target(actor, column);
                 let got = code(r.apply(Command::Moderate {
+                    reason: None,
                     by: actor.id(),
                     action: make(target.clone()),
                     now: 0,
@@ -728,6 +755,7 @@ mod tests {
             for (actor, want) in [Owner, Admin, Member, Stranger].into_iter().zip(expected) {
                 let mut r = room();
                 let got = code(r.apply(Command::Moderate {
+                    reason: None,
                     by: actor.id(),
                     action: action.clone(),
                     now: 0,
@@ -782,6 +810,7 @@ mod tests {
     fn ownership_transfer_moves_every_right() {
         let mut r = room();
         let by = |u: &str, action| Command::Moderate {
+            reason: None,
             by: uid(u),
             action,
             now: 0,
@@ -805,6 +834,7 @@ mod tests {
     fn blocking_removes_and_bars_until_unblocked() {
         let mut r = room();
         let by = |action| Command::Moderate {
+            reason: None,
             by: uid("a"),
             action,
             now: 0,
@@ -833,6 +863,7 @@ mod tests {
             let mut r = room();
             let fx = r
                 .apply(Command::Moderate {
+                    reason: None,
                     by: uid("o"),
                     action: action.clone(),
                     now: 0,
@@ -865,6 +896,7 @@ mod tests {
     fn mutes_end_by_themselves_and_beat_the_allow_list() {
         let mut r = room();
         let by = |action| Command::Moderate {
+            reason: None,
             by: uid("o"),
             action,
             now: 1_000,
@@ -939,6 +971,7 @@ mod tests {
     fn max_members_cannot_go_below_the_count() {
         let mut r = room();
         let by = |action| Command::Moderate {
+            reason: None,
             by: uid("o"),
             action,
             now: 0,
@@ -968,6 +1001,7 @@ mod tests {
         for n in 0..99 {
             let add = Moderation::AddAdmin(uid(&format!("u{n}")));
             r.apply(Command::Moderate {
+                reason: None,
                 by: uid("o"),
                 action: add,
                 now: 0,
@@ -977,6 +1011,7 @@ mod tests {
         let add = Moderation::AddAdmin(uid("u99"));
         assert_eq!(
             code(r.apply(Command::Moderate {
+                reason: None,
                 by: uid("o"),
                 action: add,
                 now: 0

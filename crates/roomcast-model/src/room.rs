@@ -217,6 +217,9 @@ pub enum Command {
         action: Moderation,
         /// Now (mute expiries count from it).
         now: Timestamp,
+        /// The reason the operator gives (at most 512 characters), carried by the events and
+        /// the audit log.
+        reason: Option<String>,
     },
     /// `user`'s mute may have expired: lift it if so.
     ExpireMute {
@@ -311,6 +314,8 @@ pub struct Effects {
     pub cancelled: Vec<(UserId, TimerKind)>,
     /// Per-key failures of an attribute call.
     pub failures: AttributeFailures,
+    /// Entries for the room's audit log, numbered.
+    pub audit: Vec<crate::AuditEntry>,
 }
 
 impl Effects {
@@ -327,6 +332,7 @@ impl Effects {
         self.timers.extend(other.timers);
         self.cancelled.extend(other.cancelled);
         self.failures.extend(other.failures);
+        self.audit.extend(other.audit);
     }
 }
 
@@ -415,6 +421,8 @@ pub struct Room {
     /// The limits this room runs under: the engine's with the record's overrides.
     limits: Arc<Limits>,
     last_seq: u64,
+    /// The number of the room's last audit-log entry.
+    audit_seq: u64,
     gate: DeliveryGate,
     stats: RoomMessageStats,
     /// Per-sender message counts in the current window (only members who sent), for
@@ -461,6 +469,7 @@ impl Room {
             engine_limits,
             limits: effective,
             last_seq: 0,
+            audit_seq: 0,
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
             record: RoomRecord {
@@ -493,9 +502,41 @@ impl Room {
             engine_limits,
             limits: effective,
             last_seq,
+            audit_seq: 0,
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
         }
+    }
+
+    /// Continues the audit log after entry `seq` (what the store holds).
+    pub fn set_audit_seq(&mut self, seq: u64) {
+        self.audit_seq = seq;
+    }
+
+    /// The number of the room's last audit-log entry (0 if none).
+    pub fn audit_seq(&self) -> u64 {
+        self.audit_seq
+    }
+
+    /// Adds an entry to the audit log of `fx`.
+    pub(crate) fn audit(
+        &mut self,
+        fx: &mut Effects,
+        now: Timestamp,
+        operator: Option<UserId>,
+        action: crate::AuditAction,
+        targets: Vec<UserId>,
+        reason: Option<String>,
+    ) {
+        self.audit_seq += 1;
+        fx.audit.push(crate::AuditEntry {
+            seq: self.audit_seq,
+            time: now,
+            operator,
+            action,
+            targets,
+            reason,
+        });
     }
 
     /// Puts `user` back in the room without events: for a room restored after a failure, whose
@@ -851,7 +892,15 @@ impl Room {
             } => self.send(from, message, msg_id, now),
             Command::SetPresence { user, online, now } => Ok(self.set_presence(user, online, now)),
             Command::ExpireOffline { user, now } => Ok(self.expire_offline(user, now)),
-            Command::Moderate { by, action, now } => {
+            Command::Moderate {
+                by,
+                action,
+                now,
+                reason,
+            } => {
+                let reason = crate::check_reason(reason)?;
+                let (audit_action, audit_targets) = crate::AuditAction::of(&action, now);
+                let operator = by.clone();
                 // Who may stop being exempt from the offline rule: the targets of a role or
                 // allow-list change, and the owner handing over its room.
                 let mut candidates: Vec<UserId> = match &action {
@@ -862,6 +911,19 @@ impl Room {
                 };
                 candidates.retain(|u| self.offline.contains_key(u) && self.is_exempt(u));
                 let mut fx = self.moderate(by, action, now)?;
+                if fx.record_changed || !fx.events.is_empty() {
+                    for out in &mut fx.events {
+                        out.event.set_operator_reason(reason.clone());
+                    }
+                    self.audit(
+                        &mut fx,
+                        now,
+                        Some(operator),
+                        audit_action,
+                        audit_targets,
+                        reason,
+                    );
+                }
                 // Offline and no longer exempt: its grace period, counted from when it went,
                 // is checked (at once if it has passed).
                 let grace = ms_to_timestamp(self.offline_grace_ms());
@@ -1013,6 +1075,7 @@ impl Room {
                 Outgoing {
                     to: Audience::Users(vec![user.clone()]),
                     event: ChatRoomEvent::RemovedFromChatRoom {
+                        operator_reason: None,
                         room_id,
                         room_name,
                         participant: user.clone(),
@@ -1102,6 +1165,7 @@ impl Room {
         events.extend(told.into_iter().map(|participant| Outgoing {
             to: Audience::Users(vec![participant.clone()]),
             event: ChatRoomEvent::RemovedFromChatRoom {
+                operator_reason: None,
                 room_id,
                 room_name: room_name.clone(),
                 participant,
@@ -1406,6 +1470,7 @@ mod tests {
             };
             let fx = r
                 .apply(Command::Moderate {
+                    reason: None,
                     by: uid("owner"),
                     action,
                     now: 900_000,

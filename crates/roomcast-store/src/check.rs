@@ -102,6 +102,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
     let mut seqs: BTreeMap<RoomId, u64> = BTreeMap::new();
     let mut newest: BTreeMap<RoomId, u64> = BTreeMap::new();
     let mut messages: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
+    let mut audit: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut errors = 0;
     let mut stored_mark = 0u64;
     let mut iter = tree.iter();
@@ -197,6 +198,17 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
                     Err(e) => report.problem(&what, e.to_string()),
                 }
             }
+            Some(&keys::AUDIT) => {
+                match codec::decode::<roomcast_model::AuditEntry>(RecordKind::Audit, &value) {
+                    Ok(e) if keys::seq_of(&key) == Some(e.seq) => {
+                        if let Some(room) = keys::room_of(&key) {
+                            audit.push((key.to_vec(), value.to_vec(), room));
+                        }
+                    }
+                    Ok(e) => report.problem(&what, format!("holds entry {}", e.seq)),
+                    Err(e) => report.problem(&what, e.to_string()),
+                }
+            }
             _ => report.problem(&what, "unknown kind of record"),
         }
     }
@@ -227,6 +239,15 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
             _ => {}
         }
     }
+    for (_, _, room) in &audit {
+        if !rooms.contains_key(room) {
+            report.problem(
+                format!("audit log of room {room}"),
+                "belongs to no readable room",
+            );
+            break;
+        }
+    }
     for room in seqs.keys() {
         if !rooms.contains_key(room) {
             report.problem(
@@ -236,6 +257,11 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
         }
     }
     if let Some(t) = into {
+        for (key, value, room) in audit {
+            if rooms.contains_key(&room) {
+                t.insert(key, value)?;
+            }
+        }
         for (key, value, room) in messages {
             if rooms.contains_key(&room) {
                 t.insert(key, value)?;

@@ -47,6 +47,8 @@ pub enum RecordKind {
     Mark = 6,
     /// A room's [`roomcast_model::RoomRecord`].
     RoomV2 = 7,
+    /// An entry of a room's audit log ([`roomcast_model::AuditEntry`]).
+    Audit = 8,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -10,6 +10,7 @@
 //! | `m` + room id + sequence number (8 bytes BE) | a retained [`roomcast_model::MessageData`] |
 //! | `c` + user id + `0x00` + room id | a user's [`crate::LocalCopy`] of a room |
 //! | `a` + user id | a super admin |
+//! | `l` + room id + entry number (8 bytes BE) | an entry of the room's audit log ([`roomcast_model::AuditEntry`]) |
 //! | `w` | the write mark: write groups applied, ever (`u64`) |
 //!
 //! Room ids and sequence numbers are big-endian, so a room's messages are one contiguous range
@@ -22,6 +23,7 @@ pub(crate) const SEQ: u8 = b'q';
 pub(crate) const MESSAGE: u8 = b'm';
 pub(crate) const COPY: u8 = b'c';
 pub(crate) const ADMIN: u8 = b'a';
+pub(crate) const AUDIT: u8 = b'l';
 /// The write mark: how many write groups the store has applied, ever (see `mark.rs`).
 pub(crate) const MARK: &[u8] = b"w";
 
@@ -39,6 +41,13 @@ pub(crate) fn seq(id: RoomId) -> [u8; 9] {
 
 pub(crate) fn message(id: RoomId, seq: u64) -> [u8; 17] {
     let mut k = [MESSAGE; 17];
+    k[1..9].copy_from_slice(&id.as_u64().to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn audit(id: RoomId, seq: u64) -> [u8; 17] {
+    let mut k = [AUDIT; 17];
     k[1..9].copy_from_slice(&id.as_u64().to_be_bytes());
     k[9..].copy_from_slice(&seq.to_be_bytes());
     k
@@ -68,7 +77,7 @@ pub(crate) fn admin(user: &UserId) -> Vec<u8> {
     k
 }
 
-/// The room id in a `r`, `q` or `m` key.
+/// The room id in a `r`, `q`, `m` or `l` key.
 pub(crate) fn room_of(key: &[u8]) -> Option<RoomId> {
     key.get(1..9)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -107,6 +116,11 @@ pub(crate) fn describe(key: &[u8]) -> String {
             format!("local copy of room {room} for {user}")
         }
         Some(&ADMIN) => format!("super admin {}", String::from_utf8_lossy(&key[1..])),
+        Some(&AUDIT) => format!(
+            "audit entry {}#{}",
+            fmt_room(key),
+            seq_of(key).map_or_else(|| "?".into(), |s| s.to_string())
+        ),
         _ if key == MARK => "write mark".into(),
         _ => format!("unknown key {key:?}"),
     }

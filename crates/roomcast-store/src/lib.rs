@@ -653,6 +653,41 @@ impl Reader {
         }
     }
 
+    /// Up to `limit` entries of `room`'s audit log, newest first, older than entry `before` if
+    /// given.
+    pub fn audit_log(
+        &self,
+        room: RoomId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<roomcast_model::AuditEntry>, StoreError> {
+        let hi = match before {
+            Some(b) => Bound::Excluded(keys::audit(room, b)),
+            None => Bound::Included(keys::audit(room, u64::MAX)),
+        };
+        self.tree
+            .range::<[u8; 17], _>((Bound::Included(keys::audit(room, 0)), hi))
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                codec::decode(RecordKind::Audit, &value).map_err(|e| e.at(keys::describe(&key)))
+            })
+            .collect()
+    }
+
+    /// The number of `room`'s newest audit-log entry (0 if none).
+    pub fn last_audit_seq(&self, room: RoomId) -> Result<u64, StoreError> {
+        let range = keys::audit(room, 0)..=keys::audit(room, u64::MAX);
+        Ok(self
+            .tree
+            .range(range)
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| keys::seq_of(&k))
+            .unwrap_or(0))
+    }
+
     /// The sequence numbers of `room`'s oldest and newest retained messages.
     pub fn message_bounds(&self, room: RoomId) -> Result<Option<(u64, u64)>, StoreError> {
         let range = keys::message(room, 0)..=keys::message(room, u64::MAX);

@@ -657,3 +657,64 @@ async fn a_write_set_that_comes_to_nothing_writes_nothing() {
     drop(store);
     Store::open(&dir_config(dir.path())).expect("still agrees");
 }
+
+fn entry(seq: u64, reason: Option<&str>) -> roomcast_model::AuditEntry {
+    roomcast_model::AuditEntry::new(
+        seq,
+        1_000 + seq as i64,
+        Some(uid("adm")),
+        roomcast_model::AuditAction::Kick,
+        vec![uid("m")],
+        reason.map(str::to_string),
+    )
+}
+
+/// The audit log keeps the newest `retention` entries, reads newest first from any point,
+/// survives a reopen, goes with its room, and the checker reads it.
+#[tokio::test]
+async fn the_audit_log_keeps_its_newest_entries_and_goes_with_its_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = RoomId::from_u64(1);
+    {
+        let store = Store::open(&dir_config(dir.path())).unwrap();
+        apply(&store, |w| w.put_room(&record(1, "one")).unwrap()).await;
+        for seq in 1..=12 {
+            apply(&store, |w| {
+                w.put_audit(room, &entry(seq, Some("spam")), 5).unwrap()
+            })
+            .await;
+        }
+        let reader = store.blocking_reader();
+        let seqs = |v: Vec<roomcast_model::AuditEntry>| v.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(reader.audit_log(room, None, 100).unwrap()),
+            [12, 11, 10, 9, 8]
+        );
+        assert_eq!(seqs(reader.audit_log(room, Some(10), 1).unwrap()), [9]);
+        assert_eq!(
+            reader.audit_log(room, None, 1).unwrap()[0],
+            entry(12, Some("spam"))
+        );
+        assert_eq!(reader.last_audit_seq(room).unwrap(), 12);
+        assert_eq!(reader.last_audit_seq(RoomId::from_u64(2)).unwrap(), 0);
+        store.flush_blocking().unwrap();
+    }
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let store = Store::open(&dir_config(dir.path())).unwrap();
+    assert_eq!(store.blocking_reader().last_audit_seq(room).unwrap(), 12);
+    // An entry put in the same group as the room's deletion goes too.
+    let mut put = WriteSet::new();
+    put.put_audit(room, &entry(13, None), 5).unwrap();
+    let mut delete = WriteSet::new();
+    delete.delete_room(room);
+    let (a, b) = (store.submit(put), store.submit(delete));
+    a.await.unwrap();
+    b.await.unwrap();
+    store.read(|_| ()).await.unwrap();
+    assert!(store
+        .blocking_reader()
+        .audit_log(room, None, 100)
+        .unwrap()
+        .is_empty());
+}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use roomcast_model::{MessageData, RoomId, RoomRecord, Timestamp, UserId};
+use roomcast_model::{AuditEntry, MessageData, RoomId, RoomRecord, Timestamp, UserId};
 
 use crate::codec::{self, RecordKind};
 use crate::{keys, LocalCopy, StoreError};
@@ -74,7 +74,8 @@ impl WriteSet {
         Ok(())
     }
 
-    /// Deletes a room: its record, its sequence number and every retained message.
+    /// Deletes a room: its record, its sequence number, every retained message and its audit
+    /// log.
     pub fn delete_room(&mut self, room: RoomId) {
         self.ops.push(Op::DeleteRoom(room));
     }
@@ -89,6 +90,25 @@ impl WriteSet {
         ));
         self.ops
             .push(Op::Put(keys::seq(message.room_id).to_vec(), seq));
+        Ok(())
+    }
+
+    /// Stores an entry of `room`'s audit log, and drops the one `retention` entries older (the
+    /// log keeps the newest `retention`; 0 keeps none).
+    pub fn put_audit(
+        &mut self,
+        room: RoomId,
+        entry: &AuditEntry,
+        retention: usize,
+    ) -> Result<(), StoreError> {
+        if retention > 0 {
+            let value = codec::encode(RecordKind::Audit, entry)?;
+            self.ops
+                .push(Op::Put(keys::audit(room, entry.seq).to_vec(), value));
+        }
+        if let Some(old) = entry.seq.checked_sub(retention as u64).filter(|&s| s > 0) {
+            self.ops.push(Op::Remove(keys::audit(room, old).to_vec()));
+        }
         Ok(())
     }
 
@@ -205,7 +225,7 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
         for op in sets.iter().flat_map(|s| &s.ops) {
             match op {
                 Op::Put(k, v) => {
-                    if k.first() == Some(&keys::MESSAGE) {
+                    if matches!(k.first(), Some(&keys::MESSAGE) | Some(&keys::AUDIT)) {
                         put_messages.insert(k.clone());
                     }
                     batch.insert(k.as_slice(), v.as_slice())
@@ -222,6 +242,15 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                     }
                     let all = keys::message(room, 0).to_vec()..keys::message_end(room);
                     unput(&mut batch, &mut put_messages, all);
+                    // Its audit log goes with it.
+                    for key in tree
+                        .range(keys::audit(room, 0)..=keys::audit(room, u64::MAX))
+                        .keys()
+                    {
+                        batch.remove(key?);
+                    }
+                    let log = keys::audit(room, 0).to_vec()..keys::audit(room, u64::MAX).to_vec();
+                    unput(&mut batch, &mut put_messages, log);
                 }
                 &Op::TrimBefore(room, seq) => {
                     for key in tree

@@ -206,6 +206,7 @@ impl ChatClient {
     pub fn chat_room_manager(&self) -> ChatRoomManager {
         ChatRoomManager {
             client: self.clone(),
+            reason: None,
         }
     }
 

@@ -62,19 +62,20 @@ pub use options::ChatOptions;
 pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
 
 pub use roomcast_engine::{
-    ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability, ManualClock, RoomStats,
-    SystemClock,
+    dispatch_callback, ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability,
+    ManualClock, RoomStats, SystemClock,
 };
 
 /// See [`ChatClient::events`] for runnable examples of this contract: reading, falling behind,
 /// ending.
 pub use roomcast_engine::EventStream;
 pub use roomcast_model::{
-    check_permission, AttributeFailures, AttributeValue, ChatCursorResult, ChatError, ChatMessage,
-    ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType, ErrorCode, HistoryQuery,
-    LeaveReason, Limits, MessageBody, MessageData, MessageId, MessagePriority, MuteDuration,
-    MutedMember, Operation, OutgoingMessage, RoomId, RoomLimits, RoomMessageStats, SearchDirection,
-    SetAttributes, StorageFailure, Timestamp, UserId, LIST_PAGE_MAX,
+    check_permission, AttributeFailures, AttributeValue, AuditAction, AuditEntry, ChatCursorResult,
+    ChatError, ChatMessage, ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType,
+    ErrorCode, HistoryQuery, LeaveReason, Limits, MessageBody, MessageData, MessageId,
+    MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, RoomId, RoomLimits,
+    RoomMessageStats, SearchDirection, SetAttributes, StorageFailure, Timestamp, UserId,
+    LIST_PAGE_MAX, REASON_MAX_CHARS,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use roomcast_engine::{QueryAnswer, RoomQuery};
 use roomcast_model::{
-    AttributeFailures, ChatCursorResult, ChatError, ChatPageResult, Moderation, MuteDuration,
-    MutedMember, RoomId, RoomLimits, SetAttributes, UserId,
+    AttributeFailures, AuditEntry, ChatCursorResult, ChatError, ChatPageResult, Moderation,
+    MuteDuration, MutedMember, RoomId, RoomLimits, SetAttributes, UserId,
 };
 
 use crate::ChatRoomManager;
@@ -31,7 +31,96 @@ fn unexpected() -> ChatError {
 impl ChatRoomManager {
     async fn moderate(&self, room_id: &RoomId, action: Moderation) -> Result<(), ChatError> {
         let by = self.client.current_user_id();
-        self.client.core()?.moderate(by, *room_id, action).await
+        let reason = self.reason.clone();
+        self.client
+            .core()?
+            .moderate(by, *room_id, action, reason)
+            .await
+    }
+
+    /// This manager, whose moderation calls (roles, kicks, blocks, mutes, lists, mute-all,
+    /// specification, limits, announcement) give `reason`: their events carry it
+    /// ([`crate::ChatRoomEvent::operator_reason`]) and the room's audit log keeps it. At most
+    /// [`crate::REASON_MAX_CHARS`] characters (a call with a longer one fails with 110 and
+    /// changes nothing); an empty reason is none. roomcast's own: Agora's calls take no reason.
+    ///
+    /// ```
+    /// # use futures_util::StreamExt;
+    /// # async fn next(events: &mut roomcast::EventStream) -> roomcast::ClientEvent {
+    /// #     let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next());
+    /// #     event.await.expect("an event within 10 s").expect("the stream is open")
+    /// # }
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatRoomEvent, ClientEvent, MuteDuration};
+    /// let mut bob_events = bob.events();
+    /// host.chat_room_manager()
+    ///     .with_reason("links in chat")
+    ///     .mute_chat_room_members(&room, ["bob"], MuteDuration::Forever)
+    ///     .await?;
+    /// let ClientEvent::Room(event) = next(&mut bob_events).await else { panic!() };
+    /// assert!(matches!(*event, ChatRoomEvent::MuteListAdded { .. }));
+    /// assert_eq!(event.operator_reason(), Some("links in chat"));
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_reason(&self, reason: impl Into<String>) -> ChatRoomManager {
+        ChatRoomManager {
+            client: self.client.clone(),
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// A page of the room's audit log, newest first (owner and admins; 703 otherwise): every
+    /// act of moderation, by a user or by the engine (a mute that ended by itself), with its
+    /// time, operator, action, targets and reason. `before` continues from a page's `cursor`;
+    /// `page_size` is 1 to [`crate::LIST_PAGE_MAX`]. The log keeps each room's newest
+    /// `Limits::audit_log_retention` entries (10,000 by default) and survives restarts; it goes
+    /// with its room. roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::AuditAction;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.mute_all_chat_room_members(&room).await?;
+    /// rooms.with_reason("spam").remove_chat_room_members(&room, ["bob"]).await?;
+    /// let page = rooms.fetch_chat_room_audit_log(&room, None, 10).await?;
+    /// assert_eq!(page.data[0].action, AuditAction::Kick);
+    /// assert_eq!(page.data[0].reason.as_deref(), Some("spam"));
+    /// assert_eq!(page.data[0].operator.as_ref().map(|u| u.as_str()), Some("host"));
+    /// assert_eq!(page.data[1].action, AuditAction::MuteAll);
+    /// assert_eq!(page.cursor, None); // nothing older
+    /// let err = bob.chat_room_manager().fetch_chat_room_audit_log(&room, None, 10).await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn fetch_chat_room_audit_log(
+        &self,
+        room_id: &RoomId,
+        before: Option<u64>,
+        page_size: u32,
+    ) -> Result<ChatCursorResult<AuditEntry>, ChatError> {
+        let viewer = self.client.current_user_id();
+        self.client
+            .core()?
+            .fetch_audit_log(viewer, *room_id, before, page_size)
+            .await
     }
 
     async fn query(&self, room_id: &RoomId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
@@ -69,6 +158,7 @@ impl ChatRoomManager {
     /// rooms.add_chat_room_admin(&room, "bob").await?;
     /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.admin_list, [UserId::new("bob")?]);
     /// let told = ChatRoomEvent::AdminAdded {
+    ///     operator_reason: None,
     ///     room_id: room,
     ///     admin: UserId::new("bob")?,
     ///     operator: Some(UserId::new("host")?),
@@ -167,6 +257,7 @@ impl ChatRoomManager {
     /// assert_eq!(info.owner.as_str(), "bob");
     /// assert_eq!(info.permission_type, ChatRoomPermissionType::Member); // the old owner
     /// let told = ChatRoomEvent::OwnerChanged {
+    ///     operator_reason: None,
     ///     room_id: room,
     ///     new_owner: UserId::new("bob")?,
     ///     old_owner: UserId::new("host")?,
@@ -894,6 +985,7 @@ impl ChatRoomManager {
     /// let mut bob_events = bob.events();
     /// rooms.update_chat_room_announcement(&room, "Finals at 8pm").await?;
     /// let told = ChatRoomEvent::AnnouncementChanged {
+    ///     operator_reason: None,
     ///     room_id: room,
     ///     announcement: "Finals at 8pm".into(),
     ///     operator: Some(UserId::new("host")?),

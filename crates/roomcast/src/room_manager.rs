@@ -176,12 +176,16 @@ impl CreateChatRoomOptions {
 #[derive(Clone)]
 pub struct ChatRoomManager {
     pub(crate) client: ChatClient,
+    /// The reason moderation calls through this manager give (see
+    /// [`ChatRoomManager::with_reason`]).
+    pub(crate) reason: Option<String>,
 }
 
 impl std::fmt::Debug for ChatRoomManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatRoomManager")
             .field("user", self.client.current_user_id())
+            .field("reason", &self.reason)
             .finish()
     }
 }

@@ -15,6 +15,7 @@ mod gate;
 mod history;
 mod id;
 mod limits;
+mod live;
 mod message;
 mod moderation;
 mod page;
@@ -33,6 +34,7 @@ pub use gate::{DeliveryGate, RoomMessageStats};
 pub use history::{ChatCursorResult, History, HistoryQuery, SearchDirection};
 pub use id::{RoomId, UserId};
 pub use limits::{Limits, RoomLimits};
+pub use live::{LiveModeration, Pin, UNTIL_LIFTED};
 pub use message::{
     AttributeValue, ChatMessage, MessageBody, MessageData, MessageId, MessagePriority,
     OutgoingMessage,

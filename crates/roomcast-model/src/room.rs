@@ -159,6 +159,9 @@ pub struct RoomRecord {
     pub created_at: Timestamp,
     /// The room's own limits (the engine's where unset).
     pub limits: RoomLimits,
+    /// Live-stream moderation beyond Agora (slow mode, freeze, timed bans, shadow bans,
+    /// hold for review, pins).
+    pub live: crate::LiveModeration,
 }
 
 /// A state change asked of a room. Reads are plain methods on [`Room`].
@@ -485,6 +488,7 @@ impl Room {
                 attributes: BTreeMap::new(),
                 created_at: now,
                 limits: room_limits,
+                live: crate::LiveModeration::default(),
             },
             members: set,
         })

@@ -45,10 +45,12 @@ pub enum RecordKind {
     RoomSeq = 5,
     /// The write mark (`u64`).
     Mark = 6,
-    /// A room's [`roomcast_model::RoomRecord`].
+    /// A room's record in the second layout (before live moderation): read, never written.
     RoomV2 = 7,
     /// An entry of a room's audit log ([`roomcast_model::AuditEntry`]).
     Audit = 8,
+    /// A room's [`roomcast_model::RoomRecord`].
+    RoomV3 = 9,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -134,15 +136,20 @@ pub fn decode<T: DeserializeOwned>(kind: RecordKind, bytes: &[u8]) -> Result<T, 
 
 /// Encodes a room record in the current layout.
 pub fn encode_room(record: &roomcast_model::RoomRecord) -> Result<Vec<u8>, StoreError> {
-    encode(RecordKind::RoomV2, record)
+    encode(RecordKind::RoomV3, record)
 }
 
-/// Decodes a room record of either layout: the record's kind says which.
+/// Decodes a room record of any layout: the record's kind says which.
 pub fn decode_room(bytes: &[u8]) -> Result<roomcast_model::RoomRecord, StoreError> {
-    if bytes.len() > 3 && bytes[3] == RecordKind::Room as u8 {
-        return decode::<legacy::RoomRecordV1>(RecordKind::Room, bytes).map(Into::into);
+    match bytes.get(3) {
+        Some(&k) if k == RecordKind::Room as u8 => {
+            decode::<legacy::RoomRecordV1>(RecordKind::Room, bytes).map(Into::into)
+        }
+        Some(&k) if k == RecordKind::RoomV2 as u8 => {
+            decode::<legacy::RoomRecordV2>(RecordKind::RoomV2, bytes).map(Into::into)
+        }
+        _ => decode(RecordKind::RoomV3, bytes),
     }
-    decode(RecordKind::RoomV2, bytes)
 }
 
 /// Earlier layouts, kept to read stores written by earlier versions.
@@ -204,6 +211,44 @@ mod legacy {
                 attributes: v1.attributes,
                 created_at: v1.created_at,
                 limits,
+                live: Default::default(),
+            }
+        }
+    }
+
+    /// `RoomRecord` before live moderation.
+    #[derive(Debug, Deserialize)]
+    pub struct RoomRecordV2 {
+        id: RoomId,
+        spec: RoomSpec,
+        owner: UserId,
+        admins: Vec<UserId>,
+        announcement: String,
+        all_muted: bool,
+        mute_list: BTreeMap<UserId, Timestamp>,
+        allow_list: BTreeSet<UserId>,
+        block_list: BTreeSet<UserId>,
+        attributes: BTreeMap<String, RoomAttribute>,
+        created_at: Timestamp,
+        limits: RoomLimits,
+    }
+
+    impl From<RoomRecordV2> for RoomRecord {
+        fn from(v2: RoomRecordV2) -> RoomRecord {
+            RoomRecord {
+                id: v2.id,
+                spec: v2.spec,
+                owner: v2.owner,
+                admins: v2.admins,
+                announcement: v2.announcement,
+                all_muted: v2.all_muted,
+                mute_list: v2.mute_list,
+                allow_list: v2.allow_list,
+                block_list: v2.block_list,
+                attributes: v2.attributes,
+                created_at: v2.created_at,
+                limits: v2.limits,
+                live: Default::default(),
             }
         }
     }

@@ -38,7 +38,20 @@ fn record(id: u64, name: &str) -> RoomRecord {
         limits: roomcast_model::RoomLimits::default()
             .with_offline_grace(std::time::Duration::from_secs(1))
             .with_room_delivery_rate(None),
+        live: live(),
     }
+}
+
+fn live() -> roomcast_model::LiveModeration {
+    let mut live = roomcast_model::LiveModeration::default();
+    live.slow_mode_ms = Some(5_000);
+    live.frozen_until = Some(roomcast_model::UNTIL_LIFTED);
+    live.block_until.insert(uid("b"), 99);
+    live.rejoin_banned_until.insert(uid("k"), 77);
+    live.shadow_banned.insert(uid("s"));
+    live.hold_ms = Some(3_000);
+    live.pins.push(roomcast_model::Pin::new(4, uid("adm"), 55));
+    live
 }
 
 /// A room record written by the first layout (before per-room limits) still reads, with its
@@ -92,13 +105,59 @@ fn first_layout_room_records_still_read() {
     let expected = RoomRecord {
         limits: roomcast_model::RoomLimits::default()
             .with_offline_grace(std::time::Duration::from_secs(1)),
-        ..now
+        live: Default::default(),
+        ..now.clone()
     };
     assert_eq!(back, expected);
     // The current layout is written with its own kind, and reads back whole.
-    let bytes = codec::encode_room(&expected).unwrap();
-    assert_eq!(bytes[3], RecordKind::RoomV2 as u8);
-    assert_eq!(codec::decode_room(&bytes).unwrap(), expected);
+    let bytes = codec::encode_room(&now).unwrap();
+    assert_eq!(bytes[3], RecordKind::RoomV3 as u8);
+    assert_eq!(codec::decode_room(&bytes).unwrap(), now);
+}
+
+/// A room record written by the second layout (before live moderation) still reads, with live
+/// moderation off.
+#[test]
+fn second_layout_room_records_still_read() {
+    #[derive(serde::Serialize)]
+    struct RecordV2 {
+        id: RoomId,
+        spec: roomcast_model::RoomSpec,
+        owner: UserId,
+        admins: Vec<UserId>,
+        announcement: String,
+        all_muted: bool,
+        mute_list: BTreeMap<UserId, i64>,
+        allow_list: BTreeSet<UserId>,
+        block_list: BTreeSet<UserId>,
+        attributes: BTreeMap<String, roomcast_model::RoomAttribute>,
+        created_at: i64,
+        limits: roomcast_model::RoomLimits,
+    }
+    let now = record(8, "second");
+    let v2 = RecordV2 {
+        id: now.id,
+        spec: now.spec.clone(),
+        owner: now.owner.clone(),
+        admins: now.admins.clone(),
+        announcement: now.announcement.clone(),
+        all_muted: now.all_muted,
+        mute_list: now.mute_list.clone(),
+        allow_list: now.allow_list.clone(),
+        block_list: now.block_list.clone(),
+        attributes: now.attributes.clone(),
+        created_at: now.created_at,
+        limits: now.limits.clone(),
+    };
+    let bytes = codec::encode(RecordKind::RoomV2, &v2).unwrap();
+    let back = codec::decode_room(&bytes).unwrap();
+    assert_eq!(
+        back,
+        RoomRecord {
+            live: Default::default(),
+            ..now
+        }
+    );
 }
 
 fn dir_config(dir: &std::path::Path) -> StoreConfig {
@@ -111,19 +170,19 @@ fn dir_config(dir: &std::path::Path) -> StoreConfig {
 #[test]
 fn codec_round_trips() {
     let r = record(7, "room");
-    let bytes = codec::encode(RecordKind::RoomV2, &r).unwrap();
-    let back: RoomRecord = codec::decode(RecordKind::RoomV2, &bytes).unwrap();
+    let bytes = codec::encode(RecordKind::RoomV3, &r).unwrap();
+    let back: RoomRecord = codec::decode(RecordKind::RoomV3, &bytes).unwrap();
     assert_eq!(back, r);
 }
 
 #[test]
 fn codec_rejects_every_single_byte_corruption_without_panicking() {
-    let bytes = codec::encode(RecordKind::RoomV2, &record(7, "room")).unwrap();
+    let bytes = codec::encode(RecordKind::RoomV3, &record(7, "room")).unwrap();
     for at in 0..bytes.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bad = bytes.clone();
             bad[at] ^= flip;
-            let got = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bad);
+            let got = codec::decode::<RoomRecord>(RecordKind::RoomV3, &bad);
             assert!(
                 matches!(got, Err(StoreError::Corrupt { .. })),
                 "byte {at} ^ {flip:#x}"
@@ -131,27 +190,27 @@ fn codec_rejects_every_single_byte_corruption_without_panicking() {
         }
     }
     for len in 0..bytes.len() {
-        assert!(codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes[..len]).is_err());
+        assert!(codec::decode::<RoomRecord>(RecordKind::RoomV3, &bytes[..len]).is_err());
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(codec::decode::<RoomRecord>(RecordKind::RoomV2, &longer).is_err());
+    assert!(codec::decode::<RoomRecord>(RecordKind::RoomV3, &longer).is_err());
 }
 
 #[test]
 fn codec_checks_kind_version_and_length_limit() {
-    let bytes = codec::encode(RecordKind::RoomV2, &record(7, "room")).unwrap();
+    let bytes = codec::encode(RecordKind::RoomV3, &record(7, "room")).unwrap();
     let err = codec::decode::<RoomRecord>(RecordKind::SuperAdmin, &bytes).unwrap_err();
     assert!(err.to_string().contains("kind"), "{err}");
 
     let mut v2 = bytes.clone();
     v2[2] = 2;
-    let err = codec::decode::<RoomRecord>(RecordKind::RoomV2, &v2).unwrap_err();
+    let err = codec::decode::<RoomRecord>(RecordKind::RoomV3, &v2).unwrap_err();
     assert!(err.to_string().contains("version"), "{err}");
 
     let mut huge = bytes[..codec::HEADER_LEN].to_vec();
     huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    let err = codec::decode::<RoomRecord>(RecordKind::RoomV2, &huge).unwrap_err();
+    let err = codec::decode::<RoomRecord>(RecordKind::RoomV3, &huge).unwrap_err();
     assert!(err.to_string().contains("limit"), "{err}");
 }
 
@@ -164,7 +223,7 @@ fn a_valid_envelope_around_a_bad_payload_is_corrupt() {
         name: String,
     }
     let bytes = codec::encode(
-        RecordKind::RoomV2,
+        RecordKind::RoomV3,
         &Fake {
             id: 1,
             name: "NOT A USER".into(),
@@ -172,7 +231,7 @@ fn a_valid_envelope_around_a_bad_payload_is_corrupt() {
     )
     .unwrap();
     assert!(matches!(
-        codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes),
+        codec::decode::<RoomRecord>(RecordKind::RoomV3, &bytes),
         Err(StoreError::Corrupt { .. })
     ));
 }
@@ -377,7 +436,7 @@ fn a_corrupt_record_is_an_error_item_and_the_rest_stays_readable() {
             .tree
             .insert(
                 keys::room(RoomId::from_u64(id)),
-                codec::encode(RecordKind::RoomV2, &record(id, "r")).unwrap(),
+                codec::encode(RecordKind::RoomV3, &record(id, "r")).unwrap(),
             )
             .unwrap();
     }
@@ -518,7 +577,7 @@ mod fuzz {
     use super::*;
 
     fn valid() -> Vec<u8> {
-        codec::encode(RecordKind::RoomV2, &record(7, "room")).unwrap()
+        codec::encode(RecordKind::RoomV3, &record(7, "room")).unwrap()
     }
 
     proptest! {
@@ -526,7 +585,7 @@ mod fuzz {
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV3, &bytes);
             let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::Message, &bytes);
             let _ = codec::decode::<LocalCopy>(RecordKind::Copy, &bytes);
         }
@@ -541,9 +600,9 @@ mod fuzz {
                 let i = at.index(bytes.len());
                 bytes[i] = value;
             }
-            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV3, &bytes);
             let end = cut.index(bytes.len() + 1);
-            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &bytes[..end]);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV3, &bytes[..end]);
         }
 
         #[test]
@@ -555,15 +614,15 @@ mod fuzz {
             let mut out = Vec::new();
             out.extend_from_slice(b"RC");
             out.push(codec::FORMAT_BINCODE2);
-            out.push(RecordKind::RoomV2 as u8);
+            out.push(RecordKind::RoomV3 as u8);
             out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             let mut crc = crc32fast::Hasher::new();
             crc.update(&out[..8]);
             crc.update(&payload);
             out.extend_from_slice(&crc.finalize().to_le_bytes());
             out.extend_from_slice(&payload);
-            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV2, &out);
-            let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::RoomV2, &out);
+            let _ = codec::decode::<RoomRecord>(RecordKind::RoomV3, &out);
+            let _ = codec::decode::<roomcast_model::MessageData>(RecordKind::RoomV3, &out);
         }
     }
 }

@@ -37,3 +37,6 @@ mod hibernation;
 
 /// Moderation reasons and the audit log.
 mod audit;
+
+/// Live-stream moderation beyond Agora: slow mode, timed freeze, kick with a rejoin ban.
+mod live;

@@ -139,6 +139,28 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
     /// [`ChatEventHandler::on_events_missed`], so that a client with only room handlers is told
     /// too. Fetch the room's info and history to catch up.
     fn on_events_missed(&self, count: u64) {}
+    /// roomcast's own (Twitch's slow mode): slow mode was turned on with `cooldown` per
+    /// member, or off (`None`).
+    fn on_slow_mode_changed(
+        &self,
+        room_id: &RoomId,
+        cooldown: Option<std::time::Duration>,
+        operator: Option<&UserId>,
+        reason: Option<&str>,
+    ) {
+    }
+    /// roomcast's own (Sendbird's freeze): the room was frozen until `until` (`None`: until
+    /// unfrozen), so only the owner and admins may send, or unfrozen (`frozen` false; the
+    /// operator is `None` when a timed freeze ended by itself).
+    fn on_chat_room_freeze_changed(
+        &self,
+        room_id: &RoomId,
+        frozen: bool,
+        until: Option<Timestamp>,
+        operator: Option<&UserId>,
+        reason: Option<&str>,
+    ) {
+    }
     /// roomcast's own: every chat-room event, whole, before any callback. The default calls
     /// the event's own callback ([`dispatch_callback`]). Override it to see what the SDK's
     /// callbacks do not carry, such as the reason a moderator gave
@@ -309,6 +331,30 @@ pub fn dispatch_callback<H: ChatRoomEventHandler + ?Sized>(handler: &H, event: &
         E::ChatRoomRecovered { room_id, last_seq } => {
             handler.on_chat_room_recovered(room_id, *last_seq)
         }
+        E::SlowModeChanged {
+            room_id,
+            cooldown,
+            operator,
+            operator_reason,
+        } => handler.on_slow_mode_changed(
+            room_id,
+            *cooldown,
+            operator.as_ref(),
+            operator_reason.as_deref(),
+        ),
+        E::FreezeChanged {
+            room_id,
+            frozen,
+            until,
+            operator,
+            operator_reason,
+        } => handler.on_chat_room_freeze_changed(
+            room_id,
+            *frozen,
+            *until,
+            operator.as_ref(),
+            operator_reason.as_deref(),
+        ),
         // The model's enum is `#[non_exhaustive]`; every variant it has today is above (the
         // `every_event_reaches_its_callback` test names each one).
         other => tracing::error!(event = ?other, "a room event without a handler method"),
@@ -365,6 +411,8 @@ mod tests {
         fn on_attributes_updated(&self, _: &RoomId, _: &BTreeMap<String, String>, _: &UserId) { self.push("attrs+") }
         fn on_attributes_removed(&self, _: &RoomId, _: &[String], _: &UserId) { self.push("attrs-") }
         fn on_chat_room_recovered(&self, _: &RoomId, _: u64) { self.push("recovered") }
+        fn on_slow_mode_changed(&self, _: &RoomId, _: Option<std::time::Duration>, _: Option<&UserId>, _: Option<&str>) { self.push("slow") }
+        fn on_chat_room_freeze_changed(&self, _: &RoomId, _: bool, _: Option<Timestamp>, _: Option<&UserId>, _: Option<&str>) { self.push("freeze") }
     }
 
     /// `ChatRoomEvent` is `#[non_exhaustive]`, so `dispatch` has a `_` arm the compiler cannot
@@ -541,6 +589,25 @@ mod tests {
                     last_seq: 3,
                 },
                 "recovered",
+            ),
+            (
+                E::SlowModeChanged {
+                    room_id,
+                    cooldown: None,
+                    operator: None,
+                    operator_reason: None,
+                },
+                "slow",
+            ),
+            (
+                E::FreezeChanged {
+                    room_id,
+                    frozen: true,
+                    until: None,
+                    operator: None,
+                    operator_reason: None,
+                },
+                "freeze",
             ),
         ];
         for (event, expected) in cases {

@@ -161,6 +161,13 @@ impl Message for ExpireMute {
     type Result = ();
 }
 
+/// The room's freeze may have ended.
+pub(crate) struct ExpireFreeze;
+
+impl Message for ExpireFreeze {
+    type Result = ();
+}
+
 /// How often (in messages) a room looks for messages past the retention age.
 const AGE_CHECK_EVERY: u64 = 64;
 
@@ -608,7 +615,14 @@ impl RoomActor {
         // Becomes the room in the session as it enters (see `deliver`), or is released if the
         // room refuses.
         self.joining_reservation = reservation;
-        let executed = self.execute(Command::Join { user: user.clone() }, Some(session), ctx);
+        let executed = self.execute(
+            Command::Join {
+                user: user.clone(),
+                now: self.now(),
+            },
+            Some(session),
+            ctx,
+        );
         self.joining_reservation = None;
         let commit = executed?;
         let replay = self.room.limits().join_replay_count;
@@ -711,6 +725,14 @@ impl Actor for RoomActor {
             .collect();
         for timer in mutes {
             self.shared.timers.schedule(room_id, timer);
+        }
+        // A timed freeze ends on its own (at once if it ended while the room was not running).
+        if let Some(at) = self.room.record().live.frozen_until {
+            if at != roomcast_model::UNTIL_LIFTED {
+                self.shared
+                    .timers
+                    .schedule(room_id, Timer::FreezeEnd { at });
+            }
         }
         if self.recovered {
             // The previous actor died: tell the members (restored from their sessions) where the
@@ -987,6 +1009,15 @@ impl Handler<ExpireMute> for RoomActor {
             user: msg.user,
             now,
         };
+        self.guarded(ctx, |act, ctx| act.presence(command, ctx));
+    }
+}
+
+impl Handler<ExpireFreeze> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ExpireFreeze, ctx: &mut Context<Self>) {
+        let command = Command::ExpireFreeze { now: self.now() };
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }
 }

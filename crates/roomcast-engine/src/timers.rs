@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use roomcast_model::{RoomId, Timer, TimerKind, Timestamp, UserId};
 use tokio::sync::Notify;
 
-use crate::room_actor::{ExpireMute, ExpireOffline};
+use crate::room_actor::{ExpireFreeze, ExpireMute, ExpireOffline};
 use crate::{SessionKey, Shared};
 
 /// A pending deadline, in due order.
@@ -56,7 +56,7 @@ impl Timers {
         let (user, kind, at) = timer.parts();
         {
             let mut pending = self.pending.lock();
-            pending.remove(room, user, kind);
+            pending.remove(room, &user, kind);
             pending
                 .by_room
                 .entry(room)
@@ -175,6 +175,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 match kind {
                     TimerKind::MuteExpiry => addr.do_send(ExpireMute { user }),
                     TimerKind::OfflineCheck => addr.do_send(ExpireOffline { user }),
+                    TimerKind::FreezeEnd => addr.do_send(ExpireFreeze),
                 }
             }
         }

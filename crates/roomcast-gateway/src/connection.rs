@@ -607,12 +607,52 @@ impl<O: Outgoing> Conn<O> {
             Request::Kick {
                 room,
                 users,
+                ban_seconds,
                 reason,
             } => {
                 let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
-                rooms.remove_chat_room_members(&room, &users).await?;
+                match ban_seconds {
+                    Some(s) => {
+                        let ban = Duration::from_secs(s);
+                        rooms
+                            .remove_chat_room_members_with_rejoin_ban(&room, &users, ban)
+                            .await?
+                    }
+                    None => rooms.remove_chat_room_members(&room, &users).await?,
+                }
                 json!({"room": room.to_string(), "users": users})
+            }
+            Request::SlowMode {
+                room,
+                seconds,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                let cooldown = seconds.map(Duration::from_secs);
+                rooms.set_chat_room_slow_mode(&room, cooldown).await?;
+                json!({"room": room.to_string()})
+            }
+            Request::Freeze {
+                room,
+                seconds,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                let duration = match seconds {
+                    Some(s) => MuteDuration::For(Duration::from_secs(s)),
+                    None => MuteDuration::Forever,
+                };
+                rooms.freeze_chat_room(&room, duration).await?;
+                json!({"room": room.to_string()})
+            }
+            Request::Unfreeze { room, reason } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                rooms.unfreeze_chat_room(&room).await?;
+                json!({"room": room.to_string()})
             }
             Request::Block {
                 room,

@@ -233,8 +233,42 @@ pub enum Request {
         room: String,
         /// The members.
         users: Vec<String>,
+        /// They may not join again for this many seconds (a timeout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ban_seconds: Option<u64>,
         /// A reason for the act (at most 512 characters), carried by its events and the room's
         /// audit log.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Slow mode: one message per `seconds` (1 to 120) per member who is not exempt; no
+    /// `seconds` turns it off.
+    SlowMode {
+        /// The room.
+        room: String,
+        /// The cooldown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Freeze the room for `seconds`, or until unfrozen: only the owner and admins may send.
+    Freeze {
+        /// The room.
+        room: String,
+        /// How long; absent: until unfrozen.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// End a freeze.
+    Unfreeze {
+        /// The room.
+        room: String,
+        /// A reason for the act (at most 512 characters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
@@ -354,6 +388,9 @@ impl Request {
             Request::Mute { .. } => "mute",
             Request::Unmute { .. } => "unmute",
             Request::Kick { .. } => "kick",
+            Request::SlowMode { .. } => "slow_mode",
+            Request::Freeze { .. } => "freeze",
+            Request::Unfreeze { .. } => "unfreeze",
             Request::Block { .. } => "block",
             Request::Unblock { .. } => "unblock",
             Request::MuteAll { .. } => "mute_all",
@@ -436,6 +473,15 @@ pub struct WireRoom {
     pub max_users: u32,
     /// Mute-all is on.
     pub all_muted: bool,
+    /// Slow mode's cooldown in seconds, if on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_mode_secs: Option<u64>,
+    /// The room is frozen (only the owner and admins may send).
+    #[serde(default)]
+    pub frozen: bool,
+    /// When the freeze ends (ms since the epoch), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_until: Option<i64>,
 }
 
 impl From<&ChatRoom> for WireRoom {
@@ -450,6 +496,9 @@ impl From<&ChatRoom> for WireRoom {
             members: r.member_count,
             max_users: r.max_users,
             all_muted: r.is_all_member_muted,
+            slow_mode_secs: r.slow_mode.map(|d| d.as_secs()),
+            frozen: r.frozen,
+            frozen_until: r.frozen_until,
         }
     }
 }
@@ -580,6 +629,13 @@ impl ServerFrame {
         // frame names the room as a string, like every other frame.
         fields.remove("room_id");
         let room = event.room_id().to_string();
+        if let ChatRoomEvent::SlowModeChanged { cooldown, .. } = event {
+            fields.remove("cooldown");
+            fields.insert(
+                "cooldown_secs".into(),
+                cooldown.map_or(Value::Null, |c| Value::from(c.as_secs())),
+            );
+        }
         if let ChatRoomEvent::SpecificationChanged { room: info, .. } = event {
             fields.remove("room");
             fields.insert(

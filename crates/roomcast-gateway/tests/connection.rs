@@ -717,3 +717,44 @@ async fn moderation_reasons_reach_the_events() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_mode_freeze_and_timeouts_through_the_socket() {
+    each_adapter(|adapter| async move {
+        let (server, lobby) = start(adapter, GatewayConfig::default()).await;
+        let room = lobby.to_string();
+        let mut host = Client::login(server.addr, "host").await;
+        host.call(json!({"op": "join", "room": room})).await;
+        let mut bob = Client::login(server.addr, "bob").await;
+        bob.call(json!({"op": "join", "room": room})).await;
+        let r = host
+            .call(json!({"op": "slow_mode", "room": room, "seconds": 30}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        let e = bob
+            .expect("slow mode", |v| v["event"] == "slow_mode_changed")
+            .await;
+        assert_eq!(e["cooldown_secs"], 30);
+        bob.call(json!({"op": "send", "room": room, "text": "one"}))
+            .await;
+        let e = bob
+            .call(json!({"op": "send", "room": room, "text": "two"}))
+            .await;
+        assert_eq!(e["code"], 509, "{e}");
+        let info = bob.call(json!({"op": "info", "room": room})).await;
+        assert_eq!(info["room"]["slow_mode_secs"], 30);
+        host.call(json!({"op": "freeze", "room": room, "seconds": 60}))
+            .await;
+        let e = bob
+            .expect("freeze", |v| v["event"] == "freeze_changed")
+            .await;
+        assert_eq!(e["frozen"], true);
+        let r = host
+            .call(json!({"op": "kick", "room": room, "users": ["bob"], "ban_seconds": 600}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        let e = bob.call(json!({"op": "join", "room": room})).await;
+        assert_eq!(e["code"], 707, "{e}");
+    })
+    .await;
+}

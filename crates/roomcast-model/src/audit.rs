@@ -70,6 +70,25 @@ pub enum AuditAction {
     ChangeLimits,
     /// Changed the announcement.
     UpdateAnnouncement,
+    /// Turned slow mode on (the cooldown in ms) or off (`None`).
+    SlowMode {
+        /// The cooldown.
+        cooldown_ms: Option<u64>,
+    },
+    /// Froze the room until `until` (engine clock; `None`: until unfrozen).
+    Freeze {
+        /// When the freeze ends.
+        until: Option<Timestamp>,
+    },
+    /// Ended a freeze.
+    Unfreeze,
+    /// The freeze ended by itself (the operator is the engine: `None`).
+    FreezeEnded,
+    /// Removed the targets, who may not join again before `until` (engine clock).
+    KickWithRejoinBan {
+        /// When they may join again.
+        until: Timestamp,
+    },
 }
 
 /// One entry of a room's audit log.
@@ -141,6 +160,29 @@ impl AuditAction {
             M::ChangeMaxUsers(n) => (AuditAction::ChangeMaxUsers { max_users: *n }, Vec::new()),
             M::ChangeLimits(_) => (AuditAction::ChangeLimits, Vec::new()),
             M::UpdateAnnouncement(_) => (AuditAction::UpdateAnnouncement, Vec::new()),
+            M::SetSlowMode(c) => (
+                AuditAction::SlowMode {
+                    cooldown_ms: c.map(crate::duration_ms),
+                },
+                Vec::new(),
+            ),
+            M::Freeze(d) => {
+                let until = match d {
+                    crate::MuteDuration::For(d) => Some(
+                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(*d)).max(1)),
+                    ),
+                    crate::MuteDuration::Forever => None,
+                };
+                (AuditAction::Freeze { until }, Vec::new())
+            }
+            M::Unfreeze => (AuditAction::Unfreeze, Vec::new()),
+            M::KickWithRejoinBan { targets, ban } => (
+                AuditAction::KickWithRejoinBan {
+                    until: now
+                        .saturating_add(crate::ms_to_timestamp(crate::duration_ms(*ban)).max(1)),
+                },
+                targets.clone(),
+            ),
         }
     }
 }

@@ -44,6 +44,19 @@ pub enum ChatError {
     /// 509, MESSAGE_CURRENT_LIMITING: the sender exceeded its send rate.
     #[error("message rate limit exceeded")]
     MessageCurrentLimiting,
+    /// 509, MESSAGE_CURRENT_LIMITING: slow mode is on and the sender's cooldown runs for this
+    /// long still (roomcast's own: Twitch's slow mode).
+    #[error("slow mode: the next message may be sent in {:.1} s", .0.as_secs_f64())]
+    SlowMode(std::time::Duration),
+    /// 219, USER_MUTED_BY_ADMIN: the room is frozen (until the time given, engine clock;
+    /// `None`: until unfrozen) and only the owner and admins may send (roomcast's own:
+    /// Sendbird's freeze).
+    #[error("the room is frozen: only its owner and admins may send")]
+    RoomFrozen(Option<crate::Timestamp>),
+    /// 707, USER_IN_BLOCKLIST: the user was kicked with a rejoin ban that ends then (engine
+    /// clock; roomcast's own: Tencent's and RongCloud's kick duration).
+    #[error("kicked from this room: may join again at {0}")]
+    RejoinBanned(crate::Timestamp),
     /// 510, MESSAGE_SIZE_LIMIT: the body is over the size limit.
     #[error("message body is {size} bytes, over the limit of {limit}")]
     MessageSizeLimit {
@@ -183,6 +196,9 @@ impl ChatError {
             ChatError::MessageInvalid(_) => 500,
             ChatError::MessageIllegalWhitelist => 507,
             ChatError::MessageCurrentLimiting => 509,
+            ChatError::SlowMode(_) => 509,
+            ChatError::RoomFrozen(_) => 219,
+            ChatError::RejoinBanned(_) => 707,
             ChatError::MessageSizeLimit { .. } => 510,
             ChatError::InvalidRoomId(_) => 700,
             ChatError::AlreadyJoined => 701,

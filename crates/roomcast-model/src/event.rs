@@ -228,6 +228,32 @@ pub enum ChatRoomEvent {
         /// Who removed them.
         from: UserId,
     },
+    /// roomcast's own (Twitch's slow mode): slow mode was turned on with this cooldown, or off.
+    SlowModeChanged {
+        /// The room.
+        room_id: RoomId,
+        /// The cooldown per member; `None`: off.
+        cooldown: Option<std::time::Duration>,
+        /// Who changed it.
+        operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any.
+        operator_reason: Option<String>,
+    },
+    /// roomcast's own (Sendbird's freeze): the room was frozen (only the owner and admins may
+    /// send) until `until` (`None`: until unfrozen), or unfrozen (`frozen` false; by the engine,
+    /// with no operator, when a timed freeze ends).
+    FreezeChanged {
+        /// The room.
+        room_id: RoomId,
+        /// True if the room is frozen now.
+        frozen: bool,
+        /// When the freeze ends by itself (engine clock), if it does.
+        until: Option<Timestamp>,
+        /// Who changed it; `None` for the engine.
+        operator: Option<UserId>,
+        /// The reason the operator gave (up to 512 characters), if any.
+        operator_reason: Option<String>,
+    },
 }
 
 impl ChatRoomEvent {
@@ -266,6 +292,12 @@ impl ChatRoomEvent {
                 operator_reason, ..
             }
             | ChatRoomEvent::SpecificationChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::SlowModeChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::FreezeChanged {
                 operator_reason, ..
             } => operator_reason.as_deref(),
             _ => None,
@@ -307,6 +339,12 @@ impl ChatRoomEvent {
             }
             | ChatRoomEvent::SpecificationChanged {
                 operator_reason, ..
+            }
+            | ChatRoomEvent::SlowModeChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::FreezeChanged {
+                operator_reason, ..
             } => *operator_reason = given,
             _ => {}
         }
@@ -337,7 +375,9 @@ impl ChatRoomEvent {
             | ChatRoomEvent::AdminRemoved { room_id, .. }
             | ChatRoomEvent::AttributesUpdated { room_id, .. }
             | ChatRoomEvent::AttributesRemoved { room_id, .. }
-            | ChatRoomEvent::ChatRoomRecovered { room_id, .. } => *room_id,
+            | ChatRoomEvent::ChatRoomRecovered { room_id, .. }
+            | ChatRoomEvent::SlowModeChanged { room_id, .. }
+            | ChatRoomEvent::FreezeChanged { room_id, .. } => *room_id,
             ChatRoomEvent::SpecificationChanged { room, .. } => room.room_id,
         }
     }

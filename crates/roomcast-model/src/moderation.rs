@@ -51,6 +51,10 @@ pub enum Operation {
     ChangeSpecification,
     /// Read the audit log.
     FetchAuditLog,
+    /// Turn slow mode on or off.
+    SlowMode,
+    /// Freeze or unfreeze the room.
+    Freeze,
     /// Change the announcement.
     UpdateAnnouncement,
     /// Change the room's own limits.
@@ -87,7 +91,7 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
             }
         }
         Unblock | FetchBlockList | FetchMuteList | MuteAll | EditAllowList | FetchAllowList
-        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog => {
+        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze => {
             if staff {
                 Ok(())
             } else {
@@ -174,7 +178,25 @@ pub enum Moderation {
     ChangeLimits(crate::RoomLimits),
     /// Change the announcement.
     UpdateAnnouncement(String),
+    /// Slow mode: each member who is not exempt (owner, admins, allow list) may send one
+    /// message per this long, 1 to 120 s; `None` turns it off.
+    SetSlowMode(Option<std::time::Duration>),
+    /// Freeze the room for a while or until unfrozen: only the owner and admins may send.
+    Freeze(MuteDuration),
+    /// End a freeze.
+    Unfreeze,
+    /// Remove these members, who may not join again for this long.
+    KickWithRejoinBan {
+        /// Whom.
+        targets: Vec<UserId>,
+        /// How long they stay out (at least 1 ms).
+        ban: std::time::Duration,
+    },
 }
+
+/// The shortest and longest slow-mode cooldowns.
+pub const SLOW_MODE_RANGE: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(120);
 
 fn dedup(users: Vec<UserId>) -> Vec<UserId> {
     let mut seen = BTreeSet::new();
@@ -323,6 +345,111 @@ impl Room {
                     fx.merge(self.demote(&t, &by));
                     fx.merge(self.remove_member(t, LeaveReason::Kicked, Some(by.clone())));
                 }
+                Ok(fx)
+            }
+            M::KickWithRejoinBan { targets, ban } => {
+                let targets = dedup(targets);
+                non_empty(&targets)?;
+                if ban.is_zero() {
+                    return Err(ChatError::InvalidParam(
+                        "a rejoin ban cannot last zero time".into(),
+                    ));
+                }
+                self.check_targets(Operation::Kick, &by, &targets, true)?;
+                let until =
+                    now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(ban)).max(1));
+                let mut fx = Effects::default();
+                // Bans that ended go now: the map follows the bans in force.
+                self.record_mut()
+                    .live
+                    .rejoin_banned_until
+                    .retain(|_, at| *at > now);
+                for t in targets {
+                    self.record_mut()
+                        .live
+                        .rejoin_banned_until
+                        .insert(t.clone(), until);
+                    fx.merge(self.demote(&t, &by));
+                    fx.merge(self.remove_member(t, LeaveReason::Kicked, Some(by.clone())));
+                }
+                fx.record_changed = true;
+                Ok(fx)
+            }
+            M::SetSlowMode(cooldown) => {
+                check_permission(Operation::SlowMode, self.role_of(&by), None)?;
+                if let Some(c) = cooldown {
+                    if !SLOW_MODE_RANGE.contains(&c) {
+                        return Err(ChatError::InvalidParam(format!(
+                            "a slow-mode cooldown is 1 to 120 s, got {c:?}"
+                        )));
+                    }
+                }
+                let ms = cooldown.map(crate::duration_ms);
+                if self.record().live.slow_mode_ms == ms {
+                    return Ok(Effects::default());
+                }
+                self.record_mut().live.slow_mode_ms = ms;
+                Ok(self.changed(vec![Outgoing {
+                    to: Audience::MembersExcept(vec![by.clone()]),
+                    event: ChatRoomEvent::SlowModeChanged {
+                        room_id,
+                        cooldown,
+                        operator: Some(by),
+                        operator_reason: None,
+                    },
+                }]))
+            }
+            M::Freeze(duration) => {
+                check_permission(Operation::Freeze, self.role_of(&by), None)?;
+                let until = match duration {
+                    MuteDuration::For(d) if d.is_zero() => {
+                        return Err(ChatError::InvalidParam(
+                            "a freeze cannot last zero time (MuteDuration::Forever for no end)"
+                                .into(),
+                        ))
+                    }
+                    MuteDuration::For(d) => {
+                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(d)).max(1))
+                    }
+                    MuteDuration::Forever => crate::UNTIL_LIFTED,
+                };
+                self.record_mut().live.frozen_until = Some(until);
+                let mut fx = self.changed(vec![Outgoing {
+                    to: Audience::MembersExcept(vec![by.clone()]),
+                    event: ChatRoomEvent::FreezeChanged {
+                        room_id,
+                        frozen: true,
+                        until: (until != crate::UNTIL_LIFTED).then_some(until),
+                        operator: Some(by),
+                        operator_reason: None,
+                    },
+                }]);
+                if until != crate::UNTIL_LIFTED {
+                    fx.timers.push(Timer::FreezeEnd { at: until });
+                } else {
+                    fx.cancelled
+                        .push((crate::room::room_timer_user(), TimerKind::FreezeEnd));
+                }
+                Ok(fx)
+            }
+            M::Unfreeze => {
+                check_permission(Operation::Freeze, self.role_of(&by), None)?;
+                if self.record().live.frozen_until.is_none() {
+                    return Ok(Effects::default());
+                }
+                self.record_mut().live.frozen_until = None;
+                let mut fx = self.changed(vec![Outgoing {
+                    to: Audience::MembersExcept(vec![by.clone()]),
+                    event: ChatRoomEvent::FreezeChanged {
+                        room_id,
+                        frozen: false,
+                        until: None,
+                        operator: Some(by),
+                        operator_reason: None,
+                    },
+                }]);
+                fx.cancelled
+                    .push((crate::room::room_timer_user(), TimerKind::FreezeEnd));
                 Ok(fx)
             }
             M::Block(targets) => {
@@ -577,6 +704,35 @@ impl Room {
         }])
     }
 
+    /// The room's freeze may have ended: lift it if so, with an event to every member.
+    pub(crate) fn expire_freeze(&mut self, now: Timestamp) -> Effects {
+        let ended = match self.record().live.frozen_until {
+            Some(until) if until != crate::UNTIL_LIFTED && until <= now => until,
+            _ => return Effects::default(),
+        };
+        self.record_mut().live.frozen_until = None;
+        let room_id = self.id();
+        let mut fx = self.changed(vec![Outgoing {
+            to: Audience::Members,
+            event: ChatRoomEvent::FreezeChanged {
+                room_id,
+                frozen: false,
+                until: None,
+                operator: None,
+                operator_reason: None,
+            },
+        }]);
+        self.audit(
+            &mut fx,
+            ended,
+            None,
+            crate::AuditAction::FreezeEnded,
+            Vec::new(),
+            None,
+        );
+        fx
+    }
+
     /// A mute may have expired: lift it if so.
     pub(crate) fn expire_mute(&mut self, user: UserId, now: Timestamp) -> Effects {
         let ended = match self.record().mute_list.get(&user) {
@@ -681,7 +837,12 @@ mod tests {
         let unmute: Make = |u| Moderation::Unmute(vec![u]);
         let allow: Make = |u| Moderation::AllowListAdd(vec![u]);
         let disallow: Make = |u| Moderation::AllowListRemove(vec![u]);
+        let kick_ban: Make = |u| Moderation::KickWithRejoinBan { targets: vec![u], ban: std::time::Duration::from_secs(60) };
         vec![
+            ("kick with rejoin ban", kick_ban, Owner, [703, OK, OK, 702]),
+            ("kick with rejoin ban", kick_ban, Admin, [703, 703, OK, 702]),
+            ("kick with rejoin ban", kick_ban, Member, [703, 703, 703, 703]),
+            ("kick with rejoin ban", kick_ban, Stranger, [703, 703, 703, 703]),
             ("add admin", add_admin, Owner, [703, OK, OK, 702]),
             ("add admin", add_admin, Admin, [703, 703, 703, 703]),
             ("add admin", add_admin, Member, [703, 703, 703, 703]),
@@ -723,6 +884,11 @@ mod tests {
     fn untargeted() -> Vec<(&'static str, Moderation, [u32; 4])> {
         vec![
             ("mute all", Moderation::MuteAll(true), [OK, OK, 703, 703]),
+            ("slow mode", Moderation::SetSlowMode(Some(std::time::Duration::from_secs(5))), [OK, OK, 703, 703]),
+            ("slow mode off", Moderation::SetSlowMode(None), [OK, OK, 703, 703]),
+            ("freeze", Moderation::Freeze(MuteDuration::For(std::time::Duration::from_secs(5))), [OK, OK, 703, 703]),
+            ("freeze forever", Moderation::Freeze(MuteDuration::Forever), [OK, OK, 703, 703]),
+            ("unfreeze", Moderation::Unfreeze, [OK, OK, 703, 703]),
             ("unmute all", Moderation::MuteAll(false), [OK, OK, 703, 703]),
             ("name", Moderation::ChangeName("n".into()), [OK, OK, 703, 703]),
             ("description", Moderation::ChangeDescription("d".into()), [OK, OK, 703, 703]),
@@ -847,11 +1013,35 @@ mod tests {
             vec![uid("m")],
             "members among the blocked are removed"
         );
-        assert_eq!(code(r.apply(Command::Join { user: uid("m") })), 707);
-        assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 707);
+        assert_eq!(
+            code(r.apply(Command::Join {
+                user: uid("m"),
+                now: 0
+            })),
+            707
+        );
+        assert_eq!(
+            code(r.apply(Command::Join {
+                user: uid("x"),
+                now: 0
+            })),
+            707
+        );
         r.apply(by(Moderation::Unblock(vec![uid("m")]))).unwrap();
-        assert_eq!(code(r.apply(Command::Join { user: uid("m") })), OK);
-        assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 707);
+        assert_eq!(
+            code(r.apply(Command::Join {
+                user: uid("m"),
+                now: 0
+            })),
+            OK
+        );
+        assert_eq!(
+            code(r.apply(Command::Join {
+                user: uid("x"),
+                now: 0
+            })),
+            707
+        );
     }
 
     #[test]
@@ -882,7 +1072,11 @@ mod tests {
             );
             assert!(fx.left.contains(&uid("a")));
             if matches!(action, Moderation::Kick(_)) {
-                r.apply(Command::Join { user: uid("a") }).unwrap();
+                r.apply(Command::Join {
+                    user: uid("a"),
+                    now: 0,
+                })
+                .unwrap();
                 assert_eq!(
                     r.role_of(&uid("a")),
                     Role::Member,
@@ -978,7 +1172,13 @@ mod tests {
         };
         assert_eq!(code(r.apply(by(Moderation::ChangeMaxUsers(4)))), 110);
         assert_eq!(code(r.apply(by(Moderation::ChangeMaxUsers(5)))), OK);
-        assert_eq!(code(r.apply(Command::Join { user: uid("x") })), 704);
+        assert_eq!(
+            code(r.apply(Command::Join {
+                user: uid("x"),
+                now: 0
+            })),
+            704
+        );
         assert_eq!(
             code(r.apply(by(Moderation::ChangeName(String::new())))),
             110

@@ -127,6 +127,12 @@ pub struct ChatRoom {
     pub created_at: Timestamp,
     /// The room's own limits (unset fields are the engine's).
     pub limits: RoomLimits,
+    /// Slow mode's cooldown per member, if it is on (roomcast's own).
+    pub slow_mode: Option<std::time::Duration>,
+    /// True if the room is frozen: only the owner and admins may send (roomcast's own).
+    pub frozen: bool,
+    /// When the freeze ends by itself (engine clock), if it is frozen for a while.
+    pub frozen_until: Option<Timestamp>,
 }
 
 /// A room's persisted state: everything but transient membership.
@@ -172,6 +178,8 @@ pub enum Command {
     Join {
         /// Who joins.
         user: UserId,
+        /// Now (a rejoin ban counts to it).
+        now: Timestamp,
     },
     /// `user` leaves by itself.
     Leave {
@@ -231,6 +239,11 @@ pub enum Command {
         /// Now.
         now: Timestamp,
     },
+    /// The room's freeze may have ended: lift it if so.
+    ExpireFreeze {
+        /// Now.
+        now: Timestamp,
+    },
     /// `by` sets custom attributes.
     SetAttributes {
         /// Who.
@@ -266,6 +279,18 @@ pub enum Timer {
         /// When (engine clock).
         at: Timestamp,
     },
+    /// Apply [`Command::ExpireFreeze`] at `at`.
+    FreezeEnd {
+        /// When (engine clock).
+        at: Timestamp,
+    },
+}
+
+/// The user a room's own timers (not a member's) are kept under.
+pub fn room_timer_user() -> UserId {
+    static ROOM: std::sync::OnceLock<UserId> = std::sync::OnceLock::new();
+    ROOM.get_or_init(|| UserId::new("roomcast.room").expect("a valid id"))
+        .clone()
 }
 
 /// The kind of a [`Timer`]: a room keeps at most one pending timer per member and kind.
@@ -275,14 +300,17 @@ pub enum TimerKind {
     OfflineCheck,
     /// [`Timer::MuteExpiry`].
     MuteExpiry,
+    /// [`Timer::FreezeEnd`] (kept under [`room_timer_user`]).
+    FreezeEnd,
 }
 
 impl Timer {
     /// Whose timer it is, of which kind, and when it is due.
-    pub fn parts(&self) -> (&UserId, TimerKind, Timestamp) {
+    pub fn parts(&self) -> (UserId, TimerKind, Timestamp) {
         match self {
-            Timer::OfflineCheck { user, at } => (user, TimerKind::OfflineCheck, *at),
-            Timer::MuteExpiry { user, at } => (user, TimerKind::MuteExpiry, *at),
+            Timer::OfflineCheck { user, at } => (user.clone(), TimerKind::OfflineCheck, *at),
+            Timer::MuteExpiry { user, at } => (user.clone(), TimerKind::MuteExpiry, *at),
+            Timer::FreezeEnd { at } => (room_timer_user(), TimerKind::FreezeEnd, *at),
         }
     }
 }
@@ -426,6 +454,9 @@ pub struct Room {
     last_seq: u64,
     /// The number of the room's last audit-log entry.
     audit_seq: u64,
+    /// When each member who is not exempt last had a message accepted, for slow mode (only
+    /// while slow mode is on; it outlives a membership, as the message window does).
+    last_sent: HashMap<UserId, Timestamp>,
     gate: DeliveryGate,
     stats: RoomMessageStats,
     /// Per-sender message counts in the current window (only members who sent), for
@@ -473,6 +504,7 @@ impl Room {
             limits: effective,
             last_seq: 0,
             audit_seq: 0,
+            last_sent: HashMap::new(),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
             record: RoomRecord {
@@ -507,6 +539,7 @@ impl Room {
             limits: effective,
             last_seq,
             audit_seq: 0,
+            last_sent: HashMap::new(),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
         }
@@ -611,6 +644,16 @@ impl Room {
     /// True if no member's message window (`user_messages_per_window`) is still running at
     /// `now`: a room that left memory would forget them.
     pub fn windows_ended(&self, now: Timestamp) -> bool {
+        if let Some(cooldown) = self.record.live.slow_mode_ms {
+            let cooldown = ms_to_timestamp(cooldown);
+            if self
+                .last_sent
+                .values()
+                .any(|at| now.saturating_sub(*at) < cooldown)
+            {
+                return false;
+            }
+        }
         let Some((_, window)) = self.limits.user_messages_per_window else {
             return true;
         };
@@ -649,8 +692,25 @@ impl Room {
             }
         }
         let exempt = self.is_exempt(from);
+        if let Some(until) = self.record.live.frozen_until {
+            let staff = *from == self.record.owner || self.record.admins.contains(from);
+            if !staff && until > now {
+                return Err(ChatError::RoomFrozen(
+                    (until != crate::UNTIL_LIFTED).then_some(until),
+                ));
+            }
+        }
         if self.record.all_muted && !exempt {
             return Err(ChatError::UserMutedByAdmin);
+        }
+        if let (Some(cooldown), false) = (self.record.live.slow_mode_ms, exempt) {
+            if let Some(&last) = self.last_sent.get(from) {
+                let next = last.saturating_add(ms_to_timestamp(cooldown));
+                if next > now {
+                    let wait = u64::try_from(next - now).unwrap_or(0);
+                    return Err(ChatError::SlowMode(std::time::Duration::from_millis(wait)));
+                }
+            }
         }
         Ok(if exempt {
             MessagePriority::High
@@ -876,13 +936,16 @@ impl Room {
             permission_type: viewer.map_or(ChatRoomPermissionType::None, |v| self.role_of(v)),
             created_at: r.created_at,
             limits: r.limits.clone(),
+            slow_mode: r.live.slow_mode_ms.map(std::time::Duration::from_millis),
+            frozen: r.live.frozen_until.is_some(),
+            frozen_until: r.live.frozen_until.filter(|&u| u != crate::UNTIL_LIFTED),
         }
     }
 
     /// Applies `command`: on `Err` nothing changed; on `Ok` the effects say what did.
     pub fn apply(&mut self, command: Command) -> Result<Effects, ChatError> {
         match command {
-            Command::Join { user } => self.join(user),
+            Command::Join { user, now } => self.join(user, now),
             Command::Leave {
                 user,
                 owner_may_leave,
@@ -942,6 +1005,7 @@ impl Room {
                 Ok(fx)
             }
             Command::ExpireMute { user, now } => Ok(self.expire_mute(user, now)),
+            Command::ExpireFreeze { now } => Ok(self.expire_freeze(now)),
             Command::SetAttributes { by, set } => self.set_attributes(by, set),
             Command::RemoveAttributes { by, keys, force } => {
                 self.remove_attributes(by, keys, force)
@@ -970,6 +1034,17 @@ impl Room {
         }
         self.stats.accepted += 1;
         self.last_seq += 1;
+        if let Some(cooldown) = self.record.live.slow_mode_ms {
+            if !self.is_exempt(&from) {
+                // Cooldowns that ended go now and then: the map follows the recent senders.
+                if self.last_sent.len() > 2 * self.members.len() + 64 {
+                    let cooldown = ms_to_timestamp(cooldown);
+                    self.last_sent
+                        .retain(|_, at| now.saturating_sub(*at) < cooldown);
+                }
+                self.last_sent.insert(from.clone(), now);
+            }
+        }
         let sent = ChatMessage::new(MessageData {
             msg_id,
             room_id: self.record.id,
@@ -1095,9 +1170,14 @@ impl Room {
         fx
     }
 
-    fn join(&mut self, user: UserId) -> Result<Effects, ChatError> {
+    fn join(&mut self, user: UserId, now: Timestamp) -> Result<Effects, ChatError> {
         if self.record.block_list.contains(&user) {
             return Err(ChatError::UserInBlocklist);
+        }
+        if let Some(&until) = self.record.live.rejoin_banned_until.get(&user) {
+            if until > now {
+                return Err(ChatError::RejoinBanned(until));
+            }
         }
         if self.members.contains(&user) {
             return Err(ChatError::AlreadyJoined);
@@ -1298,25 +1378,39 @@ mod tests {
     fn join_rules() {
         let mut r = room(2);
         assert_eq!(
-            r.apply(Command::Join { user: uid("owner") })
-                .unwrap_err()
-                .code(),
+            r.apply(Command::Join {
+                user: uid("owner"),
+                now: 0
+            })
+            .unwrap_err()
+            .code(),
             701
         );
-        let fx = r.apply(Command::Join { user: uid("a") }).unwrap();
+        let fx = r
+            .apply(Command::Join {
+                user: uid("a"),
+                now: 0,
+            })
+            .unwrap();
         assert_eq!(fx.joined, vec![uid("a")]);
         assert_eq!(fx.events[0].to, Audience::MembersExcept(vec![uid("a")]));
         assert_eq!(
-            r.apply(Command::Join { user: uid("b") })
-                .unwrap_err()
-                .code(),
+            r.apply(Command::Join {
+                user: uid("b"),
+                now: 0
+            })
+            .unwrap_err()
+            .code(),
             704
         );
         r.record.block_list.insert(uid("c"));
         assert_eq!(
-            r.apply(Command::Join { user: uid("c") })
-                .unwrap_err()
-                .code(),
+            r.apply(Command::Join {
+                user: uid("c"),
+                now: 0
+            })
+            .unwrap_err()
+            .code(),
             707
         );
         assert_eq!(r.member_count(), 2);
@@ -1335,7 +1429,11 @@ mod tests {
         r.apply(leave("owner", true)).unwrap();
         assert!(!r.is_member(&uid("owner")));
         assert_eq!(r.role_of(&uid("owner")), ChatRoomPermissionType::Owner);
-        r.apply(Command::Join { user: uid("owner") }).unwrap();
+        r.apply(Command::Join {
+            user: uid("owner"),
+            now: 0,
+        })
+        .unwrap();
         assert_eq!(
             r.snapshot(Some(&uid("owner"))).permission_type,
             ChatRoomPermissionType::Owner
@@ -1345,8 +1443,16 @@ mod tests {
     #[test]
     fn destroy_is_owner_only_and_tells_everyone_else() {
         let mut r = room(10);
-        r.apply(Command::Join { user: uid("a") }).unwrap();
-        r.apply(Command::Join { user: uid("b") }).unwrap();
+        r.apply(Command::Join {
+            user: uid("a"),
+            now: 0,
+        })
+        .unwrap();
+        r.apply(Command::Join {
+            user: uid("b"),
+            now: 0,
+        })
+        .unwrap();
         let err = r.apply(Command::Destroy { user: uid("a") }).unwrap_err();
         assert_eq!(err.code(), 703);
         assert_eq!(r.member_count(), 3);
@@ -1370,8 +1476,13 @@ mod tests {
     #[test]
     fn send_rules_in_order() {
         let mut r = room(10);
-        r.apply(Command::Join { user: uid("m") }).unwrap();
         r.apply(Command::Join {
+            user: uid("m"),
+            now: 0,
+        })
+        .unwrap();
+        r.apply(Command::Join {
+            now: 0,
             user: uid("allowed"),
         })
         .unwrap();
@@ -1452,8 +1563,16 @@ mod tests {
         for case in ["allow", "admin", "owner"] {
             let mut r = room(10);
             let target = if case == "owner" { "owner" } else { "m" };
-            r.apply(Command::Join { user: uid("m") }).unwrap();
-            r.apply(Command::Join { user: uid("heir") }).unwrap();
+            r.apply(Command::Join {
+                user: uid("m"),
+                now: 0,
+            })
+            .unwrap();
+            r.apply(Command::Join {
+                user: uid("heir"),
+                now: 0,
+            })
+            .unwrap();
             match case {
                 "allow" => {
                     r.record.allow_list.insert(uid("m"));
@@ -1496,7 +1615,11 @@ mod tests {
     fn offline_members_leave_after_the_grace_period_unless_exempt() {
         let mut r = room(10);
         for u in ["a", "adm"] {
-            r.apply(Command::Join { user: uid(u) }).unwrap();
+            r.apply(Command::Join {
+                user: uid(u),
+                now: 0,
+            })
+            .unwrap();
         }
         r.record.admins.push(uid("adm"));
         let grace = r.offline_grace_ms() as Timestamp;
@@ -1578,15 +1701,27 @@ mod tests {
         .unwrap();
         let to = |fx: Effects| fx.events[0].to.clone();
         assert_eq!(
-            to(r.apply(Command::Join { user: uid("a") }).unwrap()),
+            to(r.apply(Command::Join {
+                user: uid("a"),
+                now: 0
+            })
+            .unwrap()),
             Audience::MembersExcept(vec![uid("a")])
         );
         assert_eq!(
-            to(r.apply(Command::Join { user: uid("b") }).unwrap()),
+            to(r.apply(Command::Join {
+                user: uid("b"),
+                now: 0
+            })
+            .unwrap()),
             Audience::MembersExcept(vec![uid("b")])
         );
         assert_eq!(
-            to(r.apply(Command::Join { user: uid("c") }).unwrap()),
+            to(r.apply(Command::Join {
+                user: uid("c"),
+                now: 0
+            })
+            .unwrap()),
             Audience::StaffExcept(vec![uid("c")])
         );
         let leave = Command::Leave {
@@ -1646,7 +1781,11 @@ mod tests {
             owner_may_leave: true,
         })
         .unwrap();
-        r.apply(Command::Join { user: uid("m") }).unwrap();
+        r.apply(Command::Join {
+            user: uid("m"),
+            now: 0,
+        })
+        .unwrap();
         assert_eq!(
             send(&mut r, "m", 1_030),
             Err(509),

@@ -38,6 +38,161 @@ impl ChatRoomManager {
             .await
     }
 
+    /// Slow mode (Twitch's): each member who is not exempt (owner, admins, allow list) may send
+    /// one message per `cooldown`, 1 to 120 s (110 otherwise); `None` turns it off. Owner and
+    /// admins (703 otherwise). A send inside the cooldown fails with 509
+    /// ([`ChatError::SlowMode`], which says how long to wait). The other members get
+    /// `on_slow_mode_changed`; the room's info shows it (`ChatRoom::slow_mode`). roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// # let clock = ManualClock::new(1_700_000_000_000);
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{ChatError, OutgoingMessage};
+    /// use std::time::Duration;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.set_chat_room_slow_mode(&room, Some(Duration::from_secs(30))).await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.slow_mode, Some(Duration::from_secs(30)));
+    /// let chat = bob.chat_manager();
+    /// chat.send_message(OutgoingMessage::text(room, "first")).await?;
+    /// clock.advance(Duration::from_secs(10));
+    /// let err = chat.send_message(OutgoingMessage::text(room, "too soon")).await.unwrap_err();
+    /// assert_eq!(err.code(), 509);
+    /// assert!(matches!(err, ChatError::SlowMode(wait) if wait == Duration::from_secs(20)));
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "hosts are exempt")).await?;
+    /// clock.advance(Duration::from_secs(20));
+    /// chat.send_message(OutgoingMessage::text(room, "second")).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_chat_room_slow_mode(
+        &self,
+        room_id: &RoomId,
+        cooldown: Option<std::time::Duration>,
+    ) -> Result<(), ChatError> {
+        self.moderate(room_id, Moderation::SetSlowMode(cooldown))
+            .await
+    }
+
+    /// Freezes the room (Sendbird's freeze) for `duration` or until unfrozen: only the owner
+    /// and admins may send meanwhile; anyone else's send fails with 219
+    /// ([`ChatError::RoomFrozen`], with the end), allow list included. Owner and admins (703
+    /// otherwise). A timed freeze ends by itself on the engine clock; every member then gets
+    /// `on_chat_room_freeze_changed` with no operator. A new freeze replaces the one in force.
+    /// The room's info shows it (`ChatRoom::frozen`, `frozen_until`). roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// # let clock = ManualClock::new(1_700_000_000_000);
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{MuteDuration, OutgoingMessage};
+    /// use std::time::Duration;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.freeze_chat_room(&room, MuteDuration::For(Duration::from_secs(60))).await?;
+    /// let info = rooms.fetch_chat_room_info(&room).await?;
+    /// assert!(info.frozen && info.frozen_until == Some(1_700_000_060_000));
+    /// let chat = bob.chat_manager();
+    /// let err = chat.send_message(OutgoingMessage::text(room, "hi")).await.unwrap_err();
+    /// assert_eq!(err.code(), 219);
+    /// host.chat_manager().send_message(OutgoingMessage::text(room, "staff only")).await?;
+    /// clock.advance(Duration::from_secs(60)); // the freeze ends by itself
+    /// chat.send_message(OutgoingMessage::text(room, "thawed")).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn freeze_chat_room(
+        &self,
+        room_id: &RoomId,
+        duration: impl Into<MuteDuration>,
+    ) -> Result<(), ChatError> {
+        self.moderate(room_id, Moderation::Freeze(duration.into()))
+            .await
+    }
+
+    /// Ends a freeze (owner and admins; nothing happens if the room is not frozen). The other
+    /// members get `on_chat_room_freeze_changed(frozen: false)`. roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// # let clock = ManualClock::new(1_700_000_000_000);
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{MuteDuration, OutgoingMessage};
+    /// let rooms = host.chat_room_manager();
+    /// rooms.freeze_chat_room(&room, MuteDuration::Forever).await?;
+    /// rooms.unfreeze_chat_room(&room).await?;
+    /// assert!(!rooms.fetch_chat_room_info(&room).await?.frozen);
+    /// bob.chat_manager().send_message(OutgoingMessage::text(room, "hi")).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn unfreeze_chat_room(&self, room_id: &RoomId) -> Result<(), ChatError> {
+        self.moderate(room_id, Moderation::Unfreeze).await
+    }
+
+    /// Removes members who may not join again for `ban` (a Twitch timeout; Tencent's and
+    /// RongCloud's kick duration): as [`ChatRoomManager::remove_chat_room_members`], and a join
+    /// before the ban ends fails with 707 ([`ChatError::RejoinBanned`], with the end). Owner
+    /// and admins on members, as a kick. roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// # let clock = ManualClock::new(1_700_000_000_000);
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use std::time::Duration;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.remove_chat_room_members_with_rejoin_ban(&room, ["bob"], Duration::from_secs(600)).await?;
+    /// let err = bob.chat_room_manager().join_chat_room(&room).await.unwrap_err();
+    /// assert_eq!(err.code(), 707);
+    /// clock.advance(Duration::from_secs(600));
+    /// bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn remove_chat_room_members_with_rejoin_ban<I, S>(
+        &self,
+        room_id: &RoomId,
+        members: I,
+        ban: std::time::Duration,
+    ) -> Result<(), ChatError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let action = Moderation::KickWithRejoinBan {
+            targets: users(members)?,
+            ban,
+        };
+        self.moderate(room_id, action).await
+    }
+
     /// This manager, whose moderation calls (roles, kicks, blocks, mutes, lists, mute-all,
     /// specification, limits, announcement) give `reason`: their events carry it
     /// ([`crate::ChatRoomEvent::operator_reason`]) and the room's audit log keeps it. At most

@@ -886,6 +886,13 @@
       case "attributes_removed":
         systemLine(r, Who(f.from) + " removed " + (f.keys || []).join(", "), "attr");
         break;
+      case "slow_mode_changed":
+        systemLine(r, by(f.operator) + (f.cooldown_secs ? " turned slow mode on: one message every " + f.cooldown_secs + " s" : " turned slow mode off"), "mute");
+        break;
+      case "freeze_changed":
+        systemLine(r, f.frozen ? by(f.operator) + " froze the room" + (f.until ? " " + span(f.until) : "") + " (only hosts can talk)"
+          : (f.operator ? Who(f.operator) + " unfroze the room" : "The freeze ended"), "mute");
+        break;
       case "chat_room_recovered":
         systemLine(r, "The room restarted; catching up", "missed");
         fillAfter(r);

@@ -300,7 +300,7 @@ pub enum TimerKind {
     OfflineCheck,
     /// [`Timer::MuteExpiry`].
     MuteExpiry,
-    /// [`Timer::FreezeEnd`] (kept under [`room_timer_user`]).
+    /// [`Timer::FreezeEnd`] (kept under the room's own reserved timer user).
     FreezeEnd,
 }
 

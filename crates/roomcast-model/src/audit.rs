@@ -70,6 +70,26 @@ pub enum AuditAction {
     ChangeLimits,
     /// Changed the announcement.
     UpdateAnnouncement,
+    /// The sender recalled its own message (the operator is the sender; the target too).
+    RecallMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Deleted a member's message (the target is its sender).
+    DeleteMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Pinned a message.
+    PinMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Unpinned a message.
+    UnpinMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
 }
 
 /// One entry of a room's audit log.
@@ -141,6 +161,12 @@ impl AuditAction {
             M::ChangeMaxUsers(n) => (AuditAction::ChangeMaxUsers { max_users: *n }, Vec::new()),
             M::ChangeLimits(_) => (AuditAction::ChangeLimits, Vec::new()),
             M::UpdateAnnouncement(_) => (AuditAction::UpdateAnnouncement, Vec::new()),
+            M::DeleteMessage(m) => (
+                AuditAction::DeleteMessage { seq: m.seq },
+                vec![m.from.clone()],
+            ),
+            M::PinMessage(m) => (AuditAction::PinMessage { seq: m.seq }, Vec::new()),
+            M::UnpinMessage(seq) => (AuditAction::UnpinMessage { seq: *seq }, Vec::new()),
         }
     }
 }

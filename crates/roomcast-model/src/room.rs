@@ -127,6 +127,8 @@ pub struct ChatRoom {
     pub created_at: Timestamp,
     /// The room's own limits (unset fields are the engine's).
     pub limits: RoomLimits,
+    /// The pinned messages, oldest pin first.
+    pub pinned_messages: Vec<crate::Pin>,
 }
 
 /// A room's persisted state: everything but transient membership.
@@ -238,6 +240,18 @@ pub enum Command {
         /// What and how.
         set: SetAttributes,
     },
+    /// `by` recalls a message: its own within the recall window, or, as the owner or an admin,
+    /// any message at any time (then a moderation act: [`Moderation::DeleteMessage`]).
+    RecallMessage {
+        /// Who.
+        by: UserId,
+        /// The message, as the engine read it from the store.
+        message: crate::MessageRef,
+        /// Now.
+        now: Timestamp,
+        /// The reason (a deletion by the owner or an admin), at most 512 characters.
+        reason: Option<String>,
+    },
     /// `by` removes custom attributes (`force`: also keys others own).
     RemoveAttributes {
         /// Who.
@@ -319,6 +333,8 @@ pub struct Effects {
     pub failures: AttributeFailures,
     /// Entries for the room's audit log, numbered.
     pub audit: Vec<crate::AuditEntry>,
+    /// The message recalled (its sequence number and how), to rewrite without its body.
+    pub recalled: Option<(u64, crate::Recall)>,
 }
 
 impl Effects {
@@ -336,6 +352,9 @@ impl Effects {
         self.cancelled.extend(other.cancelled);
         self.failures.extend(other.failures);
         self.audit.extend(other.audit);
+        if other.recalled.is_some() {
+            self.recalled = other.recalled;
+        }
     }
 }
 
@@ -431,6 +450,9 @@ pub struct Room {
     /// Per-sender message counts in the current window (only members who sent), for
     /// `user_messages_per_window`.
     send_windows: HashMap<UserId, (Timestamp, u32)>,
+    /// Messages recalled since the room was loaded: a recall raced by another (both read the
+    /// message before either applied) changes nothing the second time.
+    pub(crate) recalled: BTreeSet<u64>,
 }
 
 impl Room {
@@ -475,6 +497,7 @@ impl Room {
             audit_seq: 0,
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
+            recalled: BTreeSet::new(),
             record: RoomRecord {
                 id,
                 spec,
@@ -509,6 +532,7 @@ impl Room {
             audit_seq: 0,
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
+            recalled: BTreeSet::new(),
         }
     }
 
@@ -876,6 +900,7 @@ impl Room {
             permission_type: viewer.map_or(ChatRoomPermissionType::None, |v| self.role_of(v)),
             created_at: r.created_at,
             limits: r.limits.clone(),
+            pinned_messages: r.live.pins.clone(),
         }
     }
 
@@ -942,6 +967,25 @@ impl Room {
                 Ok(fx)
             }
             Command::ExpireMute { user, now } => Ok(self.expire_mute(user, now)),
+            Command::RecallMessage {
+                by,
+                message,
+                now,
+                reason,
+            } => {
+                if matches!(
+                    self.role_of(&by),
+                    ChatRoomPermissionType::Owner | ChatRoomPermissionType::Admin
+                ) {
+                    return self.apply(Command::Moderate {
+                        by,
+                        action: Moderation::DeleteMessage(message),
+                        now,
+                        reason,
+                    });
+                }
+                self.recall_own(by, message, now)
+            }
             Command::SetAttributes { by, set } => self.set_attributes(by, set),
             Command::RemoveAttributes { by, keys, force } => {
                 self.remove_attributes(by, keys, force)
@@ -979,6 +1023,7 @@ impl Room {
             body: message.body,
             attributes: message.attributes,
             priority: message.priority,
+            recalled: None,
         });
         Ok(Effects {
             message: Some(sent),

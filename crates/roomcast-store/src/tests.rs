@@ -248,6 +248,7 @@ fn message(room: u64, seq: u64, time: i64) -> MessageData {
         },
         attributes: BTreeMap::new(),
         priority: roomcast_model::MessagePriority::Normal,
+        recalled: None,
     }
 }
 

@@ -37,3 +37,6 @@ mod hibernation;
 
 /// Moderation reasons and the audit log.
 mod audit;
+
+/// Recalling and deleting messages, pinned messages.
+mod recall;

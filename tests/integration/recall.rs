@@ -11,9 +11,12 @@ use roomcast::{
 
 use crate::support::*;
 
+/// One `on_messages_recalled` call: the room, the ids, the operator.
+type Recalled = (RoomId, Vec<MessageId>, Option<UserId>);
+
 /// Records `on_messages_recalled` calls.
 #[derive(Clone, Default)]
-struct Recalls(Arc<Mutex<Vec<(RoomId, Vec<MessageId>, Option<UserId>)>>>);
+struct Recalls(Arc<Mutex<Vec<Recalled>>>);
 
 impl roomcast::ChatEventHandler for Recalls {
     fn on_messages_recalled(&self, room: &RoomId, ids: &[MessageId], operator: Option<&UserId>) {
@@ -25,7 +28,7 @@ impl roomcast::ChatEventHandler for Recalls {
 }
 
 impl Recalls {
-    async fn wait_for(&self, n: usize) -> Vec<(RoomId, Vec<MessageId>, Option<UserId>)> {
+    async fn wait_for(&self, n: usize) -> Vec<Recalled> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let seen = self.0.lock().unwrap().clone();

@@ -886,6 +886,16 @@
       case "attributes_removed":
         systemLine(r, Who(f.from) + " removed " + (f.keys || []).join(", "), "attr");
         break;
+      case "message_recalled":
+        systemLine(r, (f.operator === f.from ? Who(f.from) + " recalled" : by(f.operator) + " deleted " + who(f.from) + "'s")
+          + " message #" + f.seq, "mute");
+        break;
+      case "message_pinned":
+        systemLine(r, by(f.operator) + " pinned message #" + f.seq, "announce");
+        break;
+      case "message_unpinned":
+        systemLine(r, by(f.operator) + " unpinned message #" + f.seq, "announce");
+        break;
       case "chat_room_recovered":
         systemLine(r, "The room restarted; catching up", "missed");
         fillAfter(r);

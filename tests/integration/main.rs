@@ -40,3 +40,5 @@ mod audit;
 
 /// Live-stream moderation beyond Agora: slow mode, timed freeze, kick with a rejoin ban.
 mod live;
+/// Recalling and deleting messages, pinned messages.
+mod recall;

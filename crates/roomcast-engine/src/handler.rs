@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use roomcast_model::{
-    ChatMessage, ChatRoom, ChatRoomEvent, LeaveReason, RoomId, Timestamp, UserId,
+    ChatMessage, ChatRoom, ChatRoomEvent, LeaveReason, MessageId, RoomId, Timestamp, UserId,
 };
 
 /// Receives chat-room events (the SDK's `ChatRoomEventHandler`).
@@ -159,6 +159,24 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         until: Option<Timestamp>,
         operator: Option<&UserId>,
         reason: Option<&str>,
+    ) {
+    }
+    /// roomcast's own (Agora's pinned messages): message `seq` (`msg_id`) was pinned by
+    /// `operator`.
+    fn on_message_pinned_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        msg_id: MessageId,
+        seq: u64,
+        operator: Option<&UserId>,
+    ) {
+    }
+    /// roomcast's own: message `seq` was unpinned by `operator` (or recalled by it).
+    fn on_message_unpinned_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        seq: u64,
+        operator: Option<&UserId>,
     ) {
     }
     /// roomcast's own: every chat-room event, whole, before any callback. The default calls
@@ -355,6 +373,21 @@ pub fn dispatch_callback<H: ChatRoomEventHandler + ?Sized>(handler: &H, event: &
             operator.as_ref(),
             operator_reason.as_deref(),
         ),
+        E::MessagePinned {
+            room_id,
+            msg_id,
+            seq,
+            operator,
+            ..
+        } => handler.on_message_pinned_from_chat_room(room_id, *msg_id, *seq, operator.as_ref()),
+        E::MessageUnpinned {
+            room_id,
+            seq,
+            operator,
+            ..
+        } => handler.on_message_unpinned_from_chat_room(room_id, *seq, operator.as_ref()),
+        // A message event in the SDK: `ChatEventHandler::on_messages_recalled` gets it.
+        E::MessageRecalled { .. } => {}
         // The model's enum is `#[non_exhaustive]`; every variant it has today is above (the
         // `every_event_reaches_its_callback` test names each one).
         other => tracing::error!(event = ?other, "a room event without a handler method"),
@@ -370,6 +403,17 @@ pub trait ChatEventHandler: Send + Sync + 'static {
     /// replay of a room's newest messages when it joins. Consecutive messages that were queued
     /// together arrive in one call, each room's in sequence order.
     fn on_messages_received(&self, messages: &[ChatMessage]) {}
+
+    /// `onMessagesRecalled`: messages of `room_id` were recalled by their sender or deleted by
+    /// the owner or an admin (`operator`); their bodies are gone (history and local copies
+    /// show them recalled). The member who recalled them is not told.
+    fn on_messages_recalled(
+        &self,
+        room_id: &RoomId,
+        msg_ids: &[MessageId],
+        operator: Option<&UserId>,
+    ) {
+    }
 
     /// roomcast's own: this client fell behind and `count` of its oldest queued events
     /// (messages or room events) were dropped. Fetch the rooms' history from the last sequence
@@ -413,6 +457,8 @@ mod tests {
         fn on_chat_room_recovered(&self, _: &RoomId, _: u64) { self.push("recovered") }
         fn on_slow_mode_changed(&self, _: &RoomId, _: Option<std::time::Duration>, _: Option<&UserId>, _: Option<&str>) { self.push("slow") }
         fn on_chat_room_freeze_changed(&self, _: &RoomId, _: bool, _: Option<Timestamp>, _: Option<&UserId>, _: Option<&str>) { self.push("freeze") }
+        fn on_message_pinned_from_chat_room(&self, _: &RoomId, _: MessageId, _: u64, _: Option<&UserId>) { self.push("pinned") }
+        fn on_message_unpinned_from_chat_room(&self, _: &RoomId, _: u64, _: Option<&UserId>) { self.push("unpinned") }
     }
 
     /// `ChatRoomEvent` is `#[non_exhaustive]`, so `dispatch` has a `_` arm the compiler cannot
@@ -609,11 +655,45 @@ mod tests {
                 },
                 "freeze",
             ),
+            (
+                E::MessagePinned {
+                    room_id,
+                    msg_id: MessageId::from_u64(9),
+                    seq: 2,
+                    operator: None,
+                    operator_reason: None,
+                },
+                "pinned",
+            ),
+            (
+                E::MessageUnpinned {
+                    room_id,
+                    seq: 2,
+                    operator: None,
+                    operator_reason: None,
+                },
+                "unpinned",
+            ),
         ];
         for (event, expected) in cases {
             let names = Names::default();
             dispatch(&names, &event);
             assert_eq!(*names.0.lock(), vec![expected], "{event:?}");
         }
+        // A recall is a message event: the chat handlers' `on_messages_recalled` (the session
+        // calls it), no room callback.
+        let names = Names::default();
+        dispatch(
+            &names,
+            &E::MessageRecalled {
+                room_id,
+                msg_id: MessageId::from_u64(9),
+                seq: 2,
+                from: UserId::new("u").unwrap(),
+                operator: None,
+                operator_reason: None,
+            },
+        );
+        assert!(names.0.lock().is_empty());
     }
 }

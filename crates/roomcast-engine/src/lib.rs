@@ -764,6 +764,83 @@ impl Core {
         self.room_call(room, Apply(command)).await.map(drop)
     }
 
+    /// Message `seq` of `room` as the store holds it (a member, or the owner or an admin), or
+    /// 500 if the room does not retain it.
+    async fn read_message(
+        &self,
+        viewer: &UserId,
+        room: RoomId,
+        seq: u64,
+    ) -> Result<roomcast_model::MessageRef, ChatError> {
+        let msg = room_actor::ReadMessage {
+            viewer: viewer.clone(),
+            seq,
+        };
+        let read = self.room_call(room, msg).await?;
+        let found = self
+            .run(async move { read.await.and_then(|r| r).map_err(storage_error) })
+            .await?;
+        found
+            .as_ref()
+            .map(roomcast_model::MessageRef::of)
+            .ok_or_else(|| {
+                ChatError::MessageInvalid(format!("room {room} retains no message {seq}"))
+            })
+    }
+
+    /// `by` recalls message `seq` of `room`: its own within the recall window, or any as the
+    /// owner or an admin (a moderation act, giving `reason`). `as_moderator`: only as the owner
+    /// or an admin (703 for a member, even on its own message).
+    pub async fn recall_message(
+        &self,
+        by: &UserId,
+        room: RoomId,
+        seq: u64,
+        reason: Option<String>,
+        as_moderator: bool,
+    ) -> Result<(), ChatError> {
+        self.admit(by)?;
+        let reason = roomcast_model::check_reason(reason)?;
+        let message = self.read_message(by, room, seq).await?;
+        let now = self.now_ms();
+        let command = if as_moderator {
+            Command::Moderate {
+                by: by.clone(),
+                action: Moderation::DeleteMessage(message),
+                now,
+                reason,
+            }
+        } else {
+            Command::RecallMessage {
+                by: by.clone(),
+                message,
+                now,
+                reason,
+            }
+        };
+        self.room_call(room, Apply(command)).await.map(drop)
+    }
+
+    /// `by` pins message `seq` of `room` (owner and admins), giving `reason`.
+    pub async fn pin_message(
+        &self,
+        by: &UserId,
+        room: RoomId,
+        seq: u64,
+        reason: Option<String>,
+    ) -> Result<(), ChatError> {
+        self.admit(by)?;
+        let reason = roomcast_model::check_reason(reason)?;
+        let message = self.read_message(by, room, seq).await?;
+        let command = Command::Moderate {
+            by: by.clone(),
+            action: Moderation::PinMessage(message),
+            now: self.now_ms(),
+            reason,
+        };
+        self.room_call(room, Apply(command)).await.map(drop)
+    }
+
     /// A page of `room`'s audit log, newest first, older than entry `before` if given (owner
     /// and admins; 1 to `LIST_PAGE_MAX` entries).
     pub async fn fetch_audit_log(

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use roomcast_model::{
     AttributeFailures, Audience, AuditEntry, ChatCursorResult, ChatError, ChatMessage, ChatRoom,
-    ChatRoomEvent, Command, Effects, History, HistoryQuery, MessageId, MessagePriority,
-    OutgoingMessage, Room, RoomId, SearchDirection, Timer, UserId,
+    ChatRoomEvent, Command, Effects, History, HistoryQuery, MessageData, MessageId,
+    MessagePriority, OutgoingMessage, Room, RoomId, SearchDirection, Timer, UserId,
 };
 use roomcast_store::{Commit, Pending, Reader, Store, StoreError, WriteSet};
 
@@ -82,6 +82,15 @@ pub(crate) struct SendMessage {
 pub(crate) struct FetchHistory {
     pub(crate) viewer: UserId,
     pub(crate) query: HistoryQuery,
+}
+
+/// Message `seq` of the room, read from the store after the room's writes, for a member or the
+/// owner or an admin (to recall, delete or pin it).
+#[derive(Message)]
+#[rtype(result = "Result<Answer<StoreRead<Option<MessageData>>>, ChatError>")]
+pub(crate) struct ReadMessage {
+    pub(crate) viewer: UserId,
+    pub(crate) seq: u64,
 }
 
 /// A page of the audit log, newest first (owner and admins).
@@ -396,6 +405,9 @@ impl RoomActor {
                 set.put_audit(room, entry, limits.audit_log_retention)?;
             }
         }
+        if let Some((seq, recall)) = &fx.recalled {
+            set.recall_message(room, *seq, recall.clone());
+        }
         if let Some(message) = &fx.message {
             set.put_message(message.data())?;
             let seq = message.seq();
@@ -551,6 +563,10 @@ impl RoomActor {
                     }
                 }
             }
+        }
+        if let Some((seq, recall)) = &fx.recalled {
+            // Replay on join shows it recalled too.
+            self.recent.recall(*seq, recall);
         }
         if let Some(message) = fx.message {
             self.recent.push(message.clone());
@@ -857,6 +873,32 @@ impl Handler<FetchHistory> for RoomActor {
                 .store
                 .read(move |reader| history_page(reader, room, query));
             Ok((page, None))
+        })
+    }
+}
+
+impl Handler<ReadMessage> for RoomActor {
+    type Result = Result<Answer<StoreRead<Option<MessageData>>>, ChatError>;
+
+    fn handle(&mut self, msg: ReadMessage, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, _| {
+            let staff = matches!(
+                act.room.role_of(&msg.viewer),
+                roomcast_model::ChatRoomPermissionType::Owner
+                    | roomcast_model::ChatRoomPermissionType::Admin
+            );
+            if !staff && !act.room.is_member(&msg.viewer) {
+                return Err(ChatError::NotJoined(msg.viewer.to_string()));
+            }
+            let room = act.room.id();
+            let seq = msg.seq;
+            // Queued after this room's writes: it sees every message sent before it.
+            let read = act.store.read(move |reader| {
+                use std::ops::Bound::Included;
+                let found = reader.messages(room, (Included(seq), Included(seq)), false, 1)?;
+                Ok(found.into_iter().next())
+            });
+            Ok((read, None))
         })
     }
 }

@@ -693,6 +693,20 @@ impl Session {
                 ClientEvent::Message(m) => messages.push(m),
                 ClientEvent::Room(event) => {
                     flush(messages);
+                    if let ChatRoomEvent::MessageRecalled {
+                        room_id,
+                        msg_id,
+                        operator,
+                        ..
+                    } = &*event
+                    {
+                        let ids = [*msg_id];
+                        for h in chat_handlers.iter() {
+                            h.call(id, |h| {
+                                h.on_messages_recalled(room_id, &ids, operator.as_ref())
+                            });
+                        }
+                    }
                     for h in room_handlers.iter() {
                         h.call(id, |h| dispatch(h, &event));
                     }

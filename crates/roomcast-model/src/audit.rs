@@ -89,6 +89,26 @@ pub enum AuditAction {
         /// When they may join again.
         until: Timestamp,
     },
+    /// The sender recalled its own message (the operator is the sender; the target too).
+    RecallMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Deleted a member's message (the target is its sender).
+    DeleteMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Pinned a message.
+    PinMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Unpinned a message.
+    UnpinMessage {
+        /// The message's sequence number.
+        seq: u64,
+    },
 }
 
 /// One entry of a room's audit log.
@@ -183,6 +203,12 @@ impl AuditAction {
                 },
                 targets.clone(),
             ),
+            M::DeleteMessage(m) => (
+                AuditAction::DeleteMessage { seq: m.seq },
+                vec![m.from.clone()],
+            ),
+            M::PinMessage(m) => (AuditAction::PinMessage { seq: m.seq }, Vec::new()),
+            M::UnpinMessage(seq) => (AuditAction::UnpinMessage { seq: *seq }, Vec::new()),
         }
     }
 }

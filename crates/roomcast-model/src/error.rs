@@ -38,6 +38,10 @@ pub enum ChatError {
     /// 500, MESSAGE_INVALID: a malformed message.
     #[error("invalid message: {0}")]
     MessageInvalid(String),
+    /// 504, MESSAGE_RECALL_TIME_LIMIT: the sender recalls a message older than the room's
+    /// recall window (`Limits::message_recall_window`, 2 minutes by default).
+    #[error("the message is older than the recall window of {0:?}")]
+    MessageRecallTimeLimit(std::time::Duration),
     /// 507, MESSAGE_ILLEGAL_WHITELIST: mute-all is on and the sender is not allow-listed.
     #[error("the sender is not on the room's allow list")]
     MessageIllegalWhitelist,
@@ -194,6 +198,7 @@ impl ChatError {
             ChatError::UserMuted => 215,
             ChatError::UserMutedByAdmin => 219,
             ChatError::MessageInvalid(_) => 500,
+            ChatError::MessageRecallTimeLimit(_) => 504,
             ChatError::MessageIllegalWhitelist => 507,
             ChatError::MessageCurrentLimiting => 509,
             ChatError::SlowMode(_) => 509,
@@ -238,6 +243,10 @@ mod tests {
             (ChatError::UserMuted, 215),
             (ChatError::UserMutedByAdmin, 219),
             (ChatError::MessageInvalid(String::new()), 500),
+            (
+                ChatError::MessageRecallTimeLimit(std::time::Duration::from_secs(120)),
+                504,
+            ),
             (ChatError::MessageIllegalWhitelist, 507),
             (ChatError::MessageCurrentLimiting, 509),
             (ChatError::MessageSizeLimit { size: 9, limit: 1 }, 510),

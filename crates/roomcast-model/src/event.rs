@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChatRoom, RoomId, Timestamp, UserId};
+use crate::{ChatRoom, MessageId, RoomId, Timestamp, UserId};
 
 /// Why a member was removed from a room (the SDK's `LeaveReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,6 +254,47 @@ pub enum ChatRoomEvent {
         /// The reason the operator gave (up to 512 characters), if any.
         operator_reason: Option<String>,
     },
+    /// The SDK's `ChatEventHandler::onMessagesRecalled`: a message was recalled by its sender
+    /// or deleted by the owner or an admin; its body is gone (history and local copies show it
+    /// recalled). Chat handlers get it as `on_messages_recalled`.
+    MessageRecalled {
+        /// The room.
+        room_id: RoomId,
+        /// The message's id.
+        msg_id: MessageId,
+        /// Its sequence number.
+        seq: u64,
+        /// Its sender.
+        from: UserId,
+        /// Who recalled it: the sender, or the owner or admin who deleted it.
+        operator: Option<UserId>,
+        /// The reason the operator gave (a deletion through `ChatRoomManager::with_reason`).
+        operator_reason: Option<String>,
+    },
+    /// A message was pinned (Agora's pinned messages; roomcast's own event).
+    MessagePinned {
+        /// The room.
+        room_id: RoomId,
+        /// The message's id.
+        msg_id: MessageId,
+        /// Its sequence number.
+        seq: u64,
+        /// Who pinned it.
+        operator: Option<UserId>,
+        /// The reason the operator gave, if any.
+        operator_reason: Option<String>,
+    },
+    /// A message was unpinned: by the owner or an admin, or because it was recalled.
+    MessageUnpinned {
+        /// The room.
+        room_id: RoomId,
+        /// The message's sequence number.
+        seq: u64,
+        /// Who unpinned it (or recalled it).
+        operator: Option<UserId>,
+        /// The reason the operator gave, if any.
+        operator_reason: Option<String>,
+    },
 }
 
 impl ChatRoomEvent {
@@ -298,6 +339,15 @@ impl ChatRoomEvent {
                 operator_reason, ..
             }
             | ChatRoomEvent::FreezeChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MessageRecalled {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MessagePinned {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MessageUnpinned {
                 operator_reason, ..
             } => operator_reason.as_deref(),
             _ => None,
@@ -345,6 +395,15 @@ impl ChatRoomEvent {
             }
             | ChatRoomEvent::FreezeChanged {
                 operator_reason, ..
+            }
+            | ChatRoomEvent::MessageRecalled {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MessagePinned {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::MessageUnpinned {
+                operator_reason, ..
             } => *operator_reason = given,
             _ => {}
         }
@@ -377,7 +436,10 @@ impl ChatRoomEvent {
             | ChatRoomEvent::AttributesRemoved { room_id, .. }
             | ChatRoomEvent::ChatRoomRecovered { room_id, .. }
             | ChatRoomEvent::SlowModeChanged { room_id, .. }
-            | ChatRoomEvent::FreezeChanged { room_id, .. } => *room_id,
+            | ChatRoomEvent::FreezeChanged { room_id, .. }
+            | ChatRoomEvent::MessageRecalled { room_id, .. }
+            | ChatRoomEvent::MessagePinned { room_id, .. }
+            | ChatRoomEvent::MessageUnpinned { room_id, .. } => *room_id,
             ChatRoomEvent::SpecificationChanged { room, .. } => room.room_id,
         }
     }

@@ -111,6 +111,19 @@ impl History {
         self.messages.push_back(message);
     }
 
+    /// Marks message `seq` recalled, if it is held (its body goes).
+    pub fn recall(&mut self, seq: u64, recall: &crate::Recall) {
+        let Some(first) = self.messages.front().map(ChatMessage::seq) else {
+            return;
+        };
+        let Some(index) = seq.checked_sub(first) else {
+            return;
+        };
+        if let Some(m) = self.messages.get_mut(index as usize) {
+            *m = m.recalled_by(recall.clone());
+        }
+    }
+
     /// The newest `n` messages, oldest first.
     pub fn newest(&self, n: usize) -> Vec<ChatMessage> {
         let skip = self.messages.len().saturating_sub(n);
@@ -203,6 +216,7 @@ mod tests {
             },
             attributes: Default::default(),
             priority: MessagePriority::Normal,
+            recalled: None,
         })
     }
 

@@ -19,6 +19,7 @@ mod live;
 mod message;
 mod moderation;
 mod page;
+mod recall;
 mod room;
 #[cfg(test)]
 mod test_support;
@@ -37,10 +38,10 @@ pub use limits::{Limits, RoomLimits};
 pub use live::{LiveModeration, Pin, UNTIL_LIFTED};
 pub use message::{
     AttributeValue, ChatMessage, MessageBody, MessageData, MessageId, MessagePriority,
-    OutgoingMessage,
+    OutgoingMessage, Recall,
 };
 pub use moderation::{
-    check_permission, Moderation, MuteDuration, MutedMember, Operation, MAX_ADMINS,
+    check_permission, MessageRef, Moderation, MuteDuration, MutedMember, Operation, MAX_ADMINS,
 };
 pub use page::{check_page, check_page_size, ChatPageResult, LIST_PAGE_MAX};
 pub use room::{

@@ -62,6 +62,13 @@ pub struct Limits {
     pub room_hibernate_after: Option<Duration>,
     /// Entries each room's audit log keeps (the newest); 0 keeps none. Default 10,000.
     pub audit_log_retention: usize,
+    /// How long after sending a sender may recall its message (MESSAGE_RECALL_TIME_LIMIT, 504,
+    /// past it); the owner and admins delete messages at any time. Default 2 minutes, as
+    /// Agora's.
+    pub message_recall_window: Duration,
+    /// Most messages a room may have pinned at once (EXCEED_SERVICE_LIMIT, 4, beyond).
+    /// Default 10.
+    pub max_pinned_messages: usize,
 }
 
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
@@ -144,6 +151,18 @@ impl Limits {
     /// Sets [`Limits::join_replay_count`].
     pub fn with_join_replay_count(mut self, value: usize) -> Self {
         self.join_replay_count = value;
+        self
+    }
+
+    /// Sets [`Limits::message_recall_window`].
+    pub fn with_message_recall_window(mut self, value: Duration) -> Self {
+        self.message_recall_window = value;
+        self
+    }
+
+    /// Sets [`Limits::max_pinned_messages`].
+    pub fn with_max_pinned_messages(mut self, value: usize) -> Self {
+        self.max_pinned_messages = value;
         self
     }
 
@@ -270,6 +289,8 @@ impl Default for Limits {
             user_messages_per_window: Some((20, Duration::from_secs(30))),
             room_hibernate_after: Some(Duration::from_secs(5 * 60)),
             audit_log_retention: 10_000,
+            message_recall_window: Duration::from_secs(2 * 60),
+            max_pinned_messages: 10,
         }
     }
 }

@@ -215,9 +215,59 @@ pub struct MessageData {
     pub attributes: BTreeMap<String, AttributeValue>,
     /// The priority it was sent with.
     pub priority: MessagePriority,
+    /// Set once the message was recalled (by its sender) or deleted (by the owner or an
+    /// admin): its body and attributes are gone, from the store too.
+    pub recalled: Option<Recall>,
+}
+
+/// How a message was recalled: by whom and when. A recalled message keeps its id, sender,
+/// sequence number and time; its body is an empty text and its attributes are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Recall {
+    /// Who recalled it: its sender, or the owner or an admin who deleted it.
+    pub by: UserId,
+    /// When (engine clock, ms since the Unix epoch).
+    pub at: Timestamp,
+}
+
+impl Recall {
+    /// A recall by `by` at `at`.
+    pub fn new(by: UserId, at: Timestamp) -> Recall {
+        Recall { by, at }
+    }
+}
+
+impl MessageData {
+    /// Marks the message recalled by `recall`, dropping its body and attributes (a recalled
+    /// message has an empty text body).
+    pub fn recall(&mut self, recall: Recall) {
+        self.body = MessageBody::Text {
+            content: String::new(),
+        };
+        self.attributes.clear();
+        self.recalled = Some(recall);
+    }
 }
 
 impl ChatMessage {
+    /// The same message, recalled by `recall` (body and attributes gone).
+    pub fn recalled_by(&self, recall: Recall) -> ChatMessage {
+        let mut data = (*self.0).clone();
+        data.recall(recall);
+        ChatMessage::new(data)
+    }
+
+    /// How the message was recalled, if it was (its body is then gone).
+    pub fn recalled(&self) -> Option<&Recall> {
+        self.0.recalled.as_ref()
+    }
+
+    /// True if the message was recalled or deleted.
+    pub fn is_recalled(&self) -> bool {
+        self.0.recalled.is_some()
+    }
+
     /// Wraps message data.
     pub fn new(data: MessageData) -> ChatMessage {
         ChatMessage(Arc::new(data))
@@ -277,6 +327,7 @@ impl fmt::Debug for ChatMessage {
             .field("from", &self.0.from)
             .field("seq", &self.0.seq)
             .field("priority", &self.0.priority)
+            .field("recalled", &self.0.recalled)
             .finish_non_exhaustive()
     }
 }

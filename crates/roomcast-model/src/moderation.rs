@@ -59,6 +59,10 @@ pub enum Operation {
     UpdateAnnouncement,
     /// Change the room's own limits.
     ChangeLimits,
+    /// Delete (recall) any member's message, at any time.
+    DeleteMessage,
+    /// Pin or unpin messages.
+    PinMessage,
 }
 
 /// May `actor` do `op` to `target` (`None` for operations without a target)? The target's role
@@ -91,7 +95,8 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
             }
         }
         Unblock | FetchBlockList | FetchMuteList | MuteAll | EditAllowList | FetchAllowList
-        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze => {
+        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze
+        | DeleteMessage | PinMessage => {
             if staff {
                 Ok(())
             } else {
@@ -134,6 +139,36 @@ pub struct MutedMember {
 impl From<std::time::Duration> for MuteDuration {
     fn from(d: std::time::Duration) -> Self {
         MuteDuration::For(d)
+    }
+}
+
+/// A stored message, as a moderation command or a recall needs it: what the engine read from
+/// the room's history before asking the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageRef {
+    /// Its sequence number in the room.
+    pub seq: u64,
+    /// Its id.
+    pub msg_id: crate::MessageId,
+    /// Its sender.
+    pub from: UserId,
+    /// When the room accepted it.
+    pub server_time: Timestamp,
+    /// True if it was recalled already.
+    pub recalled: bool,
+}
+
+impl MessageRef {
+    /// The reference of a stored message.
+    pub fn of(message: &crate::MessageData) -> MessageRef {
+        MessageRef {
+            seq: message.seq,
+            msg_id: message.msg_id,
+            from: message.from.clone(),
+            server_time: message.server_time,
+            recalled: message.recalled.is_some(),
+        }
     }
 }
 
@@ -192,6 +227,13 @@ pub enum Moderation {
         /// How long they stay out (at least 1 ms).
         ban: std::time::Duration,
     },
+    /// Delete (recall) a message of any member, at any time (owner and admins). A pinned
+    /// message is unpinned.
+    DeleteMessage(MessageRef),
+    /// Pin a message (owner and admins; at most `Limits::max_pinned_messages`).
+    PinMessage(MessageRef),
+    /// Unpin the message with this sequence number (owner and admins).
+    UnpinMessage(u64),
 }
 
 /// The shortest and longest slow-mode cooldowns.
@@ -659,6 +701,9 @@ impl Room {
                     },
                 }]))
             }
+            M::DeleteMessage(message) => self.delete_message(&by, message, now),
+            M::PinMessage(message) => self.pin_message(&by, message, now),
+            M::UnpinMessage(seq) => self.unpin_message(&by, seq),
         }
     }
 
@@ -895,7 +940,21 @@ mod tests {
             ("max members", Moderation::ChangeMaxUsers(50), [OK, OK, 703, 703]),
             ("announcement", Moderation::UpdateAnnouncement("hi".into()), [OK, OK, 703, 703]),
             ("room limits", Moderation::ChangeLimits(crate::RoomLimits::default().with_join_replay_count(3)), [OK, 703, 703, 703]),
+            ("delete message", Moderation::DeleteMessage(message_of("m2")), [OK, OK, 703, 703]),
+            ("pin message", Moderation::PinMessage(message_of("m2")), [OK, OK, 703, 703]),
+            ("unpin message", Moderation::UnpinMessage(1), [OK, OK, 703, 703]),
         ]
+    }
+
+    /// Message 1 of the room, sent by `from` at time 0.
+    fn message_of(from: &str) -> MessageRef {
+        MessageRef {
+            seq: 1,
+            msg_id: crate::MessageId::from_u64(1),
+            from: uid(from),
+            server_time: 0,
+            recalled: false,
+        }
     }
 
     fn code(r: Result<Effects, ChatError>) -> u32 {

@@ -133,6 +133,8 @@ pub struct ChatRoom {
     pub frozen: bool,
     /// When the freeze ends by itself (engine clock), if it is frozen for a while.
     pub frozen_until: Option<Timestamp>,
+    /// The pinned messages, oldest pin first.
+    pub pinned_messages: Vec<crate::Pin>,
 }
 
 /// A room's persisted state: everything but transient membership.
@@ -251,6 +253,18 @@ pub enum Command {
         /// What and how.
         set: SetAttributes,
     },
+    /// `by` recalls a message: its own within the recall window, or, as the owner or an admin,
+    /// any message at any time (then a moderation act: [`Moderation::DeleteMessage`]).
+    RecallMessage {
+        /// Who.
+        by: UserId,
+        /// The message, as the engine read it from the store.
+        message: crate::MessageRef,
+        /// Now.
+        now: Timestamp,
+        /// The reason (a deletion by the owner or an admin), at most 512 characters.
+        reason: Option<String>,
+    },
     /// `by` removes custom attributes (`force`: also keys others own).
     RemoveAttributes {
         /// Who.
@@ -347,6 +361,8 @@ pub struct Effects {
     pub failures: AttributeFailures,
     /// Entries for the room's audit log, numbered.
     pub audit: Vec<crate::AuditEntry>,
+    /// The message recalled (its sequence number and how), to rewrite without its body.
+    pub recalled: Option<(u64, crate::Recall)>,
 }
 
 impl Effects {
@@ -364,6 +380,9 @@ impl Effects {
         self.cancelled.extend(other.cancelled);
         self.failures.extend(other.failures);
         self.audit.extend(other.audit);
+        if other.recalled.is_some() {
+            self.recalled = other.recalled;
+        }
     }
 }
 
@@ -462,6 +481,9 @@ pub struct Room {
     /// Per-sender message counts in the current window (only members who sent), for
     /// `user_messages_per_window`.
     send_windows: HashMap<UserId, (Timestamp, u32)>,
+    /// Messages recalled since the room was loaded: a recall raced by another (both read the
+    /// message before either applied) changes nothing the second time.
+    pub(crate) recalled: BTreeSet<u64>,
 }
 
 impl Room {
@@ -507,6 +529,7 @@ impl Room {
             last_sent: HashMap::new(),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
+            recalled: BTreeSet::new(),
             record: RoomRecord {
                 id,
                 spec,
@@ -542,6 +565,7 @@ impl Room {
             last_sent: HashMap::new(),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
+            recalled: BTreeSet::new(),
         }
     }
 
@@ -939,6 +963,7 @@ impl Room {
             slow_mode: r.live.slow_mode_ms.map(std::time::Duration::from_millis),
             frozen: r.live.frozen_until.is_some(),
             frozen_until: r.live.frozen_until.filter(|&u| u != crate::UNTIL_LIFTED),
+            pinned_messages: r.live.pins.clone(),
         }
     }
 
@@ -1006,6 +1031,25 @@ impl Room {
             }
             Command::ExpireMute { user, now } => Ok(self.expire_mute(user, now)),
             Command::ExpireFreeze { now } => Ok(self.expire_freeze(now)),
+            Command::RecallMessage {
+                by,
+                message,
+                now,
+                reason,
+            } => {
+                if matches!(
+                    self.role_of(&by),
+                    ChatRoomPermissionType::Owner | ChatRoomPermissionType::Admin
+                ) {
+                    return self.apply(Command::Moderate {
+                        by,
+                        action: Moderation::DeleteMessage(message),
+                        now,
+                        reason,
+                    });
+                }
+                self.recall_own(by, message, now)
+            }
             Command::SetAttributes { by, set } => self.set_attributes(by, set),
             Command::RemoveAttributes { by, keys, force } => {
                 self.remove_attributes(by, keys, force)
@@ -1054,6 +1098,7 @@ impl Room {
             body: message.body,
             attributes: message.attributes,
             priority: message.priority,
+            recalled: None,
         });
         Ok(Effects {
             message: Some(sent),

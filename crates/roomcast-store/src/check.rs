@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use roomcast_model::{MessageData, RoomId, RoomRecord};
+use roomcast_model::{RoomId, RoomRecord};
 
 use crate::codec::{self, RecordKind};
 use crate::{guarded, keys, LocalCopy, StoreError, SuperAdminRecord, TREE};
@@ -161,23 +161,19 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
                 (Err(e), _) => report.problem(&what, e.to_string()),
                 (_, None) => report.problem(&what, "malformed key"),
             },
-            Some(&keys::MESSAGE) => {
-                match codec::decode::<MessageData>(RecordKind::Message, &value) {
-                    Ok(m)
-                        if keys::room_of(&key) == Some(m.room_id)
-                            && keys::seq_of(&key) == Some(m.seq) =>
-                    {
-                        report.messages += 1;
-                        let n = newest.entry(m.room_id).or_default();
-                        *n = (*n).max(m.seq);
-                        messages.push((key.to_vec(), value.to_vec(), m.room_id));
-                    }
-                    Ok(m) => {
-                        report.problem(&what, format!("holds message {}#{}", m.room_id, m.seq))
-                    }
-                    Err(e) => report.problem(&what, e.to_string()),
+            Some(&keys::MESSAGE) => match codec::decode_message(&value) {
+                Ok(m)
+                    if keys::room_of(&key) == Some(m.room_id)
+                        && keys::seq_of(&key) == Some(m.seq) =>
+                {
+                    report.messages += 1;
+                    let n = newest.entry(m.room_id).or_default();
+                    *n = (*n).max(m.seq);
+                    messages.push((key.to_vec(), value.to_vec(), m.room_id));
                 }
-            }
+                Ok(m) => report.problem(&what, format!("holds message {}#{}", m.room_id, m.seq)),
+                Err(e) => report.problem(&what, e.to_string()),
+            },
             Some(&keys::COPY) => match codec::decode::<LocalCopy>(RecordKind::Copy, &value) {
                 Ok(_) => {
                     report.copies += 1;

@@ -37,7 +37,7 @@ pub enum RecordKind {
     Room = 1,
     /// A super admin.
     SuperAdmin = 2,
-    /// A retained room message ([`roomcast_model::MessageData`]).
+    /// A retained room message in the first layout (before recall): read, never written.
     Message = 3,
     /// A user's local copy of a room's conversation.
     Copy = 4,
@@ -51,6 +51,8 @@ pub enum RecordKind {
     Audit = 8,
     /// A room's [`roomcast_model::RoomRecord`].
     RoomV3 = 9,
+    /// A retained room message ([`roomcast_model::MessageData`], with its recall).
+    MessageV2 = 10,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -152,12 +154,28 @@ pub fn decode_room(bytes: &[u8]) -> Result<roomcast_model::RoomRecord, StoreErro
     }
 }
 
+/// Encodes a retained message in the current layout.
+pub fn encode_message(message: &roomcast_model::MessageData) -> Result<Vec<u8>, StoreError> {
+    encode(RecordKind::MessageV2, message)
+}
+
+/// Decodes a retained message of any layout: the record's kind says which.
+pub fn decode_message(bytes: &[u8]) -> Result<roomcast_model::MessageData, StoreError> {
+    match bytes.get(3) {
+        Some(&k) if k == RecordKind::Message as u8 => {
+            decode::<legacy::MessageDataV1>(RecordKind::Message, bytes).map(Into::into)
+        }
+        _ => decode(RecordKind::MessageV2, bytes),
+    }
+}
+
 /// Earlier layouts, kept to read stores written by earlier versions.
 mod legacy {
     use std::collections::{BTreeMap, BTreeSet};
 
     use roomcast_model::{
-        RoomAttribute, RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId,
+        AttributeValue, MessageBody, MessageData, MessageId, MessagePriority, RoomAttribute,
+        RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId,
     };
     use serde::Deserialize;
 
@@ -249,6 +267,35 @@ mod legacy {
                 created_at: v2.created_at,
                 limits: v2.limits,
                 live: Default::default(),
+            }
+        }
+    }
+
+    /// `MessageData` before messages could be recalled.
+    #[derive(Debug, Deserialize)]
+    pub struct MessageDataV1 {
+        msg_id: MessageId,
+        room_id: RoomId,
+        from: UserId,
+        seq: u64,
+        server_time: Timestamp,
+        body: MessageBody,
+        attributes: BTreeMap<String, AttributeValue>,
+        priority: MessagePriority,
+    }
+
+    impl From<MessageDataV1> for MessageData {
+        fn from(v1: MessageDataV1) -> MessageData {
+            MessageData {
+                msg_id: v1.msg_id,
+                room_id: v1.room_id,
+                from: v1.from,
+                seq: v1.seq,
+                server_time: v1.server_time,
+                body: v1.body,
+                attributes: v1.attributes,
+                priority: v1.priority,
+                recalled: None,
             }
         }
     }

@@ -643,8 +643,7 @@ impl Reader {
         let iter = self.tree.range::<[u8; 17], _>((lo, hi));
         let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| {
             let (key, value) = item?;
-            codec::decode::<MessageData>(RecordKind::Message, &value)
-                .map_err(|e| e.at(keys::describe(&key)))
+            codec::decode_message(&value).map_err(|e| e.at(keys::describe(&key)))
         };
         if newest_first {
             iter.rev().take(limit).map(decode).collect()

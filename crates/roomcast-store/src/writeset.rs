@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use roomcast_model::{AuditEntry, MessageData, RoomId, RoomRecord, Timestamp, UserId};
+use roomcast_model::{AuditEntry, MessageData, Recall, RoomId, RoomRecord, Timestamp, UserId};
 
 use crate::codec::{self, RecordKind};
 use crate::{keys, LocalCopy, StoreError};
@@ -24,6 +24,8 @@ enum Op {
     DeleteRoom(RoomId),
     /// The room's messages below a sequence number removed.
     TrimBefore(RoomId, u64),
+    /// A retained message rewritten as recalled (its body gone), if it is still retained.
+    Recall(RoomId, u64, Recall),
     /// The room's oldest messages, older than a time, removed.
     TrimOlderThan(RoomId, Timestamp),
     /// A span opened in a user's local copy of a room, after every earlier span.
@@ -74,6 +76,12 @@ impl WriteSet {
         Ok(())
     }
 
+    /// Rewrites `room`'s message `seq` as recalled by `recall`, without its body and
+    /// attributes; nothing if the room no longer retains it.
+    pub fn recall_message(&mut self, room: RoomId, seq: u64, recall: Recall) {
+        self.ops.push(Op::Recall(room, seq, recall));
+    }
+
     /// Deletes a room: its record, its sequence number, every retained message and its audit
     /// log.
     pub fn delete_room(&mut self, room: RoomId) {
@@ -82,7 +90,7 @@ impl WriteSet {
 
     /// Stores a message, and its room's last sequence number with it.
     pub fn put_message(&mut self, message: &MessageData) -> Result<(), StoreError> {
-        let value = codec::encode(RecordKind::Message, message)?;
+        let value = codec::encode_message(message)?;
         let seq = codec::encode(RecordKind::RoomSeq, &message.seq)?;
         self.ops.push(Op::Put(
             keys::message(message.room_id, message.seq).to_vec(),
@@ -222,6 +230,8 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                 batch.remove(key);
             }
         };
+        // Stored messages this batch removes: a recall later in it must not bring one back.
+        let mut gone: std::collections::HashSet<sled::IVec> = Default::default();
         for op in sets.iter().flat_map(|s| &s.ops) {
             match op {
                 Op::Put(k, v) => {
@@ -238,7 +248,9 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                         .range(keys::message(room, 0)..=keys::message(room, u64::MAX))
                         .keys()
                     {
-                        batch.remove(key?);
+                        let key = key?;
+                        gone.insert(key.clone());
+                        batch.remove(key);
                     }
                     let all = keys::message(room, 0).to_vec()..keys::message_end(room);
                     unput(&mut batch, &mut put_messages, all);
@@ -257,19 +269,38 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                         .range(keys::message(room, 0)..keys::message(room, seq))
                         .keys()
                     {
-                        batch.remove(key?);
+                        let key = key?;
+                        gone.insert(key.clone());
+                        batch.remove(key);
                     }
                     let below = keys::message(room, 0).to_vec()..keys::message(room, seq).to_vec();
                     unput(&mut batch, &mut put_messages, below);
                 }
+                Op::Recall(room, seq, recall) => {
+                    // Read from the tree: a message is never put and recalled by one batch (the
+                    // room reads it from the store before it recalls it); but retention or the
+                    // room's deletion earlier in the batch may have removed it.
+                    let key = keys::message(*room, *seq);
+                    let value = match tree.get(key)? {
+                        Some(value) if !gone.contains(&key[..]) => Some(value),
+                        _ => None,
+                    };
+                    if let Some(value) = value {
+                        let mut message = codec::decode_message(&value)
+                            .map_err(|e| e.at(keys::describe(&key)))?;
+                        message.recall(recall.clone());
+                        batch.insert(key.to_vec(), codec::encode_message(&message)?);
+                    }
+                }
                 &Op::TrimOlderThan(room, before) => {
                     for item in tree.range(keys::message(room, 0)..=keys::message(room, u64::MAX)) {
                         let (key, value) = item?;
-                        let message: MessageData = codec::decode(RecordKind::Message, &value)
+                        let message: MessageData = codec::decode_message(&value)
                             .map_err(|e| e.at(keys::describe(&key)))?;
                         if message.server_time >= before {
                             break;
                         }
+                        gone.insert(key.clone());
                         batch.remove(key);
                     }
                 }

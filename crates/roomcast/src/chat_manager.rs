@@ -109,6 +109,49 @@ impl ChatManager {
             .await
     }
 
+    /// Recalls message `seq` of a room (the SDK's `recallMessage`; roomcast names a message by
+    /// its sequence number in the room, [`ChatMessage::seq`]). Its sender may recall it within
+    /// the recall window (`Limits::message_recall_window`, 2 minutes by default; 504,
+    /// MESSAGE_RECALL_TIME_LIMIT, after it); the owner and admins delete any message at any time
+    /// (a moderation act, in the audit log; [`crate::ChatRoomManager::delete_chat_room_message`]
+    /// gives it a reason). The other members get `on_messages_recalled` (a
+    /// [`crate::ChatRoomEvent::MessageRecalled`] on event streams); history and local copies
+    /// show the message recalled, its body gone from the store; a pin of it goes. Recalling a
+    /// recalled message changes nothing.
+    ///
+    /// Fails with 702 if the caller is not in the room, 703 for someone else's message (a
+    /// member), 500 if the room retains no message `seq`.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{HistoryQuery, OutgoingMessage};
+    /// let chat = bob.chat_manager();
+    /// let sent = chat.send_message(OutgoingMessage::text(room, "oops")).await?;
+    /// chat.recall_message(&room, sent.seq()).await?;
+    /// let page = chat.fetch_history_messages(&room, HistoryQuery::newest(1)).await?;
+    /// assert!(page.data[0].is_recalled());
+    /// assert_eq!(page.data[0].text(), Some("")); // the body is gone
+    /// // Someone else's message: only the owner and admins may delete it.
+    /// let theirs = host.chat_manager().send_message(OutgoingMessage::text(room, "hi")).await?;
+    /// assert_eq!(chat.recall_message(&room, theirs.seq()).await.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn recall_message(&self, room_id: &RoomId, seq: u64) -> Result<(), ChatError> {
+        self.client
+            .core()?
+            .recall_message(self.client.current_user_id(), *room_id, seq, None, false)
+            .await
+    }
+
     /// This user's local copy of a room's conversation (the SDK's `getConversation`): the
     /// messages of the room from when it joined to when it left, kept after it leaves only if
     /// its `ChatOptions::delete_messages_on_exit` is false.

@@ -73,9 +73,9 @@ pub use roomcast_model::{
     check_permission, AttributeFailures, AttributeValue, AuditAction, AuditEntry, ChatCursorResult,
     ChatError, ChatMessage, ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType,
     ErrorCode, HistoryQuery, LeaveReason, Limits, MessageBody, MessageData, MessageId,
-    MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, RoomId, RoomLimits,
-    RoomMessageStats, SearchDirection, SetAttributes, StorageFailure, Timestamp, UserId,
-    LIST_PAGE_MAX, REASON_MAX_CHARS,
+    MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, Pin, Recall, RoomId,
+    RoomLimits, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure, Timestamp,
+    UserId, LIST_PAGE_MAX, REASON_MAX_CHARS,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

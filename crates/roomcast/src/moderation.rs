@@ -278,6 +278,115 @@ impl ChatRoomManager {
             .await
     }
 
+    /// Deletes message `seq` of a room, whoever sent it and however old (owner and admins;
+    /// 703 otherwise), as [`crate::ChatManager::recall_message`] does for them, with this
+    /// manager's reason ([`ChatRoomManager::with_reason`]): the other members get
+    /// `on_messages_recalled`, the message's body leaves the store, a pin of it goes, and the
+    /// audit log records `DeleteMessage`. 500 if the room retains no message `seq`.
+    /// roomcast's own (moderation beyond Agora).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{AuditAction, HistoryQuery, OutgoingMessage};
+    /// let spoiler = OutgoingMessage::text(room, "the butler did it");
+    /// let sent = bob.chat_manager().send_message(spoiler).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.with_reason("spoiler").delete_chat_room_message(&room, sent.seq()).await?;
+    /// let page = host.chat_manager().fetch_history_messages(&room, HistoryQuery::newest(1)).await?;
+    /// assert_eq!(page.data[0].recalled().map(|r| r.by.as_str()), Some("host"));
+    /// let log = rooms.fetch_chat_room_audit_log(&room, None, 1).await?;
+    /// assert_eq!(log.data[0].action, AuditAction::DeleteMessage { seq: sent.seq() });
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_chat_room_message(
+        &self,
+        room_id: &RoomId,
+        seq: u64,
+    ) -> Result<(), ChatError> {
+        let by = self.client.current_user_id();
+        self.client
+            .core()?
+            .recall_message(by, *room_id, seq, self.reason.clone(), true)
+            .await
+    }
+
+    /// Pins message `seq` of a room (owner and admins; 703 otherwise), with this manager's
+    /// reason. Every other member gets `on_message_pinned_from_chat_room`; the room's info lists
+    /// it ([`crate::ChatRoom::pinned_messages`], oldest pin first). A room pins at most
+    /// `Limits::max_pinned_messages` (10 by default; 4 beyond); pinning a pinned message changes
+    /// nothing; a recalled message cannot be pinned (500), and recalling a pinned message
+    /// unpins it. 500 if the room retains no message `seq`. Agora's pinned messages, in a
+    /// Twitch-style live room.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// let rules = OutgoingMessage::text(room, "be nice");
+    /// let sent = host.chat_manager().send_message(rules).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.pin_chat_room_message(&room, sent.seq()).await?;
+    /// let info = bob.chat_room_manager().fetch_chat_room_info(&room).await?;
+    /// assert_eq!(info.pinned_messages[0].seq, sent.seq());
+    /// let err = bob.chat_room_manager().pin_chat_room_message(&room, sent.seq()).await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn pin_chat_room_message(&self, room_id: &RoomId, seq: u64) -> Result<(), ChatError> {
+        let by = self.client.current_user_id();
+        self.client
+            .core()?
+            .pin_message(by, *room_id, seq, self.reason.clone())
+            .await
+    }
+
+    /// Unpins message `seq` of a room (owner and admins; 703 otherwise), with this manager's
+    /// reason; the other members get `on_message_unpinned_from_chat_room`. A message that is
+    /// not pinned changes nothing.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// use roomcast::OutgoingMessage;
+    /// let sent = host.chat_manager().send_message(OutgoingMessage::text(room, "poll!")).await?;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.pin_chat_room_message(&room, sent.seq()).await?;
+    /// rooms.with_reason("poll closed").unpin_chat_room_message(&room, sent.seq()).await?;
+    /// assert!(rooms.fetch_chat_room_info(&room).await?.pinned_messages.is_empty());
+    /// rooms.unpin_chat_room_message(&room, sent.seq()).await?; // not pinned: nothing happens
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn unpin_chat_room_message(
+        &self,
+        room_id: &RoomId,
+        seq: u64,
+    ) -> Result<(), ChatError> {
+        self.moderate(room_id, Moderation::UnpinMessage(seq)).await
+    }
+
     async fn query(&self, room_id: &RoomId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
         let viewer = self.client.current_user_id();
         self.client.core()?.query(viewer, *room_id, query).await

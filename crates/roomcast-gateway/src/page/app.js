@@ -893,6 +893,16 @@
         systemLine(r, f.frozen ? by(f.operator) + " froze the room" + (f.until ? " " + span(f.until) : "") + " (only hosts can talk)"
           : (f.operator ? Who(f.operator) + " unfroze the room" : "The freeze ended"), "mute");
         break;
+      case "message_recalled":
+        systemLine(r, (f.operator === f.from ? Who(f.from) + " recalled" : by(f.operator) + " deleted " + who(f.from) + "'s")
+          + " message #" + f.seq, "mute");
+        break;
+      case "message_pinned":
+        systemLine(r, by(f.operator) + " pinned message #" + f.seq, "announce");
+        break;
+      case "message_unpinned":
+        systemLine(r, by(f.operator) + " unpinned message #" + f.seq, "announce");
+        break;
       case "chat_room_recovered":
         systemLine(r, "The room restarted; catching up", "missed");
         fillAfter(r);

@@ -41,6 +41,11 @@ pub enum ChatError {
     /// 507, MESSAGE_ILLEGAL_WHITELIST: mute-all is on and the sender is not allow-listed.
     #[error("the sender is not on the room's allow list")]
     MessageIllegalWhitelist,
+    /// 508, MESSAGE_EXTERNAL_LOGIC_BLOCKED: the embedder's pre-send hook blocked the message
+    /// (the hook's reason is the text), or gave no decision in time under a reject-on-timeout
+    /// policy.
+    #[error("message blocked by the pre-send hook: {0}")]
+    MessageExternalLogicBlocked(String),
     /// 509, MESSAGE_CURRENT_LIMITING: the sender exceeded its send rate.
     #[error("message rate limit exceeded")]
     MessageCurrentLimiting,
@@ -182,6 +187,7 @@ impl ChatError {
             ChatError::UserMutedByAdmin => 219,
             ChatError::MessageInvalid(_) => 500,
             ChatError::MessageIllegalWhitelist => 507,
+            ChatError::MessageExternalLogicBlocked(_) => 508,
             ChatError::MessageCurrentLimiting => 509,
             ChatError::MessageSizeLimit { .. } => 510,
             ChatError::InvalidRoomId(_) => 700,
@@ -223,6 +229,7 @@ mod tests {
             (ChatError::UserMutedByAdmin, 219),
             (ChatError::MessageInvalid(String::new()), 500),
             (ChatError::MessageIllegalWhitelist, 507),
+            (ChatError::MessageExternalLogicBlocked(String::new()), 508),
             (ChatError::MessageCurrentLimiting, 509),
             (ChatError::MessageSizeLimit { size: 9, limit: 1 }, 510),
             (ChatError::InvalidRoomId(String::new()), 700),

@@ -62,6 +62,10 @@ pub struct Limits {
     pub room_hibernate_after: Option<Duration>,
     /// Entries each room's audit log keeps (the newest); 0 keeps none. Default 10,000.
     pub audit_log_retention: usize,
+    /// Broadcasts to every active room the engine's super admins may send per window, as
+    /// `(count, window)`, all super admins together, in fixed windows from the first broadcast
+    /// (EXCEED_SERVICE_LIMIT, 4); `None`: no limit. Default 10 per minute.
+    pub broadcasts_per_window: Option<(u32, Duration)>,
 }
 
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
@@ -138,6 +142,12 @@ impl Limits {
     /// Sets [`Limits::audit_log_retention`].
     pub fn with_audit_log_retention(mut self, value: usize) -> Self {
         self.audit_log_retention = value;
+        self
+    }
+
+    /// Sets [`Limits::broadcasts_per_window`].
+    pub fn with_broadcasts_per_window(mut self, value: Option<(u32, Duration)>) -> Self {
+        self.broadcasts_per_window = value;
         self
     }
 
@@ -241,6 +251,14 @@ impl Limits {
                     .into(),
             ));
         }
+        if matches!(self.broadcasts_per_window, Some((0, _)))
+            || matches!(self.broadcasts_per_window, Some((_, w)) if w < Duration::from_millis(1))
+        {
+            return Err(crate::ChatError::InvalidParam(
+                "a broadcast window needs a count and a length of at least 1 (None turns it off)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -270,6 +288,7 @@ impl Default for Limits {
             user_messages_per_window: Some((20, Duration::from_secs(30))),
             room_hibernate_after: Some(Duration::from_secs(5 * 60)),
             audit_log_retention: 10_000,
+            broadcasts_per_window: Some((10, Duration::from_secs(60))),
         }
     }
 }

@@ -346,7 +346,10 @@ mod tests {
                 OutgoingMessage::text(room, "hi").with_idempotency_key("k-1"),
                 None,
             ),
-            (OutgoingMessage::text(room, "hi").with_idempotency_key(""), Some(110)),
+            (
+                OutgoingMessage::text(room, "hi").with_idempotency_key(""),
+                Some(110),
+            ),
             (
                 OutgoingMessage::text(room, "hi").with_idempotency_key("x".repeat(129)),
                 Some(110),

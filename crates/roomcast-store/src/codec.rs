@@ -51,6 +51,8 @@ pub enum RecordKind {
     Audit = 8,
     /// A room's [`roomcast_model::RoomRecord`].
     RoomV3 = 9,
+    /// A message's idempotency key ([`crate::IdempotencyRecord`]).
+    Idempotency = 10,
 }
 
 fn config() -> impl bincode::config::Config {

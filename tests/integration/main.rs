@@ -37,3 +37,6 @@ mod hibernation;
 
 /// Moderation reasons and the audit log.
 mod audit;
+
+/// The send path beyond Agora: idempotent sends, the pre-send hook, broadcasts.
+mod sendpath;

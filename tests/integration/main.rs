@@ -42,3 +42,5 @@ mod audit;
 mod live;
 /// Recalling and deleting messages, pinned messages.
 mod recall;
+/// The send path beyond Agora: idempotent sends, the pre-send hook, broadcasts.
+mod sendpath;

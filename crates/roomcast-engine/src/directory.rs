@@ -312,6 +312,22 @@ impl Directory {
             .collect()
     }
 
+    /// The rooms a broadcast goes to: in memory (a live actor), not destroyed, with at least
+    /// one member.
+    pub(crate) fn active_rooms(&self) -> Vec<RoomId> {
+        self.rooms
+            .read()
+            .by_id
+            .values()
+            .filter(|e| {
+                !e.is_destroyed()
+                    && e.member_count.load(Ordering::Relaxed) > 0
+                    && e.live_actor().is_some()
+            })
+            .map(|e| e.id)
+            .collect()
+    }
+
     /// How many rooms have a live actor (are in memory).
     pub(crate) fn live_count(&self) -> usize {
         self.rooms

@@ -14,6 +14,8 @@ mod directory;
 mod dispatch;
 mod fanout;
 mod handler;
+mod hook;
+mod idempotency;
 mod mailbox;
 pub mod obs;
 mod room_actor;
@@ -39,6 +41,9 @@ use roomcast_store::{Reader, Store, StoreConfig, StoreError, WriteSet};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use handler::{dispatch, dispatch_callback, ChatEventHandler, ChatRoomEventHandler};
+pub use hook::{
+    OnHookFailure, PreSendConfig, PreSendDecision, PreSendFuture, PreSendHook, PRE_SEND_TIMEOUT,
+};
 pub use roomcast_store::{Durability, Location};
 use session::PresenceNotices;
 pub use session::{ClientEvent, EventStream, Session, StreamCloser};
@@ -46,8 +51,8 @@ pub use session::{ClientEvent, EventStream, Session, StreamCloser};
 use directory::Directory;
 use fanout::{Fanout, FanoutThreads};
 use room_actor::{
-    Answer, Apply, Destroy, FetchHistory, Info, Join, Leave, PresenceChanged, Query, RoomActor,
-    SendMessage, Stats,
+    Answer, Apply, Broadcast, Destroy, FetchHistory, Info, Join, Leave, PresenceChanged, Query,
+    RoomActor, SendMessage, Sent, Stats,
 };
 use supervisor::{Activate, CreateRoom, Forget, Spawn, Supervisor};
 use system::ActorSystem;
@@ -67,6 +72,8 @@ pub struct CoreConfig {
     pub call_timeout: Option<Duration>,
     /// Actix arbiters (room threads), fan-out shards and callback threads; 0 = one per core.
     pub threads: usize,
+    /// The embedder's check of every message before it is accepted, if any.
+    pub pre_send: Option<PreSendConfig>,
 }
 
 impl std::fmt::Debug for CoreConfig {
@@ -77,6 +84,7 @@ impl std::fmt::Debug for CoreConfig {
             .field("mailbox_capacity", &self.mailbox_capacity)
             .field("call_timeout", &self.call_timeout)
             .field("threads", &self.threads)
+            .field("pre_send", &self.pre_send)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +98,7 @@ impl Default for CoreConfig {
             mailbox_capacity: 4096,
             call_timeout: Some(Duration::from_secs(30)),
             threads: 0,
+            pre_send: None,
         }
     }
 }
@@ -270,6 +279,11 @@ struct Inner {
     mailbox_capacity: usize,
     call_timeout: Option<Duration>,
     stopped: AtomicBool,
+    pre_send: Option<PreSendConfig>,
+    /// Each room's sends in the order they were called, while pre-send hooks run.
+    lanes: Arc<hook::Lanes>,
+    /// The broadcast window: when it started (engine clock) and how many it has had.
+    broadcasts: Mutex<(Timestamp, u32)>,
 }
 
 pub(crate) fn storage_error(e: StoreError) -> ChatError {
@@ -362,12 +376,15 @@ impl Core {
                 fanout_threads,
                 store: Mutex::new(Some(store)),
                 runtime_handle: runtime.handle().clone(),
+                lanes: hook::Lanes::new(runtime.handle().clone()),
                 pool,
                 runtime: Mutex::new(Some(runtime)),
                 super_admins: RwLock::new(super_admins),
                 mailbox_capacity: config.mailbox_capacity,
                 call_timeout: config.call_timeout,
                 stopped: AtomicBool::new(false),
+                pre_send: config.pre_send,
+                broadcasts: Mutex::new((Timestamp::MIN, 0)),
             }),
         })
     }
@@ -701,7 +718,13 @@ impl Core {
         self.room_call(room, msg).await
     }
 
-    /// `from` sends `message`; returns it as the room accepted it (id, sequence, time).
+    /// `from` sends `message`; returns it as the room accepted it (id, sequence, time), or, for
+    /// a repeat of its idempotency key within the window, as the room accepted the first.
+    ///
+    /// With a pre-send hook, the send takes its place in the room's lane when called, runs the
+    /// hook (in this task, under the hook's timeout), and hands the message to the room only
+    /// once every earlier send to the room has: the room accepts messages in the order their
+    /// sends were called, however long each hook took.
     pub async fn send_message(
         &self,
         from: &UserId,
@@ -711,13 +734,191 @@ impl Core {
         message.validate(self.limits().message_max_bytes)?;
         let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
         let room = message.room_id;
-        let msg = SendMessage {
-            except,
-            from: from.clone(),
-            msg_id: self.inner.shared.next_message_id()?,
-            message,
+        // A send from inside a hook skips the hook and the lane (it would wait for the message
+        // its hook is deciding about).
+        let pre_send = self.inner.pre_send.as_ref().filter(|_| !hook::in_hook());
+        let mut turn = pre_send.map(|_| self.inner.lanes.take(room));
+        let span = tracing::debug_span!("roomcast.call", room = %room, op = "SendMessage");
+        let call = async move {
+            let message = match pre_send {
+                Some(pre_send) => self.vet(pre_send, from, message).await?,
+                None => message,
+            };
+            let retry = message.idempotency_key.is_some().then(|| message.clone());
+            if let Some(turn) = turn.as_mut() {
+                turn.wait().await;
+            }
+            // Ids follow the room's order: taken once this send's turn came.
+            let msg = SendMessage {
+                except,
+                from: from.clone(),
+                msg_id: self.inner.shared.next_message_id()?,
+                message,
+            };
+            let (addr, _held) = self.room_actor(room).await?;
+            // Queued in the actor's mailbox as `send` is called: the next send may go.
+            let reply = addr.send(msg);
+            drop(turn);
+            let Answer { value, durable } = reply
+                .await
+                .map_err(|e| self.delivery_error(e, Some(room)))??;
+            let started = std::time::Instant::now();
+            durable.await.map_err(storage_error)?;
+            obs::flushed(started.elapsed().as_secs_f64());
+            match value {
+                Sent::Message(message) => Ok(message),
+                Sent::Stored { record, read } => {
+                    let stored = read.await.and_then(|r| r).map_err(storage_error)?;
+                    Ok(match stored {
+                        Some(data) => ChatMessage::new(data),
+                        // The room's retention dropped the first already: its id, sequence
+                        // number and time, with the retry's content.
+                        None => {
+                            let retry = retry.ok_or_else(|| {
+                                ChatError::General("a repeat without a key".into())
+                            })?;
+                            ChatMessage::new(roomcast_model::MessageData {
+                                recalled: None,
+                                msg_id: record.msg_id,
+                                room_id: room,
+                                from: record.from,
+                                seq: record.seq,
+                                server_time: record.at,
+                                body: retry.body,
+                                attributes: retry.attributes,
+                                priority: retry.priority,
+                            })
+                        }
+                    })
+                }
+            }
         };
-        self.room_call(room, msg).await
+        self.run(tracing::Instrument::instrument(call, span)).await
+    }
+
+    /// Runs the pre-send hook on `message`: the message to send (as it is, or rewritten), or
+    /// 508. A hook that panics or does not answer within the timeout is handled by the policy.
+    async fn vet(
+        &self,
+        pre_send: &PreSendConfig,
+        from: &UserId,
+        message: OutgoingMessage,
+    ) -> Result<OutgoingMessage, ChatError> {
+        use std::task::Poll;
+        let deadline = {
+            let _engine = self.inner.runtime_handle.enter();
+            tokio::time::sleep(pre_send.timeout)
+        };
+        let outcome = 'decided: {
+            // A hook that panics while making its future is a hook that panicked.
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pre_send.hook.pre_send(from, &message)
+            }));
+            let Ok(decision) = made else {
+                break 'decided Err("panicked");
+            };
+            let decision = hook::as_hook(decision);
+            tokio::pin!(decision);
+            tokio::pin!(deadline);
+            std::future::poll_fn(|cx| {
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    decision.as_mut().poll(cx)
+                }));
+                match polled {
+                    Ok(Poll::Ready(decision)) => return Poll::Ready(Ok(decision)),
+                    Err(_) => return Poll::Ready(Err("panicked")),
+                    Ok(Poll::Pending) => {}
+                }
+                deadline
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Err("did not answer in time"))
+            })
+            .await
+        };
+        match outcome {
+            Ok(PreSendDecision::Allow) => Ok(message),
+            Ok(PreSendDecision::Reject(reason)) => {
+                Err(ChatError::MessageExternalLogicBlocked(reason))
+            }
+            Ok(PreSendDecision::Rewrite(mut rewritten)) => {
+                rewritten.room_id = message.room_id;
+                rewritten.idempotency_key = message.idempotency_key;
+                rewritten.validate(self.limits().message_max_bytes)?;
+                Ok(rewritten)
+            }
+            Err(why) => {
+                tracing::warn!(user = %from, room = %message.room_id, "the pre-send hook {why}");
+                match pre_send.on_failure {
+                    OnHookFailure::Reject => Err(ChatError::MessageExternalLogicBlocked(format!(
+                        "the pre-send hook {why}"
+                    ))),
+                    _ => Ok(message),
+                }
+            }
+        }
+    }
+
+    /// `from`, a super admin, sends `message` to every active room: every room in memory (not
+    /// hibernating) with at least one member. Returns how many rooms accepted it. Counts
+    /// against `Limits::broadcasts_per_window` (4 beyond); 703 for anyone else.
+    pub async fn broadcast(
+        &self,
+        from: &UserId,
+        mut message: OutgoingMessage,
+    ) -> Result<usize, ChatError> {
+        self.admit(from)?;
+        if !self.is_super_admin(from) {
+            return Err(ChatError::PermissionDenied(
+                "only a super admin may broadcast to every chat room".into(),
+            ));
+        }
+        message.idempotency_key = None;
+        message.validate(self.limits().message_max_bytes)?;
+        if let Some((max, window)) = self.limits().broadcasts_per_window {
+            let now = self.now_ms();
+            let window_ms = roomcast_model::ms_to_timestamp(roomcast_model::duration_ms(window));
+            let mut counted = self.inner.broadcasts.lock();
+            if now.saturating_sub(counted.0) >= window_ms {
+                *counted = (now, 0);
+            }
+            if counted.1 >= max {
+                return Err(ChatError::ExceedServiceLimit(format!(
+                    "at most {max} broadcasts per {window:?}"
+                )));
+            }
+            counted.1 += 1;
+        }
+        let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
+        let rooms = self.inner.shared.directory.active_rooms();
+        let mut calls = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let mut message = message.clone();
+            message.room_id = room;
+            let msg = Broadcast {
+                except,
+                from: from.clone(),
+                message,
+                msg_id: self.inner.shared.next_message_id()?,
+            };
+            let core = self.clone();
+            calls.push(
+                self.inner
+                    .runtime_handle
+                    .spawn(async move { core.room_call(room, msg).await }),
+            );
+        }
+        let mut reached = 0;
+        for call in calls {
+            match call.await {
+                Ok(Ok(_)) => reached += 1,
+                // A room destroyed or restarting meanwhile does not count.
+                Ok(Err(e)) => tracing::debug!(error = %e, "a room missed a broadcast"),
+                Err(e) => tracing::warn!(error = %e, "a broadcast call failed"),
+            }
+        }
+        self.check_running()?;
+        Ok(reached)
     }
 
     /// A page of `room`'s retained messages, for a member.

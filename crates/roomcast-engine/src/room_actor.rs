@@ -15,10 +15,11 @@ use roomcast_model::{
     ChatRoomEvent, Command, Effects, History, HistoryQuery, MessageData, MessageId,
     MessagePriority, OutgoingMessage, Room, RoomId, SearchDirection, Timer, UserId,
 };
-use roomcast_store::{Commit, Pending, Reader, Store, StoreError, WriteSet};
+use roomcast_store::{Commit, IdempotencyRecord, Pending, Reader, Store, StoreError, WriteSet};
 
 use crate::directory::RoomEntry;
 use crate::fanout::Except;
+use crate::idempotency::Keys;
 use crate::session::{RoomReservation, Session};
 use crate::supervisor::{RoomExited, Supervisor};
 use crate::{obs, storage_error, ClientEvent, QueryAnswer, RoomQuery, RoomStats, Shared};
@@ -65,11 +66,35 @@ pub(crate) struct Info {
     pub(crate) viewer: UserId,
 }
 
+/// What a send answers: the message accepted now, or the one a repeat of its idempotency key
+/// got before.
+pub(crate) enum Sent {
+    /// The message as the room accepted it (now, or earlier with this key).
+    Message(ChatMessage),
+    /// The earlier message of this key, read from the store (a key from before the room was
+    /// loaded); `None` if the room's retention has dropped it.
+    Stored {
+        record: IdempotencyRecord,
+        read: StoreRead<Option<roomcast_model::MessageData>>,
+    },
+}
+
 /// `from` sends a message; answers it as accepted.
 #[derive(Message)]
-#[rtype(result = "Result<Answer<ChatMessage>, ChatError>")]
+#[rtype(result = "Result<Answer<Sent>, ChatError>")]
 pub(crate) struct SendMessage {
     /// The sender's mailbox, which the message skips.
+    pub(crate) except: Option<u64>,
+    pub(crate) from: UserId,
+    pub(crate) message: OutgoingMessage,
+    pub(crate) msg_id: MessageId,
+}
+
+/// A super admin's broadcast; answers it as accepted.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<ChatMessage>, ChatError>")]
+pub(crate) struct Broadcast {
+    /// The broadcaster's mailbox, which the message skips.
     pub(crate) except: Option<u64>,
     pub(crate) from: UserId,
     pub(crate) message: OutgoingMessage,
@@ -216,6 +241,10 @@ pub(crate) struct RoomActor {
     joining_reservation: Option<RoomReservation>,
     /// The first members' places against rooms-per-user, until `started` puts them in.
     initial_reservations: Vec<RoomReservation>,
+    /// The idempotency keys of the room's messages, for the engine's window.
+    keys: Keys,
+    /// The idempotency key of the message being sent, while it is applied.
+    sending_key: Option<String>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -257,6 +286,8 @@ pub(crate) struct RoomStart {
     pub(crate) woke: bool,
     /// The first members' places against rooms-per-user (a new room).
     pub(crate) reservations: Vec<RoomReservation>,
+    /// The room's stored idempotency keys.
+    pub(crate) keys: Vec<IdempotencyRecord>,
 }
 
 impl RoomActor {
@@ -286,6 +317,8 @@ impl RoomActor {
             joined_offline: None,
             joining_reservation: None,
             initial_reservations: start.reservations,
+            keys: Keys::new(start.keys),
+            sending_key: None,
         }
     }
 
@@ -389,7 +422,7 @@ impl RoomActor {
 
     /// What `fx` changed, as one write set: the room's record, the message sent (and
     /// retention), the local copies of members who joined or left.
-    fn write_set(&self, fx: &Effects) -> Result<WriteSet, StoreError> {
+    fn write_set(&mut self, fx: &Effects) -> Result<WriteSet, StoreError> {
         let room = self.room.id();
         let limits = self.room.limits();
         let mut set = WriteSet::new();
@@ -409,7 +442,21 @@ impl RoomActor {
             set.recall_message(room, *seq, recall.clone());
         }
         if let Some(message) = &fx.message {
+            // Keys whose window ended go first (a key used again is put after).
+            for (from, key) in self.keys.take_expired(message.server_time()) {
+                set.remove_idempotency(room, &from, &key);
+            }
             set.put_message(message.data())?;
+            if let Some(key) = &self.sending_key {
+                set.put_idempotency(&IdempotencyRecord {
+                    room,
+                    from: message.from().clone(),
+                    key: key.clone(),
+                    msg_id: message.msg_id(),
+                    seq: message.seq(),
+                    at: message.server_time(),
+                })?;
+            }
             let seq = message.seq();
             let retention = limits.history_retention as u64;
             if seq > retention {
@@ -840,11 +887,75 @@ impl Handler<Info> for RoomActor {
 }
 
 impl Handler<SendMessage> for RoomActor {
-    type Result = Result<Answer<ChatMessage>, ChatError>;
+    type Result = Result<Answer<Sent>, ChatError>;
 
     fn handle(&mut self, msg: SendMessage, ctx: &mut Context<Self>) -> Self::Result {
         self.answer_with(ctx, |act, ctx| {
+            let now = act.now();
+            let key = msg.message.idempotency_key.clone();
+            if let Some(key) = &key {
+                // A repeat within the window: the first answer, nothing sent again. Its
+                // durability is the first's write's (the answer's commit covers it).
+                if let Some(seen) = act.keys.get(&msg.from, key, now) {
+                    return Ok((act.earlier(seen.record.clone(), seen.message.clone()), None));
+                }
+            }
             let command = Command::SendMessage {
+                from: msg.from,
+                message: msg.message,
+                msg_id: msg.msg_id,
+                now,
+            };
+            act.sending_key = key.clone();
+            let executed = act.execute_full(command, None, msg.except, ctx);
+            act.sending_key = None;
+            let (commit, _, sent) = executed?;
+            let sent =
+                sent.ok_or_else(|| ChatError::General("the room accepted no message".into()))?;
+            if let Some(key) = key {
+                let record = IdempotencyRecord {
+                    room: sent.room_id(),
+                    from: sent.from().clone(),
+                    key,
+                    msg_id: sent.msg_id(),
+                    seq: sent.seq(),
+                    at: sent.server_time(),
+                };
+                act.keys.insert(record, Some(sent.clone()));
+            }
+            Ok((Sent::Message(sent), commit))
+        })
+    }
+}
+
+impl RoomActor {
+    /// The message an earlier send with the same key got: kept by this actor, among the newest
+    /// messages, or read from the store (queued after the room's writes).
+    fn earlier(&self, record: IdempotencyRecord, message: Option<ChatMessage>) -> Sent {
+        if let Some(message) = message {
+            return Sent::Message(message);
+        }
+        let seq = record.seq;
+        let recent = self.recent.newest(usize::MAX);
+        if let Some(message) = recent.into_iter().find(|m| m.seq() == seq) {
+            return Sent::Message(message);
+        }
+        let room = self.room.id();
+        let read = self.store.read(move |reader| {
+            use std::ops::Bound::Included;
+            let found = reader.messages(room, (Included(seq), Included(seq)), false, 1)?;
+            Ok(found.into_iter().next())
+        });
+        Sent::Stored { record, read }
+    }
+}
+
+impl Handler<Broadcast> for RoomActor {
+    type Result = Result<Answer<ChatMessage>, ChatError>;
+
+    fn handle(&mut self, msg: Broadcast, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, ctx| {
+            let command = Command::Broadcast {
                 from: msg.from,
                 message: msg.message,
                 msg_id: msg.msg_id,

@@ -70,6 +70,7 @@ impl Supervisor {
         recent: History,
         recovered: bool,
         woke: bool,
+        keys: Vec<roomcast_store::IdempotencyRecord>,
     ) -> Addr<RoomActor> {
         self.generation += 1;
         let generation = self.generation;
@@ -88,6 +89,7 @@ impl Supervisor {
             recovered,
             woke,
             reservations,
+            keys,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
         entry.set_actor(generation, addr.clone(), self.shared.clock.now_ms());
@@ -156,6 +158,7 @@ impl Handler<CreateRoom> for Supervisor {
             recent,
             false,
             false,
+            Vec::new(),
         );
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
@@ -194,6 +197,8 @@ pub(crate) struct RoomData {
     audit_seq: u64,
     /// The newest retained messages, oldest first.
     newest: Vec<MessageData>,
+    /// The room's idempotency keys (those whose window ended are dropped by the actor).
+    keys: Vec<roomcast_store::IdempotencyRecord>,
 }
 
 /// Reads room `id` from the store (on the store's thread). `None` if it is not stored.
@@ -211,11 +216,13 @@ pub(crate) fn load_room(
     let audit_seq = reader.last_audit_seq(id)?;
     let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay)?;
     newest.reverse();
+    let keys = reader.idempotency_keys(id)?;
     Ok(Some(RoomData {
         record,
         last_seq,
         audit_seq,
         newest,
+        keys,
     }))
 }
 
@@ -310,6 +317,7 @@ impl Supervisor {
             recent,
             recovered,
             woke,
+            data.keys,
         )
     }
 }

@@ -523,11 +523,15 @@ impl<O: Outgoing> Conn<O> {
                 room,
                 text,
                 priority,
+                key,
             } => {
                 let room = parse_room(&room)?;
                 let mut message = OutgoingMessage::text(room, text);
                 if let Some(p) = priority {
                     message = message.with_priority(p.into());
+                }
+                if let Some(key) = key {
+                    message = message.with_idempotency_key(key);
                 }
                 let sent = client.chat_manager().send_message(message).await?;
                 json!({

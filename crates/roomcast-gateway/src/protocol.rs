@@ -170,6 +170,10 @@ pub enum Request {
         /// Its priority (default normal).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         priority: Option<Priority>,
+        /// An idempotency key: a retry with the same key in the same room within 5 minutes
+        /// answers the first send's `seq`, `msg_id` and `time` and sends nothing again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A page of history, newest first: before `before` if given, else the newest; or after
     /// `after` (oldest first), to fill a gap.
@@ -681,9 +685,13 @@ mod tests {
             Request::Send {
                 room: "r".into(),
                 text: "hi".into(),
-                priority: None
+                priority: None,
+                key: None,
             }
         );
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"op":"send","room":"r","text":"hi","key":"k-1"}"#).unwrap();
+        assert!(matches!(f.request, Request::Send { key: Some(k), .. } if k == "k-1"));
         let f: ClientFrame = serde_json::from_str(r#"{"op":"mute_all","room":"r"}"#).unwrap();
         assert_eq!(f.request.op(), "mute_all");
         assert!(serde_json::from_str::<ClientFrame>(r#"{"op":"fly"}"#).is_err());

@@ -45,6 +45,11 @@ pub enum ChatError {
     /// 507, MESSAGE_ILLEGAL_WHITELIST: mute-all is on and the sender is not allow-listed.
     #[error("the sender is not on the room's allow list")]
     MessageIllegalWhitelist,
+    /// 508, MESSAGE_EXTERNAL_LOGIC_BLOCKED: the embedder's pre-send hook blocked the message
+    /// (the hook's reason is the text), or gave no decision in time under a reject-on-timeout
+    /// policy.
+    #[error("message blocked by the pre-send hook: {0}")]
+    MessageExternalLogicBlocked(String),
     /// 509, MESSAGE_CURRENT_LIMITING: the sender exceeded its send rate.
     #[error("message rate limit exceeded")]
     MessageCurrentLimiting,
@@ -200,6 +205,7 @@ impl ChatError {
             ChatError::MessageInvalid(_) => 500,
             ChatError::MessageRecallTimeLimit(_) => 504,
             ChatError::MessageIllegalWhitelist => 507,
+            ChatError::MessageExternalLogicBlocked(_) => 508,
             ChatError::MessageCurrentLimiting => 509,
             ChatError::SlowMode(_) => 509,
             ChatError::RoomFrozen(_) => 219,
@@ -248,6 +254,7 @@ mod tests {
                 504,
             ),
             (ChatError::MessageIllegalWhitelist, 507),
+            (ChatError::MessageExternalLogicBlocked(String::new()), 508),
             (ChatError::MessageCurrentLimiting, 509),
             (ChatError::MessageSizeLimit { size: 9, limit: 1 }, 510),
             (ChatError::InvalidRoomId(String::new()), 700),

@@ -38,7 +38,7 @@ pub use limits::{Limits, RoomLimits};
 pub use live::{LiveModeration, Pin, UNTIL_LIFTED};
 pub use message::{
     AttributeValue, ChatMessage, MessageBody, MessageData, MessageId, MessagePriority,
-    OutgoingMessage, Recall,
+    OutgoingMessage, Recall, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW,
 };
 pub use moderation::{
     check_permission, MessageRef, Moderation, MuteDuration, MutedMember, Operation, MAX_ADMINS,

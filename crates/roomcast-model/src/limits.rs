@@ -69,6 +69,10 @@ pub struct Limits {
     /// Most messages a room may have pinned at once (EXCEED_SERVICE_LIMIT, 4, beyond).
     /// Default 10.
     pub max_pinned_messages: usize,
+    /// Broadcasts to every active room the engine's super admins may send per window, as
+    /// `(count, window)`, all super admins together, in fixed windows from the first broadcast
+    /// (EXCEED_SERVICE_LIMIT, 4); `None`: no limit. Default 10 per minute.
+    pub broadcasts_per_window: Option<(u32, Duration)>,
 }
 
 /// Builders, one per field, since `Limits` is `#[non_exhaustive]`:
@@ -145,6 +149,12 @@ impl Limits {
     /// Sets [`Limits::audit_log_retention`].
     pub fn with_audit_log_retention(mut self, value: usize) -> Self {
         self.audit_log_retention = value;
+        self
+    }
+
+    /// Sets [`Limits::broadcasts_per_window`].
+    pub fn with_broadcasts_per_window(mut self, value: Option<(u32, Duration)>) -> Self {
+        self.broadcasts_per_window = value;
         self
     }
 
@@ -260,6 +270,14 @@ impl Limits {
                     .into(),
             ));
         }
+        if matches!(self.broadcasts_per_window, Some((0, _)))
+            || matches!(self.broadcasts_per_window, Some((_, w)) if w < Duration::from_millis(1))
+        {
+            return Err(crate::ChatError::InvalidParam(
+                "a broadcast window needs a count and a length of at least 1 (None turns it off)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -291,6 +309,7 @@ impl Default for Limits {
             audit_log_retention: 10_000,
             message_recall_window: Duration::from_secs(2 * 60),
             max_pinned_messages: 10,
+            broadcasts_per_window: Some((10, Duration::from_secs(60))),
         }
     }
 }

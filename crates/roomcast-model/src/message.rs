@@ -113,7 +113,19 @@ pub struct OutgoingMessage {
     pub attributes: BTreeMap<String, AttributeValue>,
     /// The priority. Default normal.
     pub priority: MessagePriority,
+    /// The client's idempotency key (Centrifugo's): a repeat of the same key by the same sender
+    /// in the same room within [`IDEMPOTENCY_WINDOW`] returns the first message and delivers
+    /// nothing again. Default none. 1 to [`IDEMPOTENCY_KEY_MAX_BYTES`] bytes, no control
+    /// characters (110 otherwise).
+    pub idempotency_key: Option<String>,
 }
+
+/// How long a room remembers a message's idempotency key (engine clock): a retry within this
+/// window returns the first message.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Longest idempotency key, in bytes.
+pub const IDEMPOTENCY_KEY_MAX_BYTES: usize = 128;
 
 impl OutgoingMessage {
     /// A text message to `room_id` (the SDK's `createTxtSendMessage`).
@@ -125,6 +137,7 @@ impl OutgoingMessage {
             },
             attributes: BTreeMap::new(),
             priority: MessagePriority::Normal,
+            idempotency_key: None,
         }
     }
 
@@ -142,12 +155,20 @@ impl OutgoingMessage {
             },
             attributes: BTreeMap::new(),
             priority: MessagePriority::Normal,
+            idempotency_key: None,
         }
     }
 
     /// Sets the priority.
     pub fn with_priority(mut self, priority: MessagePriority) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// Sets the idempotency key (see [`OutgoingMessage::idempotency_key`]): a retry of this
+    /// message with the same key, after a timeout say, is sent at most once.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 
@@ -168,8 +189,19 @@ impl OutgoingMessage {
                 .sum::<usize>()
     }
 
-    /// Checks the message's form: 500 for an empty text or event name, 510 if over `max_bytes`.
+    /// Checks the message's form: 500 for an empty text or event name, 510 if over `max_bytes`,
+    /// 110 for a malformed idempotency key.
     pub fn validate(&self, max_bytes: usize) -> Result<(), ChatError> {
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty()
+                || key.len() > IDEMPOTENCY_KEY_MAX_BYTES
+                || key.chars().any(char::is_control)
+            {
+                return Err(ChatError::InvalidParam(format!(
+                    "an idempotency key has 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes and no control characters"
+                )));
+            }
+        }
         match &self.body {
             MessageBody::Text { content } if content.is_empty() => {
                 return Err(ChatError::MessageInvalid("empty text".into()))
@@ -360,6 +392,22 @@ mod tests {
                     BTreeMap::from([("k".to_string(), "v".repeat(5200))]),
                 ),
                 Some(510),
+            ),
+            (
+                OutgoingMessage::text(room, "hi").with_idempotency_key("k-1"),
+                None,
+            ),
+            (
+                OutgoingMessage::text(room, "hi").with_idempotency_key(""),
+                Some(110),
+            ),
+            (
+                OutgoingMessage::text(room, "hi").with_idempotency_key("x".repeat(129)),
+                Some(110),
+            ),
+            (
+                OutgoingMessage::text(room, "hi").with_idempotency_key("a\nb"),
+                Some(110),
             ),
         ];
         for (m, expect) in cases {

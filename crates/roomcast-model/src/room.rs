@@ -206,6 +206,18 @@ pub enum Command {
         /// Now.
         now: Timestamp,
     },
+    /// A super admin's broadcast to every active room (checked by the engine): the room
+    /// accepts it whatever its rules (mutes, membership, windows, the delivery threshold).
+    Broadcast {
+        /// The super admin.
+        from: UserId,
+        /// The message.
+        message: OutgoingMessage,
+        /// Its engine-wide id.
+        msg_id: MessageId,
+        /// Now.
+        now: Timestamp,
+    },
     /// `user`'s session went offline or came back online.
     SetPresence {
         /// Whose session.
@@ -982,6 +994,12 @@ impl Room {
                 msg_id,
                 now,
             } => self.send(from, message, msg_id, now),
+            Command::Broadcast {
+                from,
+                message,
+                msg_id,
+                now,
+            } => Ok(self.accept(from, message, msg_id, now)),
             Command::SetPresence { user, online, now } => Ok(self.set_presence(user, online, now)),
             Command::ExpireOffline { user, now } => Ok(self.expire_offline(user, now)),
             Command::Moderate {
@@ -1076,6 +1094,17 @@ impl Room {
                 "the room is over its delivery threshold; this {priority:?}-priority message was dropped"
             )));
         }
+        Ok(self.accept(from, message, msg_id, now))
+    }
+
+    /// Takes `message` as the room's next one.
+    fn accept(
+        &mut self,
+        from: UserId,
+        message: OutgoingMessage,
+        msg_id: MessageId,
+        now: Timestamp,
+    ) -> Effects {
         self.stats.accepted += 1;
         self.last_seq += 1;
         if let Some(cooldown) = self.record.live.slow_mode_ms {
@@ -1100,10 +1129,10 @@ impl Room {
             priority: message.priority,
             recalled: None,
         });
-        Ok(Effects {
+        Effects {
             message: Some(sent),
             ..Effects::default()
-        })
+        }
     }
 
     /// Counts a message of `from` against `user_messages_per_window` (509 over it); the owner and
@@ -1516,6 +1545,29 @@ mod tests {
             msg_id: MessageId::from_u64(now as u64),
             now,
         }
+    }
+
+    #[test]
+    fn a_broadcast_takes_the_next_seq_whatever_the_rules() {
+        let mut r = room(10);
+        r.apply(Command::Join {
+            user: uid("m"),
+            now: 0,
+        })
+        .unwrap();
+        r.apply(send_cmd("m", MessagePriority::Normal, 0)).unwrap();
+        r.record.all_muted = true;
+        let fx = r
+            .apply(Command::Broadcast {
+                from: uid("ops"), // a super admin, not a member
+                message: OutgoingMessage::text(RoomId::from_u64(1), "maintenance at 10"),
+                msg_id: MessageId::from_u64(7),
+                now: 5,
+            })
+            .unwrap();
+        let m = fx.message.unwrap();
+        assert_eq!((m.seq(), m.from().as_str()), (2, "ops"));
+        assert_eq!(r.last_seq(), 2);
     }
 
     #[test]

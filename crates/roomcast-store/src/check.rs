@@ -103,6 +103,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
     let mut newest: BTreeMap<RoomId, u64> = BTreeMap::new();
     let mut messages: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut audit: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
+    let mut idempotency: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut errors = 0;
     let mut stored_mark = 0u64;
     let mut iter = tree.iter();
@@ -205,6 +206,15 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
                     Err(e) => report.problem(&what, e.to_string()),
                 }
             }
+            Some(&keys::IDEMPOTENCY) => {
+                match codec::decode::<crate::IdempotencyRecord>(RecordKind::Idempotency, &value) {
+                    Ok(r) if key[..] == keys::idempotency(r.room, &r.from, &r.key)[..] => {
+                        idempotency.push((key.to_vec(), value.to_vec(), r.room));
+                    }
+                    Ok(r) => report.problem(&what, format!("holds a key of room {}", r.room)),
+                    Err(e) => report.problem(&what, e.to_string()),
+                }
+            }
             _ => report.problem(&what, "unknown kind of record"),
         }
     }
@@ -244,6 +254,15 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
             break;
         }
     }
+    for (_, _, room) in &idempotency {
+        if !rooms.contains_key(room) {
+            report.problem(
+                format!("idempotency keys of room {room}"),
+                "belong to no readable room",
+            );
+            break;
+        }
+    }
     for room in seqs.keys() {
         if !rooms.contains_key(room) {
             report.problem(
@@ -253,7 +272,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
         }
     }
     if let Some(t) = into {
-        for (key, value, room) in audit {
+        for (key, value, room) in audit.into_iter().chain(idempotency) {
             if rooms.contains_key(&room) {
                 t.insert(key, value)?;
             }

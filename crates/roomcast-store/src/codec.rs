@@ -53,6 +53,8 @@ pub enum RecordKind {
     RoomV3 = 9,
     /// A retained room message ([`roomcast_model::MessageData`], with its recall).
     MessageV2 = 10,
+    /// A message's idempotency key ([`crate::IdempotencyRecord`]).
+    Idempotency = 11,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -11,6 +11,7 @@
 //! | `c` + user id + `0x00` + room id | a user's [`crate::LocalCopy`] of a room |
 //! | `a` + user id | a super admin |
 //! | `l` + room id + entry number (8 bytes BE) | an entry of the room's audit log ([`roomcast_model::AuditEntry`]) |
+//! | `i` + room id + sender + `0x00` + key | a message's idempotency key ([`crate::IdempotencyRecord`]) |
 //! | `w` | the write mark: write groups applied, ever (`u64`) |
 //!
 //! Room ids and sequence numbers are big-endian, so a room's messages are one contiguous range
@@ -24,6 +25,7 @@ pub(crate) const MESSAGE: u8 = b'm';
 pub(crate) const COPY: u8 = b'c';
 pub(crate) const ADMIN: u8 = b'a';
 pub(crate) const AUDIT: u8 = b'l';
+pub(crate) const IDEMPOTENCY: u8 = b'i';
 /// The write mark: how many write groups the store has applied, ever (see `mark.rs`).
 pub(crate) const MARK: &[u8] = b"w";
 
@@ -70,6 +72,24 @@ pub(crate) fn copy(user: &UserId, room: RoomId) -> Vec<u8> {
     k
 }
 
+/// An idempotency key of `from` in `room`.
+pub(crate) fn idempotency(room: RoomId, from: &UserId, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + from.as_str().len() + key.len());
+    k.push(IDEMPOTENCY);
+    k.extend_from_slice(&room.as_u64().to_be_bytes());
+    k.extend_from_slice(from.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The prefix of every idempotency key of `room`.
+pub(crate) fn idempotency_prefix(room: RoomId) -> [u8; 9] {
+    let mut k = [IDEMPOTENCY; 9];
+    k[1..].copy_from_slice(&room.as_u64().to_be_bytes());
+    k
+}
+
 pub(crate) fn admin(user: &UserId) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.as_str().len() + 1);
     k.push(ADMIN);
@@ -77,7 +97,7 @@ pub(crate) fn admin(user: &UserId) -> Vec<u8> {
     k
 }
 
-/// The room id in a `r`, `q`, `m` or `l` key.
+/// The room id in a `r`, `q`, `m`, `l` or `i` key.
 pub(crate) fn room_of(key: &[u8]) -> Option<RoomId> {
     key.get(1..9)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -121,6 +141,7 @@ pub(crate) fn describe(key: &[u8]) -> String {
             fmt_room(key),
             seq_of(key).map_or_else(|| "?".into(), |s| s.to_string())
         ),
+        Some(&IDEMPOTENCY) => format!("idempotency key of room {}", fmt_room(key)),
         _ if key == MARK => "write mark".into(),
         _ => format!("unknown key {key:?}"),
     }

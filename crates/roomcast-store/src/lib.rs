@@ -708,6 +708,18 @@ impl Reader {
         }
     }
 
+    /// Every idempotency key stored for `room` (expired ones included: the caller decides).
+    pub fn idempotency_keys(&self, room: RoomId) -> Result<Vec<IdempotencyRecord>, StoreError> {
+        self.tree
+            .scan_prefix(keys::idempotency_prefix(room))
+            .map(|item| {
+                let (key, value) = item?;
+                codec::decode(RecordKind::Idempotency, &value)
+                    .map_err(|e| e.at(keys::describe(&key)))
+            })
+            .collect()
+    }
+
     /// The super admins, in id order.
     pub fn super_admins(&self) -> Result<Vec<UserId>, StoreError> {
         self.tree
@@ -796,6 +808,25 @@ pub struct LocalCopy {
     /// Inclusive spans of sequence numbers; the last one's end is `None` while the user is in
     /// the room.
     pub spans: Vec<(u64, Option<u64>)>,
+}
+
+/// A message's idempotency key: the sender's retry of the same key in the same room within the
+/// engine's window gets this message back. Its own record (not part of the message's), written
+/// with the message and removed when the window has passed or the room is destroyed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The room.
+    pub room: RoomId,
+    /// The sender.
+    pub from: UserId,
+    /// The client's key.
+    pub key: String,
+    /// The message's id.
+    pub msg_id: roomcast_model::MessageId,
+    /// The message's sequence number.
+    pub seq: u64,
+    /// When the room accepted it (engine clock, ms): the window runs from here.
+    pub at: roomcast_model::Timestamp,
 }
 
 #[cfg(test)]

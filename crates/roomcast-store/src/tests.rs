@@ -854,3 +854,79 @@ async fn a_recall_rewrites_the_message_and_never_revives_a_trimmed_one() {
     );
     assert_eq!(all[1], message(9, 3, 3));
 }
+
+fn key_record(room: u64, from: &str, key: &str, seq: u64, at: i64) -> IdempotencyRecord {
+    IdempotencyRecord {
+        room: RoomId::from_u64(room),
+        from: uid(from),
+        key: key.into(),
+        msg_id: roomcast_model::MessageId::from_u64(1000 + seq),
+        seq,
+        at,
+    }
+}
+
+/// Idempotency keys are their own records: read per room, removed one by one, kept by the
+/// checker and the salvager, and gone with their room (also when put in the same group).
+#[tokio::test]
+async fn idempotency_keys_are_their_own_records_and_go_with_their_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = RoomId::from_u64(1);
+    {
+        let store = Store::open(&dir_config(dir.path())).unwrap();
+        apply(&store, |w| w.put_room(&record(1, "one")).unwrap()).await;
+        apply(&store, |w| w.put_room(&record(2, "two")).unwrap()).await;
+        apply(&store, |w| {
+            w.put_idempotency(&key_record(1, "bob", "k1", 1, 10))
+                .unwrap();
+            w.put_idempotency(&key_record(1, "ann", "k1", 2, 11))
+                .unwrap();
+            w.put_idempotency(&key_record(2, "bob", "k1", 1, 12))
+                .unwrap();
+        })
+        .await;
+        apply(&store, |w| w.remove_idempotency(room, &uid("ann"), "k1")).await;
+        let reader = store.blocking_reader();
+        assert_eq!(
+            reader.idempotency_keys(room).unwrap(),
+            [key_record(1, "bob", "k1", 1, 10)]
+        );
+        assert_eq!(
+            reader.idempotency_keys(RoomId::from_u64(2)).unwrap().len(),
+            1
+        );
+        store.flush_blocking().unwrap();
+    }
+    let report = check(dir.path()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let copy = tempfile::tempdir().unwrap();
+    let to = copy.path().join("salvaged");
+    salvage(dir.path(), &to).unwrap();
+    {
+        let salvaged = Store::open(&dir_config(&to)).unwrap();
+        assert_eq!(
+            salvaged
+                .blocking_reader()
+                .idempotency_keys(room)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    let store = Store::open(&dir_config(dir.path())).unwrap();
+    let mut put = WriteSet::new();
+    put.put_idempotency(&key_record(1, "cat", "k2", 3, 13))
+        .unwrap();
+    let mut delete = WriteSet::new();
+    delete.delete_room(room);
+    let (a, b) = (store.submit(put), store.submit(delete));
+    a.await.unwrap();
+    b.await.unwrap();
+    store.read(|_| ()).await.unwrap();
+    let reader = store.blocking_reader();
+    assert!(reader.idempotency_keys(room).unwrap().is_empty());
+    assert_eq!(
+        reader.idempotency_keys(RoomId::from_u64(2)).unwrap().len(),
+        1
+    );
+}

@@ -120,6 +120,23 @@ impl WriteSet {
         Ok(())
     }
 
+    /// Stores a message's idempotency key (in the write set of the message, so atomically with
+    /// it).
+    pub fn put_idempotency(&mut self, record: &crate::IdempotencyRecord) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Idempotency, record)?;
+        self.ops.push(Op::Put(
+            keys::idempotency(record.room, &record.from, &record.key),
+            value,
+        ));
+        Ok(())
+    }
+
+    /// Forgets an idempotency key (its window ended).
+    pub fn remove_idempotency(&mut self, room: RoomId, from: &UserId, key: &str) {
+        self.ops
+            .push(Op::Remove(keys::idempotency(room, from, key)));
+    }
+
     /// Deletes `room`'s messages with sequence numbers below `seq`.
     pub fn trim_before(&mut self, room: RoomId, seq: u64) {
         self.ops.push(Op::TrimBefore(room, seq));
@@ -235,7 +252,10 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
         for op in sets.iter().flat_map(|s| &s.ops) {
             match op {
                 Op::Put(k, v) => {
-                    if matches!(k.first(), Some(&keys::MESSAGE) | Some(&keys::AUDIT)) {
+                    if matches!(
+                        k.first(),
+                        Some(&keys::MESSAGE) | Some(&keys::AUDIT) | Some(&keys::IDEMPOTENCY)
+                    ) {
                         put_messages.insert(k.clone());
                     }
                     batch.insert(k.as_slice(), v.as_slice())
@@ -263,6 +283,14 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                     }
                     let log = keys::audit(room, 0).to_vec()..keys::audit(room, u64::MAX).to_vec();
                     unput(&mut batch, &mut put_messages, log);
+                    // And its idempotency keys.
+                    let prefix = keys::idempotency_prefix(room);
+                    for key in tree.scan_prefix(prefix).keys() {
+                        batch.remove(key?);
+                    }
+                    let mut end = prefix.to_vec();
+                    end.push(0xff);
+                    unput(&mut batch, &mut put_messages, prefix.to_vec()..end);
                 }
                 &Op::TrimBefore(room, seq) => {
                     for key in tree

@@ -33,7 +33,14 @@ impl ChatManager {
     /// Fails with 500 for an empty text or event name, 510 if the body and attributes are over
     /// the size limit (5 KB), 702 if the sender is not in the room, 210 if blocked, 215 if muted,
     /// 219 if the room is all-muted and the sender is not the owner, an admin or allow-listed,
-    /// and 4 if the room is over its delivery threshold and dropped this message by priority.
+    /// and 4 if the room is over its delivery threshold and dropped this message by priority;
+    /// 508 if the engine's pre-send hook blocked it ([`crate::EngineBuilder::pre_send_hook`]).
+    ///
+    /// With an idempotency key ([`OutgoingMessage::with_idempotency_key`]), a repeat of the
+    /// key by the same sender in the same room within [`crate::IDEMPOTENCY_WINDOW`] (5
+    /// minutes, engine clock) returns the first message (same id and sequence number) and
+    /// delivers nothing again: the retry after a 901 timeout. This holds across hibernation
+    /// and restarts.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
@@ -53,6 +60,12 @@ impl ChatManager {
     ///     )
     ///     .await?;
     /// assert_eq!(sent.seq(), 1);
+    ///
+    /// // A retry with the same key gets the first message back; nothing is sent twice.
+    /// let keyed = OutgoingMessage::text(room.room_id, "poll: A or B?").with_idempotency_key("q-17");
+    /// let first = host.chat_manager().send_message(keyed.clone()).await?;
+    /// let again = host.chat_manager().send_message(keyed).await?;
+    /// assert_eq!((first.seq(), again.seq(), again.msg_id()), (2, 2, first.msg_id()));
     /// # engine.shutdown().await;
     /// # Ok(()) }
     /// ```
@@ -60,6 +73,43 @@ impl ChatManager {
         self.client
             .core()?
             .send_message(self.client.current_user_id(), message)
+            .await
+    }
+
+    /// Sends `message` to every active chat room, as a super admin (Agora's broadcast to all
+    /// chat rooms); returns how many rooms got it. Active: in memory (not hibernating) with at
+    /// least one member; a room that slept has no online member to see it. Each room takes it
+    /// as its next message (history, replay and sequence numbers as any other) whatever its
+    /// rules (mutes, membership, windows, the delivery threshold), and it skips the pre-send
+    /// hook; its room id and any idempotency key are ignored.
+    ///
+    /// Fails with 703 for anyone but a super admin, 500/510 for a malformed message, and 4 past
+    /// `Limits::broadcasts_per_window` (10 per minute by default, for all super admins).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{CreateChatRoomOptions, Engine, OutgoingMessage, RoomId};
+    /// let engine = Engine::builder().build().await?;
+    /// engine.add_super_admin("ops").await?;
+    /// let ops = engine.login("ops").await?;
+    /// for name in ["stream", "side"] {
+    ///     ops.chat_room_manager().create_chat_room(CreateChatRoomOptions::new(name)).await?;
+    /// }
+    /// let notice = OutgoingMessage::text(RoomId::from_u64(0), "maintenance at 10:00");
+    /// assert_eq!(ops.chat_manager().broadcast_to_chat_rooms(notice.clone()).await?, 2);
+    /// let viewer = engine.login("viewer").await?;
+    /// let refused = viewer.chat_manager().broadcast_to_chat_rooms(notice).await;
+    /// assert_eq!(refused.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast_to_chat_rooms(
+        &self,
+        message: OutgoingMessage,
+    ) -> Result<usize, ChatError> {
+        self.client
+            .core()?
+            .broadcast(self.client.current_user_id(), message)
             .await
     }
 

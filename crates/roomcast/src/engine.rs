@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_engine::{Core, CoreConfig, Location, RoomStats};
+use roomcast_engine::{Core, CoreConfig, Location, OnHookFailure, PreSendConfig, RoomStats};
 use roomcast_model::{ChatError, Limits, RoomId, UserId};
 
 use crate::{ChatClient, ChatOptions, Clock, Durability};
@@ -15,6 +15,8 @@ use crate::{ChatClient, ChatOptions, Clock, Durability};
 pub struct EngineBuilder {
     config: CoreConfig,
     options: ChatOptions,
+    /// The pre-send timeout and policy, kept for a hook set later.
+    pending_hook_timeout: Option<(Duration, OnHookFailure)>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -235,6 +237,109 @@ impl EngineBuilder {
         self
     }
 
+    /// Sets the pre-send hook (Agora's pre-send callback): it sees every message before a room
+    /// accepts it, the owner's and the admins' too (not a super admin's broadcast), and allows
+    /// it, rejects it (the sender gets 508 with the hook's reason) or rewrites it. It runs in
+    /// the sending call's task, never on a room; a room still accepts its messages in the
+    /// order their sends were called, whichever hook finished first. It has
+    /// [`EngineBuilder::pre_send_timeout`] to answer (default [`crate::PRE_SEND_TIMEOUT`], 2 s).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{
+    ///     CreateChatRoomOptions, Engine, OutgoingMessage, PreSendDecision, PreSendFuture,
+    ///     PreSendHook, UserId,
+    /// };
+    ///
+    /// /// Rejects links, masks a word.
+    /// struct Filter;
+    /// impl PreSendHook for Filter {
+    ///     fn pre_send<'a>(&'a self, _from: &'a UserId, m: &'a OutgoingMessage) -> PreSendFuture<'a> {
+    ///         Box::pin(async move {
+    ///             match m.body.clone() {
+    ///                 roomcast::MessageBody::Text { content } if content.contains("http") => {
+    ///                     PreSendDecision::Reject("no links".into())
+    ///                 }
+    ///                 roomcast::MessageBody::Text { content } if content.contains("darn") => {
+    ///                     let masked = content.replace("darn", "****");
+    ///                     PreSendDecision::Rewrite(OutgoingMessage::text(m.room_id, masked))
+    ///                 }
+    ///                 _ => PreSendDecision::Allow,
+    ///             }
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// let engine = Engine::builder().pre_send_hook(Filter).build().await?;
+    /// engine.add_super_admin("host").await?;
+    /// let host = engine.login("host").await?;
+    /// let room = host.chat_room_manager().create_chat_room(CreateChatRoomOptions::new("r")).await?;
+    /// let chat = host.chat_manager();
+    /// let sent = chat.send_message(OutgoingMessage::text(room.room_id, "darn it")).await?;
+    /// assert_eq!(sent.text(), Some("**** it"));
+    /// let link = chat.send_message(OutgoingMessage::text(room.room_id, "see http://x")).await;
+    /// let err = link.unwrap_err();
+    /// assert_eq!(err.code(), 508);
+    /// assert!(err.to_string().contains("no links"));
+    /// engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn pre_send_hook(mut self, hook: impl roomcast_engine::PreSendHook) -> Self {
+        let (timeout, on_failure) = self
+            .pending_hook_timeout
+            .unwrap_or((roomcast_engine::PRE_SEND_TIMEOUT, OnHookFailure::default()));
+        self.config.pre_send = Some(PreSendConfig {
+            hook: Arc::new(hook),
+            timeout,
+            on_failure,
+        });
+        self
+    }
+
+    /// How long the pre-send hook may take (default 2 s), and what a hook that does not answer
+    /// in time, or panics, means for its message: [`OnHookFailure::Allow`] (the default: it is
+    /// sent as it is, so that a slow or failing moderation service degrades moderation rather
+    /// than silencing every room) or [`OnHookFailure::Reject`] (508). Without a hook it does
+    /// nothing.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// use roomcast::{
+    ///     CreateChatRoomOptions, Engine, OnHookFailure, OutgoingMessage, PreSendFuture,
+    ///     PreSendHook, UserId,
+    /// };
+    /// use std::time::Duration;
+    ///
+    /// /// A moderation service that is down: it never answers.
+    /// struct Down;
+    /// impl PreSendHook for Down {
+    ///     fn pre_send<'a>(&'a self, _: &'a UserId, _: &'a OutgoingMessage) -> PreSendFuture<'a> {
+    ///         Box::pin(std::future::pending())
+    ///     }
+    /// }
+    ///
+    /// let engine = Engine::builder()
+    ///     .pre_send_hook(Down)
+    ///     .pre_send_timeout(Duration::from_millis(50), OnHookFailure::Reject)
+    ///     .build()
+    ///     .await?;
+    /// engine.add_super_admin("host").await?;
+    /// let host = engine.login("host").await?;
+    /// let room = host.chat_room_manager().create_chat_room(CreateChatRoomOptions::new("r")).await?;
+    /// let sent = host.chat_manager().send_message(OutgoingMessage::text(room.room_id, "hi")).await;
+    /// assert_eq!(sent.unwrap_err().code(), 508);
+    /// engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn pre_send_timeout(mut self, timeout: Duration, on_failure: OnHookFailure) -> Self {
+        self.pending_hook_timeout = Some((timeout, on_failure));
+        if let Some(pre_send) = &mut self.config.pre_send {
+            pre_send.timeout = timeout;
+            pre_send.on_failure = on_failure;
+        }
+        self
+    }
+
     /// How many room threads, fan-out shards and callback threads to run (default: one per
     /// core).
     ///
@@ -378,6 +483,7 @@ impl Engine {
         EngineBuilder {
             config: CoreConfig::default(),
             options: ChatOptions::default(),
+            pending_hook_timeout: None,
         }
     }
 

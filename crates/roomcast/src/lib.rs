@@ -63,7 +63,8 @@ pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
 
 pub use roomcast_engine::{
     dispatch_callback, ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability,
-    ManualClock, RoomStats, SystemClock,
+    ManualClock, OnHookFailure, PreSendDecision, PreSendFuture, PreSendHook, RoomStats,
+    SystemClock, PRE_SEND_TIMEOUT,
 };
 
 /// See [`ChatClient::events`] for runnable examples of this contract: reading, falling behind,
@@ -75,7 +76,7 @@ pub use roomcast_model::{
     ErrorCode, HistoryQuery, LeaveReason, Limits, MessageBody, MessageData, MessageId,
     MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, Pin, Recall, RoomId,
     RoomLimits, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure, Timestamp,
-    UserId, LIST_PAGE_MAX, REASON_MAX_CHARS,
+    UserId, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW, LIST_PAGE_MAX, REASON_MAX_CHARS,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

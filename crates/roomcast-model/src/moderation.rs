@@ -455,6 +455,10 @@ impl Room {
                     }
                     MuteDuration::Forever => crate::UNTIL_LIFTED,
                 };
+                if self.record().live.frozen_until == Some(until) {
+                    // Already frozen so: nothing changes, nothing is said or logged.
+                    return Ok(Effects::default());
+                }
                 self.record_mut().live.frozen_until = Some(until);
                 let mut fx = self.changed(vec![Outgoing {
                     to: Audience::MembersExcept(vec![by.clone()]),

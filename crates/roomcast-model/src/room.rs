@@ -699,6 +699,11 @@ impl Room {
             .all(|(start, _)| now.saturating_sub(*start) >= window)
     }
 
+    /// True if the room's timed freeze has ended by `now` but is not lifted yet.
+    pub fn freeze_due(&self, now: Timestamp) -> bool {
+        matches!(self.record.live.frozen_until, Some(until) if until != crate::UNTIL_LIFTED && until <= now)
+    }
+
     /// True if `user` is a member whose session is offline.
     pub fn is_offline(&self, user: &UserId) -> bool {
         self.offline.contains_key(user)

@@ -609,20 +609,25 @@ async fn main() {
         }
         if moment("recall", 0.5, &mut events_done) {
             // A viewer posts in the wrong room and takes it back.
+            // (High priority, and a few tries: past the threshold a normal message may drop.)
             let v = &viewers[viewers.len() - 1];
             let chat = v.client.chat_manager();
-            let r = chat
-                .send_message(message(
-                    stream,
-                    "oops, wrong chat".into(),
-                    MessagePriority::Normal,
-                    &totals,
-                ))
-                .await;
-            if let Some(sent) = sends.count(r) {
-                v.viewer.state.lock().own.insert(sent.seq());
-                chat.recall_message(&stream, sent.seq()).await.unwrap();
-                moderated.recalled_seq = Some(sent.seq());
+            for _ in 0..5 {
+                let r = chat
+                    .send_message(message(
+                        stream,
+                        "oops, wrong chat".into(),
+                        MessagePriority::High,
+                        &totals,
+                    ))
+                    .await;
+                if let Some(sent) = sends.count(r) {
+                    v.viewer.state.lock().own.insert(sent.seq());
+                    chat.recall_message(&stream, sent.seq()).await.unwrap();
+                    moderated.recalled_seq = Some(sent.seq());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         if moment("freeze", 0.6, &mut events_done) {

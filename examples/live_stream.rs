@@ -819,8 +819,10 @@ async fn main() {
         .await
         .unwrap()
         .data;
-    let logged = |f: &dyn Fn(&AuditAction) -> bool| audit.iter().filter(|e| f(&e.action)).count();
-    let find = |f: &dyn Fn(&AuditAction) -> bool| audit.iter().find(|e| f(&e.action)).cloned();
+    /// A test of an audit action.
+    type Is<'a> = &'a dyn Fn(&AuditAction) -> bool;
+    let logged = |f: Is| audit.iter().filter(|e| f(&e.action)).count();
+    let find = |f: Is| audit.iter().find(|e| f(&e.action)).cloned();
     let slow_on = find(&|a| {
         matches!(
             a,
@@ -901,7 +903,7 @@ async fn main() {
         .is_some_and(|seq| info.pinned_messages.iter().any(|p| p.seq == seq));
     // Every act is logged; the operators' with their reasons, the engine's expiries without an
     // operator.
-    let acts: Vec<(&str, &dyn Fn(&AuditAction) -> bool, bool)> = vec![
+    let acts: Vec<(&str, Is, bool)> = vec![
         (
             "slow mode",
             &|a| matches!(a, AuditAction::SlowMode { .. }),

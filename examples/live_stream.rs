@@ -5,10 +5,15 @@
 //! delivery threshold with all three priorities, so that priority dropping shows; spammers who
 //! get rate-limited, muted, kicked and blocked; a pinned poll (attributes) and an announcement;
 //! viewers who drop offline and come back within the grace period (and resume from history
-//! without gaps), and some who stay away and are removed automatically.
+//! without gaps), and some who stay away and are removed automatically. The moderators use
+//! roomcast's live-stream tools, each with a reason for the audit log: slow mode, a timed
+//! freeze, a kick with a rejoin ban, a timed block (a Twitch timeout) that ends by itself, a
+//! staff delete, a pinned message; a viewer recalls its own message; a word filter (the
+//! pre-send hook) masks one word and rejects links.
 //!
 //! At the end it prints a report and checks that every viewer saw its room's messages in order,
-//! that no message reached a member after it was removed, and that the counts add up. It exits
+//! that no message reached a member after it was removed, that the counts add up, and that each
+//! moderation tool did what it says (from history, room info and the audit log). It exits
 //! with a non-zero status if a check fails.
 //!
 //! ```sh
@@ -29,9 +34,10 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use roomcast::{
-    AttributeValue, ChatClient, ChatEventHandler, ChatMessage, ChatRoomEventHandler,
-    CreateChatRoomOptions, Engine, HistoryQuery, LeaveReason, Limits, MessagePriority,
-    OutgoingMessage, RoomId, SetAttributes, UserId,
+    AttributeValue, AuditAction, ChatClient, ChatError, ChatEventHandler, ChatMessage,
+    ChatRoomEventHandler, CreateChatRoomOptions, Engine, HistoryQuery, LeaveReason, Limits,
+    MessageBody, MessagePriority, MuteDuration, OutgoingMessage, PreSendDecision, PreSendFuture,
+    PreSendHook, RoomId, SetAttributes, UserId,
 };
 use roomcast_workspace::{rss_bytes, Rng};
 
@@ -80,6 +86,42 @@ fn usage(flag: &str) -> ! {
     std::process::exit(2)
 }
 
+/// The word the filter masks, and what it masks it with.
+const BANNED_WORD: &str = "darn";
+const MASK: &str = "d***";
+/// What the filter rejects: links.
+const LINK: &str = "http://";
+
+/// The pre-send hook: a word filter that masks [`BANNED_WORD`] and rejects links.
+#[derive(Clone, Default)]
+struct WordFilter {
+    rewritten: Arc<AtomicU64>,
+    rejected: Arc<AtomicU64>,
+}
+
+impl PreSendHook for WordFilter {
+    fn pre_send<'a>(&'a self, _: &'a UserId, m: &'a OutgoingMessage) -> PreSendFuture<'a> {
+        Box::pin(async move {
+            let MessageBody::Text { content } = &m.body else {
+                return PreSendDecision::Allow;
+            };
+            if content.contains(LINK) {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                PreSendDecision::Reject("no links in chat".into())
+            } else if content.contains(BANNED_WORD) {
+                self.rewritten.fetch_add(1, Ordering::Relaxed);
+                let mut masked = m.clone();
+                masked.body = MessageBody::Text {
+                    content: content.replace(BANNED_WORD, MASK),
+                };
+                PreSendDecision::Rewrite(masked)
+            } else {
+                PreSendDecision::Allow
+            }
+        })
+    }
+}
+
 /// Counters shared by every viewer.
 struct Totals {
     start: Instant,
@@ -87,6 +129,8 @@ struct Totals {
     missed: AtomicU64,
     order_violations: AtomicU64,
     after_removal: AtomicU64,
+    /// Messages received that hold a word the filter should have masked or rejected.
+    filtered_seen: AtomicU64,
     /// Publish-to-handler latency, µs (HDR histograms: true percentiles).
     latency: roomcast_workspace::Latencies,
 }
@@ -115,6 +159,11 @@ impl ChatEventHandler for Viewer {
         for m in messages {
             if let Some(AttributeValue::Int(sent)) = m.attributes().get("t") {
                 self.totals.latency.record(now.saturating_sub(*sent as u64));
+            }
+            if m.text()
+                .is_some_and(|t| t.contains(BANNED_WORD) || t.contains(LINK))
+            {
+                self.totals.filtered_seen.fetch_add(1, Ordering::Relaxed);
             }
             if state.removed.contains(&m.room_id()) {
                 self.totals.after_removal.fetch_add(1, Ordering::Relaxed);
@@ -198,17 +247,54 @@ struct SendCounts {
     attempted: u64,
     accepted: u64,
     by_code: BTreeMap<u32, u64>,
+    /// Refused by slow mode (509 too, among the rate-limited).
+    slow_mode: u64,
 }
 
 impl SendCounts {
-    fn count(&mut self, r: Result<ChatMessage, roomcast::ChatError>) {
+    fn count(&mut self, r: Result<ChatMessage, ChatError>) -> Option<ChatMessage> {
         self.attempted += 1;
         match r {
-            Ok(_) => self.accepted += 1,
-            Err(e) => *self.by_code.entry(e.code()).or_default() += 1,
+            Ok(m) => {
+                self.accepted += 1;
+                Some(m)
+            }
+            Err(e) => {
+                if matches!(e, ChatError::SlowMode(_)) {
+                    self.slow_mode += 1;
+                }
+                *self.by_code.entry(e.code()).or_default() += 1;
+                None
+            }
         }
     }
+
+    fn code(&self, code: u32) -> u64 {
+        self.by_code.get(&code).copied().unwrap_or(0)
+    }
 }
+
+/// The moderation moments of the show, as they happened.
+#[derive(Default)]
+struct Moderated {
+    /// Rejoins refused with 707: the kicked spammer (rejoin ban), the timed-out one (block).
+    rejoin_refused: u64,
+    /// The timed-out spammer's block end, as the block list showed it.
+    block_listed_until: Option<i64>,
+    /// The timed-out spammer rejoined after its block ended by itself.
+    timed_out_rejoined: bool,
+    /// The spam message staff deleted.
+    deleted_seq: Option<u64>,
+    /// The message its viewer recalled.
+    recalled_seq: Option<u64>,
+    /// The pinned message.
+    pinned_seq: Option<u64>,
+}
+
+/// Slow mode's cooldown during the show.
+const SLOW_MODE: Duration = Duration::from_secs(2);
+/// How long the timed-out spammer stays blocked.
+const TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::main]
 async fn main() {
@@ -220,6 +306,7 @@ async fn main() {
         missed: AtomicU64::new(0),
         order_violations: AtomicU64::new(0),
         after_removal: AtomicU64::new(0),
+        filtered_seen: AtomicU64::new(0),
         latency: roomcast_workspace::Latencies::new(),
     });
     println!(
@@ -234,7 +321,11 @@ async fn main() {
     let mut limits = Limits::default();
     limits.offline_grace = Duration::from_millis(args.grace_ms);
     limits.max_users_cap = 1_000_000;
-    let mut builder = Engine::builder().limits(limits).event_queue_capacity(1024);
+    let filter = WordFilter::default();
+    let mut builder = Engine::builder()
+        .limits(limits)
+        .event_queue_capacity(1024)
+        .pre_send_hook(filter.clone());
     match &args.data_dir {
         Some(dir) => {
             println!("store: {}", dir.display());
@@ -342,7 +433,7 @@ async fn main() {
         }
     }
     let rss_joined = rss_bytes();
-    let spammers: Vec<Member> = {
+    let mut spammers: Vec<Member> = {
         let mut v = Vec::new();
         for s in 0..3 {
             let m = login(&engine, &format!("spammer{s}"), &totals).await;
@@ -380,6 +471,7 @@ async fn main() {
     let mut second = 0;
     let mut events_done = HashSet::new();
     let mut n = 0u64;
+    let mut moderated = Moderated::default();
     while show.elapsed() < duration {
         let t = show.elapsed().as_secs_f64() / duration.as_secs_f64();
         // The chat rate ramps from 5 to 80 messages per second, past the threshold of 20.
@@ -394,15 +486,20 @@ async fn main() {
             _ => MessagePriority::Low,
         };
         if !leavers.contains(&who) {
+            // Some viewers swear (the filter masks it), a few post links (it rejects them).
+            let text = match n % 23 {
+                0 => format!("gg {n} {LINK}scam.example"),
+                _ if n % 9 == 0 => format!("gg {n} {BANNED_WORD} that was close"),
+                _ => format!("gg {n}"),
+            };
             let r = viewers[who]
                 .client
                 .chat_manager()
-                .send_message(message(stream, format!("gg {n}"), priority, &totals))
+                .send_message(message(stream, text, priority, &totals))
                 .await;
-            if let Ok(sent) = &r {
+            if let Some(sent) = sends.count(r) {
                 viewers[who].viewer.state.lock().own.insert(sent.seq());
             }
-            sends.count(r);
         }
         if n % 10 == 0 {
             let m = &mods[rng.below(mods.len())];
@@ -436,7 +533,17 @@ async fn main() {
         let moment = |name: &'static str, at: f64, done: &mut HashSet<&'static str>| {
             t >= at && done.insert(name)
         };
+        if moment("slow mode", 0.1, &mut events_done) {
+            mods[2]
+                .client
+                .chat_room_manager()
+                .with_reason("chat is too fast")
+                .set_chat_room_slow_mode(&stream, Some(SLOW_MODE))
+                .await
+                .unwrap();
+        }
         if moment("spam", 0.15, &mut events_done) {
+            let mut first_spam = None;
             for s in &spammers {
                 for k in 0..30 {
                     let r = s
@@ -449,22 +556,116 @@ async fn main() {
                             &totals,
                         ))
                         .await;
-                    sends.count(r);
+                    if let Some(sent) = sends.count(r) {
+                        first_spam.get_or_insert(sent.seq());
+                    }
                 }
             }
             let admin = mods[0].client.chat_room_manager();
+            let admin = admin.with_reason("spam");
+            if let Some(seq) = first_spam {
+                admin.delete_chat_room_message(&stream, seq).await.unwrap();
+                moderated.deleted_seq = Some(seq);
+            }
             admin
                 .mute_chat_room_members(&stream, ["spammer0"], Duration::from_secs(5))
                 .await
                 .unwrap();
             admin
-                .remove_chat_room_members(&stream, ["spammer1"])
+                .remove_chat_room_members_with_rejoin_ban(
+                    &stream,
+                    ["spammer1"],
+                    Duration::from_secs(600),
+                )
                 .await
                 .unwrap();
             admin
-                .block_chat_room_members(&stream, ["spammer2"])
+                .block_chat_room_members_for(&stream, ["spammer2"], TIMEOUT)
                 .await
                 .unwrap();
+            moderated.block_listed_until = admin
+                .fetch_chat_room_block_list(&stream, 1, 100)
+                .await
+                .unwrap()
+                .data
+                .iter()
+                .find(|b| b.user_id.as_str() == "spammer2")
+                .and_then(|b| b.expire_time);
+            for s in &spammers[1..] {
+                let again = s.client.chat_room_manager().join_chat_room(&stream).await;
+                if again.is_err_and(|e| e.code() == 707) {
+                    moderated.rejoin_refused += 1;
+                }
+            }
+        }
+        if moment("slow mode off", 0.45, &mut events_done) {
+            mods[2]
+                .client
+                .chat_room_manager()
+                .with_reason("calmer now")
+                .set_chat_room_slow_mode(&stream, None)
+                .await
+                .unwrap();
+        }
+        if moment("recall", 0.5, &mut events_done) {
+            // A viewer posts in the wrong room and takes it back.
+            // (High priority, and a few tries: past the threshold a normal message may drop.)
+            let v = &viewers[viewers.len() - 1];
+            let chat = v.client.chat_manager();
+            for _ in 0..5 {
+                let r = chat
+                    .send_message(message(
+                        stream,
+                        "oops, wrong chat".into(),
+                        MessagePriority::High,
+                        &totals,
+                    ))
+                    .await;
+                if let Some(sent) = sends.count(r) {
+                    v.viewer.state.lock().own.insert(sent.seq());
+                    chat.recall_message(&stream, sent.seq()).await.unwrap();
+                    moderated.recalled_seq = Some(sent.seq());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        if moment("freeze", 0.6, &mut events_done) {
+            // A raid: only staff may talk for a while; it ends by itself.
+            let freeze = Duration::from_millis((args.duration * 100).max(1_000));
+            mods[0]
+                .client
+                .chat_room_manager()
+                .with_reason("raid")
+                .freeze_chat_room(&stream, MuteDuration::For(freeze))
+                .await
+                .unwrap();
+            let r = mods[0]
+                .client
+                .chat_manager()
+                .send_message(message(
+                    stream,
+                    "hold on, cleaning up a raid".into(),
+                    MessagePriority::High,
+                    &totals,
+                ))
+                .await;
+            sends.count(r);
+        }
+        if moment("parole", 0.75, &mut events_done) {
+            // The timed-out spammer's block has ended by itself: it may come back.
+            let s = &mut spammers[2];
+            {
+                let mut state = s.viewer.state.lock();
+                state.removed.remove(&stream);
+                state.seen.remove(&stream);
+            }
+            moderated.timed_out_rejoined = s
+                .client
+                .chat_room_manager()
+                .join_chat_room(&stream)
+                .await
+                .is_ok();
         }
         if moment("offline", 0.3, &mut events_done) {
             for &i in returners.iter().chain(&leavers) {
@@ -490,12 +691,29 @@ async fn main() {
             }
         }
         if moment("announce", 0.5, &mut events_done) {
-            mods[1]
-                .client
-                .chat_room_manager()
+            let rooms = mods[1].client.chat_room_manager();
+            rooms
                 .update_chat_room_announcement(&stream, "final map: Dust")
                 .await
                 .unwrap();
+            let r = mods[1]
+                .client
+                .chat_manager()
+                .send_message(message(
+                    stream,
+                    "bracket: A vs B, best of 3".into(),
+                    MessagePriority::High,
+                    &totals,
+                ))
+                .await;
+            if let Some(sent) = sends.count(r) {
+                rooms
+                    .with_reason("the bracket")
+                    .pin_chat_room_message(&stream, sent.seq())
+                    .await
+                    .unwrap();
+                moderated.pinned_seq = Some(sent.seq());
+            }
             owner
                 .set_chat_room_attributes(&stream, SetAttributes::new([("poll", "closed: A wins")]))
                 .await
@@ -595,6 +813,149 @@ async fn main() {
             }
         }
     }
+    // The moderation tools, checked from what the room keeps: its history, info, audit log.
+    let audit = owner
+        .fetch_chat_room_audit_log(&stream, None, roomcast::LIST_PAGE_MAX)
+        .await
+        .unwrap()
+        .data;
+    /// A test of an audit action.
+    type Is<'a> = &'a dyn Fn(&AuditAction) -> bool;
+    let logged = |f: Is| audit.iter().filter(|e| f(&e.action)).count();
+    let find = |f: Is| audit.iter().find(|e| f(&e.action)).cloned();
+    let slow_on = find(&|a| {
+        matches!(
+            a,
+            AuditAction::SlowMode {
+                cooldown_ms: Some(_)
+            }
+        )
+    });
+    let slow_off = find(&|a| matches!(a, AuditAction::SlowMode { cooldown_ms: None }));
+    let freeze = find(&|a| matches!(a, AuditAction::Freeze { .. }));
+    let freeze_window = freeze.as_ref().and_then(|e| match e.action {
+        AuditAction::Freeze { until: Some(until) } => Some((e.time, until)),
+        _ => None,
+    });
+    let staff_ids: HashSet<String> = std::iter::once("streamer".to_string())
+        .chain((0..mods.len()).map(|m| format!("mod{m}")))
+        .collect();
+    let mut history: Vec<ChatMessage> = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = streamer
+            .chat_manager()
+            .fetch_history_messages(&stream, HistoryQuery::after(cursor, 200))
+            .await
+            .unwrap();
+        history.extend(page.data);
+        match page.cursor {
+            Some(c) => cursor = c,
+            None => break,
+        }
+    }
+    // Slow mode: no member who is not staff had two messages accepted within the cooldown.
+    let mut slow_violations = 0u64;
+    if let (Some(on), Some(off)) = (&slow_on, &slow_off) {
+        let cooldown = SLOW_MODE.as_millis() as i64;
+        let mut last: HashMap<&UserId, i64> = HashMap::new();
+        for m in history
+            .iter()
+            .filter(|m| (on.time..off.time).contains(&m.server_time()))
+            .filter(|m| !staff_ids.contains(m.from().as_str()))
+        {
+            if let Some(prev) = last.insert(m.from(), m.server_time()) {
+                if m.server_time() - prev < cooldown {
+                    slow_violations += 1;
+                }
+            }
+        }
+    }
+    // The freeze: only staff sent while it lasted.
+    let (in_freeze, by_others_in_freeze) = freeze_window.map_or((0, 0), |(from, until)| {
+        let during: Vec<&ChatMessage> = history
+            .iter()
+            .filter(|m| (from..until).contains(&m.server_time()))
+            .collect();
+        let others = during
+            .iter()
+            .filter(|m| !staff_ids.contains(m.from().as_str()))
+            .count();
+        (during.len(), others)
+    });
+    let shows_recalled = |seq: Option<u64>| {
+        seq.is_some_and(|seq| history.iter().any(|m| m.seq() == seq && m.is_recalled()))
+    };
+    let filtered_in_history = history
+        .iter()
+        .filter(|m| {
+            m.text()
+                .is_some_and(|t| t.contains(BANNED_WORD) || t.contains(LINK))
+        })
+        .count();
+    let masked_in_history = history
+        .iter()
+        .filter(|m| m.text().is_some_and(|t| t.contains(MASK)))
+        .count();
+    let info = owner.fetch_chat_room_info(&stream).await.unwrap();
+    let pinned = moderated
+        .pinned_seq
+        .is_some_and(|seq| info.pinned_messages.iter().any(|p| p.seq == seq));
+    // Every act is logged; the operators' with their reasons, the engine's expiries without an
+    // operator.
+    let acts: Vec<(&str, Is, bool)> = vec![
+        (
+            "slow mode",
+            &|a| matches!(a, AuditAction::SlowMode { .. }),
+            true,
+        ),
+        ("freeze", &|a| matches!(a, AuditAction::Freeze { .. }), true),
+        ("freeze ended", &|a| *a == AuditAction::FreezeEnded, false),
+        ("mute", &|a| matches!(a, AuditAction::Mute { .. }), true),
+        (
+            "kick with rejoin ban",
+            &|a| matches!(a, AuditAction::KickWithRejoinBan { .. }),
+            true,
+        ),
+        (
+            "timed block",
+            &|a| matches!(a, AuditAction::BlockFor { .. }),
+            true,
+        ),
+        (
+            "timed block ended",
+            &|a| *a == AuditAction::BlockExpired,
+            false,
+        ),
+        (
+            "staff delete",
+            &|a| matches!(a, AuditAction::DeleteMessage { .. }),
+            true,
+        ),
+        (
+            "recall",
+            &|a| matches!(a, AuditAction::RecallMessage { .. }),
+            false,
+        ),
+        (
+            "pin",
+            &|a| matches!(a, AuditAction::PinMessage { .. }),
+            true,
+        ),
+    ];
+    let mut audit_missing = Vec::new();
+    for (name, is, reasoned) in &acts {
+        let entries: Vec<_> = audit.iter().filter(|e| is(&e.action)).collect();
+        let engine_act = matches!(*name, "freeze ended" | "timed block ended");
+        let ok = !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| (!reasoned || e.reason.is_some()) && (e.operator.is_none() == engine_act));
+        if !ok {
+            audit_missing.push(*name);
+        }
+    }
+    let with_reason = audit.iter().filter(|e| e.reason.is_some()).count();
     let exits = staff.exits.lock().clone();
     let auto_removed = leavers
         .iter()
@@ -643,7 +1004,7 @@ async fn main() {
                 sends
                     .by_code
                     .iter()
-                    .filter(|(c, _)| ![4, 509, 215, 702].contains(*c))
+                    .filter(|(c, _)| ![4, 509, 215, 702, 219, 508].contains(*c))
                     .map(|(_, n)| n)
                     .sum::<u64>(),
             ),
@@ -685,6 +1046,65 @@ async fn main() {
             "messages persisted (retained in the store)",
             persisted.to_string(),
         ),
+        (
+            "slow mode (2 s) on for / refused sends (509)",
+            format!(
+                "{:.1} s / {}",
+                match (&slow_on, &slow_off) {
+                    (Some(on), Some(off)) => (off.time - on.time) as f64 / 1000.0,
+                    _ => 0.0,
+                },
+                sends.slow_mode
+            ),
+        ),
+        (
+            "timed freeze: length / sends refused (219) / staff messages during it",
+            format!(
+                "{:.1} s / {} / {in_freeze}",
+                freeze_window.map_or(0.0, |(from, until)| (until - from) as f64 / 1000.0),
+                sends.code(219)
+            ),
+        ),
+        (
+            "kick with rejoin ban + timed block (2 s): rejoins refused (707) / back after it",
+            format!(
+                "{} / {}",
+                moderated.rejoin_refused,
+                if moderated.timed_out_rejoined {
+                    "yes"
+                } else {
+                    "no"
+                }
+            ),
+        ),
+        (
+            "word filter (pre-send hook): masked / rejected (508)",
+            format!(
+                "{} / {}",
+                filter.rewritten.load(Ordering::Relaxed),
+                filter.rejected.load(Ordering::Relaxed)
+            ),
+        ),
+        (
+            "recalled by its sender / deleted by staff / pinned",
+            format!(
+                "{} / {} / {}",
+                u8::from(moderated.recalled_seq.is_some()),
+                u8::from(moderated.deleted_seq.is_some()),
+                info.pinned_messages.len()
+            ),
+        ),
+        (
+            "audit log entries / with a reason / engine expiries",
+            format!(
+                "{} / {with_reason} / {}",
+                audit.len(),
+                logged(&|a| matches!(
+                    a,
+                    AuditAction::FreezeEnded | AuditAction::BlockExpired | AuditAction::MuteExpired
+                ))
+            ),
+        ),
     ];
     for (k, v) in &rows {
         println!("| {k:<80} | {v:>26} |");
@@ -723,7 +1143,44 @@ async fn main() {
             "the spammers were stopped (rate limit, mute, kick, block)",
             sends.by_code.get(&509).copied().unwrap_or(0) > 0,
         ),
+        (
+            "slow mode refused sends, and nobody but staff had two messages within the cooldown",
+            sends.slow_mode > 0 && slow_on.is_some() && slow_off.is_some() && slow_violations == 0,
+        ),
+        (
+            "nobody but staff sent during the freeze, which refused sends and ended by itself",
+            freeze_window.is_some()
+                && by_others_in_freeze == 0
+                && in_freeze > 0
+                && sends.code(219) > 0
+                && !info.frozen,
+        ),
+        (
+            "the kicked and the timed-out spammers could not rejoin; the timeout ended by itself",
+            moderated.rejoin_refused == 2
+                && moderated.block_listed_until.is_some()
+                && moderated.timed_out_rejoined,
+        ),
+        (
+            "no viewer received a filtered word or link; history holds none, masked ones instead",
+            totals.filtered_seen.load(Ordering::Relaxed) == 0
+                && filtered_in_history == 0
+                && masked_in_history > 0
+                && sends.code(508) > 0,
+        ),
+        (
+            "the recalled and the staff-deleted messages show recalled in history",
+            shows_recalled(moderated.recalled_seq) && shows_recalled(moderated.deleted_seq),
+        ),
+        ("the pinned message is listed in the room's info", pinned),
+        (
+            "the audit log holds every act, the operators' with their reasons",
+            audit_missing.is_empty(),
+        ),
     ];
+    if !audit_missing.is_empty() {
+        eprintln!("not in the audit log as expected: {audit_missing:?}");
+    }
     println!("\n## checks\n");
     let mut failed = 0;
     for (name, ok) in checks {

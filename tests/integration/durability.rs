@@ -115,8 +115,11 @@ async fn everything_but_membership_survives_a_restart() {
             .fetch_chat_room_block_list(&room_id, 1, 10)
             .await
             .unwrap()
-            .data,
-        vec![uid("bad")]
+            .data
+            .iter()
+            .map(|b| (b.user_id.clone(), b.expire_time))
+            .collect::<Vec<_>>(),
+        vec![(uid("bad"), None)]
     );
     let attrs = rooms
         .fetch_all_chat_room_attributes(&room_id)

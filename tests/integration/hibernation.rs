@@ -428,3 +428,91 @@ async fn room_stats_of_a_sleeping_room_do_not_wake_it() {
     assert_eq!((stats.online_count, engine.rooms_in_memory()), (1, 0));
     engine.shutdown().await;
 }
+
+/// A timed block that ends while its room sleeps is lifted, and logged at its end, when the
+/// room next runs; one that ends later keeps its end across the wake and ends on time.
+#[tokio::test]
+async fn timed_blocks_end_across_a_sleep() {
+    const T0: i64 = 1_700_000_000_000;
+    let clock = ManualClock::new(T0);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "night").await.room_id;
+    let bob = join(&engine, "bob", room).await;
+    let rooms = owner.chat_room_manager();
+    rooms
+        .with_reason("spam")
+        .block_chat_room_members_for(&room, ["bob"], Duration::from_secs(10 * 60))
+        .await
+        .unwrap();
+    rooms
+        .block_chat_room_members_for(&room, ["carol"], Duration::from_secs(30 * 60))
+        .await
+        .unwrap();
+    owner.disconnect().unwrap();
+    clock.advance(IDLE);
+    rooms_in_memory(&engine, 0).await;
+    clock.advance(Duration::from_secs(5 * 60)); // bob's block ends while the room sleeps
+    owner.reconnect().unwrap();
+    let expired = async {
+        loop {
+            let log = rooms
+                .fetch_chat_room_audit_log(&room, None, 10)
+                .await
+                .unwrap();
+            if log.data[0].action == roomcast::AuditAction::BlockExpired {
+                return log.data[0].clone();
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let entry = tokio::time::timeout(DEADLINE, expired)
+        .await
+        .expect("the block that ended in its sleep is logged on the wake");
+    assert_eq!(
+        (entry.time, entry.operator, entry.targets),
+        (T0 + 10 * 60_000, None, vec![uid("bob")])
+    );
+    let list = rooms
+        .fetch_chat_room_block_list(&room, 1, 10)
+        .await
+        .unwrap();
+    let list: Vec<_> = list
+        .data
+        .iter()
+        .map(|b| (b.user_id.as_str(), b.expire_time))
+        .collect();
+    assert_eq!(list, [("carol", Some(T0 + 30 * 60_000))]);
+    bob.chat_room_manager().join_chat_room(&room).await.unwrap();
+    // Carol's ends on time after the wake.
+    let carol = engine.login("carol").await.unwrap();
+    let err = carol.chat_room_manager().join_chat_room(&room).await;
+    assert_eq!(err.unwrap_err().code(), 707);
+    clock.advance(Duration::from_secs(19 * 60));
+    let ended = async {
+        while rooms
+            .fetch_chat_room_block_list(&room, 1, 10)
+            .await
+            .unwrap()
+            .total
+            > 0
+            || !rooms
+                .fetch_chat_room_audit_log(&room, None, 1)
+                .await
+                .unwrap()
+                .data[0]
+                .targets
+                .contains(&uid("carol"))
+        {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(DEADLINE, ended)
+        .await
+        .expect("carol's block ended");
+    carol
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    engine.shutdown().await;
+}

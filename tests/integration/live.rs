@@ -277,3 +277,206 @@ async fn live_moderation_survives_a_restart_and_its_clocks_keep_running() {
         .unwrap();
     engine.shutdown().await;
 }
+
+/// Polls the room's audit log until its newest entry is `action` on `target`, and returns the
+/// log.
+async fn logged(
+    rooms: &roomcast::ChatRoomManager,
+    room: RoomId,
+    action: AuditAction,
+    target: &str,
+) -> Vec<roomcast::AuditEntry> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let log = rooms
+            .fetch_chat_room_audit_log(&room, None, 20)
+            .await
+            .unwrap();
+        if log
+            .data
+            .first()
+            .is_some_and(|e| e.action == action && e.targets == [uid(target)])
+        {
+            return log.data;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{action:?} never logged: {:?}",
+            log.data
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The block list as (user, end) pairs.
+async fn blocked(rooms: &roomcast::ChatRoomManager, room: RoomId) -> Vec<(String, Option<i64>)> {
+    let page = rooms
+        .fetch_chat_room_block_list(&room, 1, 100)
+        .await
+        .unwrap();
+    assert_eq!(page.total, page.data.len());
+    page.data
+        .into_iter()
+        .map(|b| (b.user_id.to_string(), b.expire_time))
+        .collect()
+}
+
+#[tokio::test]
+async fn timed_blocks_end_by_themselves_and_an_unblock_clears_them() {
+    let clock = ManualClock::new(T0);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "stream").await.room_id;
+    let rooms = owner.chat_room_manager();
+    let admin = join(&engine, "admin", room).await;
+    rooms.add_chat_room_admin(&room, "admin").await.unwrap();
+    let bob = join(&engine, "bob", room).await;
+    let carol = join(&engine, "carol", room).await;
+    let mut bob_events = bob.events();
+    // Bounds and roles: zero time, a member, an admin on the owner.
+    let zero = rooms
+        .block_chat_room_members_for(&room, ["bob"], Duration::ZERO)
+        .await;
+    assert_eq!(zero.unwrap_err().code(), 110);
+    let member = carol
+        .chat_room_manager()
+        .block_chat_room_members_for(&room, ["bob"], Duration::from_secs(60))
+        .await;
+    assert_eq!(member.unwrap_err().code(), 703);
+    let on_owner = admin
+        .chat_room_manager()
+        .block_chat_room_members_for(&room, ["owner"], Duration::from_secs(60))
+        .await;
+    assert_eq!(on_owner.unwrap_err().code(), 703);
+    // An admin times bob out for a minute and a stranger for two, with a reason.
+    admin
+        .chat_room_manager()
+        .with_reason("spam")
+        .block_chat_room_members_for(&room, ["bob"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    rooms
+        .block_chat_room_members_for(&room, ["troll"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    rooms
+        .block_chat_room_members(&room, ["forever"])
+        .await
+        .unwrap();
+    loop {
+        if let ChatRoomEvent::RemovedFromChatRoom {
+            operator,
+            operator_reason,
+            ..
+        } = room_event(&mut bob_events).await
+        {
+            assert_eq!(operator, Some(uid("admin")));
+            assert_eq!(operator_reason.as_deref(), Some("spam"));
+            break;
+        }
+    }
+    assert_eq!(
+        blocked(&rooms, room).await,
+        vec![
+            ("bob".into(), Some(T0 + 60_000)),
+            ("forever".into(), None),
+            ("troll".into(), Some(T0 + 120_000)),
+        ]
+    );
+    let err = bob.chat_room_manager().join_chat_room(&room).await;
+    assert_eq!(err.unwrap_err(), ChatError::UserInBlocklist);
+    assert_eq!(send(&bob, room, "let me in").await.unwrap_err().code(), 210);
+    // An unblock clears the end: troll may join at once, and stays unblocked past it.
+    rooms
+        .unblock_chat_room_members(&room, ["troll"])
+        .await
+        .unwrap();
+    let troll = join(&engine, "troll", room).await;
+    // Bob's block ends by itself on the engine clock.
+    clock.advance(Duration::from_secs(60));
+    let log = logged(&rooms, room, AuditAction::BlockExpired, "bob").await;
+    assert_eq!(
+        (log[0].operator.clone(), log[0].time, log[0].targets.clone()),
+        (None, T0 + 60_000, vec![uid("bob")])
+    );
+    let timed_out = log
+        .iter()
+        .find(|e| e.action == AuditAction::BlockFor { until: T0 + 60_000 })
+        .expect("the timed block is logged");
+    assert_eq!(
+        (timed_out.operator.clone(), timed_out.reason.as_deref()),
+        (Some(uid("admin")), Some("spam"))
+    );
+    assert_eq!(blocked(&rooms, room).await, vec![("forever".into(), None)]);
+    bob.chat_room_manager().join_chat_room(&room).await.unwrap();
+    send(&bob, room, "back").await.unwrap();
+    // Troll's cancelled end passes: nothing happens (no second expiry logged).
+    clock.advance(Duration::from_secs(60));
+    let info = rooms.fetch_chat_room_info(&room).await.unwrap();
+    assert_eq!(info.member_count, 5);
+    let log = rooms
+        .fetch_chat_room_audit_log(&room, None, 50)
+        .await
+        .unwrap();
+    let expiries = log
+        .data
+        .iter()
+        .filter(|e| e.action == AuditAction::BlockExpired)
+        .count();
+    assert_eq!(expiries, 1);
+    drop(troll);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn timed_blocks_survive_a_restart_and_end_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let room = {
+        let engine = open(dir.path(), &clock).await;
+        engine.add_super_admin("owner").await.unwrap();
+        let owner = engine.login("owner").await.unwrap();
+        let room = create_room(&owner, "stream").await.room_id;
+        let _bob = join(&engine, "bob", room).await;
+        let _carol = join(&engine, "carol", room).await;
+        let rooms = owner.chat_room_manager();
+        rooms
+            .block_chat_room_members_for(&room, ["bob"], Duration::from_secs(120))
+            .await
+            .unwrap();
+        rooms
+            .block_chat_room_members_for(&room, ["carol"], Duration::from_secs(30))
+            .await
+            .unwrap();
+        engine.shutdown().await;
+        room
+    };
+    // Down for a minute: carol's block ended meanwhile, bob's has a minute left.
+    clock.advance(Duration::from_secs(60));
+    let engine = open(dir.path(), &clock).await;
+    let owner = engine.login("owner").await.unwrap();
+    let rooms = owner.chat_room_manager();
+    let log = logged(&rooms, room, AuditAction::BlockExpired, "carol").await;
+    assert_eq!(
+        (log[0].time, log[0].targets.clone()),
+        (T0 + 30_000, vec![uid("carol")]),
+        "logged at its end, when the room next ran"
+    );
+    assert_eq!(
+        blocked(&rooms, room).await,
+        vec![("bob".into(), Some(T0 + 120_000))]
+    );
+    let bob = engine.login("bob").await.unwrap();
+    let err = bob.chat_room_manager().join_chat_room(&room).await;
+    assert_eq!(err.unwrap_err().code(), 707);
+    join(&engine, "carol", room).await;
+    // Bob's ends by itself after the restart.
+    clock.advance(Duration::from_secs(60));
+    let log = logged(&rooms, room, AuditAction::BlockExpired, "bob").await;
+    assert_eq!(
+        (log[0].time, log[0].targets.clone()),
+        (T0 + 120_000, vec![uid("bob")])
+    );
+    assert!(blocked(&rooms, room).await.is_empty());
+    bob.chat_room_manager().join_chat_room(&room).await.unwrap();
+    engine.shutdown().await;
+}

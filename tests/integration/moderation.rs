@@ -227,10 +227,13 @@ async fn blocked_users_are_removed_and_barred_until_unblocked() {
         .await
         .unwrap();
     let first = rooms.fetch_chat_room_block_list(&id, 1, 10).await.unwrap();
-    assert_eq!(first.data, vec![uid("m2"), uid("outsider")]);
+    let ids: Vec<roomcast::UserId> = first.data.iter().map(|b| b.user_id.clone()).collect();
+    assert_eq!(ids, vec![uid("m2"), uid("outsider")]);
+    assert!(first.data.iter().all(|b| b.expire_time.is_none()));
     assert_eq!((first.total, first.has_more()), (2, false));
     let second = rooms.fetch_chat_room_block_list(&id, 2, 1).await.unwrap();
-    assert_eq!(second.data, vec![uid("outsider")]);
+    assert_eq!(second.data[0].user_id, uid("outsider"));
+    assert_eq!(second.data.len(), 1);
     assert_eq!((second.page_num, second.page_size, second.total), (2, 1, 2));
     for (page_num, page_size) in [(0, 10), (1, 0), (1, roomcast::LIST_PAGE_MAX + 1)] {
         let err = rooms

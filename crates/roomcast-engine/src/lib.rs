@@ -33,9 +33,9 @@ use std::time::Duration;
 use actix::{Addr, MailboxError};
 use parking_lot::{Mutex, RwLock};
 use roomcast_model::{
-    AttributeFailures, ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, Command,
-    HistoryQuery, Limits, MessageId, Moderation, MutedMember, OutgoingMessage, RoomId, RoomLimits,
-    RoomMessageStats, RoomSpec, SetAttributes, Timestamp, UserId,
+    AttributeFailures, BlockedMember, ChatCursorResult, ChatError, ChatMessage, ChatPageResult,
+    ChatRoom, Command, HistoryQuery, Limits, MessageId, Moderation, MutedMember, OutgoingMessage,
+    RoomId, RoomLimits, RoomMessageStats, RoomSpec, SetAttributes, Timestamp, UserId,
 };
 use roomcast_store::{Reader, Store, StoreConfig, StoreError, WriteSet};
 
@@ -223,6 +223,8 @@ pub enum QueryAnswer {
     MuteList(ChatPageResult<MutedMember>),
     /// A page of users.
     Users(ChatPageResult<UserId>),
+    /// A page of the block list.
+    BlockList(ChatPageResult<BlockedMember>),
     /// Yes or no.
     Bool(bool),
     /// A page of members.

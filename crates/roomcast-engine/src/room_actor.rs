@@ -202,6 +202,15 @@ impl Message for ExpireFreeze {
     type Result = ();
 }
 
+/// A user's timed block may have ended.
+pub(crate) struct ExpireBlock {
+    pub(crate) user: UserId,
+}
+
+impl Message for ExpireBlock {
+    type Result = ();
+}
+
 /// How often (in messages) a room looks for messages past the retention age.
 const AGE_CHECK_EVERY: u64 = 64;
 
@@ -529,7 +538,9 @@ impl RoomActor {
             RoomQuery::BlockList {
                 page_num,
                 page_size,
-            } => QueryAnswer::Users(room.block_list(viewer, page_num, page_size)?),
+            } => {
+                QueryAnswer::BlockList(room.block_list(viewer, self.now(), page_num, page_size)?)
+            }
             RoomQuery::Members { cursor, page_size } => {
                 QueryAnswer::Members(room.members_page(viewer, cursor, page_size)?)
             }
@@ -803,6 +814,21 @@ impl Actor for RoomActor {
                     .timers
                     .schedule(room_id, Timer::FreezeEnd { at });
             }
+        }
+        // Timed blocks likewise.
+        let blocks: Vec<Timer> = self
+            .room
+            .record()
+            .live
+            .block_until
+            .iter()
+            .map(|(user, &at)| Timer::BlockEnd {
+                user: user.clone(),
+                at,
+            })
+            .collect();
+        for timer in blocks {
+            self.shared.timers.schedule(room_id, timer);
         }
         if self.recovered {
             // The previous actor died: tell the members (restored from their sessions) where the
@@ -1178,6 +1204,18 @@ impl Handler<ExpireFreeze> for RoomActor {
 
     fn handle(&mut self, _: ExpireFreeze, ctx: &mut Context<Self>) {
         let command = Command::ExpireFreeze { now: self.now() };
+        self.guarded(ctx, |act, ctx| act.presence(command, ctx));
+    }
+}
+
+impl Handler<ExpireBlock> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ExpireBlock, ctx: &mut Context<Self>) {
+        let command = Command::ExpireBlock {
+            user: msg.user,
+            now: self.now(),
+        };
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
     }
 }

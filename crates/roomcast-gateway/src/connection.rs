@@ -661,11 +661,19 @@ impl<O: Outgoing> Conn<O> {
             Request::Block {
                 room,
                 users,
+                seconds,
                 reason,
             } => {
                 let rooms = reasoned(&rooms, reason);
                 let room = parse_room(&room)?;
-                rooms.block_chat_room_members(&room, &users).await?;
+                match seconds {
+                    Some(s) => {
+                        rooms
+                            .block_chat_room_members_for(&room, &users, Duration::from_secs(s))
+                            .await?
+                    }
+                    None => rooms.block_chat_room_members(&room, &users).await?,
+                }
                 json!({"room": room.to_string(), "users": users})
             }
             Request::Unblock {
@@ -725,8 +733,12 @@ impl<O: Outgoing> Conn<O> {
                 let page = rooms
                     .fetch_chat_room_block_list(&room, page.unwrap_or(1), size.unwrap_or(100))
                     .await?;
-                let users: Vec<&str> = page.data.iter().map(UserId::as_str).collect();
-                json!({"room": room.to_string(), "users": users, "total": page.total})
+                let members: Vec<Value> = page
+                    .data
+                    .iter()
+                    .map(|b| json!({"user": b.user_id.as_str(), "expire_time": b.expire_time}))
+                    .collect();
+                json!({"room": room.to_string(), "members": members, "total": page.total})
             }
         };
         Ok(Some(answer))

@@ -282,6 +282,9 @@ pub enum Request {
         room: String,
         /// The users.
         users: Vec<String>,
+        /// How long (a timed block, which ends by itself); absent: until unblocked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
         /// A reason for the act (at most 512 characters), carried by its events and the room's
         /// audit log.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -978,6 +978,18 @@ async fn a_blocked_user_resuming_gets_707_and_no_history() {
             "history of a room one is blocked from: {frames:?}"
         );
         assert!(message_seqs(&frames).is_empty(), "{frames:?}");
+        // The block list shows each block's end: none for bob's, one for a timed block.
+        let r = host
+            .call(json!({"op": "block", "room": room, "users": ["carol"], "seconds": 600}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        let r = host.call(json!({"op": "block_list", "room": room})).await;
+        assert_eq!(r["total"], 2, "{r}");
+        let members = r["members"].as_array().expect("members");
+        assert_eq!(members[0]["user"], "bob", "{r}");
+        assert!(members[0]["expire_time"].is_null(), "{r}");
+        assert_eq!(members[1]["user"], "carol", "{r}");
+        assert!(members[1]["expire_time"].as_i64().is_some(), "{r}");
     })
     .await;
 }

@@ -109,6 +109,14 @@ pub enum AuditAction {
         /// The message's sequence number.
         seq: u64,
     },
+    /// Put the targets on the block list until `until` (engine clock), when the block ends by
+    /// itself.
+    BlockFor {
+        /// When the block ends.
+        until: Timestamp,
+    },
+    /// The target's timed block ended by itself (the operator is the engine: `None`).
+    BlockExpired,
 }
 
 /// One entry of a room's audit log.
@@ -161,6 +169,14 @@ impl AuditAction {
             M::Kick(us) => (AuditAction::Kick, us.clone()),
             M::Block(us) => (AuditAction::Block, us.clone()),
             M::Unblock(us) => (AuditAction::Unblock, us.clone()),
+            M::BlockFor { targets, duration } => (
+                AuditAction::BlockFor {
+                    until: now.saturating_add(
+                        crate::ms_to_timestamp(crate::duration_ms(*duration)).max(1),
+                    ),
+                },
+                targets.clone(),
+            ),
             M::Mute { targets, duration } => {
                 let until = match duration {
                     crate::MuteDuration::For(d) => Some(

@@ -41,7 +41,8 @@ pub use message::{
     OutgoingMessage, Recall, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW,
 };
 pub use moderation::{
-    check_permission, MessageRef, Moderation, MuteDuration, MutedMember, Operation, MAX_ADMINS,
+    check_permission, BlockedMember, MessageRef, Moderation, MuteDuration, MutedMember, Operation,
+    MAX_ADMINS,
 };
 pub use page::{check_page, check_page_size, ChatPageResult, LIST_PAGE_MAX};
 pub use room::{

@@ -126,6 +126,17 @@ pub enum MuteDuration {
     Forever,
 }
 
+/// One entry of the block list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct BlockedMember {
+    /// The blocked user.
+    pub user_id: UserId,
+    /// When the block ends by itself, in ms since the Unix epoch (engine clock); `None`: never
+    /// (until unblocked).
+    pub expire_time: Option<crate::Timestamp>,
+}
+
 /// One entry of the mute list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
@@ -188,6 +199,15 @@ pub enum Moderation {
     Block(Vec<UserId>),
     /// Unblock these users.
     Unblock(Vec<UserId>),
+    /// Block these users for a while (a Twitch timeout): as [`Moderation::Block`], and the
+    /// block ends by itself at the end. Blocking a blocked user again replaces its end (a
+    /// plain block makes it last until unblocked).
+    BlockFor {
+        /// Whom.
+        targets: Vec<UserId>,
+        /// How long (a zero duration is refused with 110; under 1 ms counts as 1 ms).
+        duration: std::time::Duration,
+    },
     /// Mute these members for a while or until unmuted.
     Mute {
         /// Whom.
@@ -507,11 +527,38 @@ impl Room {
                 }
                 let mut fx = Effects::default();
                 for t in targets {
-                    fx.merge(self.demote(&t, &by));
-                    self.record_mut().block_list.insert(t.clone());
-                    if self.is_member(&t) {
-                        fx.merge(self.remove_member(t, LeaveReason::Kicked, Some(by.clone())));
+                    // Blocked until unblocked: a timed block's end goes, and its timer.
+                    if self.record_mut().live.block_until.remove(&t).is_some() {
+                        fx.cancelled.push((t.clone(), TimerKind::BlockEnd));
                     }
+                    fx.merge(self.block(t, &by));
+                }
+                fx.record_changed = true;
+                Ok(fx)
+            }
+            M::BlockFor { targets, duration } => {
+                let targets = dedup(targets);
+                non_empty(&targets)?;
+                if duration.is_zero() {
+                    return Err(ChatError::InvalidParam(
+                        "a timed block cannot last zero time (block_chat_room_members for no end)"
+                            .into(),
+                    ));
+                }
+                self.check_targets(Operation::Block, &by, &targets, false)?;
+                if targets.contains(&by) {
+                    return Err(ChatError::PermissionDenied("cannot block oneself".into()));
+                }
+                let until =
+                    now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(duration)).max(1));
+                let mut fx = Effects::default();
+                for t in targets {
+                    self.record_mut().live.block_until.insert(t.clone(), until);
+                    fx.timers.push(Timer::BlockEnd {
+                        user: t.clone(),
+                        at: until,
+                    });
+                    fx.merge(self.block(t, &by));
                 }
                 fx.record_changed = true;
                 Ok(fx)
@@ -520,10 +567,14 @@ impl Room {
                 let targets = dedup(targets);
                 non_empty(&targets)?;
                 check_permission(Operation::Unblock, self.role_of(&by), None)?;
-                for t in &targets {
-                    self.record_mut().block_list.remove(t);
+                let mut fx = self.changed(Vec::new());
+                for t in targets {
+                    self.record_mut().block_list.remove(&t);
+                    if self.record_mut().live.block_until.remove(&t).is_some() {
+                        fx.cancelled.push((t, TimerKind::BlockEnd));
+                    }
                 }
-                Ok(self.changed(Vec::new()))
+                Ok(fx)
             }
             M::Mute { targets, duration } => {
                 let targets = dedup(targets);
@@ -753,6 +804,37 @@ impl Room {
         }])
     }
 
+    /// Puts `target` on the block list, demoting it and removing it if it is a member.
+    fn block(&mut self, target: UserId, by: &UserId) -> Effects {
+        let mut fx = self.demote(&target, by);
+        self.record_mut().block_list.insert(target.clone());
+        if self.is_member(&target) {
+            fx.merge(self.remove_member(target, LeaveReason::Kicked, Some(by.clone())));
+        }
+        fx
+    }
+
+    /// `user`'s timed block may have ended: take it off the block list if so (no event: Agora
+    /// has none for the block list), logged as the engine's `BlockExpired` at its end.
+    pub(crate) fn expire_block(&mut self, user: UserId, now: Timestamp) -> Effects {
+        let ended = match self.record().live.block_until.get(&user) {
+            Some(&until) if until <= now => until,
+            _ => return Effects::default(),
+        };
+        self.record_mut().live.block_until.remove(&user);
+        self.record_mut().block_list.remove(&user);
+        let mut fx = self.changed(Vec::new());
+        self.audit(
+            &mut fx,
+            ended,
+            None,
+            crate::AuditAction::BlockExpired,
+            vec![user],
+            None,
+        );
+        fx
+    }
+
     /// The room's freeze may have ended: lift it if so, with an event to every member.
     pub(crate) fn expire_freeze(&mut self, now: Timestamp) -> Effects {
         let ended = match self.record().live.frozen_until {
@@ -887,7 +969,12 @@ mod tests {
         let allow: Make = |u| Moderation::AllowListAdd(vec![u]);
         let disallow: Make = |u| Moderation::AllowListRemove(vec![u]);
         let kick_ban: Make = |u| Moderation::KickWithRejoinBan { targets: vec![u], ban: std::time::Duration::from_secs(60) };
+        let block_for: Make = |u| Moderation::BlockFor { targets: vec![u], duration: std::time::Duration::from_secs(600) };
         vec![
+            ("block for a while", block_for, Owner, [703, OK, OK, OK]),
+            ("block for a while", block_for, Admin, [703, 703, OK, OK]),
+            ("block for a while", block_for, Member, [703, 703, 703, 703]),
+            ("block for a while", block_for, Stranger, [703, 703, 703, 703]),
             ("kick with rejoin ban", kick_ban, Owner, [703, OK, OK, 702]),
             ("kick with rejoin ban", kick_ban, Admin, [703, 703, OK, 702]),
             ("kick with rejoin ban", kick_ban, Member, [703, 703, 703, 703]),
@@ -1006,7 +1093,7 @@ mod tests {
             ),
             (
                 "block list",
-                |r, u| r.block_list(u, 1, 10).map(drop),
+                |r, u| r.block_list(u, 0, 1, 10).map(drop),
                 [OK, OK, 703, 703],
             ),
             (
@@ -1105,6 +1192,115 @@ mod tests {
             })),
             707
         );
+    }
+
+    #[test]
+    fn timed_blocks_end_by_themselves() {
+        let mut r = room();
+        let by = |action, now| Command::Moderate {
+            reason: Some("spam".into()),
+            by: uid("a"),
+            action,
+            now,
+        };
+        let ten_s = std::time::Duration::from_secs(10);
+        let block_for = |targets: &[&str], duration| Moderation::BlockFor {
+            targets: targets.iter().map(|u| uid(u)).collect(),
+            duration,
+        };
+        // A member and a stranger: the member is removed, both are listed with the end.
+        let fx = r.apply(by(block_for(&["m", "x"], ten_s), 1_000)).unwrap();
+        assert_eq!(fx.left, vec![uid("m")]);
+        assert_eq!(
+            fx.timers,
+            vec![
+                Timer::BlockEnd {
+                    user: uid("m"),
+                    at: 11_000
+                },
+                Timer::BlockEnd {
+                    user: uid("x"),
+                    at: 11_000
+                }
+            ]
+        );
+        assert_eq!(
+            fx.audit[0].action,
+            crate::AuditAction::BlockFor { until: 11_000 }
+        );
+        assert_eq!(fx.audit[0].reason.as_deref(), Some("spam"));
+        let listed = |r: &Room, now| -> Vec<(String, Option<Timestamp>)> {
+            let page = r.block_list(&uid("o"), now, 1, 10).unwrap();
+            assert_eq!(page.total, page.data.len());
+            page.data
+                .into_iter()
+                .map(|b| (b.user_id.to_string(), b.expire_time))
+                .collect()
+        };
+        assert_eq!(
+            listed(&r, 10_999),
+            vec![("m".into(), Some(11_000)), ("x".into(), Some(11_000))]
+        );
+        let join = |r: &mut Room, u: &str, now| code(r.apply(Command::Join { user: uid(u), now }));
+        assert_eq!(join(&mut r, "m", 10_999), 707);
+        // Ended at its end, even before its timer lifted it.
+        assert_eq!(listed(&r, 11_000), vec![]);
+        // An unblock clears the end and the timer.
+        let fx = r
+            .apply(by(Moderation::Unblock(vec![uid("x")]), 2_000))
+            .unwrap();
+        assert_eq!(fx.cancelled, vec![(uid("x"), TimerKind::BlockEnd)]);
+        assert!(!r.record().live.block_until.contains_key(&uid("x")));
+        assert!(!r.record().block_list.contains(&uid("x")));
+        // An early check does nothing; the due one lifts the block, logged as the engine's.
+        let expire = |now| Command::ExpireBlock {
+            user: uid("m"),
+            now,
+        };
+        assert_eq!(r.apply(expire(10_999)).unwrap(), Effects::default());
+        let fx = r.apply(expire(12_000)).unwrap();
+        assert!(fx.record_changed && fx.events.is_empty());
+        let entry = &fx.audit[0];
+        assert_eq!(
+            (entry.action.clone(), entry.time, entry.operator.clone()),
+            (crate::AuditAction::BlockExpired, 11_000, None)
+        );
+        assert_eq!(entry.targets, vec![uid("m")]);
+        assert!(r.record().block_list.is_empty() && r.record().live.block_until.is_empty());
+        assert_eq!(join(&mut r, "m", 12_000), OK);
+        // A plain block over a timed one lasts until unblocked; a timed one over it, until
+        // its end again. Zero time is 110.
+        r.apply(by(block_for(&["m2"], ten_s), 20_000)).unwrap();
+        let fx = r
+            .apply(by(Moderation::Block(vec![uid("m2")]), 21_000))
+            .unwrap();
+        assert_eq!(fx.cancelled, vec![(uid("m2"), TimerKind::BlockEnd)]);
+        assert_eq!(listed(&r, 40_000), vec![("m2".into(), None)]);
+        assert_eq!(
+            r.apply(Command::ExpireBlock {
+                user: uid("m2"),
+                now: 40_000
+            })
+            .unwrap(),
+            Effects::default(),
+            "a stale timer does not lift a plain block"
+        );
+        r.apply(by(block_for(&["m2"], ten_s), 41_000)).unwrap();
+        assert_eq!(listed(&r, 41_000), vec![("m2".into(), Some(51_000))]);
+        assert_eq!(
+            code(r.apply(by(block_for(&["m2"], std::time::Duration::ZERO), 41_000))),
+            110
+        );
+        // A blocked member cannot send (210) until the end.
+        let mut r = room();
+        r.apply(by(block_for(&["m"], ten_s), 0)).unwrap();
+        r.restore_member(uid("m"));
+        let send = |r: &Room, now| {
+            r.check_send(&uid("m"), crate::MessagePriority::Normal, now)
+                .map_or_else(|e| e.code(), |_| OK)
+        };
+        assert_eq!(send(&r, 9_999), 210);
+        assert_eq!(send(&r, 10_000), OK);
     }
 
     #[test]

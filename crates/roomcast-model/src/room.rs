@@ -16,7 +16,7 @@ use crate::event::{Audience, ChatRoomEvent, LeaveReason, Outgoing};
 use crate::gate::{DeliveryGate, RoomMessageStats};
 use crate::history::ChatCursorResult;
 use crate::message::{ChatMessage, MessageData, MessageId, MessagePriority, OutgoingMessage};
-use crate::moderation::{check_permission, Moderation, MutedMember, Operation};
+use crate::moderation::{check_permission, BlockedMember, Moderation, MutedMember, Operation};
 use crate::page::{check_page, check_page_size, ChatPageResult, LIST_PAGE_MAX};
 use crate::{ChatError, Limits, RoomId, RoomLimits, UserId};
 
@@ -258,6 +258,13 @@ pub enum Command {
         /// Now.
         now: Timestamp,
     },
+    /// `user`'s timed block may have ended: take it off the block list if so.
+    ExpireBlock {
+        /// Who.
+        user: UserId,
+        /// Now.
+        now: Timestamp,
+    },
     /// `by` sets custom attributes.
     SetAttributes {
         /// Who.
@@ -310,6 +317,13 @@ pub enum Timer {
         /// When (engine clock).
         at: Timestamp,
     },
+    /// Apply [`Command::ExpireBlock`] for `user` at `at`.
+    BlockEnd {
+        /// Who.
+        user: UserId,
+        /// When (engine clock).
+        at: Timestamp,
+    },
 }
 
 /// The user a room's own timers (not a member's) are kept under.
@@ -328,6 +342,8 @@ pub enum TimerKind {
     MuteExpiry,
     /// [`Timer::FreezeEnd`] (kept under the room's own reserved timer user).
     FreezeEnd,
+    /// [`Timer::BlockEnd`].
+    BlockEnd,
 }
 
 impl Timer {
@@ -337,6 +353,7 @@ impl Timer {
             Timer::OfflineCheck { user, at } => (user.clone(), TimerKind::OfflineCheck, *at),
             Timer::MuteExpiry { user, at } => (user.clone(), TimerKind::MuteExpiry, *at),
             Timer::FreezeEnd { at } => (room_timer_user(), TimerKind::FreezeEnd, *at),
+            Timer::BlockEnd { user, at } => (user.clone(), TimerKind::BlockEnd, *at),
         }
     }
 }
@@ -719,7 +736,7 @@ impl Room {
         priority: MessagePriority,
         now: Timestamp,
     ) -> Result<MessagePriority, ChatError> {
-        if self.record.block_list.contains(from) {
+        if self.is_blocked(from, now) {
             return Err(ChatError::UserPermissionDenied(
                 "blocked in this room".into(),
             ));
@@ -862,21 +879,42 @@ impl Room {
         Ok(self.is_exempt(user))
     }
 
-    /// Page `page_num` (from 1) of the block list, sorted by user id. Owner and admins only.
+    /// True if `user` is on the block list at `now` (a timed block that has ended by `now`
+    /// no longer counts, even before its timer lifted it).
+    pub fn is_blocked(&self, user: &UserId, now: Timestamp) -> bool {
+        self.record.block_list.contains(user)
+            && self
+                .record
+                .live
+                .block_until
+                .get(user)
+                .is_none_or(|&until| until > now)
+    }
+
+    /// Page `page_num` (from 1) of the block list, sorted by user id, with each timed block's
+    /// end, leaving out timed blocks that have ended by `now`. Owner and admins only.
     pub fn block_list(
         &self,
         viewer: &UserId,
+        now: Timestamp,
         page_num: u32,
         page_size: u32,
-    ) -> Result<ChatPageResult<UserId>, ChatError> {
+    ) -> Result<ChatPageResult<BlockedMember>, ChatError> {
         check_permission(Operation::FetchBlockList, self.role_of(viewer), None)?;
         check_page(page_num, page_size, LIST_PAGE_MAX)?;
-        let list = &self.record.block_list;
+        let live = |u: &&UserId| self.is_blocked(u, now);
+        let total = self.record.block_list.iter().filter(live).count();
+        let entries = self
+            .record
+            .block_list
+            .iter()
+            .filter(live)
+            .map(|u| BlockedMember {
+                user_id: u.clone(),
+                expire_time: self.record.live.block_until.get(u).copied(),
+            });
         Ok(ChatPageResult::from_iter(
-            list.iter().cloned(),
-            list.len(),
-            page_num,
-            page_size,
+            entries, total, page_num, page_size,
         ))
     }
 
@@ -1054,6 +1092,7 @@ impl Room {
             }
             Command::ExpireMute { user, now } => Ok(self.expire_mute(user, now)),
             Command::ExpireFreeze { now } => Ok(self.expire_freeze(now)),
+            Command::ExpireBlock { user, now } => Ok(self.expire_block(user, now)),
             Command::RecallMessage {
                 by,
                 message,
@@ -1250,7 +1289,7 @@ impl Room {
     }
 
     fn join(&mut self, user: UserId, now: Timestamp) -> Result<Effects, ChatError> {
-        if self.record.block_list.contains(&user) {
+        if self.is_blocked(&user, now) {
             return Err(ChatError::UserInBlocklist);
         }
         if let Some(&until) = self.record.live.rejoin_banned_until.get(&user) {

@@ -71,12 +71,13 @@ pub use roomcast_engine::{
 /// ending.
 pub use roomcast_engine::EventStream;
 pub use roomcast_model::{
-    check_permission, AttributeFailures, AttributeValue, AuditAction, AuditEntry, ChatCursorResult,
-    ChatError, ChatMessage, ChatPageResult, ChatRoom, ChatRoomEvent, ChatRoomPermissionType,
-    ErrorCode, HistoryQuery, LeaveReason, Limits, MessageBody, MessageData, MessageId,
-    MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, Pin, Recall, RoomId,
-    RoomLimits, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure, Timestamp,
-    UserId, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW, LIST_PAGE_MAX, REASON_MAX_CHARS,
+    check_permission, AttributeFailures, AttributeValue, AuditAction, AuditEntry, BlockedMember,
+    ChatCursorResult, ChatError, ChatMessage, ChatPageResult, ChatRoom, ChatRoomEvent,
+    ChatRoomPermissionType, ErrorCode, HistoryQuery, LeaveReason, Limits, MessageBody, MessageData,
+    MessageId, MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, Pin, Recall,
+    RoomId, RoomLimits, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure,
+    Timestamp, UserId, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW, LIST_PAGE_MAX,
+    REASON_MAX_CHARS,
 };
 
 /// Compile-time checks that the public handles can be shared across threads and tasks.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use roomcast_engine::{QueryAnswer, RoomQuery};
 use roomcast_model::{
-    AttributeFailures, AuditEntry, ChatCursorResult, ChatError, ChatPageResult, Moderation,
-    MuteDuration, MutedMember, RoomId, RoomLimits, SetAttributes, UserId,
+    AttributeFailures, AuditEntry, BlockedMember, ChatCursorResult, ChatError, ChatPageResult,
+    Moderation, MuteDuration, MutedMember, RoomId, RoomLimits, SetAttributes, UserId,
 };
 
 use crate::ChatRoomManager;
@@ -631,7 +631,72 @@ impl ChatRoomManager {
             .await
     }
 
-    /// Unblocks users (owner and admins).
+    /// Blocks users for `duration` (a Twitch timeout): as
+    /// [`ChatRoomManager::block_chat_room_members`] (members among them are removed, and a join
+    /// fails with 707, a send with 210), but the block ends by itself on the engine clock, also
+    /// after a restart or while the room sleeps. The block list shows its end
+    /// ([`BlockedMember::expire_time`]); the audit log keeps `BlockFor` with the end and, when
+    /// it ends, the engine's `BlockExpired` (no operator). Blocking a blocked user again
+    /// replaces its end (a plain block: until unblocked); an unblock ends it at once. A zero
+    /// duration is 110. Owner and admins, as a block. roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// # let clock = ManualClock::new(1_700_000_000_000);
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::AuditAction;
+    /// use std::time::Duration;
+    /// let rooms = host.chat_room_manager();
+    /// rooms
+    ///     .with_reason("spam")
+    ///     .block_chat_room_members_for(&room, ["bob"], Duration::from_secs(600))
+    ///     .await?;
+    /// let blocked = rooms.fetch_chat_room_block_list(&room, 1, 20).await?;
+    /// assert_eq!(blocked.data[0].expire_time, Some(1_700_000_600_000));
+    /// let err = bob.chat_room_manager().join_chat_room(&room).await.unwrap_err();
+    /// assert_eq!(err.code(), 707);
+    ///
+    /// clock.advance(Duration::from_secs(600)); // the block ends by itself
+    /// bob.chat_room_manager().join_chat_room(&room).await?;
+    /// assert_eq!(rooms.fetch_chat_room_block_list(&room, 1, 20).await?.total, 0);
+    /// let log = loop {
+    ///     // The engine's own act, logged as its timer fires.
+    ///     let log = rooms.fetch_chat_room_audit_log(&room, None, 10).await?;
+    ///     if log.data[0].action == AuditAction::BlockExpired {
+    ///         break log;
+    ///     }
+    ///     tokio::task::yield_now().await;
+    /// };
+    /// assert_eq!((log.data[0].operator.clone(), log.data[0].time), (None, 1_700_000_600_000));
+    /// assert_eq!(log.data[1].reason.as_deref(), Some("spam"));
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn block_chat_room_members_for<I, S>(
+        &self,
+        room_id: &RoomId,
+        members: I,
+        duration: std::time::Duration,
+    ) -> Result<(), ChatError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let action = Moderation::BlockFor {
+            targets: users(members)?,
+            duration,
+        };
+        self.moderate(room_id, action).await
+    }
+
+    /// Unblocks users (owner and admins). A timed block ends at once.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
@@ -666,8 +731,10 @@ impl ChatRoomManager {
             .await
     }
 
-    /// Page `page_num` (from 1) of the block list, sorted by user id (owner and admins). Pages
-    /// hold 1 to [`crate::LIST_PAGE_MAX`] users (110 otherwise); `total` counts the whole list.
+    /// Page `page_num` (from 1) of the block list, sorted by user id (owner and admins), each
+    /// with the end of its block ([`BlockedMember::expire_time`]: `None` until unblocked, the
+    /// time a timed block ends otherwise; ended blocks are not listed). Pages hold 1 to
+    /// [`crate::LIST_PAGE_MAX`] users (110 otherwise); `total` counts the whole list.
     ///
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
@@ -679,14 +746,15 @@ impl ChatRoomManager {
     /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
     /// # let bob = engine.login("bob").await?;
     /// # bob.chat_room_manager().join_chat_room(&room).await?;
-    /// use roomcast::UserId;
     /// let rooms = host.chat_room_manager();
     /// rooms.block_chat_room_members(&room, ["zed", "amy", "max"]).await?;
     /// let first = rooms.fetch_chat_room_block_list(&room, 1, 2).await?;
-    /// assert_eq!(first.data, [UserId::new("amy")?, UserId::new("max")?]); // sorted by id
+    /// let ids: Vec<&str> = first.data.iter().map(|b| b.user_id.as_str()).collect();
+    /// assert_eq!(ids, ["amy", "max"]); // sorted by id
+    /// assert_eq!(first.data[0].expire_time, None); // until unblocked
     /// assert_eq!(first.total, 3);
     /// let second = rooms.fetch_chat_room_block_list(&room, 2, 2).await?;
-    /// assert_eq!(second.data, [UserId::new("zed")?]);
+    /// assert_eq!(second.data[0].user_id.as_str(), "zed");
     /// assert!(!second.has_more());
     /// let err = bob.chat_room_manager().fetch_chat_room_block_list(&room, 1, 2).await;
     /// assert_eq!(err.unwrap_err().code(), 703);
@@ -698,13 +766,13 @@ impl ChatRoomManager {
         room_id: &RoomId,
         page_num: u32,
         page_size: u32,
-    ) -> Result<ChatPageResult<UserId>, ChatError> {
+    ) -> Result<ChatPageResult<BlockedMember>, ChatError> {
         let query = RoomQuery::BlockList {
             page_num,
             page_size,
         };
         match self.query(room_id, query).await? {
-            QueryAnswer::Users(page) => Ok(page),
+            QueryAnswer::BlockList(page) => Ok(page),
             _ => Err(unexpected()),
         }
     }

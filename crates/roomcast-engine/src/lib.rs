@@ -779,6 +779,7 @@ impl Core {
                             })?;
                             ChatMessage::new(roomcast_model::MessageData {
                                 recalled: None,
+                                shadowed: false,
                                 msg_id: record.msg_id,
                                 room_id: room,
                                 from: record.from,

@@ -109,6 +109,10 @@ pub enum AuditAction {
         /// The message's sequence number.
         seq: u64,
     },
+    /// Shadow-banned the targets.
+    ShadowBan,
+    /// Lifted the targets' shadow ban.
+    ShadowUnban,
 }
 
 /// One entry of a room's audit log.
@@ -209,6 +213,8 @@ impl AuditAction {
             ),
             M::PinMessage(m) => (AuditAction::PinMessage { seq: m.seq }, Vec::new()),
             M::UnpinMessage(seq) => (AuditAction::UnpinMessage { seq: *seq }, Vec::new()),
+            M::ShadowBan(us) => (AuditAction::ShadowBan, us.clone()),
+            M::ShadowUnban(us) => (AuditAction::ShadowUnban, us.clone()),
         }
     }
 }

@@ -1411,7 +1411,8 @@ fn local_messages(
                 let message = ChatMessage::new(data);
                 let is_staff = if message.is_shadowed() && staff.is_none() {
                     let record = reader.room(room)?;
-                    *staff.insert(record.is_some_and(|r| r.owner == *user || r.admins.contains(user)))
+                    *staff
+                        .insert(record.is_some_and(|r| r.owner == *user || r.admins.contains(user)))
                 } else {
                     staff.unwrap_or(false)
                 };

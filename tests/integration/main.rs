@@ -44,3 +44,6 @@ mod live;
 mod recall;
 /// The send path beyond Agora: idempotent sends, the pre-send hook, broadcasts.
 mod sendpath;
+
+/// Shadow bans (Stream's): who sees a shadow-banned member's messages.
+mod shadow;

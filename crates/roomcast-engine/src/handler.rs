@@ -179,6 +179,16 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         operator: Option<&UserId>,
     ) {
     }
+    /// roomcast's own (Stream's shadow ban), to the owner and admins only: `operator`
+    /// shadow-banned `members` (`banned`) or lifted their shadow ban. The members are never told.
+    fn on_shadow_ban_changed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        members: &[UserId],
+        banned: bool,
+        operator: Option<&UserId>,
+    ) {
+    }
     /// roomcast's own: every chat-room event, whole, before any callback. The default calls
     /// the event's own callback ([`dispatch_callback`]). Override it to see what the SDK's
     /// callbacks do not carry, such as the reason a moderator gave
@@ -386,6 +396,18 @@ pub fn dispatch_callback<H: ChatRoomEventHandler + ?Sized>(handler: &H, event: &
             operator,
             ..
         } => handler.on_message_unpinned_from_chat_room(room_id, *seq, operator.as_ref()),
+        E::ShadowBanChanged {
+            room_id,
+            members,
+            banned,
+            operator,
+            ..
+        } => handler.on_shadow_ban_changed_from_chat_room(
+            room_id,
+            members,
+            *banned,
+            operator.as_ref(),
+        ),
         // A message event in the SDK: `ChatEventHandler::on_messages_recalled` gets it.
         E::MessageRecalled { .. } => {}
         // The model's enum is `#[non_exhaustive]`; every variant it has today is above (the
@@ -459,6 +481,7 @@ mod tests {
         fn on_chat_room_freeze_changed(&self, _: &RoomId, _: bool, _: Option<Timestamp>, _: Option<&UserId>, _: Option<&str>) { self.push("freeze") }
         fn on_message_pinned_from_chat_room(&self, _: &RoomId, _: MessageId, _: u64, _: Option<&UserId>) { self.push("pinned") }
         fn on_message_unpinned_from_chat_room(&self, _: &RoomId, _: u64, _: Option<&UserId>) { self.push("unpinned") }
+        fn on_shadow_ban_changed_from_chat_room(&self, _: &RoomId, _: &[UserId], _: bool, _: Option<&UserId>) { self.push("shadow ban") }
     }
 
     /// `ChatRoomEvent` is `#[non_exhaustive]`, so `dispatch` has a `_` arm the compiler cannot
@@ -673,6 +696,16 @@ mod tests {
                     operator_reason: None,
                 },
                 "unpinned",
+            ),
+            (
+                E::ShadowBanChanged {
+                    room_id,
+                    members: vec![UserId::new("v").unwrap()],
+                    banned: true,
+                    operator: None,
+                    operator_reason: None,
+                },
+                "shadow ban",
             ),
         ];
         for (event, expected) in cases {

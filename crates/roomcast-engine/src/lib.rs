@@ -199,6 +199,13 @@ pub enum RoomQuery {
         /// Items per page.
         page_size: u32,
     },
+    /// A page of the shadow-ban list (owner, admins).
+    ShadowBanList {
+        /// From 1.
+        page_num: u32,
+        /// Items per page.
+        page_size: u32,
+    },
     /// A page of members, newest first (members).
     Members {
         /// Where the previous page ended.
@@ -768,11 +775,12 @@ impl Core {
             durable.await.map_err(storage_error)?;
             obs::flushed(started.elapsed().as_secs_f64());
             match value {
-                Sent::Message(message) => Ok(message),
+                // Its sender sees its message unmarked, shadowed or not.
+                Sent::Message(message) => Ok(message.unmarked()),
                 Sent::Stored { record, read } => {
                     let stored = read.await.and_then(|r| r).map_err(storage_error)?;
                     Ok(match stored {
-                        Some(data) => ChatMessage::new(data),
+                        Some(data) => ChatMessage::new(data).unmarked(),
                         // The room's retention dropped the first already: its id, sequence
                         // number and time, with the retry's content.
                         None => {
@@ -781,6 +789,7 @@ impl Core {
                             })?;
                             ChatMessage::new(roomcast_model::MessageData {
                                 recalled: None,
+                                shadowed: false,
                                 msg_id: record.msg_id,
                                 room_id: room,
                                 from: record.from,
@@ -1382,24 +1391,40 @@ fn local_messages(
         }
     }
     let mut out = Vec::with_capacity(count.min(1024));
+    // Whether the user is the room's owner or an admin now (read at the first shadowed
+    // message): the staff's copies show shadowed messages, marked, as they received them.
+    let mut staff: Option<bool> = None;
     for &(from, to) in spans.iter().rev() {
-        if out.len() >= count {
-            break;
-        }
         let mut hi = to.unwrap_or(u64::MAX);
         if let Some(b) = before {
             hi = hi.min(b.saturating_sub(1));
         }
-        if before == Some(0) || hi < from {
+        if before == Some(0) {
             continue;
         }
-        let page = reader.messages(
-            room,
-            (Included(from), Included(hi)),
-            true,
-            count - out.len(),
-        )?;
-        out.extend(page.into_iter().map(ChatMessage::new));
+        while out.len() < count && hi >= from {
+            let want = count - out.len();
+            let page = reader.messages(room, (Included(from), Included(hi)), true, want)?;
+            let exhausted = page.len() < want;
+            let Some(last) = page.last().map(|m| m.seq) else {
+                break;
+            };
+            for data in page {
+                let message = ChatMessage::new(data);
+                let is_staff = if message.is_shadowed() && staff.is_none() {
+                    let record = reader.room(room)?;
+                    *staff
+                        .insert(record.is_some_and(|r| r.owner == *user || r.admins.contains(user)))
+                } else {
+                    staff.unwrap_or(false)
+                };
+                out.extend(message.seen_by(user, is_staff));
+            }
+            if exhausted || last == 0 {
+                break;
+            }
+            hi = last - 1;
+        }
     }
     Ok(out)
 }

@@ -541,6 +541,10 @@ impl RoomActor {
             } => {
                 QueryAnswer::BlockList(room.block_list(viewer, self.now(), page_num, page_size)?)
             }
+            RoomQuery::ShadowBanList {
+                page_num,
+                page_size,
+            } => QueryAnswer::Users(room.shadow_ban_list(viewer, page_num, page_size)?),
             RoomQuery::Members { cursor, page_size } => {
                 QueryAnswer::Members(room.members_page(viewer, cursor, page_size)?)
             }
@@ -628,8 +632,20 @@ impl RoomActor {
         }
         if let Some(message) = fx.message {
             self.recent.push(message.clone());
-            let except = Except::of(sender);
-            fanout.broadcast(room_id, ClientEvent::Message(message), except, &self.shards);
+            if message.is_shadowed() {
+                // Marked, to the owner and admins in the room only (its sender is not staff).
+                let record = self.room.record();
+                for staff in std::iter::once(&record.owner).chain(&record.admins) {
+                    if self.room.is_member(staff) {
+                        if let Some(m) = shared.session_of(staff) {
+                            fanout.send_to(m, vec![ClientEvent::Message(message.clone())]);
+                        }
+                    }
+                }
+            } else {
+                let except = Except::of(sender);
+                fanout.broadcast(room_id, ClientEvent::Message(message), except, &self.shards);
+            }
         }
         for (user, kind) in &fx.cancelled {
             shared.timers.cancel(room_id, user, *kind);
@@ -700,9 +716,10 @@ impl RoomActor {
         self.joining_reservation = None;
         let commit = executed?;
         let replay = self.room.limits().join_replay_count;
+        let staff = self.room.is_staff(&user);
         let recent: Vec<ClientEvent> = self
             .recent
-            .newest(replay)
+            .newest_seen_by(replay, &user, staff)
             .into_iter()
             .map(ClientEvent::Message)
             .collect();
@@ -1012,10 +1029,12 @@ impl Handler<FetchHistory> for RoomActor {
             }
             let room = act.room.id();
             let query = msg.query;
+            let staff = act.room.is_staff(&msg.viewer);
+            let viewer = msg.viewer;
             // Queued after this room's writes: the page shows every message sent before it.
-            let page = act
-                .store
-                .read(move |reader| history_page(reader, room, query));
+            let page = act.store.read(move |reader| {
+                history_page(reader, room, query, |m| m.seen_by(&viewer, staff))
+            });
             Ok((page, None))
         })
     }
@@ -1249,29 +1268,49 @@ impl Handler<ExpireOffline> for RoomActor {
 
 /// A page of `room`'s retained history, read from the store (newest first up, oldest first
 /// down). Runs on the store's thread.
+///
+/// `seen` is how the viewer sees each message (`None`: hidden from it, a shadowed message of
+/// someone else): hidden messages are skipped, so a page holds `page_size` messages the viewer
+/// sees whenever there are that many.
 fn history_page(
     reader: &Reader,
     room: RoomId,
     q: HistoryQuery,
+    seen: impl Fn(ChatMessage) -> Option<ChatMessage>,
 ) -> Result<ChatCursorResult<ChatMessage>, StoreError> {
     use std::ops::Bound::{Excluded, Unbounded};
-    let (range, newest_first) = match (q.direction, q.start_seq) {
+    let (mut range, newest_first) = match (q.direction, q.start_seq) {
         (SearchDirection::Up, None) => ((Unbounded, Unbounded), true),
         (SearchDirection::Up, Some(s)) => ((Unbounded, Excluded(s)), true),
         (SearchDirection::Down, None) => ((Unbounded, Unbounded), false),
         (SearchDirection::Down, Some(s)) => ((Excluded(s), Unbounded), false),
     };
     let page_size = q.page_size as usize;
-    let mut data = reader.messages(room, range, newest_first, page_size.saturating_add(1))?;
+    let mut data: Vec<ChatMessage> = Vec::new();
+    loop {
+        let want = page_size.saturating_add(1) - data.len();
+        let read = reader.messages(room, range, newest_first, want)?;
+        let exhausted = read.len() < want;
+        let Some(last) = read.last().map(|m| m.seq) else {
+            break;
+        };
+        data.extend(read.into_iter().filter_map(|m| seen(ChatMessage::new(m))));
+        if exhausted || data.len() > page_size {
+            break;
+        }
+        // Some were hidden: read on past the last one read.
+        range = if newest_first {
+            (Unbounded, Excluded(last))
+        } else {
+            (Excluded(last), Unbounded)
+        };
+    }
     let more = data.len() > page_size;
     data.truncate(page_size);
     let cursor = if more {
-        data.last().map(|m| m.seq)
+        data.last().map(ChatMessage::seq)
     } else {
         None
     };
-    Ok(ChatCursorResult {
-        data: data.into_iter().map(ChatMessage::new).collect(),
-        cursor,
-    })
+    Ok(ChatCursorResult { data, cursor })
 }

@@ -433,6 +433,10 @@ pub struct WireMessage {
     pub priority: Priority,
     /// True for messages sent from history (on join or resume), false for live ones.
     pub history: bool,
+    /// True for a shadow-banned member's message, which only the owner and admins receive
+    /// (absent otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadowed: bool,
 }
 
 impl WireMessage {
@@ -455,6 +459,7 @@ impl WireMessage {
             custom,
             priority: m.priority().into(),
             history,
+            shadowed: m.is_shadowed(),
         }
     }
 }

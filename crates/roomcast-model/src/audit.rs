@@ -117,6 +117,10 @@ pub enum AuditAction {
     },
     /// The target's timed block ended by itself (the operator is the engine: `None`).
     BlockExpired,
+    /// Shadow-banned the targets.
+    ShadowBan,
+    /// Lifted the targets' shadow ban.
+    ShadowUnban,
 }
 
 /// One entry of a room's audit log.
@@ -225,6 +229,8 @@ impl AuditAction {
             ),
             M::PinMessage(m) => (AuditAction::PinMessage { seq: m.seq }, Vec::new()),
             M::UnpinMessage(seq) => (AuditAction::UnpinMessage { seq: *seq }, Vec::new()),
+            M::ShadowBan(us) => (AuditAction::ShadowBan, us.clone()),
+            M::ShadowUnban(us) => (AuditAction::ShadowUnban, us.clone()),
         }
     }
 }

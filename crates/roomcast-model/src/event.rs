@@ -295,6 +295,21 @@ pub enum ChatRoomEvent {
         /// The reason the operator gave, if any.
         operator_reason: Option<String>,
     },
+    /// Members were shadow-banned (`banned`) or their shadow ban was lifted (Stream's shadow
+    /// ban; roomcast's own event). Only the owner and admins get it: the targets are never
+    /// told.
+    ShadowBanChanged {
+        /// The room.
+        room_id: RoomId,
+        /// Whose shadow ban changed.
+        members: Vec<UserId>,
+        /// True if they were shadow-banned, false if it was lifted.
+        banned: bool,
+        /// Who did it.
+        operator: Option<UserId>,
+        /// The reason the operator gave, if any.
+        operator_reason: Option<String>,
+    },
 }
 
 impl ChatRoomEvent {
@@ -348,6 +363,9 @@ impl ChatRoomEvent {
                 operator_reason, ..
             }
             | ChatRoomEvent::MessageUnpinned {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::ShadowBanChanged {
                 operator_reason, ..
             } => operator_reason.as_deref(),
             _ => None,
@@ -404,6 +422,9 @@ impl ChatRoomEvent {
             }
             | ChatRoomEvent::MessageUnpinned {
                 operator_reason, ..
+            }
+            | ChatRoomEvent::ShadowBanChanged {
+                operator_reason, ..
             } => *operator_reason = given,
             _ => {}
         }
@@ -439,7 +460,8 @@ impl ChatRoomEvent {
             | ChatRoomEvent::FreezeChanged { room_id, .. }
             | ChatRoomEvent::MessageRecalled { room_id, .. }
             | ChatRoomEvent::MessagePinned { room_id, .. }
-            | ChatRoomEvent::MessageUnpinned { room_id, .. } => *room_id,
+            | ChatRoomEvent::MessageUnpinned { room_id, .. }
+            | ChatRoomEvent::ShadowBanChanged { room_id, .. } => *room_id,
             ChatRoomEvent::SpecificationChanged { room, .. } => room.room_id,
         }
     }

@@ -130,6 +130,26 @@ impl History {
         self.messages.iter().skip(skip).cloned().collect()
     }
 
+    /// The newest `n` messages that `viewer` sees (`staff`: the owner or an admin), oldest
+    /// first, each as it sees it ([`ChatMessage::seen_by`]): a shadowed message of someone else
+    /// is skipped, not counted, for a member who is not staff.
+    pub fn newest_seen_by(
+        &self,
+        n: usize,
+        viewer: &crate::UserId,
+        staff: bool,
+    ) -> Vec<ChatMessage> {
+        let mut out: Vec<ChatMessage> = self
+            .messages
+            .iter()
+            .rev()
+            .filter_map(|m| m.seen_by(viewer, staff))
+            .take(n)
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// How many messages are retained.
     pub fn len(&self) -> usize {
         self.messages.len()
@@ -217,6 +237,7 @@ mod tests {
             attributes: Default::default(),
             priority: MessagePriority::Normal,
             recalled: None,
+            shadowed: false,
         })
     }
 

@@ -250,6 +250,9 @@ pub struct MessageData {
     /// Set once the message was recalled (by its sender) or deleted (by the owner or an
     /// admin): its body and attributes are gone, from the store too.
     pub recalled: Option<Recall>,
+    /// True if its sender was shadow-banned when the room accepted it: only the sender (which
+    /// sees it unmarked) and the owner and admins (marked) ever see it.
+    pub shadowed: bool,
 }
 
 /// How a message was recalled: by whom and when. A recalled message keeps its id, sender,
@@ -298,6 +301,36 @@ impl ChatMessage {
     /// True if the message was recalled or deleted.
     pub fn is_recalled(&self) -> bool {
         self.0.recalled.is_some()
+    }
+
+    /// True if its sender was shadow-banned when the room accepted it (Stream's shadow ban).
+    /// Only the owner and admins see the mark: they alone, besides its sender, receive such a
+    /// message, and its sender sees it as any other.
+    pub fn is_shadowed(&self) -> bool {
+        self.0.shadowed
+    }
+
+    /// The message as `viewer` sees it (`staff`: the owner or an admin of its room): `None` if
+    /// it is hidden from `viewer` (a shadowed message of someone else, to a member who is not
+    /// staff), without the shadow mark for its own sender, as it is otherwise.
+    pub fn seen_by(&self, viewer: &UserId, staff: bool) -> Option<ChatMessage> {
+        if !self.0.shadowed || staff {
+            Some(self.clone())
+        } else if self.0.from == *viewer {
+            Some(self.unmarked())
+        } else {
+            None
+        }
+    }
+
+    /// The same message without the shadow mark (as its sender sees it).
+    pub fn unmarked(&self) -> ChatMessage {
+        if !self.0.shadowed {
+            return self.clone();
+        }
+        let mut data = (*self.0).clone();
+        data.shadowed = false;
+        ChatMessage::new(data)
     }
 
     /// Wraps message data.
@@ -360,6 +393,7 @@ impl fmt::Debug for ChatMessage {
             .field("seq", &self.0.seq)
             .field("priority", &self.0.priority)
             .field("recalled", &self.0.recalled)
+            .field("shadowed", &self.0.shadowed)
             .finish_non_exhaustive()
     }
 }

@@ -63,6 +63,12 @@ pub enum Operation {
     DeleteMessage,
     /// Pin or unpin messages.
     PinMessage,
+    /// Shadow-ban members (Stream's shadow ban): not the owner or admins.
+    ShadowBan,
+    /// Lift shadow bans.
+    ShadowUnban,
+    /// Read the shadow-ban list.
+    FetchShadowBanList,
 }
 
 /// May `actor` do `op` to `target` (`None` for operations without a target)? The target's role
@@ -84,6 +90,17 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
             }
             Ok(())
         }
+        ShadowBan => {
+            if !staff {
+                return deny("only the owner and admins may");
+            }
+            match target {
+                Some(Role::Owner | Role::Admin) => {
+                    deny("not on the owner or an admin (their messages are never shadowed)")
+                }
+                _ => Ok(()),
+            }
+        }
         Kick | Block | Mute | Unmute => {
             if !staff {
                 return deny("only the owner and admins may");
@@ -96,7 +113,7 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
         }
         Unblock | FetchBlockList | FetchMuteList | MuteAll | EditAllowList | FetchAllowList
         | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze
-        | DeleteMessage | PinMessage => {
+        | DeleteMessage | PinMessage | ShadowUnban | FetchShadowBanList => {
             if staff {
                 Ok(())
             } else {
@@ -168,6 +185,8 @@ pub struct MessageRef {
     pub server_time: Timestamp,
     /// True if it was recalled already.
     pub recalled: bool,
+    /// True if it is shadowed (its sender was shadow-banned when it was sent).
+    pub shadowed: bool,
 }
 
 impl MessageRef {
@@ -179,6 +198,7 @@ impl MessageRef {
             from: message.from.clone(),
             server_time: message.server_time,
             recalled: message.recalled.is_some(),
+            shadowed: message.shadowed,
         }
     }
 }
@@ -254,6 +274,12 @@ pub enum Moderation {
     PinMessage(MessageRef),
     /// Unpin the message with this sequence number (owner and admins).
     UnpinMessage(u64),
+    /// Shadow-ban these users (Stream's shadow ban; owner and admins, not on the owner or an
+    /// admin): their messages are accepted but reach only themselves and, marked, the owner and
+    /// admins. They need not be in the room.
+    ShadowBan(Vec<UserId>),
+    /// Lift these users' shadow ban.
+    ShadowUnban(Vec<UserId>),
 }
 
 /// The shortest and longest slow-mode cooldowns.
@@ -279,7 +305,7 @@ fn non_empty(users: &[UserId]) -> Result<(), ChatError> {
 impl Room {
     /// `targets`, the owner and the admins, each once, but not `actor`: for events that go to
     /// the people concerned and the staff (never to whoever acted).
-    fn staff_and(&self, targets: &[UserId], actor: Option<&UserId>) -> Vec<UserId> {
+    pub(crate) fn staff_and(&self, targets: &[UserId], actor: Option<&UserId>) -> Vec<UserId> {
         let r = self.record();
         let mut all: Vec<UserId> = Vec::with_capacity(targets.len() + r.admins.len() + 1);
         let mut seen: BTreeSet<&UserId> = actor.into_iter().collect();
@@ -759,7 +785,46 @@ impl Room {
             M::DeleteMessage(message) => self.delete_message(&by, message, now),
             M::PinMessage(message) => self.pin_message(&by, message, now),
             M::UnpinMessage(seq) => self.unpin_message(&by, seq),
+            M::ShadowBan(targets) => {
+                let targets = dedup(targets);
+                non_empty(&targets)?;
+                self.check_targets(Operation::ShadowBan, &by, &targets, false)?;
+                let added: Vec<UserId> = targets
+                    .into_iter()
+                    .filter(|t| self.record_mut().live.shadow_banned.insert(t.clone()))
+                    .collect();
+                Ok(self.shadow_ban_changed(by, added, true))
+            }
+            M::ShadowUnban(targets) => {
+                let targets = dedup(targets);
+                non_empty(&targets)?;
+                check_permission(Operation::ShadowUnban, self.role_of(&by), None)?;
+                let removed: Vec<UserId> = targets
+                    .into_iter()
+                    .filter(|t| self.record_mut().live.shadow_banned.remove(t))
+                    .collect();
+                Ok(self.shadow_ban_changed(by, removed, false))
+            }
         }
+    }
+
+    /// The effects of a shadow-ban change of `members` (none if empty): the owner and admins
+    /// but `by` are told; the members themselves never are.
+    fn shadow_ban_changed(&self, by: UserId, members: Vec<UserId>, banned: bool) -> Effects {
+        if members.is_empty() {
+            return Effects::default();
+        }
+        let to = Audience::MembersAmong(self.staff_and(&[], Some(&by)));
+        self.changed(vec![Outgoing {
+            to,
+            event: ChatRoomEvent::ShadowBanChanged {
+                room_id: self.id(),
+                members,
+                banned,
+                operator: Some(by),
+                operator_reason: None,
+            },
+        }])
     }
 
     fn change_spec(
@@ -970,11 +1035,21 @@ mod tests {
         let disallow: Make = |u| Moderation::AllowListRemove(vec![u]);
         let kick_ban: Make = |u| Moderation::KickWithRejoinBan { targets: vec![u], ban: std::time::Duration::from_secs(60) };
         let block_for: Make = |u| Moderation::BlockFor { targets: vec![u], duration: std::time::Duration::from_secs(600) };
+        let shadow_ban: Make = |u| Moderation::ShadowBan(vec![u]);
+        let shadow_unban: Make = |u| Moderation::ShadowUnban(vec![u]);
         vec![
             ("block for a while", block_for, Owner, [703, OK, OK, OK]),
             ("block for a while", block_for, Admin, [703, 703, OK, OK]),
             ("block for a while", block_for, Member, [703, 703, 703, 703]),
             ("block for a while", block_for, Stranger, [703, 703, 703, 703]),
+            ("shadow ban", shadow_ban, Owner, [703, 703, OK, OK]),
+            ("shadow ban", shadow_ban, Admin, [703, 703, OK, OK]),
+            ("shadow ban", shadow_ban, Member, [703, 703, 703, 703]),
+            ("shadow ban", shadow_ban, Stranger, [703, 703, 703, 703]),
+            ("shadow unban", shadow_unban, Owner, [OK, OK, OK, OK]),
+            ("shadow unban", shadow_unban, Admin, [OK, OK, OK, OK]),
+            ("shadow unban", shadow_unban, Member, [703, 703, 703, 703]),
+            ("shadow unban", shadow_unban, Stranger, [703, 703, 703, 703]),
             ("kick with rejoin ban", kick_ban, Owner, [703, OK, OK, 702]),
             ("kick with rejoin ban", kick_ban, Admin, [703, 703, OK, 702]),
             ("kick with rejoin ban", kick_ban, Member, [703, 703, 703, 703]),
@@ -1045,6 +1120,7 @@ mod tests {
             from: uid(from),
             server_time: 0,
             recalled: false,
+            shadowed: false,
         }
     }
 
@@ -1080,7 +1156,12 @@ mod tests {
             }
         }
         type Read = fn(&Room, &UserId) -> Result<(), ChatError>;
-        let reads: [(&str, Read, [u32; 4]); 5] = [
+        let reads: [(&str, Read, [u32; 4]); 6] = [
+            (
+                "shadow-ban list",
+                |r, u| r.shadow_ban_list(u, 1, 10).map(drop),
+                [OK, OK, 703, 703],
+            ),
             (
                 "mute list",
                 |r, u| r.mute_list(u, 0, 1, 10).map(drop),
@@ -1120,6 +1201,88 @@ mod tests {
             let got = code(room().apply(Command::Destroy { user: actor.id() }));
             assert_eq!(got, want, "destroy by {actor:?}");
         }
+    }
+
+    #[test]
+    fn shadow_banned_messages_are_marked_and_only_staff_hear_of_the_ban() {
+        let mut r = room();
+        let by = |u: &str, action| Command::Moderate {
+            reason: Some("spam".into()),
+            by: uid(u),
+            action,
+            now: 0,
+        };
+        let fx = r
+            .apply(by(
+                "a",
+                Moderation::ShadowBan(vec![uid("m"), uid("x"), uid("m")]),
+            ))
+            .unwrap();
+        assert!(fx.record_changed);
+        let [Outgoing {
+            to: Audience::MembersAmong(to),
+            event,
+        }] = fx.events.as_slice()
+        else {
+            panic!("one event: {:?}", fx.events);
+        };
+        assert_eq!(to, &vec![uid("o"), uid("a2")], "the staff but the operator");
+        assert!(
+            matches!(event, ChatRoomEvent::ShadowBanChanged { members, banned: true, .. }
+            if *members == vec![uid("m"), uid("x")])
+        );
+        assert_eq!(event.operator_reason(), Some("spam"));
+        assert_eq!(fx.audit[0].action, crate::AuditAction::ShadowBan);
+        // Again: nothing changes, nothing is told or logged.
+        let again = r
+            .apply(by("o", Moderation::ShadowBan(vec![uid("m")])))
+            .unwrap();
+        assert_eq!(again, Effects::default());
+        let send = |r: &mut Room, from: &str| {
+            r.apply(Command::SendMessage {
+                from: uid(from),
+                message: crate::OutgoingMessage::text(r.id(), "hi"),
+                msg_id: crate::MessageId::from_u64(r.last_seq() + 1),
+                now: 0,
+            })
+            .unwrap()
+            .message
+            .unwrap()
+        };
+        let m = send(&mut r, "m");
+        assert!(m.is_shadowed());
+        assert!(m.seen_by(&uid("m2"), false).is_none());
+        assert!(!m.seen_by(&uid("m"), false).unwrap().is_shadowed());
+        assert!(m.seen_by(&uid("a"), true).unwrap().is_shadowed());
+        assert!(!send(&mut r, "m2").is_shadowed());
+        // A shadowed message cannot be pinned; its deletion is told to its sender and the staff.
+        let shadowed = MessageRef::of(m.data());
+        assert_eq!(
+            code(r.apply(by("o", Moderation::PinMessage(shadowed.clone())))),
+            500
+        );
+        let fx = r
+            .apply(by("o", Moderation::DeleteMessage(shadowed)))
+            .unwrap();
+        assert!(matches!(&fx.events[0].to, Audience::MembersAmong(to)
+            if to.contains(&uid("m")) && to.contains(&uid("a")) && !to.contains(&uid("m2"))));
+        assert_eq!(
+            r.shadow_ban_list(&uid("o"), 1, 10).unwrap().data,
+            vec![uid("m"), uid("x")]
+        );
+        let fx = r
+            .apply(by("o", Moderation::ShadowUnban(vec![uid("m"), uid("m2")])))
+            .unwrap();
+        assert!(
+            matches!(&fx.events[0].event, ChatRoomEvent::ShadowBanChanged { members, banned: false, .. }
+            if *members == vec![uid("m")])
+        );
+        assert!(!send(&mut r, "m").is_shadowed());
+        // Lifting a ban nobody has changes nothing.
+        let none = r
+            .apply(by("o", Moderation::ShadowUnban(vec![uid("m")])))
+            .unwrap();
+        assert_eq!(none, Effects::default());
     }
 
     #[test]

@@ -67,10 +67,16 @@ impl Room {
     fn recall_effects(&mut self, by: &UserId, message: MessageRef, now: Timestamp) -> Effects {
         let room_id = self.id();
         self.recalled.insert(message.seq);
+        // A shadowed message was only ever seen by its sender and the staff: only they hear.
+        let to = if message.shadowed {
+            Audience::MembersAmong(self.staff_and(std::slice::from_ref(&message.from), Some(by)))
+        } else {
+            Audience::MembersExcept(vec![by.clone()])
+        };
         let mut fx = Effects {
             recalled: Some((message.seq, Recall::new(by.clone(), now))),
             events: vec![Outgoing {
-                to: Audience::MembersExcept(vec![by.clone()]),
+                to,
                 event: ChatRoomEvent::MessageRecalled {
                     room_id,
                     msg_id: message.msg_id,
@@ -118,6 +124,12 @@ impl Room {
         if message.recalled || self.recalled.contains(&message.seq) {
             return Err(ChatError::MessageInvalid(format!(
                 "message {} was recalled and cannot be pinned",
+                message.seq
+            )));
+        }
+        if message.shadowed {
+            return Err(ChatError::MessageInvalid(format!(
+                "message {} is shadowed and cannot be pinned",
                 message.seq
             )));
         }
@@ -170,6 +182,7 @@ mod tests {
             from: uid(from),
             server_time: at,
             recalled: false,
+            shadowed: false,
         }
     }
 

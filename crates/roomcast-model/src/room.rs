@@ -918,6 +918,31 @@ impl Room {
         ))
     }
 
+    /// Page `page_num` (from 1) of the shadow-ban list, sorted by user id. Owner and admins
+    /// only (703).
+    pub fn shadow_ban_list(
+        &self,
+        viewer: &UserId,
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<ChatPageResult<UserId>, ChatError> {
+        check_permission(Operation::FetchShadowBanList, self.role_of(viewer), None)?;
+        check_page(page_num, page_size, LIST_PAGE_MAX)?;
+        let list = &self.record.live.shadow_banned;
+        Ok(ChatPageResult::from_iter(
+            list.iter().cloned(),
+            list.len(),
+            page_num,
+            page_size,
+        ))
+    }
+
+    /// True if `user` is the owner or an admin: it sees shadowed messages, and its own are
+    /// never shadowed.
+    pub fn is_staff(&self, user: &UserId) -> bool {
+        *user == self.record.owner || self.record.admins.contains(user)
+    }
+
     /// A page of the member list, newest first: up to `page_size` (1 to [`LIST_PAGE_MAX`])
     /// members who joined before the cursor (`None`: from the newest), and the cursor of the
     /// next page (`None` at the end). Members only.
@@ -1042,7 +1067,7 @@ impl Room {
                 message,
                 msg_id,
                 now,
-            } => Ok(self.accept(from, message, msg_id, now)),
+            } => Ok(self.accept(from, message, msg_id, now, false)),
             Command::SetPresence { user, online, now } => Ok(self.set_presence(user, online, now)),
             Command::ExpireOffline { user, now } => Ok(self.expire_offline(user, now)),
             Command::Moderate {
@@ -1138,16 +1163,18 @@ impl Room {
                 "the room is over its delivery threshold; this {priority:?}-priority message was dropped"
             )));
         }
-        Ok(self.accept(from, message, msg_id, now))
+        let shadowed = self.record.live.shadow_banned.contains(&from) && !self.is_staff(&from);
+        Ok(self.accept(from, message, msg_id, now, shadowed))
     }
 
-    /// Takes `message` as the room's next one.
+    /// Takes `message` as the room's next one (`shadowed`: its sender is shadow-banned).
     fn accept(
         &mut self,
         from: UserId,
         message: OutgoingMessage,
         msg_id: MessageId,
         now: Timestamp,
+        shadowed: bool,
     ) -> Effects {
         self.stats.accepted += 1;
         self.last_seq += 1;
@@ -1172,6 +1199,7 @@ impl Room {
             attributes: message.attributes,
             priority: message.priority,
             recalled: None,
+            shadowed,
         });
         Effects {
             message: Some(sent),

@@ -51,10 +51,14 @@ pub enum RecordKind {
     Audit = 8,
     /// A room's [`roomcast_model::RoomRecord`].
     RoomV3 = 9,
-    /// A retained room message ([`roomcast_model::MessageData`], with its recall).
+    /// A retained room message in the second layout (with its recall, before shadow bans):
+    /// read, never written.
     MessageV2 = 10,
     /// A message's idempotency key ([`crate::IdempotencyRecord`]).
     Idempotency = 11,
+    /// A retained room message ([`roomcast_model::MessageData`], with its recall and shadow
+    /// mark).
+    MessageV3 = 12,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -158,7 +162,7 @@ pub fn decode_room(bytes: &[u8]) -> Result<roomcast_model::RoomRecord, StoreErro
 
 /// Encodes a retained message in the current layout.
 pub fn encode_message(message: &roomcast_model::MessageData) -> Result<Vec<u8>, StoreError> {
-    encode(RecordKind::MessageV2, message)
+    encode(RecordKind::MessageV3, message)
 }
 
 /// Decodes a retained message of any layout: the record's kind says which.
@@ -167,7 +171,10 @@ pub fn decode_message(bytes: &[u8]) -> Result<roomcast_model::MessageData, Store
         Some(&k) if k == RecordKind::Message as u8 => {
             decode::<legacy::MessageDataV1>(RecordKind::Message, bytes).map(Into::into)
         }
-        _ => decode(RecordKind::MessageV2, bytes),
+        Some(&k) if k == RecordKind::MessageV2 as u8 => {
+            decode::<legacy::MessageDataV2>(RecordKind::MessageV2, bytes).map(Into::into)
+        }
+        _ => decode(RecordKind::MessageV3, bytes),
     }
 }
 
@@ -176,8 +183,8 @@ mod legacy {
     use std::collections::{BTreeMap, BTreeSet};
 
     use roomcast_model::{
-        AttributeValue, MessageBody, MessageData, MessageId, MessagePriority, RoomAttribute,
-        RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId,
+        AttributeValue, MessageBody, MessageData, MessageId, MessagePriority, Recall,
+        RoomAttribute, RoomId, RoomLimits, RoomRecord, RoomSpec, Timestamp, UserId,
     };
     use serde::Deserialize;
 
@@ -298,6 +305,38 @@ mod legacy {
                 attributes: v1.attributes,
                 priority: v1.priority,
                 recalled: None,
+                shadowed: false,
+            }
+        }
+    }
+
+    /// `MessageData` before shadow bans.
+    #[derive(Debug, Deserialize)]
+    pub struct MessageDataV2 {
+        msg_id: MessageId,
+        room_id: RoomId,
+        from: UserId,
+        seq: u64,
+        server_time: Timestamp,
+        body: MessageBody,
+        attributes: BTreeMap<String, AttributeValue>,
+        priority: MessagePriority,
+        recalled: Option<Recall>,
+    }
+
+    impl From<MessageDataV2> for MessageData {
+        fn from(v2: MessageDataV2) -> MessageData {
+            MessageData {
+                msg_id: v2.msg_id,
+                room_id: v2.room_id,
+                from: v2.from,
+                seq: v2.seq,
+                server_time: v2.server_time,
+                body: v2.body,
+                attributes: v2.attributes,
+                priority: v2.priority,
+                recalled: v2.recalled,
+                shadowed: false,
             }
         }
     }

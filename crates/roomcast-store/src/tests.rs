@@ -249,6 +249,7 @@ fn message(room: u64, seq: u64, time: i64) -> MessageData {
         attributes: BTreeMap::new(),
         priority: roomcast_model::MessagePriority::Normal,
         recalled: None,
+        shadowed: false,
     }
 }
 
@@ -808,8 +809,42 @@ fn first_layout_messages_still_read() {
     let bytes = codec::encode(RecordKind::Message, &v1).unwrap();
     assert_eq!(codec::decode_message(&bytes).unwrap(), now);
     let written = codec::encode_message(&now).unwrap();
-    assert_eq!(written[3], RecordKind::MessageV2 as u8);
+    assert_eq!(written[3], RecordKind::MessageV3 as u8);
     assert_eq!(codec::decode_message(&written).unwrap(), now);
+    // The second layout (recall, before shadow bans) reads as not shadowed.
+    #[derive(serde::Serialize)]
+    struct MessageV2 {
+        msg_id: roomcast_model::MessageId,
+        room_id: RoomId,
+        from: roomcast_model::UserId,
+        seq: u64,
+        server_time: i64,
+        body: roomcast_model::MessageBody,
+        attributes: BTreeMap<String, roomcast_model::AttributeValue>,
+        priority: roomcast_model::MessagePriority,
+        recalled: Option<roomcast_model::Recall>,
+    }
+    let recall = roomcast_model::Recall::new(uid("owner"), 60);
+    let v2 = MessageV2 {
+        msg_id: now.msg_id,
+        room_id: now.room_id,
+        from: now.from.clone(),
+        seq: now.seq,
+        server_time: now.server_time,
+        body: now.body.clone(),
+        attributes: now.attributes.clone(),
+        priority: now.priority,
+        recalled: Some(recall.clone()),
+    };
+    let bytes = codec::encode(RecordKind::MessageV2, &v2).unwrap();
+    let mut want = now.clone();
+    want.recalled = Some(recall);
+    assert_eq!(codec::decode_message(&bytes).unwrap(), want);
+    // A shadowed message keeps its mark.
+    let mut shadowed = now.clone();
+    shadowed.shadowed = true;
+    let written = codec::encode_message(&shadowed).unwrap();
+    assert_eq!(codec::decode_message(&written).unwrap(), shadowed);
 }
 
 /// A recall rewrites the stored message without its body; one of a message that retention

@@ -387,6 +387,136 @@ impl ChatRoomManager {
         self.moderate(room_id, Moderation::UnpinMessage(seq)).await
     }
 
+    /// Shadow-bans users (Stream's shadow ban): the owner and admins (703 otherwise), not on the
+    /// owner or an admin (703); the users need not be in the room. A shadow-banned member's
+    /// sends succeed as usual (a sequence number, history), but its messages reach only the
+    /// owner and admins, marked ([`ChatMessage::is_shadowed`](crate::ChatMessage::is_shadowed));
+    /// history and replay hide them from everyone else and show them to their sender unmarked.
+    /// Nothing tells the member: the owner and admins but the operator get
+    /// `on_shadow_ban_changed_from_chat_room`. Takes the manager's reason
+    /// ([`ChatRoomManager::with_reason`]) and is logged. Banning a banned user changes nothing.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let troll = engine.login("troll").await?;
+    /// # troll.chat_room_manager().join_chat_room(&room).await?;
+    /// # let amy = engine.login("amy").await?;
+    /// # amy.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{HistoryQuery, OutgoingMessage};
+    /// let rooms = host.chat_room_manager();
+    /// rooms.with_reason("spam").shadow_ban_chat_room_members(&room, ["troll"]).await?;
+    /// let sent = troll.chat_manager().send_message(OutgoingMessage::text(room, "buy now")).await?;
+    /// assert!(!sent.is_shadowed()); // the troll sees nothing unusual
+    /// let seen = |client: &roomcast::ChatClient| {
+    ///     let chat = client.chat_manager();
+    ///     async move { chat.fetch_history_messages(&room, HistoryQuery::newest(10)).await }
+    /// };
+    /// assert!(seen(&amy).await?.data.is_empty()); // hidden from the other members
+    /// assert!(seen(&host).await?.data[0].is_shadowed()); // shown, marked, to the staff
+    /// assert_eq!(seen(&troll).await?.data[0].seq(), sent.seq());
+    /// let err = troll.chat_room_manager().shadow_ban_chat_room_members(&room, ["amy"]).await;
+    /// assert_eq!(err.unwrap_err().code(), 703);
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn shadow_ban_chat_room_members<I, S>(
+        &self,
+        room_id: &RoomId,
+        members: I,
+    ) -> Result<(), ChatError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.moderate(room_id, Moderation::ShadowBan(users(members)?))
+            .await
+    }
+
+    /// Lifts users' shadow ban (owner and admins; 703 otherwise): their later messages reach
+    /// everyone again (those sent while banned stay hidden). A user who is not shadow-banned is
+    /// left as it is. The owner and admins but the operator get
+    /// `on_shadow_ban_changed_from_chat_room(banned: false)`; the users are not told.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::OutgoingMessage;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.shadow_ban_chat_room_members(&room, ["bob"]).await?;
+    /// rooms.unshadow_ban_chat_room_members(&room, ["bob", "nobody"]).await?;
+    /// assert_eq!(rooms.fetch_chat_room_shadow_ban_list(&room, 1, 20).await?.total, 0);
+    /// let sent = bob.chat_manager().send_message(OutgoingMessage::text(room, "hi")).await?;
+    /// assert!(!sent.is_shadowed());
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn unshadow_ban_chat_room_members<I, S>(
+        &self,
+        room_id: &RoomId,
+        members: I,
+    ) -> Result<(), ChatError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.moderate(room_id, Moderation::ShadowUnban(users(members)?))
+            .await
+    }
+
+    /// Page `page_num` (from 1) of the shadow-ban list, sorted by user id (owner and admins;
+    /// 703 otherwise). Pages hold 1 to [`crate::LIST_PAGE_MAX`] users (110 otherwise); `total`
+    /// counts the whole list.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine};
+    /// # let engine = Engine::builder().build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::UserId;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.shadow_ban_chat_room_members(&room, ["zed", "amy", "max"]).await?;
+    /// let first = rooms.fetch_chat_room_shadow_ban_list(&room, 1, 2).await?;
+    /// assert_eq!(first.data, [UserId::new("amy")?, UserId::new("max")?]);
+    /// assert_eq!(first.total, 3);
+    /// let err = bob.chat_room_manager().fetch_chat_room_shadow_ban_list(&room, 1, 2).await;
+    /// assert_eq!(err.unwrap_err().code(), 703); // bob cannot tell whether he is on it
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn fetch_chat_room_shadow_ban_list(
+        &self,
+        room_id: &RoomId,
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<ChatPageResult<UserId>, ChatError> {
+        let query = RoomQuery::ShadowBanList {
+            page_num,
+            page_size,
+        };
+        match self.query(room_id, query).await? {
+            QueryAnswer::Users(page) => Ok(page),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn query(&self, room_id: &RoomId, query: RoomQuery) -> Result<QueryAnswer, ChatError> {
         let viewer = self.client.current_user_id();
         self.client.core()?.query(viewer, *room_id, query).await

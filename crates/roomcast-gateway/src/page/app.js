@@ -640,6 +640,7 @@
       head.append(t);
     }
     if (m.priority === "high") head.append(el("span", "badge", "host"));
+    if (m.shadowed) head.append(el("span", "badge", "shadow-banned: only hosts see this"));
     const body = el("div", "text", m.text);
     li.append(head, body);
     return li;
@@ -902,6 +903,10 @@
         break;
       case "message_unpinned":
         systemLine(r, by(f.operator) + " unpinned message #" + f.seq, "announce");
+        break;
+      case "shadow_ban_changed":
+        systemLine(r, by(f.operator) + (f.banned ? " shadow-banned " : " lifted the shadow ban of ") + names(f.members)
+          + " (only hosts see this)", "mute");
         break;
       case "chat_room_recovered":
         systemLine(r, "The room restarted; catching up", "missed");

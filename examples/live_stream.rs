@@ -131,6 +131,9 @@ struct Totals {
     after_removal: AtomicU64,
     /// Messages received that hold a word the filter should have masked or rejected.
     filtered_seen: AtomicU64,
+    /// The shadow-banned troll's messages received marked (by staff) and unmarked (a leak).
+    shadow_marked: AtomicU64,
+    shadow_leaked: AtomicU64,
     /// Publish-to-handler latency, µs (HDR histograms: true percentiles).
     latency: roomcast_workspace::Latencies,
 }
@@ -164,6 +167,14 @@ impl ChatEventHandler for Viewer {
                 .is_some_and(|t| t.contains(BANNED_WORD) || t.contains(LINK))
             {
                 self.totals.filtered_seen.fetch_add(1, Ordering::Relaxed);
+            }
+            if m.from().as_str() == TROLL {
+                let counter = if m.is_shadowed() {
+                    &self.totals.shadow_marked
+                } else {
+                    &self.totals.shadow_leaked
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             if state.removed.contains(&m.room_id()) {
                 self.totals.after_removal.fetch_add(1, Ordering::Relaxed);
@@ -289,7 +300,12 @@ struct Moderated {
     recalled_seq: Option<u64>,
     /// The pinned message.
     pinned_seq: Option<u64>,
+    /// The troll's accepted (shadowed) messages: hidden from viewers, so not gaps.
+    shadowed_seqs: HashSet<u64>,
 }
+
+/// The shadow-banned troll: its sends succeed, only the staff see them (marked).
+const TROLL: &str = "troll";
 
 /// Slow mode's cooldown during the show.
 const SLOW_MODE: Duration = Duration::from_secs(2);
@@ -307,6 +323,8 @@ async fn main() {
         order_violations: AtomicU64::new(0),
         after_removal: AtomicU64::new(0),
         filtered_seen: AtomicU64::new(0),
+        shadow_marked: AtomicU64::new(0),
+        shadow_leaked: AtomicU64::new(0),
         latency: roomcast_workspace::Latencies::new(),
     });
     println!(
@@ -435,8 +453,13 @@ async fn main() {
     let rss_joined = rss_bytes();
     let mut spammers: Vec<Member> = {
         let mut v = Vec::new();
-        for s in 0..3 {
-            let m = login(&engine, &format!("spammer{s}"), &totals).await;
+        for s in 0..4 {
+            let name = if s == 3 {
+                TROLL.to_string()
+            } else {
+                format!("spammer{s}")
+            };
+            let m = login(&engine, &name, &totals).await;
             m.client
                 .chat_room_manager()
                 .join_chat_room(&stream)
@@ -543,8 +566,32 @@ async fn main() {
                 .unwrap();
         }
         if moment("spam", 0.15, &mut events_done) {
+            // The troll is shadow-banned: it keeps talking, and only the staff see it.
+            mods[1]
+                .client
+                .chat_room_manager()
+                .with_reason("trolling")
+                .shadow_ban_chat_room_members(&stream, [TROLL])
+                .await
+                .unwrap();
+            let troll = &spammers[3];
+            for k in 0..3 {
+                let r = troll
+                    .client
+                    .chat_manager()
+                    .send_message(message(
+                        stream,
+                        format!("you all stink {k}"),
+                        MessagePriority::High,
+                        &totals,
+                    ))
+                    .await;
+                if let Some(sent) = sends.count(r) {
+                    moderated.shadowed_seqs.insert(sent.seq());
+                }
+            }
             let mut first_spam = None;
-            for s in &spammers {
+            for s in &spammers[..3] {
                 for k in 0..30 {
                     let r = s
                         .client
@@ -591,7 +638,7 @@ async fn main() {
                 .iter()
                 .find(|b| b.user_id.as_str() == "spammer2")
                 .and_then(|b| b.expire_time);
-            for s in &spammers[1..] {
+            for s in &spammers[1..3] {
                 let again = s.client.chat_room_manager().join_chat_room(&stream).await;
                 if again.is_err_and(|e| e.code() == 707) {
                     moderated.rejoin_refused += 1;
@@ -764,6 +811,7 @@ async fn main() {
             // everything from its first message to the last, without gaps.
             let mut all: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
             all.extend(own.iter().copied());
+            all.extend(moderated.shadowed_seqs.iter().copied());
             let mut cursor = before_away.get(&i).copied().unwrap_or(0);
             loop {
                 let page = v
@@ -795,7 +843,11 @@ async fn main() {
         }
         if let (Some(first), Some(last)) = (seen.first(), seen.last()) {
             let expected = last - first + 1;
-            let own_within = own.iter().filter(|s| (*first..=*last).contains(*s)).count() as u64;
+            let own_within = own
+                .iter()
+                .chain(moderated.shadowed_seqs.iter())
+                .filter(|s| (*first..=*last).contains(*s))
+                .count() as u64;
             let missing = expected.saturating_sub(seen.len() as u64 + own_within);
             if missing > missed {
                 if std::env::var("LIVE_DEBUG").is_ok() && gaps_unexplained < 5 {
@@ -942,6 +994,7 @@ async fn main() {
             &|a| matches!(a, AuditAction::PinMessage { .. }),
             true,
         ),
+        ("shadow ban", &|a| *a == AuditAction::ShadowBan, true),
     ];
     let mut audit_missing = Vec::new();
     for (name, is, reasoned) in &acts {
@@ -1095,6 +1148,15 @@ async fn main() {
             ),
         ),
         (
+            "shadow-banned troll: accepted / seen marked by staff / leaked to viewers",
+            format!(
+                "{} / {} / {}",
+                moderated.shadowed_seqs.len(),
+                totals.shadow_marked.load(Ordering::Relaxed),
+                totals.shadow_leaked.load(Ordering::Relaxed)
+            ),
+        ),
+        (
             "audit log entries / with a reason / engine expiries",
             format!(
                 "{} / {with_reason} / {}",
@@ -1176,6 +1238,12 @@ async fn main() {
         (
             "the audit log holds every act, the operators' with their reasons",
             audit_missing.is_empty(),
+        ),
+        (
+            "the shadow-banned troll was accepted, seen (marked) by staff only, by no viewer",
+            !moderated.shadowed_seqs.is_empty()
+                && totals.shadow_marked.load(Ordering::Relaxed) > 0
+                && totals.shadow_leaked.load(Ordering::Relaxed) == 0,
         ),
     ];
     if !audit_missing.is_empty() {

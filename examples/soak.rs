@@ -136,8 +136,10 @@ async fn engine_with_room(
     clock: &ManualClock,
     members: usize,
 ) -> (Engine, ChatClient, RoomId, Vec<ChatClient>) {
+    // Every mute and unmute is an audit-log entry, kept up to the retention (10,000 per room by
+    // default): a soak looks for leaks, so its rooms keep a short log, which it fills at once.
     let engine = Engine::builder()
-        .limits(harness_limits())
+        .limits(harness_limits().with_audit_log_retention(16))
         .clock(clock.clone())
         .build()
         .await

@@ -749,12 +749,13 @@ impl RoomActor {
         f: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<(T, Option<Commit>), ChatError>,
     ) -> Result<Answer<T>, ChatError> {
         let room = self.room.id();
-        // A freeze whose end has passed is lifted before the call, with its event: nothing the
-        // call does (a viewer's message, a join's answer) comes before the room's thaw, even if
-        // the timer has not fired yet (a room just loaded, a clock that jumped).
+        // A freeze, block or mute whose end has passed is lifted before the call, with its event
+        // and audit entry: nothing the call does (a viewer's message, a join's answer, an
+        // unblock) comes before it, even if the timer has not fired yet or was missed (a room
+        // just loaded, a clock that jumped).
         let now = self.now();
-        if self.room.freeze_due(now) {
-            self.presence(Command::ExpireFreeze { now }, ctx);
+        for due in self.room.due_expiries(now) {
+            self.presence(due, ctx);
         }
         match self.guarded(ctx, f) {
             Some(Ok((value, commit))) => Ok(Answer {

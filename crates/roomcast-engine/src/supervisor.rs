@@ -214,7 +214,8 @@ pub(crate) fn load_room(
     let replay = record.limits.join_replay_count.unwrap_or(replay);
     let last_seq = reader.last_seq(id)?;
     let audit_seq = reader.last_audit_seq(id)?;
-    let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay)?;
+    // Enough for the replay to hold `replay` messages every member sees, shadowed ones among them.
+    let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay.saturating_mul(8))?;
     newest.reverse();
     let keys = reader.idempotency_keys(id)?;
     Ok(Some(RoomData {

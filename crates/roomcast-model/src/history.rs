@@ -85,6 +85,8 @@ impl HistoryQuery {
 pub struct History {
     retention: usize,
     messages: VecDeque<ChatMessage>,
+    /// How many of `messages` are not shadowed.
+    visible: usize,
 }
 
 impl History {
@@ -93,6 +95,7 @@ impl History {
         History {
             retention,
             messages: VecDeque::new(),
+            visible: 0,
         }
     }
 
@@ -105,10 +108,26 @@ impl History {
         if self.retention == 0 {
             return;
         }
-        if self.messages.len() == self.retention {
-            self.messages.pop_front();
+        if !message.is_shadowed() {
+            self.visible += 1;
         }
         self.messages.push_back(message);
+        // Keep the newest `retention` messages that everyone sees, with the shadowed ones among
+        // them (a troll's burst must not empty a new viewer's replay), up to a bound.
+        while self.visible > self.retention || self.messages.len() > self.retention * 8 {
+            match self.messages.pop_front() {
+                Some(m) if !m.is_shadowed() => self.visible -= 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        // Shadowed messages older than every message kept for viewers serve nobody.
+        while self.visible == self.retention
+            && self.messages.len() > self.retention
+            && self.messages.front().is_some_and(ChatMessage::is_shadowed)
+        {
+            self.messages.pop_front();
+        }
     }
 
     /// Marks message `seq` recalled, if it is held (its body goes).

@@ -593,13 +593,19 @@ impl Room {
                 let targets = dedup(targets);
                 non_empty(&targets)?;
                 check_permission(Operation::Unblock, self.role_of(&by), None)?;
-                let mut fx = self.changed(Vec::new());
+                let mut fx = Effects::default();
+                let mut unblocked = Vec::new();
                 for t in targets {
-                    self.record_mut().block_list.remove(&t);
+                    if self.record_mut().block_list.remove(&t) {
+                        unblocked.push(t.clone());
+                    }
                     if self.record_mut().live.block_until.remove(&t).is_some() {
                         fx.cancelled.push((t, TimerKind::BlockEnd));
                     }
                 }
+                // Nobody was blocked: nothing changed, nothing is logged.
+                fx.record_changed = !unblocked.is_empty() || !fx.cancelled.is_empty();
+                fx.audit_targets = Some(unblocked);
                 Ok(fx)
             }
             M::Mute { targets, duration } => {
@@ -793,7 +799,9 @@ impl Room {
                     .into_iter()
                     .filter(|t| self.record_mut().live.shadow_banned.insert(t.clone()))
                     .collect();
-                Ok(self.shadow_ban_changed(by, added, true))
+                let mut fx = self.shadow_ban_changed(by, added.clone(), true);
+                fx.audit_targets = Some(added);
+                Ok(fx)
             }
             M::ShadowUnban(targets) => {
                 let targets = dedup(targets);
@@ -803,7 +811,9 @@ impl Room {
                     .into_iter()
                     .filter(|t| self.record_mut().live.shadow_banned.remove(t))
                     .collect();
-                Ok(self.shadow_ban_changed(by, removed, false))
+                let mut fx = self.shadow_ban_changed(by, removed.clone(), false);
+                fx.audit_targets = Some(removed);
+                Ok(fx)
             }
         }
     }

@@ -392,6 +392,9 @@ pub struct Effects {
     pub audit: Vec<crate::AuditEntry>,
     /// The message recalled (its sequence number and how), to rewrite without its body.
     pub recalled: Option<(u64, crate::Recall)>,
+    /// The users a moderation act really changed, where that is fewer than it named (the
+    /// audit entry names these).
+    pub audit_targets: Option<Vec<UserId>>,
 }
 
 impl Effects {
@@ -409,6 +412,9 @@ impl Effects {
         self.cancelled.extend(other.cancelled);
         self.failures.extend(other.failures);
         self.audit.extend(other.audit);
+        if other.audit_targets.is_some() {
+            self.audit_targets = other.audit_targets;
+        }
         if other.recalled.is_some() {
             self.recalled = other.recalled;
         }
@@ -714,6 +720,33 @@ impl Room {
         self.send_windows
             .values()
             .all(|(start, _)| now.saturating_sub(*start) >= window)
+    }
+
+    /// The engine's own acts that are due by `now` and not applied yet (a freeze, timed blocks
+    /// and mutes whose end has passed): the room applies them before it handles a call, so that
+    /// nothing the call does comes before them, timer or no timer.
+    pub fn due_expiries(&self, now: Timestamp) -> Vec<Command> {
+        let mut due = Vec::new();
+        if self.freeze_due(now) {
+            due.push(Command::ExpireFreeze { now });
+        }
+        for (user, &until) in &self.record.live.block_until {
+            if until <= now {
+                due.push(Command::ExpireBlock {
+                    user: user.clone(),
+                    now,
+                });
+            }
+        }
+        for (user, &until) in &self.record.mute_list {
+            if until >= 0 && until <= now {
+                due.push(Command::ExpireMute {
+                    user: user.clone(),
+                    now,
+                });
+            }
+        }
+        due
     }
 
     /// True if the room's timed freeze has ended by `now` but is not lifted yet.
@@ -1077,7 +1110,7 @@ impl Room {
                 reason,
             } => {
                 let reason = crate::check_reason(reason)?;
-                let (audit_action, audit_targets) = crate::AuditAction::of(&action, now);
+                let (audit_action, mut audit_targets) = crate::AuditAction::of(&action, now);
                 let operator = by.clone();
                 // Who may stop being exempt from the offline rule: the targets of a role or
                 // allow-list change, and the owner handing over its room.
@@ -1089,6 +1122,9 @@ impl Room {
                 };
                 candidates.retain(|u| self.offline.contains_key(u) && self.is_exempt(u));
                 let mut fx = self.moderate(by, action, now)?;
+                if let Some(changed) = fx.audit_targets.take() {
+                    audit_targets = changed;
+                }
                 if fx.record_changed || !fx.events.is_empty() {
                     for out in &mut fx.events {
                         out.event.set_operator_reason(reason.clone());

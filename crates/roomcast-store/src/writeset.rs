@@ -114,7 +114,8 @@ impl WriteSet {
             self.ops
                 .push(Op::Put(keys::audit(room, entry.seq).to_vec(), value));
         }
-        if let Some(old) = entry.seq.checked_sub(retention as u64).filter(|&s| s > 0) {
+        let old = entry.seq.checked_sub(retention as u64).filter(|&s| s > 0);
+        if let Some(old) = old.filter(|_| retention > 0) {
             self.ops.push(Op::Remove(keys::audit(room, old).to_vec()));
         }
         Ok(())

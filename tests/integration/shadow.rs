@@ -75,10 +75,13 @@ async fn a_shadow_banned_member_speaks_only_to_itself_and_the_staff() {
         .shadow_ban_chat_room_members(&room, ["bob"])
         .await
         .unwrap();
-    // (bob's and carol's joins may still be on their way to the admin.)
+    // (Its own promotion and bob's and carol's joins may still be on their way to the admin.)
     let event = loop {
         let e = room_event(&mut admin_events).await;
-        if !matches!(e, ChatRoomEvent::MemberJoined { .. }) {
+        if !matches!(
+            e,
+            ChatRoomEvent::MemberJoined { .. } | ChatRoomEvent::AdminAdded { .. }
+        ) {
             break e;
         }
     };

@@ -111,6 +111,18 @@ struct Conn<O: Outgoing> {
     feeding: bool,
 }
 
+/// One write to the transport.
+enum Wire {
+    /// A text frame, written now.
+    Text(String),
+    /// A text frame, queued until the next flush.
+    Feed(String),
+    /// What was queued.
+    Flush,
+    Ping,
+    Pong(Vec<u8>),
+}
+
 /// What woke the connection's loop.
 enum Wake {
     Shutdown,
@@ -315,51 +327,41 @@ impl<O: Outgoing> Conn<O> {
         }
         self.feeding = false;
         result?;
-        let timeout = self.config().write_timeout;
-        let Some(out) = self.out.as_mut() else {
-            return Err(End::Gone);
-        };
-        match tokio::time::timeout(timeout, out.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(TransportClosed)) => Err(End::Gone),
-            Err(_) => Err(End::Close(
-                close::SLOW_READER,
-                "the client does not read".into(),
-            )),
-        }
+        self.transmit(Wire::Flush).await
     }
 
     /// Writes a frame, within the write timeout (queues it while pushing a burst).
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), End> {
-        let timeout = self.config().write_timeout;
-        let feeding = self.feeding;
-        let Some(out) = self.out.as_mut() else {
-            return Err(End::Gone);
-        };
         let text = frame.to_text();
-        let written = async {
-            if feeding {
-                out.feed_text(text).await
-            } else {
-                out.send_text(text).await
-            }
+        let wire = if self.feeding {
+            Wire::Feed(text)
+        } else {
+            Wire::Text(text)
         };
-        match tokio::time::timeout(timeout, written).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(TransportClosed)) => Err(End::Gone),
-            Err(_) => Err(End::Close(
-                close::SLOW_READER,
-                "the client does not read".into(),
-            )),
-        }
+        self.transmit(wire).await
     }
 
     async fn ping(&mut self) -> Result<(), End> {
+        self.transmit(Wire::Ping).await
+    }
+
+    /// One write to the transport, within the write timeout: a transport gone ends the
+    /// connection quietly, a write that waits too long closes it (4009).
+    async fn transmit(&mut self, wire: Wire) -> Result<(), End> {
         let timeout = self.config().write_timeout;
         let Some(out) = self.out.as_mut() else {
             return Err(End::Gone);
         };
-        match tokio::time::timeout(timeout, out.send_ping()).await {
+        let written = async {
+            match wire {
+                Wire::Text(text) => out.send_text(text).await,
+                Wire::Feed(text) => out.feed_text(text).await,
+                Wire::Flush => out.flush().await,
+                Wire::Ping => out.send_ping().await,
+                Wire::Pong(payload) => out.send_pong(payload).await,
+            }
+        };
+        match tokio::time::timeout(timeout, written).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(TransportClosed)) => Err(End::Gone),
             Err(_) => Err(End::Close(
@@ -381,20 +383,7 @@ impl<O: Outgoing> Conn<O> {
                     format!("binary frames are not part of the protocol ({len} bytes ignored)");
                 self.write(&error("binary", None, 110, message)).await
             }
-            Incoming::Ping(payload) => {
-                let timeout = self.config().write_timeout;
-                let Some(out) = self.out.as_mut() else {
-                    return Err(End::Gone);
-                };
-                match tokio::time::timeout(timeout, out.send_pong(payload)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(End::Gone),
-                    Err(_) => Err(End::Close(
-                        close::SLOW_READER,
-                        "the client does not read".into(),
-                    )),
-                }
-            }
+            Incoming::Ping(payload) => self.transmit(Wire::Pong(payload)).await,
             Incoming::Pong => Ok(()),
             Incoming::Close => Err(End::Close(close::NORMAL, String::new())),
             Incoming::TooBig => Err(End::Close(

@@ -175,17 +175,13 @@ impl AuditAction {
             M::Unblock(us) => (AuditAction::Unblock, us.clone()),
             M::BlockFor { targets, duration } => (
                 AuditAction::BlockFor {
-                    until: now.saturating_add(
-                        crate::ms_to_timestamp(crate::duration_ms(*duration)).max(1),
-                    ),
+                    until: crate::room::end_after(now, *duration),
                 },
                 targets.clone(),
             ),
             M::Mute { targets, duration } => {
                 let until = match duration {
-                    crate::MuteDuration::For(d) => Some(
-                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(*d)).max(1)),
-                    ),
+                    crate::MuteDuration::For(d) => Some(crate::room::end_after(now, *d)),
                     crate::MuteDuration::Forever => None,
                 };
                 (AuditAction::Mute { until }, targets.clone())
@@ -208,9 +204,7 @@ impl AuditAction {
             ),
             M::Freeze(d) => {
                 let until = match d {
-                    crate::MuteDuration::For(d) => Some(
-                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(*d)).max(1)),
-                    ),
+                    crate::MuteDuration::For(d) => Some(crate::room::end_after(now, *d)),
                     crate::MuteDuration::Forever => None,
                 };
                 (AuditAction::Freeze { until }, Vec::new())
@@ -218,8 +212,7 @@ impl AuditAction {
             M::Unfreeze => (AuditAction::Unfreeze, Vec::new()),
             M::KickWithRejoinBan { targets, ban } => (
                 AuditAction::KickWithRejoinBan {
-                    until: now
-                        .saturating_add(crate::ms_to_timestamp(crate::duration_ms(*ban)).max(1)),
+                    until: crate::room::end_after(now, *ban),
                 },
                 targets.clone(),
             ),
@@ -307,6 +300,31 @@ mod tests {
         assert_eq!(refused.unwrap_err().code(), 110);
         assert!(r.record().all_muted);
         assert_eq!(r.audit_seq(), 3);
+    }
+
+    #[test]
+    fn due_expiries_follow_every_end_also_in_a_restored_room() {
+        let mut r = room_of("o", &["m", "b"], 100, &Limits::default());
+        let mute = Moderation::Mute {
+            targets: vec![uid("m")],
+            duration: MuteDuration::For(std::time::Duration::from_secs(60)),
+        };
+        moderate(&mut r, "o", mute, 0, None).unwrap();
+        let block = Moderation::BlockFor {
+            targets: vec![uid("b")],
+            duration: std::time::Duration::from_secs(30),
+        };
+        moderate(&mut r, "o", block, 0, None).unwrap();
+        assert!(r.due_expiries(29_999).is_empty());
+        assert_eq!(r.due_expiries(30_000).len(), 1);
+        assert_eq!(r.due_expiries(60_000).len(), 2);
+        let restored = crate::Room::from_record(r.record().clone(), &Limits::default(), 0, 0);
+        assert_eq!(restored.due_expiries(60_000).len(), 2);
+        // Applied, they are due no more.
+        for c in r.due_expiries(60_000) {
+            r.apply(c).unwrap();
+        }
+        assert!(r.due_expiries(i64::MAX - 1).is_empty());
     }
 
     #[test]

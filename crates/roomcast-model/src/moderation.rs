@@ -444,8 +444,7 @@ impl Room {
                     ));
                 }
                 self.check_targets(Operation::Kick, &by, &targets, true)?;
-                let until =
-                    now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(ban)).max(1));
+                let until = crate::room::end_after(now, ban);
                 let mut fx = Effects::default();
                 // Bans that ended go now: the map follows the bans in force.
                 self.record_mut()
@@ -496,9 +495,7 @@ impl Room {
                                 .into(),
                         ))
                     }
-                    MuteDuration::For(d) => {
-                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(d)).max(1))
-                    }
+                    MuteDuration::For(d) => crate::room::end_after(now, d),
                     MuteDuration::Forever => crate::UNTIL_LIFTED,
                 };
                 if self.record().live.frozen_until == Some(until) {
@@ -575,8 +572,7 @@ impl Room {
                 if targets.contains(&by) {
                     return Err(ChatError::PermissionDenied("cannot block oneself".into()));
                 }
-                let until =
-                    now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(duration)).max(1));
+                let until = crate::room::end_after(now, duration);
                 let mut fx = Effects::default();
                 for t in targets {
                     self.record_mut().live.block_until.insert(t.clone(), until);
@@ -620,9 +616,7 @@ impl Room {
                 // The record keeps Agora's -1 for "no end"; the API never shows it.
                 let expire = match duration {
                     MuteDuration::Forever => -1,
-                    MuteDuration::For(d) => {
-                        now.saturating_add(crate::ms_to_timestamp(crate::duration_ms(d)).max(1))
-                    }
+                    MuteDuration::For(d) => crate::room::end_after(now, d),
                 };
                 for t in &targets {
                     self.record_mut().mute_list.insert(t.clone(), expire);

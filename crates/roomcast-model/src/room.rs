@@ -29,6 +29,12 @@ pub fn ms_to_timestamp(ms: u64) -> Timestamp {
     Timestamp::try_from(ms).unwrap_or(Timestamp::MAX)
 }
 
+/// When something that lasts `d` from `now` ends (engine clock): at least 1 ms later (the
+/// clock's unit), saturating for ever-long spans. Mutes, freezes, bans and blocks all end so.
+pub(crate) fn end_after(now: Timestamp, d: std::time::Duration) -> Timestamp {
+    now.saturating_add(ms_to_timestamp(duration_ms(d)).max(1))
+}
+
 /// `d` in whole milliseconds, saturating at `u64::MAX`.
 pub fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -508,6 +514,9 @@ pub struct Room {
     last_seq: u64,
     /// The number of the room's last audit-log entry.
     audit_seq: u64,
+    /// The earliest end of a freeze, timed block or mute ([`Room::earliest_end`]), kept with
+    /// the record: every change of the record goes through [`Room::apply`], which refreshes it.
+    next_end: Timestamp,
     /// When each member who is not exempt last had a message accepted, for slow mode (only
     /// while slow mode is on; it outlives a membership, as the message window does).
     last_sent: HashMap<UserId, Timestamp>,
@@ -561,6 +570,7 @@ impl Room {
             limits: effective,
             last_seq: 0,
             audit_seq: 0,
+            next_end: Timestamp::MAX,
             last_sent: HashMap::new(),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
@@ -588,6 +598,7 @@ impl Room {
     /// continue from `last_seq`.
     pub fn from_record(record: RoomRecord, limits: &Limits, last_seq: u64, now: Timestamp) -> Room {
         let (engine_limits, effective) = effective_limits(limits, &record.limits);
+        let next_end = Room::earliest_end(&record);
         Room {
             record,
             members: Members::default(),
@@ -597,6 +608,7 @@ impl Room {
             limits: effective,
             last_seq,
             audit_seq: 0,
+            next_end,
             last_sent: HashMap::new(),
             stats: RoomMessageStats::default(),
             send_windows: HashMap::new(),
@@ -726,6 +738,11 @@ impl Room {
     /// and mutes whose end has passed): the room applies them before it handles a call, so that
     /// nothing the call does comes before them, timer or no timer.
     pub fn due_expiries(&self, now: Timestamp) -> Vec<Command> {
+        // Every call asks: a room with nothing due answers from one comparison, not a walk of
+        // its mute and block lists.
+        if now < self.next_end {
+            return Vec::new();
+        }
         let mut due = Vec::new();
         if self.freeze_due(now) {
             due.push(Command::ExpireFreeze { now });
@@ -747,6 +764,23 @@ impl Room {
             }
         }
         due
+    }
+
+    /// The earliest end among the room's freeze, timed blocks and mutes (`Timestamp::MAX` if
+    /// none ends by itself).
+    fn earliest_end(record: &RoomRecord) -> Timestamp {
+        let freeze = record
+            .live
+            .frozen_until
+            .filter(|&u| u != crate::UNTIL_LIFTED);
+        let blocks = record.live.block_until.values().copied();
+        let mutes = record.mute_list.values().copied().filter(|&u| u >= 0);
+        freeze
+            .into_iter()
+            .chain(blocks)
+            .chain(mutes)
+            .min()
+            .unwrap_or(Timestamp::MAX)
     }
 
     /// True if the room's timed freeze has ended by `now` but is not lifted yet.
@@ -1082,6 +1116,14 @@ impl Room {
 
     /// Applies `command`: on `Err` nothing changed; on `Ok` the effects say what did.
     pub fn apply(&mut self, command: Command) -> Result<Effects, ChatError> {
+        let fx = self.apply_command(command)?;
+        if fx.record_changed {
+            self.next_end = Room::earliest_end(&self.record);
+        }
+        Ok(fx)
+    }
+
+    fn apply_command(&mut self, command: Command) -> Result<Effects, ChatError> {
         match command {
             Command::Join { user, now } => self.join(user, now),
             Command::Leave {

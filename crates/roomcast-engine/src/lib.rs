@@ -790,6 +790,7 @@ impl Core {
                             ChatMessage::new(roomcast_model::MessageData {
                                 recalled: None,
                                 shadowed: false,
+                                held_until: None,
                                 msg_id: record.msg_id,
                                 room_id: room,
                                 from: record.from,

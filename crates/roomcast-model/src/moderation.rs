@@ -114,8 +114,8 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
             }
         }
         Unblock | FetchBlockList | FetchMuteList | MuteAll | EditAllowList | FetchAllowList
-        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze
-        | Hold | DeleteMessage | PinMessage | ShadowUnban | FetchShadowBanList => {
+        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze | Hold
+        | DeleteMessage | PinMessage | ShadowUnban | FetchShadowBanList => {
             if staff {
                 Ok(())
             } else {
@@ -1253,7 +1253,11 @@ mod tests {
             action,
             now: 1_000,
         };
-        for bad in [Duration::ZERO, Duration::from_millis(999), Duration::from_secs(61)] {
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(999),
+            Duration::from_secs(61),
+        ] {
             assert_eq!(code(r.apply(by("o", Moderation::SetHold(Some(bad))))), 110);
         }
         assert_eq!(

@@ -412,3 +412,65 @@ async fn racing_senders_and_releases_keep_the_rooms_order() {
     assert_eq!(owner_seqs, (1..=total as u64).collect::<Vec<_>>());
     engine.shutdown().await;
 }
+
+/// Advances `clock` by `step` until `engine` has `n` rooms in memory, at most `times` times.
+async fn advance_until(engine: &Engine, clock: &ManualClock, step: Duration, times: u32, n: usize) {
+    for _ in 0..times {
+        clock.advance(step);
+        let done = async {
+            while engine.rooms_in_memory() != n {
+                tokio::task::yield_now().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_millis(500), done)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    panic!("{} rooms in memory, not {n}", engine.rooms_in_memory());
+}
+
+/// A room with messages still held does not hibernate; once they are out, it may.
+#[tokio::test]
+async fn a_room_with_held_messages_stays_awake_until_they_are_out() {
+    let clock = ManualClock::new(T0);
+    let mut limits = unthrottled();
+    limits.room_hibernate_after = Some(Duration::from_secs(5));
+    let (engine, owner) = engine_with(limits, Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "stream").await.room_id;
+    let control = create_room(&owner, "control").await.room_id;
+    let rooms = owner.chat_room_manager();
+    rooms.leave_chat_room(&control).await.unwrap();
+    // A sweep (the control goes; the owner is in the other room): the next is a minute later.
+    advance_until(&engine, &clock, Duration::from_secs(60), 3, 1).await;
+    clock.advance(Duration::from_secs(30));
+    // A message held for 60 s; everyone leaves both rooms.
+    rooms.join_chat_room(&control).await.unwrap();
+    rooms.leave_chat_room(&control).await.unwrap();
+    rooms
+        .set_chat_room_hold(&room, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let bob = join(&engine, "bob", room).await;
+    say(&bob, room, "held").await;
+    rooms.leave_chat_room(&room).await.unwrap();
+    bob.chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    // Within the next 50 s a sweep asks both idle, empty rooms to sleep: only the control goes.
+    advance_until(&engine, &clock, Duration::from_secs(10), 5, 1).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        engine.rooms_in_memory(),
+        1,
+        "held messages keep the room awake"
+    );
+    // Released (to nobody) at its time; a later sweep puts it to sleep.
+    advance_until(&engine, &clock, Duration::from_secs(60), 5, 0).await;
+    engine.shutdown().await;
+}

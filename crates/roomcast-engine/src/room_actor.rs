@@ -262,9 +262,10 @@ pub(crate) struct RoomActor {
     /// The idempotency key of the message being sent, while it is applied.
     sending_key: Option<String>,
     /// Messages the members who are not staff have not received yet, in the room's order, with
-    /// their sender's mailbox: a message held for review, and every message accepted behind
-    /// one (the staff had them all at once). See [`RoomActor::release_held`].
-    held: std::collections::VecDeque<(ChatMessage, Option<u64>)>,
+    /// the mailboxes that must not get them again (the sender's, and those of the staff who got
+    /// them at once): a message held for review, and every message accepted behind one. See
+    /// [`RoomActor::release_held`].
+    held: std::collections::VecDeque<(ChatMessage, Except)>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -651,20 +652,25 @@ impl RoomActor {
                 // Held for review, or behind a held message: the staff in the room (but its
                 // sender) have it at once, marked if it is held; the others when it is released,
                 // in the room's order.
+                // Whoever got it now (staff then, even if no longer at its release) is skipped
+                // then, and nobody else.
                 let record = self.room.record();
+                let mut got = Vec::new();
                 for staff in std::iter::once(&record.owner).chain(&record.admins) {
                     if *staff != *message.from() && self.room.is_member(staff) {
                         if let Some(m) = shared.session_of(staff) {
+                            got.push(m.mailbox().id());
                             fanout.send_to(m, vec![ClientEvent::Message(message.clone())]);
                         }
                     }
                 }
+                let skip = Except::of(sender).and(got.into());
                 if self.held.is_empty() {
                     if let Some(at) = message.held_until() {
                         shared.timers.schedule(room_id, Timer::HoldRelease { at });
                     }
                 }
-                self.held.push_back((message, sender));
+                self.held.push_back((message, skip));
             } else if message.is_shadowed() {
                 // Marked, to the owner and admins in the room only (its sender is not staff).
                 let record = self.room.record();
@@ -698,33 +704,22 @@ impl RoomActor {
 
     /// Delivers to the members who are not staff the held messages whose hold has passed (engine
     /// clock), and the messages behind them up to the next one still held, in the room's order
-    /// (one broadcast each, skipping the staff and the sender); then sets the room's timer for
-    /// the next release.
+    /// (one broadcast each, skipping the sender and the staff who got it at once); then sets the
+    /// room's timer for the next release.
     fn release_held(&mut self) {
         let now = self.now();
         let room_id = self.room.id();
-        let mut staff: Option<Arc<[u64]>> = None;
         while let Some((front, _)) = self.held.front() {
             if front.is_held_at(now) {
                 break;
             }
-            let Some((message, sender)) = self.held.pop_front() else {
+            let Some((message, skip)) = self.held.pop_front() else {
                 break;
             };
-            let staff = staff
-                .get_or_insert_with(|| {
-                    let record = self.room.record();
-                    std::iter::once(&record.owner)
-                        .chain(&record.admins)
-                        .filter_map(|u| self.shared.session_of(u))
-                        .map(|s| s.mailbox().id())
-                        .collect()
-                })
-                .clone();
             self.shared.fanout.broadcast(
                 room_id,
                 ClientEvent::Message(message.released()),
-                Except::of(sender).and(staff),
+                skip,
                 &self.shards,
             );
         }

@@ -646,6 +646,8 @@ impl RoomActor {
             // reaches them.
             self.held.retain(|(m, _)| m.seq() != *seq);
         }
+        // What waited only behind a message just deleted goes at the end.
+        let release = fx.recalled.is_some();
         if let Some(message) = fx.message {
             self.recent.push(message.clone());
             if !message.is_shadowed() && (message.is_held() || !self.held.is_empty()) {
@@ -700,6 +702,14 @@ impl RoomActor {
             self.flush_staff_batch();
         }
         self.entry.set_member_count(self.room.member_count());
+        if release
+            && self
+                .held
+                .front()
+                .is_some_and(|(m, _)| !m.is_held_at(self.now()))
+        {
+            self.release_held();
+        }
     }
 
     /// Delivers to the members who are not staff the held messages whose hold has passed (engine

@@ -47,3 +47,6 @@ mod sendpath;
 
 /// Shadow bans (Stream's): who sees a shadow-banned member's messages.
 mod shadow;
+
+/// Hold for review (Twitch's chat delay): held messages, staff, deletion, restart, races.
+mod hold;

@@ -150,7 +150,7 @@ impl Fanout {
                 Job::Broadcast {
                     room,
                     item: item.clone(),
-                    except,
+                    except: except.clone(),
                     at,
                 },
             );
@@ -211,13 +211,14 @@ struct RoomSlice {
 const BATCH: usize = 1024;
 
 /// The mailboxes a broadcast skips: at most two (the member who acted and the one it acted
-/// on), by id; 0 is no mailbox.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Except([u64; 2]);
+/// on), by id; 0 is no mailbox. A message released after its hold for review also skips the
+/// staff, who had it at once: a list shared by the whole broadcast.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Except([u64; 2], Option<Arc<[u64]>>);
 
 impl Except {
     /// Skips nobody.
-    pub(crate) const NONE: Except = Except([0, 0]);
+    pub(crate) const NONE: Except = Except([0, 0], None);
 
     /// Skips the mailboxes of `ids` (at most two are kept).
     pub(crate) fn of(ids: impl IntoIterator<Item = u64>) -> Except {
@@ -225,11 +226,17 @@ impl Except {
         for (slot, id) in e.iter_mut().zip(ids) {
             *slot = id;
         }
-        Except(e)
+        Except(e, None)
+    }
+
+    /// Skips the mailboxes of `more` too (the room's staff).
+    pub(crate) fn and(mut self, more: Arc<[u64]>) -> Except {
+        self.1 = Some(more);
+        self
     }
 
     fn contains(&self, id: u64) -> bool {
-        self.0[0] == id || self.0[1] == id
+        self.0[0] == id || self.0[1] == id || self.1.as_ref().is_some_and(|m| m.contains(&id))
     }
 }
 

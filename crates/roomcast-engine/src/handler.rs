@@ -179,6 +179,17 @@ pub trait ChatRoomEventHandler: Send + Sync + 'static {
         operator: Option<&UserId>,
     ) {
     }
+    /// roomcast's own (Twitch's chat delay), to every member but the operator: `operator`
+    /// turned hold for review on (`hold`: how long messages of members who are not staff wait
+    /// before the others who are not staff receive them) or off (`None`).
+    fn on_hold_changed_from_chat_room(
+        &self,
+        room_id: &RoomId,
+        hold: Option<std::time::Duration>,
+        operator: Option<&UserId>,
+        operator_reason: Option<&str>,
+    ) {
+    }
     /// roomcast's own (Stream's shadow ban), to the owner and admins only: `operator`
     /// shadow-banned `members` (`banned`) or lifted their shadow ban. The members are never told.
     fn on_shadow_ban_changed_from_chat_room(
@@ -408,6 +419,17 @@ pub fn dispatch_callback<H: ChatRoomEventHandler + ?Sized>(handler: &H, event: &
             *banned,
             operator.as_ref(),
         ),
+        E::HoldChanged {
+            room_id,
+            hold,
+            operator,
+            operator_reason,
+        } => handler.on_hold_changed_from_chat_room(
+            room_id,
+            *hold,
+            operator.as_ref(),
+            operator_reason.as_deref(),
+        ),
         // A message event in the SDK: `ChatEventHandler::on_messages_recalled` gets it.
         E::MessageRecalled { .. } => {}
         // The model's enum is `#[non_exhaustive]`; every variant it has today is above (the
@@ -482,6 +504,7 @@ mod tests {
         fn on_message_pinned_from_chat_room(&self, _: &RoomId, _: MessageId, _: u64, _: Option<&UserId>) { self.push("pinned") }
         fn on_message_unpinned_from_chat_room(&self, _: &RoomId, _: u64, _: Option<&UserId>) { self.push("unpinned") }
         fn on_shadow_ban_changed_from_chat_room(&self, _: &RoomId, _: &[UserId], _: bool, _: Option<&UserId>) { self.push("shadow ban") }
+        fn on_hold_changed_from_chat_room(&self, _: &RoomId, _: Option<std::time::Duration>, _: Option<&UserId>, _: Option<&str>) { self.push("hold") }
     }
 
     /// `ChatRoomEvent` is `#[non_exhaustive]`, so `dispatch` has a `_` arm the compiler cannot
@@ -706,6 +729,15 @@ mod tests {
                     operator_reason: None,
                 },
                 "shadow ban",
+            ),
+            (
+                E::HoldChanged {
+                    room_id,
+                    hold: Some(std::time::Duration::from_secs(10)),
+                    operator: None,
+                    operator_reason: None,
+                },
+                "hold",
             ),
         ];
         for (event, expected) in cases {

@@ -790,6 +790,7 @@ impl Core {
                             ChatMessage::new(roomcast_model::MessageData {
                                 recalled: None,
                                 shadowed: false,
+                                held_until: None,
                                 msg_id: record.msg_id,
                                 room_id: room,
                                 from: record.from,
@@ -1142,9 +1143,10 @@ impl Core {
             .session_of(&user)
             .and_then(|s| s.copy_start(room));
         // Read on the store's thread, after every write submitted before it; reported once
-        // what it read is durable.
-        let read =
-            store.read(move |reader| local_messages(reader, &user, room, current, before, count));
+        // what it read is durable. A message still held for review is hidden as of now.
+        let now = self.inner.shared.clock.now_ms();
+        let read = store
+            .read(move |reader| local_messages(reader, &user, room, current, before, count, now));
         let settled = store.commit();
         self.run(async move {
             let messages = read.await.and_then(|r| r).map_err(storage_error)?;
@@ -1379,6 +1381,7 @@ fn local_messages(
     current: Option<u64>,
     before: Option<u64>,
     count: usize,
+    now: Timestamp,
 ) -> Result<Vec<ChatMessage>, StoreError> {
     use std::ops::Bound::Included;
     let mut spans = reader
@@ -1411,14 +1414,15 @@ fn local_messages(
             };
             for data in page {
                 let message = ChatMessage::new(data);
-                let is_staff = if message.is_shadowed() && staff.is_none() {
+                let hidden = message.is_shadowed() || message.is_held_at(now);
+                let is_staff = if hidden && staff.is_none() {
                     let record = reader.room(room)?;
                     *staff
                         .insert(record.is_some_and(|r| r.owner == *user || r.admins.contains(user)))
                 } else {
                     staff.unwrap_or(false)
                 };
-                out.extend(message.seen_by(user, is_staff));
+                out.extend(message.seen_by(user, is_staff, now));
             }
             if exhausted || last == 0 {
                 break;

@@ -195,6 +195,13 @@ impl Message for ExpireMute {
     type Result = ();
 }
 
+/// Messages held for review may be due (see [`RoomActor::release_held`]).
+pub(crate) struct ReleaseHeld;
+
+impl Message for ReleaseHeld {
+    type Result = ();
+}
+
 /// The room's freeze may have ended.
 pub(crate) struct ExpireFreeze;
 
@@ -254,6 +261,11 @@ pub(crate) struct RoomActor {
     keys: Keys,
     /// The idempotency key of the message being sent, while it is applied.
     sending_key: Option<String>,
+    /// Messages the members who are not staff have not received yet, in the room's order, with
+    /// the mailboxes that must not get them again (the sender's, and those of the staff who got
+    /// them at once): a message held for review, and every message accepted behind one. See
+    /// [`RoomActor::release_held`].
+    held: std::collections::VecDeque<(ChatMessage, Except)>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -328,6 +340,7 @@ impl RoomActor {
             initial_reservations: start.reservations,
             keys: Keys::new(start.keys),
             sending_key: None,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -629,10 +642,38 @@ impl RoomActor {
         if let Some((seq, recall)) = &fx.recalled {
             // Replay on join shows it recalled too.
             self.recent.recall(*seq, recall);
+            // A message deleted before the members who are not staff received it never
+            // reaches them.
+            self.held.retain(|(m, _)| m.seq() != *seq);
         }
+        // What waited only behind a message just deleted goes at the end.
+        let release = fx.recalled.is_some();
         if let Some(message) = fx.message {
             self.recent.push(message.clone());
-            if message.is_shadowed() {
+            if !message.is_shadowed() && (message.is_held() || !self.held.is_empty()) {
+                // Held for review, or behind a held message: the staff in the room (but its
+                // sender) have it at once, marked if it is held; the others when it is released,
+                // in the room's order.
+                // Whoever got it now (staff then, even if no longer at its release) is skipped
+                // then, and nobody else.
+                let record = self.room.record();
+                let mut got = Vec::new();
+                for staff in std::iter::once(&record.owner).chain(&record.admins) {
+                    if *staff != *message.from() && self.room.is_member(staff) {
+                        if let Some(m) = shared.session_of(staff) {
+                            got.push(m.mailbox().id());
+                            fanout.send_to(m, vec![ClientEvent::Message(message.clone())]);
+                        }
+                    }
+                }
+                let skip = Except::of(sender).and(got.into());
+                if self.held.is_empty() {
+                    if let Some(at) = message.held_until() {
+                        shared.timers.schedule(room_id, Timer::HoldRelease { at });
+                    }
+                }
+                self.held.push_back((message, skip));
+            } else if message.is_shadowed() {
                 // Marked, to the owner and admins in the room only (its sender is not staff).
                 let record = self.room.record();
                 for staff in std::iter::once(&record.owner).chain(&record.admins) {
@@ -661,6 +702,42 @@ impl RoomActor {
             self.flush_staff_batch();
         }
         self.entry.set_member_count(self.room.member_count());
+        if release
+            && self
+                .held
+                .front()
+                .is_some_and(|(m, _)| !m.is_held_at(self.now()))
+        {
+            self.release_held();
+        }
+    }
+
+    /// Delivers to the members who are not staff the held messages whose hold has passed (engine
+    /// clock), and the messages behind them up to the next one still held, in the room's order
+    /// (one broadcast each, skipping the sender and the staff who got it at once); then sets the
+    /// room's timer for the next release.
+    fn release_held(&mut self) {
+        let now = self.now();
+        let room_id = self.room.id();
+        while let Some((front, _)) = self.held.front() {
+            if front.is_held_at(now) {
+                break;
+            }
+            let Some((message, skip)) = self.held.pop_front() else {
+                break;
+            };
+            self.shared.fanout.broadcast(
+                room_id,
+                ClientEvent::Message(message.released()),
+                skip,
+                &self.shards,
+            );
+        }
+        if let Some(at) = self.held.front().and_then(|(m, _)| m.held_until()) {
+            self.shared
+                .timers
+                .schedule(room_id, Timer::HoldRelease { at });
+        }
     }
 
     /// Sends the held staff events: to each owner or admin in the room, in one delivery, those
@@ -717,10 +794,16 @@ impl RoomActor {
         let commit = executed?;
         let replay = self.room.limits().join_replay_count;
         let staff = self.room.is_staff(&user);
+        // What the members who are not staff have not received yet comes with its release.
+        let cut = match self.held.front() {
+            Some((m, _)) if !staff => m.seq(),
+            _ => u64::MAX,
+        };
         let recent: Vec<ClientEvent> = self
             .recent
-            .newest_seen_by(replay, &user, staff)
+            .newest_seen_by(replay, &user, staff, self.now())
             .into_iter()
+            .filter(|m| m.seq() < cut)
             .map(ClientEvent::Message)
             .collect();
         self.shared.fanout.send_to(joiner, recent);
@@ -756,6 +839,10 @@ impl RoomActor {
         let now = self.now();
         for due in self.room.due_expiries(now) {
             self.presence(due, ctx);
+        }
+        // Likewise, held messages whose hold has passed go out before the call.
+        if self.held.front().is_some_and(|(m, _)| !m.is_held_at(now)) {
+            self.release_held();
         }
         match self.guarded(ctx, f) {
             Some(Ok((value, commit))) => Ok(Answer {
@@ -1032,9 +1119,10 @@ impl Handler<FetchHistory> for RoomActor {
             let query = msg.query;
             let staff = act.room.is_staff(&msg.viewer);
             let viewer = msg.viewer;
+            let now = act.now();
             // Queued after this room's writes: the page shows every message sent before it.
             let page = act.store.read(move |reader| {
-                history_page(reader, room, query, |m| m.seen_by(&viewer, staff))
+                history_page(reader, room, query, |m| m.seen_by(&viewer, staff, now))
             });
             Ok((page, None))
         })
@@ -1094,7 +1182,12 @@ impl Handler<Hibernate> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Hibernate, ctx: &mut Context<Self>) {
-        if !self.room.is_dormant() || !self.staff_batch.is_empty() || self.poisoned {
+        // A room with messages still held for review stays until they are out.
+        if !self.room.is_dormant()
+            || !self.staff_batch.is_empty()
+            || !self.held.is_empty()
+            || self.poisoned
+        {
             return;
         }
         let now = self.now();
@@ -1225,6 +1318,16 @@ impl Handler<ExpireFreeze> for RoomActor {
     fn handle(&mut self, _: ExpireFreeze, ctx: &mut Context<Self>) {
         let command = Command::ExpireFreeze { now: self.now() };
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
+    }
+}
+
+impl Handler<ReleaseHeld> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseHeld, _: &mut Context<Self>) {
+        if !self.held.is_empty() {
+            self.release_held();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use roomcast_model::{RoomId, Timer, TimerKind, Timestamp, UserId};
 use tokio::sync::Notify;
 
-use crate::room_actor::{ExpireBlock, ExpireFreeze, ExpireMute, ExpireOffline};
+use crate::room_actor::{ExpireBlock, ExpireFreeze, ExpireMute, ExpireOffline, ReleaseHeld};
 use crate::{SessionKey, Shared};
 
 /// A pending deadline, in due order.
@@ -177,6 +177,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                     TimerKind::OfflineCheck => addr.do_send(ExpireOffline { user }),
                     TimerKind::FreezeEnd => addr.do_send(ExpireFreeze),
                     TimerKind::BlockEnd => addr.do_send(ExpireBlock { user }),
+                    TimerKind::HoldRelease => addr.do_send(ReleaseHeld),
                 }
             }
         }

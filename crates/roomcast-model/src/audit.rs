@@ -121,6 +121,11 @@ pub enum AuditAction {
     ShadowBan,
     /// Lifted the targets' shadow ban.
     ShadowUnban,
+    /// Turned hold for review on (the hold in ms) or off (`None`).
+    Hold {
+        /// The hold.
+        hold_ms: Option<u64>,
+    },
 }
 
 /// One entry of a room's audit log.
@@ -224,6 +229,12 @@ impl AuditAction {
             M::UnpinMessage(seq) => (AuditAction::UnpinMessage { seq: *seq }, Vec::new()),
             M::ShadowBan(us) => (AuditAction::ShadowBan, us.clone()),
             M::ShadowUnban(us) => (AuditAction::ShadowUnban, us.clone()),
+            M::SetHold(h) => (
+                AuditAction::Hold {
+                    hold_ms: h.map(crate::duration_ms),
+                },
+                Vec::new(),
+            ),
         }
     }
 }

@@ -310,6 +310,18 @@ pub enum ChatRoomEvent {
         /// The reason the operator gave, if any.
         operator_reason: Option<String>,
     },
+    /// roomcast's own (Twitch's chat delay): hold for review was turned on with this hold, or
+    /// off. To every member but the operator.
+    HoldChanged {
+        /// The room.
+        room_id: RoomId,
+        /// How long messages of members who are not staff are held; `None`: off.
+        hold: Option<std::time::Duration>,
+        /// Who changed it.
+        operator: Option<UserId>,
+        /// The reason the operator gave, if any.
+        operator_reason: Option<String>,
+    },
 }
 
 impl ChatRoomEvent {
@@ -366,6 +378,9 @@ impl ChatRoomEvent {
                 operator_reason, ..
             }
             | ChatRoomEvent::ShadowBanChanged {
+                operator_reason, ..
+            }
+            | ChatRoomEvent::HoldChanged {
                 operator_reason, ..
             } => operator_reason.as_deref(),
             _ => None,
@@ -425,6 +440,9 @@ impl ChatRoomEvent {
             }
             | ChatRoomEvent::ShadowBanChanged {
                 operator_reason, ..
+            }
+            | ChatRoomEvent::HoldChanged {
+                operator_reason, ..
             } => *operator_reason = given,
             _ => {}
         }
@@ -461,7 +479,8 @@ impl ChatRoomEvent {
             | ChatRoomEvent::MessageRecalled { room_id, .. }
             | ChatRoomEvent::MessagePinned { room_id, .. }
             | ChatRoomEvent::MessageUnpinned { room_id, .. }
-            | ChatRoomEvent::ShadowBanChanged { room_id, .. } => *room_id,
+            | ChatRoomEvent::ShadowBanChanged { room_id, .. }
+            | ChatRoomEvent::HoldChanged { room_id, .. } => *room_id,
             ChatRoomEvent::SpecificationChanged { room, .. } => room.room_id,
         }
     }

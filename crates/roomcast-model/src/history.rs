@@ -151,18 +151,20 @@ impl History {
 
     /// The newest `n` messages that `viewer` sees (`staff`: the owner or an admin), oldest
     /// first, each as it sees it ([`ChatMessage::seen_by`]): a shadowed message of someone else
-    /// is skipped, not counted, for a member who is not staff.
+    /// or one still held for review at `now` is skipped, not counted, for a member who is not
+    /// staff.
     pub fn newest_seen_by(
         &self,
         n: usize,
         viewer: &crate::UserId,
         staff: bool,
+        now: crate::Timestamp,
     ) -> Vec<ChatMessage> {
         let mut out: Vec<ChatMessage> = self
             .messages
             .iter()
             .rev()
-            .filter_map(|m| m.seen_by(viewer, staff))
+            .filter_map(|m| m.seen_by(viewer, staff, now))
             .take(n)
             .collect();
         out.reverse();
@@ -257,6 +259,7 @@ mod tests {
             priority: MessagePriority::Normal,
             recalled: None,
             shadowed: false,
+            held_until: None,
         })
     }
 

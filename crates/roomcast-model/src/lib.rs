@@ -42,7 +42,7 @@ pub use message::{
 };
 pub use moderation::{
     check_permission, BlockedMember, MessageRef, Moderation, MuteDuration, MutedMember, Operation,
-    MAX_ADMINS,
+    HOLD_RANGE, MAX_ADMINS,
 };
 pub use page::{check_page, check_page_size, ChatPageResult, LIST_PAGE_MAX};
 pub use room::{

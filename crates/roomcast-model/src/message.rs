@@ -253,6 +253,11 @@ pub struct MessageData {
     /// True if its sender was shadow-banned when the room accepted it: only the sender (which
     /// sees it unmarked) and the owner and admins (marked) ever see it.
     pub shadowed: bool,
+    /// Hold for review (Twitch's chat delay): set if its sender was not the owner or an admin
+    /// while the room held messages; members who are not staff see it (live, in history, on
+    /// replay and in local copies) only from then on (engine clock). Its sender and the staff see
+    /// it at once, the staff marked ([`ChatMessage::is_held`]).
+    pub held_until: Option<Timestamp>,
 }
 
 /// How a message was recalled: by whom and when. A recalled message keeps its id, sender,
@@ -310,17 +315,48 @@ impl ChatMessage {
         self.0.shadowed
     }
 
-    /// The message as `viewer` sees it (`staff`: the owner or an admin of its room): `None` if
-    /// it is hidden from `viewer` (a shadowed message of someone else, to a member who is not
-    /// staff), without the shadow mark for its own sender, as it is otherwise.
-    pub fn seen_by(&self, viewer: &UserId, staff: bool) -> Option<ChatMessage> {
-        if !self.0.shadowed || staff {
+    /// True if the room held it for review (see [`MessageData::held_until`]). The owner and
+    /// admins, who receive it at once, see the mark; other members see it only once released,
+    /// unmarked.
+    pub fn is_held(&self) -> bool {
+        self.0.held_until.is_some()
+    }
+
+    /// Until when the room held it for review, if it did (engine clock).
+    pub fn held_until(&self) -> Option<Timestamp> {
+        self.0.held_until
+    }
+
+    /// True if, at `now`, the message is still held from members who are not staff.
+    pub fn is_held_at(&self, now: Timestamp) -> bool {
+        self.0.held_until.is_some_and(|until| now < until)
+    }
+
+    /// The message as `viewer` sees it at `now` (`staff`: the owner or an admin of its room):
+    /// `None` if it is hidden from `viewer` (a shadowed message of someone else, or a message
+    /// still held for review, to a member who is not staff), without the shadow mark for its own
+    /// sender and without the hold mark once released, as it is otherwise.
+    pub fn seen_by(&self, viewer: &UserId, staff: bool, now: Timestamp) -> Option<ChatMessage> {
+        if staff {
             Some(self.clone())
         } else if self.0.from == *viewer {
             Some(self.unmarked())
-        } else {
+        } else if self.0.shadowed || self.is_held_at(now) {
             None
+        } else {
+            Some(self.released())
         }
+    }
+
+    /// The same message without the hold mark (as members who are not staff see it once it is
+    /// released).
+    pub fn released(&self) -> ChatMessage {
+        if self.0.held_until.is_none() {
+            return self.clone();
+        }
+        let mut data = (*self.0).clone();
+        data.held_until = None;
+        ChatMessage::new(data)
     }
 
     /// The same message without the shadow mark (as its sender sees it).
@@ -394,6 +430,7 @@ impl fmt::Debug for ChatMessage {
             .field("priority", &self.0.priority)
             .field("recalled", &self.0.recalled)
             .field("shadowed", &self.0.shadowed)
+            .field("held_until", &self.0.held_until)
             .finish_non_exhaustive()
     }
 }

@@ -55,6 +55,8 @@ pub enum Operation {
     SlowMode,
     /// Freeze or unfreeze the room.
     Freeze,
+    /// Turn hold for review on or off.
+    Hold,
     /// Change the announcement.
     UpdateAnnouncement,
     /// Change the room's own limits.
@@ -112,7 +114,7 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
             }
         }
         Unblock | FetchBlockList | FetchMuteList | MuteAll | EditAllowList | FetchAllowList
-        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze
+        | ChangeSpecification | UpdateAnnouncement | FetchAuditLog | SlowMode | Freeze | Hold
         | DeleteMessage | PinMessage | ShadowUnban | FetchShadowBanList => {
             if staff {
                 Ok(())
@@ -187,6 +189,8 @@ pub struct MessageRef {
     pub recalled: bool,
     /// True if it is shadowed (its sender was shadow-banned when it was sent).
     pub shadowed: bool,
+    /// Until when it is held for review, if it was held.
+    pub held_until: Option<Timestamp>,
 }
 
 impl MessageRef {
@@ -199,6 +203,7 @@ impl MessageRef {
             server_time: message.server_time,
             recalled: message.recalled.is_some(),
             shadowed: message.shadowed,
+            held_until: message.held_until,
         }
     }
 }
@@ -256,6 +261,10 @@ pub enum Moderation {
     /// Slow mode: each member who is not exempt (owner, admins, allow list) may send one
     /// message per this long, 1 to 120 s; `None` turns it off.
     SetSlowMode(Option<std::time::Duration>),
+    /// Hold for review (Twitch's chat delay): messages from members who are not staff reach
+    /// the other members who are not staff only this long after the room accepted them, 1 to
+    /// 60 s; `None` turns it off (and releases what is held at once).
+    SetHold(Option<std::time::Duration>),
     /// Freeze the room for a while or until unfrozen: only the owner and admins may send.
     Freeze(MuteDuration),
     /// End a freeze.
@@ -281,6 +290,10 @@ pub enum Moderation {
     /// Lift these users' shadow ban.
     ShadowUnban(Vec<UserId>),
 }
+
+/// The shortest and longest holds for review.
+pub const HOLD_RANGE: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(60);
 
 /// The shortest and longest slow-mode cooldowns.
 pub const SLOW_MODE_RANGE: std::ops::RangeInclusive<std::time::Duration> =
@@ -461,6 +474,30 @@ impl Room {
                 }
                 fx.record_changed = true;
                 Ok(fx)
+            }
+            M::SetHold(hold) => {
+                check_permission(Operation::Hold, self.role_of(&by), None)?;
+                if let Some(h) = hold {
+                    if !HOLD_RANGE.contains(&h) {
+                        return Err(ChatError::InvalidParam(format!(
+                            "a hold for review is 1 to 60 s, got {h:?}"
+                        )));
+                    }
+                }
+                let ms = hold.map(crate::duration_ms);
+                if self.record().live.hold_ms == ms {
+                    return Ok(Effects::default());
+                }
+                self.record_mut().live.hold_ms = ms;
+                Ok(self.changed(vec![Outgoing {
+                    to: Audience::MembersExcept(vec![by.clone()]),
+                    event: ChatRoomEvent::HoldChanged {
+                        room_id,
+                        hold,
+                        operator: Some(by),
+                        operator_reason: None,
+                    },
+                }]))
             }
             M::SetSlowMode(cooldown) => {
                 check_permission(Operation::SlowMode, self.role_of(&by), None)?;
@@ -1101,6 +1138,8 @@ mod tests {
             ("mute all", Moderation::MuteAll(true), [OK, OK, 703, 703]),
             ("slow mode", Moderation::SetSlowMode(Some(std::time::Duration::from_secs(5))), [OK, OK, 703, 703]),
             ("slow mode off", Moderation::SetSlowMode(None), [OK, OK, 703, 703]),
+            ("hold", Moderation::SetHold(Some(std::time::Duration::from_secs(5))), [OK, OK, 703, 703]),
+            ("hold off", Moderation::SetHold(None), [OK, OK, 703, 703]),
             ("freeze", Moderation::Freeze(MuteDuration::For(std::time::Duration::from_secs(5))), [OK, OK, 703, 703]),
             ("freeze forever", Moderation::Freeze(MuteDuration::Forever), [OK, OK, 703, 703]),
             ("unfreeze", Moderation::Unfreeze, [OK, OK, 703, 703]),
@@ -1125,6 +1164,7 @@ mod tests {
             server_time: 0,
             recalled: false,
             shadowed: false,
+            held_until: None,
         }
     }
 
@@ -1208,6 +1248,100 @@ mod tests {
     }
 
     #[test]
+    fn hold_for_review_marks_messages_of_non_staff_and_hides_them_until_released() {
+        use std::time::Duration;
+        let mut r = room();
+        let by = |u: &str, action| Command::Moderate {
+            reason: Some("raid".into()),
+            by: uid(u),
+            action,
+            now: 1_000,
+        };
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(999),
+            Duration::from_secs(61),
+        ] {
+            assert_eq!(code(r.apply(by("o", Moderation::SetHold(Some(bad))))), 110);
+        }
+        assert_eq!(
+            code(r.apply(by("m", Moderation::SetHold(Some(Duration::from_secs(5)))))),
+            703
+        );
+        let fx = r
+            .apply(by("a", Moderation::SetHold(Some(Duration::from_secs(5)))))
+            .unwrap();
+        assert!(fx.record_changed);
+        assert!(matches!(&fx.events[0].to, Audience::MembersExcept(u) if *u == vec![uid("a")]));
+        assert!(matches!(
+            &fx.events[0].event,
+            ChatRoomEvent::HoldChanged { hold: Some(h), operator: Some(o), .. }
+                if *h == Duration::from_secs(5) && *o == uid("a")
+        ));
+        assert_eq!(fx.events[0].event.operator_reason(), Some("raid"));
+        assert_eq!(
+            fx.audit[0].action,
+            crate::AuditAction::Hold {
+                hold_ms: Some(5_000)
+            }
+        );
+        assert_eq!(r.snapshot(None).hold, Some(Duration::from_secs(5)));
+        // The same hold again changes nothing.
+        let again = r
+            .apply(by("o", Moderation::SetHold(Some(Duration::from_secs(5)))))
+            .unwrap();
+        assert_eq!(again, Effects::default());
+        let send = |r: &mut Room, from: &str, now| {
+            r.apply(Command::SendMessage {
+                from: uid(from),
+                message: crate::OutgoingMessage::text(r.id(), "hi"),
+                msg_id: crate::MessageId::from_u64(r.last_seq() + 1),
+                now,
+            })
+            .unwrap()
+            .message
+            .unwrap()
+        };
+        let m = send(&mut r, "m", 2_000);
+        assert_eq!(m.held_until(), Some(7_000));
+        assert!(m.is_held_at(6_999) && !m.is_held_at(7_000));
+        // Hidden from other members until then; the staff see it marked; its sender at once.
+        assert!(m.seen_by(&uid("m2"), false, 6_999).is_none());
+        assert!(!m.seen_by(&uid("m2"), false, 7_000).unwrap().is_held());
+        assert!(m.seen_by(&uid("a"), true, 2_000).unwrap().is_held());
+        assert!(m.seen_by(&uid("m"), false, 2_000).is_some());
+        // Staff messages are never held.
+        assert!(!send(&mut r, "o", 2_000).is_held());
+        assert!(!send(&mut r, "a", 2_000).is_held());
+        // A deletion during the hold is told to its sender and the staff only; after it, to all.
+        let held = MessageRef::of(m.data());
+        let fx = r
+            .apply(Command::Moderate {
+                reason: None,
+                by: uid("o"),
+                action: Moderation::DeleteMessage(held),
+                now: 3_000,
+            })
+            .unwrap();
+        assert!(matches!(&fx.events[0].to, Audience::MembersAmong(to)
+            if to.contains(&uid("m")) && to.contains(&uid("a")) && !to.contains(&uid("m2"))));
+        let later = send(&mut r, "m2", 3_000);
+        let fx = r
+            .apply(Command::Moderate {
+                reason: None,
+                by: uid("o"),
+                action: Moderation::DeleteMessage(MessageRef::of(later.data())),
+                now: 8_000,
+            })
+            .unwrap();
+        assert!(matches!(&fx.events[0].to, Audience::MembersExcept(_)));
+        // Off: later messages are not held.
+        r.apply(by("o", Moderation::SetHold(None))).unwrap();
+        assert_eq!(r.snapshot(None).hold, None);
+        assert!(!send(&mut r, "m", 9_000).is_held());
+    }
+
+    #[test]
     fn shadow_banned_messages_are_marked_and_only_staff_hear_of_the_ban() {
         let mut r = room();
         let by = |u: &str, action| Command::Moderate {
@@ -1255,9 +1389,9 @@ mod tests {
         };
         let m = send(&mut r, "m");
         assert!(m.is_shadowed());
-        assert!(m.seen_by(&uid("m2"), false).is_none());
-        assert!(!m.seen_by(&uid("m"), false).unwrap().is_shadowed());
-        assert!(m.seen_by(&uid("a"), true).unwrap().is_shadowed());
+        assert!(m.seen_by(&uid("m2"), false, 0).is_none());
+        assert!(!m.seen_by(&uid("m"), false, 0).unwrap().is_shadowed());
+        assert!(m.seen_by(&uid("a"), true, 0).unwrap().is_shadowed());
         assert!(!send(&mut r, "m2").is_shadowed());
         // A shadowed message cannot be pinned; its deletion is told to its sender and the staff.
         let shadowed = MessageRef::of(m.data());

@@ -67,8 +67,10 @@ impl Room {
     fn recall_effects(&mut self, by: &UserId, message: MessageRef, now: Timestamp) -> Effects {
         let room_id = self.id();
         self.recalled.insert(message.seq);
-        // A shadowed message was only ever seen by its sender and the staff: only they hear.
-        let to = if message.shadowed {
+        // A shadowed message was only ever seen by its sender and the staff, and so is one
+        // still held for review: only they hear (the held one is then never released).
+        let held = message.held_until.is_some_and(|until| now < until);
+        let to = if message.shadowed || held {
             Audience::MembersAmong(self.staff_and(std::slice::from_ref(&message.from), Some(by)))
         } else {
             Audience::MembersExcept(vec![by.clone()])
@@ -183,6 +185,7 @@ mod tests {
             server_time: at,
             recalled: false,
             shadowed: false,
+            held_until: None,
         }
     }
 

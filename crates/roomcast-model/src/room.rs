@@ -141,6 +141,9 @@ pub struct ChatRoom {
     pub frozen_until: Option<Timestamp>,
     /// The pinned messages, oldest pin first.
     pub pinned_messages: Vec<crate::Pin>,
+    /// Hold for review, if it is on: how long messages of members who are not staff wait
+    /// before the other members who are not staff receive them (roomcast's own).
+    pub hold: Option<std::time::Duration>,
 }
 
 /// A room's persisted state: everything but transient membership.
@@ -330,6 +333,12 @@ pub enum Timer {
         /// When (engine clock).
         at: Timestamp,
     },
+    /// Release the messages held for review whose hold has passed at `at` (the engine's, not
+    /// a command: held messages wait in the room's actor).
+    HoldRelease {
+        /// When (engine clock).
+        at: Timestamp,
+    },
 }
 
 /// The user a room's own timers (not a member's) are kept under.
@@ -350,6 +359,8 @@ pub enum TimerKind {
     FreezeEnd,
     /// [`Timer::BlockEnd`].
     BlockEnd,
+    /// [`Timer::HoldRelease`] (kept under the room's own reserved timer user).
+    HoldRelease,
 }
 
 impl Timer {
@@ -360,6 +371,7 @@ impl Timer {
             Timer::MuteExpiry { user, at } => (user.clone(), TimerKind::MuteExpiry, *at),
             Timer::FreezeEnd { at } => (room_timer_user(), TimerKind::FreezeEnd, *at),
             Timer::BlockEnd { user, at } => (user.clone(), TimerKind::BlockEnd, *at),
+            Timer::HoldRelease { at } => (room_timer_user(), TimerKind::HoldRelease, *at),
         }
     }
 }
@@ -1111,6 +1123,7 @@ impl Room {
             frozen: r.live.frozen_until.is_some(),
             frozen_until: r.live.frozen_until.filter(|&u| u != crate::UNTIL_LIFTED),
             pinned_messages: r.live.pins.clone(),
+            hold: r.live.hold_ms.map(std::time::Duration::from_millis),
         }
     }
 
@@ -1242,7 +1255,21 @@ impl Room {
             )));
         }
         let shadowed = self.record.live.shadow_banned.contains(&from) && !self.is_staff(&from);
-        Ok(self.accept(from, message, msg_id, now, shadowed))
+        let held_until = match self.record.live.hold_ms {
+            Some(hold) if !self.is_staff(&from) => {
+                Some(now.saturating_add(ms_to_timestamp(hold).max(1)))
+            }
+            _ => None,
+        };
+        let mut fx = self.accept(from, message, msg_id, now, shadowed);
+        if let Some(message) = &mut fx.message {
+            if held_until.is_some() {
+                let mut data = message.data().clone();
+                data.held_until = held_until;
+                *message = ChatMessage::new(data);
+            }
+        }
+        Ok(fx)
     }
 
     /// Takes `message` as the room's next one (`shadowed`: its sender is shadow-banned).
@@ -1278,6 +1305,7 @@ impl Room {
             priority: message.priority,
             recalled: None,
             shadowed,
+            held_until: None,
         });
         Effects {
             message: Some(sent),

@@ -56,9 +56,12 @@ pub enum RecordKind {
     MessageV2 = 10,
     /// A message's idempotency key ([`crate::IdempotencyRecord`]).
     Idempotency = 11,
-    /// A retained room message ([`roomcast_model::MessageData`], with its recall and shadow
-    /// mark).
+    /// A retained room message in the third layout (with its recall and shadow mark, before
+    /// hold for review): read, never written.
     MessageV3 = 12,
+    /// A retained room message ([`roomcast_model::MessageData`], with its recall, shadow mark
+    /// and hold for review).
+    MessageV4 = 13,
 }
 
 fn config() -> impl bincode::config::Config {
@@ -162,7 +165,7 @@ pub fn decode_room(bytes: &[u8]) -> Result<roomcast_model::RoomRecord, StoreErro
 
 /// Encodes a retained message in the current layout.
 pub fn encode_message(message: &roomcast_model::MessageData) -> Result<Vec<u8>, StoreError> {
-    encode(RecordKind::MessageV3, message)
+    encode(RecordKind::MessageV4, message)
 }
 
 /// Decodes a retained message of any layout: the record's kind says which.
@@ -174,7 +177,10 @@ pub fn decode_message(bytes: &[u8]) -> Result<roomcast_model::MessageData, Store
         Some(&k) if k == RecordKind::MessageV2 as u8 => {
             decode::<legacy::MessageDataV2>(RecordKind::MessageV2, bytes).map(Into::into)
         }
-        _ => decode(RecordKind::MessageV3, bytes),
+        Some(&k) if k == RecordKind::MessageV3 as u8 => {
+            decode::<legacy::MessageDataV3>(RecordKind::MessageV3, bytes).map(Into::into)
+        }
+        _ => decode(RecordKind::MessageV4, bytes),
     }
 }
 
@@ -306,6 +312,7 @@ mod legacy {
                 priority: v1.priority,
                 recalled: None,
                 shadowed: false,
+                held_until: None,
             }
         }
     }
@@ -337,6 +344,40 @@ mod legacy {
                 priority: v2.priority,
                 recalled: v2.recalled,
                 shadowed: false,
+                held_until: None,
+            }
+        }
+    }
+
+    /// `MessageData` before hold for review.
+    #[derive(Debug, Deserialize)]
+    pub struct MessageDataV3 {
+        msg_id: MessageId,
+        room_id: RoomId,
+        from: UserId,
+        seq: u64,
+        server_time: Timestamp,
+        body: MessageBody,
+        attributes: BTreeMap<String, AttributeValue>,
+        priority: MessagePriority,
+        recalled: Option<Recall>,
+        shadowed: bool,
+    }
+
+    impl From<MessageDataV3> for MessageData {
+        fn from(v3: MessageDataV3) -> MessageData {
+            MessageData {
+                msg_id: v3.msg_id,
+                room_id: v3.room_id,
+                from: v3.from,
+                seq: v3.seq,
+                server_time: v3.server_time,
+                body: v3.body,
+                attributes: v3.attributes,
+                priority: v3.priority,
+                recalled: v3.recalled,
+                shadowed: v3.shadowed,
+                held_until: None,
             }
         }
     }

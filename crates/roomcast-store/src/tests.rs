@@ -250,6 +250,7 @@ fn message(room: u64, seq: u64, time: i64) -> MessageData {
         priority: roomcast_model::MessagePriority::Normal,
         recalled: None,
         shadowed: false,
+        held_until: None,
     }
 }
 
@@ -809,7 +810,7 @@ fn first_layout_messages_still_read() {
     let bytes = codec::encode(RecordKind::Message, &v1).unwrap();
     assert_eq!(codec::decode_message(&bytes).unwrap(), now);
     let written = codec::encode_message(&now).unwrap();
-    assert_eq!(written[3], RecordKind::MessageV3 as u8);
+    assert_eq!(written[3], RecordKind::MessageV4 as u8);
     assert_eq!(codec::decode_message(&written).unwrap(), now);
     // The second layout (recall, before shadow bans) reads as not shadowed.
     #[derive(serde::Serialize)]
@@ -845,6 +846,39 @@ fn first_layout_messages_still_read() {
     shadowed.shadowed = true;
     let written = codec::encode_message(&shadowed).unwrap();
     assert_eq!(codec::decode_message(&written).unwrap(), shadowed);
+    // The third layout (shadow bans, before hold for review) reads as not held.
+    #[derive(serde::Serialize)]
+    struct MessageV3 {
+        msg_id: roomcast_model::MessageId,
+        room_id: RoomId,
+        from: roomcast_model::UserId,
+        seq: u64,
+        server_time: i64,
+        body: roomcast_model::MessageBody,
+        attributes: BTreeMap<String, roomcast_model::AttributeValue>,
+        priority: roomcast_model::MessagePriority,
+        recalled: Option<roomcast_model::Recall>,
+        shadowed: bool,
+    }
+    let v3 = MessageV3 {
+        msg_id: now.msg_id,
+        room_id: now.room_id,
+        from: now.from.clone(),
+        seq: now.seq,
+        server_time: now.server_time,
+        body: now.body.clone(),
+        attributes: now.attributes.clone(),
+        priority: now.priority,
+        recalled: None,
+        shadowed: true,
+    };
+    let bytes = codec::encode(RecordKind::MessageV3, &v3).unwrap();
+    assert_eq!(codec::decode_message(&bytes).unwrap(), shadowed);
+    // A held message keeps when it is released.
+    let mut held = now.clone();
+    held.held_until = Some(5_000);
+    let written = codec::encode_message(&held).unwrap();
+    assert_eq!(codec::decode_message(&written).unwrap(), held);
 }
 
 /// A recall rewrites the stored message without its body; one of a message that retention

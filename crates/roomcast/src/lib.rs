@@ -76,7 +76,7 @@ pub use roomcast_model::{
     ChatRoomPermissionType, ErrorCode, HistoryQuery, LeaveReason, Limits, MessageBody, MessageData,
     MessageId, MessagePriority, MuteDuration, MutedMember, Operation, OutgoingMessage, Pin, Recall,
     RoomId, RoomLimits, RoomMessageStats, SearchDirection, SetAttributes, StorageFailure,
-    Timestamp, UserId, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW, LIST_PAGE_MAX,
+    Timestamp, UserId, HOLD_RANGE, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_WINDOW, LIST_PAGE_MAX,
     REASON_MAX_CHARS,
 };
 

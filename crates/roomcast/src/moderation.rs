@@ -81,6 +81,61 @@ impl ChatRoomManager {
             .await
     }
 
+    /// Hold for review (Twitch's chat delay): while it is on, a message from a member who is not
+    /// the owner or an admin is accepted at once (the send returns it, with its sequence number
+    /// and [`ChatMessage::held_until`](crate::ChatMessage::held_until)) but the other members who are not staff receive it only
+    /// once `hold` has passed on the engine clock, in the room's order; the owner and admins get
+    /// it at once, marked ([`ChatMessage::is_held`](crate::ChatMessage::is_held)), and may delete it meanwhile
+    /// ([`ChatRoomManager::delete_chat_room_message`]): it then never reaches the others.
+    /// History, replay and local copies hide it from them until then. `hold` is 1 to 60 s
+    /// ([`HOLD_RANGE`](crate::HOLD_RANGE); 110 otherwise); `None` turns it off (messages held
+    /// already keep their release time). Owner and admins (703 otherwise). The other members
+    /// get `on_hold_changed_from_chat_room`; the room's info shows it (`ChatRoom::hold`).
+    /// roomcast's own.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), roomcast::ChatError> {
+    /// # use roomcast::{CreateChatRoomOptions, Engine, ManualClock};
+    /// # let clock = ManualClock::new(1_700_000_000_000);
+    /// # let engine = Engine::builder().clock(clock.clone()).build().await?;
+    /// # engine.add_super_admin("host").await?;
+    /// # let host = engine.login("host").await?;
+    /// # let room = CreateChatRoomOptions::new("stream");
+    /// # let room = host.chat_room_manager().create_chat_room(room).await?.room_id;
+    /// # let bob = engine.login("bob").await?;
+    /// # bob.chat_room_manager().join_chat_room(&room).await?;
+    /// # let carol = engine.login("carol").await?;
+    /// # carol.chat_room_manager().join_chat_room(&room).await?;
+    /// use roomcast::{HistoryQuery, OutgoingMessage};
+    /// use std::time::Duration;
+    /// let rooms = host.chat_room_manager();
+    /// rooms.set_chat_room_hold(&room, Some(Duration::from_secs(10))).await?;
+    /// assert_eq!(rooms.fetch_chat_room_info(&room).await?.hold, Some(Duration::from_secs(10)));
+    /// let sent = bob.chat_manager().send_message(OutgoingMessage::text(room, "hi")).await?;
+    /// assert!(sent.is_held());
+    /// // Carol is not staff: she sees it only once the hold has passed.
+    /// let newest = HistoryQuery::newest(10);
+    /// let page = carol.chat_manager().fetch_history_messages(&room, newest).await?;
+    /// assert!(page.data.is_empty());
+    /// // The host sees it at once, marked.
+    /// let page = host.chat_manager().fetch_history_messages(&room, newest).await?;
+    /// assert!(page.data[0].is_held());
+    /// clock.advance(Duration::from_secs(10));
+    /// let page = carol.chat_manager().fetch_history_messages(&room, newest).await?;
+    /// assert_eq!(page.data[0].seq(), sent.seq());
+    /// assert!(!page.data[0].is_held());
+    /// rooms.set_chat_room_hold(&room, None).await?;
+    /// # engine.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_chat_room_hold(
+        &self,
+        room_id: &RoomId,
+        hold: Option<std::time::Duration>,
+    ) -> Result<(), ChatError> {
+        self.moderate(room_id, Moderation::SetHold(hold)).await
+    }
+
     /// Freezes the room (Sendbird's freeze) for `duration` or until unfrozen: only the owner
     /// and admins may send meanwhile; anyone else's send fails with 219
     /// ([`ChatError::RoomFrozen`], with the end), allow list included. Owner and admins (703

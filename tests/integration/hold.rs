@@ -474,3 +474,53 @@ async fn a_room_with_held_messages_stays_awake_until_they_are_out() {
     advance_until(&engine, &clock, Duration::from_secs(60), 5, 0).await;
     engine.shutdown().await;
 }
+
+/// A staff member who joins during a hold gets the held message in its join replay, marked,
+/// and not a second time at its release.
+#[tokio::test]
+async fn a_staff_member_joining_during_a_hold_gets_the_held_message_once() {
+    let clock = ManualClock::new(T0);
+    let (engine, owner) = engine_with(unthrottled(), Some(clock.clone()), "owner").await;
+    let room = create_room(&owner, "stream").await.room_id;
+    let admin = join(&engine, "admin", room).await;
+    let rooms = owner.chat_room_manager();
+    rooms.add_chat_room_admin(&room, "admin").await.unwrap();
+    admin
+        .chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    let bob = join(&engine, "bob", room).await;
+    rooms
+        .set_chat_room_hold(&room, Some(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let b1 = say(&bob, room, "b1").await;
+    assert!(b1.is_held());
+
+    // The admin comes back during the hold: the replay has b1, marked.
+    let mut admin_events = admin.events();
+    admin
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(10));
+    marker(&owner, room, 1).await;
+    let mut got = Vec::new();
+    loop {
+        match next_event(&mut admin_events).await {
+            Some(ClientEvent::Message(m)) => got.push(m),
+            Some(ClientEvent::Room(e))
+                if matches!(&*e, ChatRoomEvent::AnnouncementChanged { .. }) =>
+            {
+                break
+            }
+            Some(_) => {}
+            None => panic!("the stream ended"),
+        }
+    }
+    assert_eq!(texts(&got), ["b1"], "once: {got:?}");
+    assert!(got[0].is_held(), "the replay shows it held");
+    engine.shutdown().await;
+}

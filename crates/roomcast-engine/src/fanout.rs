@@ -235,7 +235,16 @@ impl Except {
         self
     }
 
-    fn contains(&self, id: u64) -> bool {
+    /// Skips the mailbox `id` too (a staff member who joined during a hold and had the message
+    /// in its join replay).
+    pub(crate) fn also(mut self, id: u64) -> Except {
+        let mut more: Vec<u64> = self.1.as_deref().unwrap_or_default().to_vec();
+        more.push(id);
+        self.1 = Some(more.into());
+        self
+    }
+
+    pub(crate) fn contains(&self, id: u64) -> bool {
         self.0[0] == id || self.0[1] == id || self.1.as_ref().is_some_and(|m| m.contains(&id))
     }
 }

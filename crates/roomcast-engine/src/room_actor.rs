@@ -806,6 +806,19 @@ impl RoomActor {
             .filter(|m| m.seq() < cut)
             .map(ClientEvent::Message)
             .collect();
+        if staff && !self.held.is_empty() {
+            // A staff member who joins during a hold had the held messages in its replay: their
+            // release skips it.
+            let mailbox = joiner.mailbox().id();
+            for (message, skip) in self.held.iter_mut() {
+                let replayed = recent
+                    .iter()
+                    .any(|e| matches!(e, ClientEvent::Message(m) if m.seq() == message.seq()));
+                if replayed && !skip.contains(mailbox) {
+                    *skip = std::mem::take(skip).also(mailbox);
+                }
+            }
+        }
         self.shared.fanout.send_to(joiner, recent);
         // The session was offline when it entered (a user joining without a live client): it
         // starts its grace period now. Later changes reach the room as `PresenceChanged`.

@@ -647,6 +647,60 @@ impl<O: Outgoing> Conn<O> {
                 rooms.unfreeze_chat_room(&room).await?;
                 json!({"room": room.to_string()})
             }
+            Request::Hold {
+                room,
+                seconds,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                let hold = seconds.map(Duration::from_secs);
+                rooms.set_chat_room_hold(&room, hold).await?;
+                json!({"room": room.to_string()})
+            }
+            Request::Recall { room, seq } => {
+                let room = parse_room(&room)?;
+                client.chat_manager().recall_message(&room, seq).await?;
+                json!({"room": room.to_string(), "seq": seq})
+            }
+            Request::Delete { room, seq, reason } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                rooms.delete_chat_room_message(&room, seq).await?;
+                json!({"room": room.to_string(), "seq": seq})
+            }
+            Request::Pin { room, seq, reason } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                rooms.pin_chat_room_message(&room, seq).await?;
+                json!({"room": room.to_string(), "seq": seq})
+            }
+            Request::Unpin { room, seq, reason } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                rooms.unpin_chat_room_message(&room, seq).await?;
+                json!({"room": room.to_string(), "seq": seq})
+            }
+            Request::ShadowBan {
+                room,
+                users,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                rooms.shadow_ban_chat_room_members(&room, &users).await?;
+                json!({"room": room.to_string(), "users": users})
+            }
+            Request::Unshadow {
+                room,
+                users,
+                reason,
+            } => {
+                let rooms = reasoned(&rooms, reason);
+                let room = parse_room(&room)?;
+                rooms.unshadow_ban_chat_room_members(&room, &users).await?;
+                json!({"room": room.to_string(), "users": users})
+            }
             Request::Block {
                 room,
                 users,

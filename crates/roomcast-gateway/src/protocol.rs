@@ -276,6 +276,78 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Hold for review (Twitch's chat delay): messages of members who are not staff reach the
+    /// owner and admins at once (marked `held_until`) and everyone else after `seconds` (1 to
+    /// 60); no `seconds` turns it off (what is held still waits until its time).
+    Hold {
+        /// The room.
+        room: String,
+        /// How long messages are held.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Recall one's own message (within the recall window, 504 past it).
+    Recall {
+        /// The room.
+        room: String,
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Delete anyone's message (owner and admins); a message still held for review is then
+    /// never delivered to the members who are not staff.
+    Delete {
+        /// The room.
+        room: String,
+        /// The message's sequence number.
+        seq: u64,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Pin a message (owner and admins).
+    Pin {
+        /// The room.
+        room: String,
+        /// The message's sequence number.
+        seq: u64,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Unpin a message (owner and admins).
+    Unpin {
+        /// The room.
+        room: String,
+        /// The message's sequence number.
+        seq: u64,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Shadow-ban members (owner and admins): their messages reach only themselves and, marked,
+    /// the owner and admins.
+    ShadowBan {
+        /// The room.
+        room: String,
+        /// The members.
+        users: Vec<String>,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Lift shadow bans.
+    Unshadow {
+        /// The room.
+        room: String,
+        /// The members.
+        users: Vec<String>,
+        /// A reason for the act (at most 512 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// Put users on the block list (removing them from the room).
     Block {
         /// The room.
@@ -398,6 +470,13 @@ impl Request {
             Request::SlowMode { .. } => "slow_mode",
             Request::Freeze { .. } => "freeze",
             Request::Unfreeze { .. } => "unfreeze",
+            Request::Hold { .. } => "hold",
+            Request::Recall { .. } => "recall",
+            Request::Delete { .. } => "delete",
+            Request::Pin { .. } => "pin",
+            Request::Unpin { .. } => "unpin",
+            Request::ShadowBan { .. } => "shadow_ban",
+            Request::Unshadow { .. } => "unshadow",
             Request::Block { .. } => "block",
             Request::Unblock { .. } => "unblock",
             Request::MuteAll { .. } => "mute_all",
@@ -437,6 +516,10 @@ pub struct WireMessage {
     /// (absent otherwise).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadowed: bool,
+    /// For the owner and admins: a message held for review until then (ms since the Unix
+    /// epoch, engine clock); the members who are not staff receive it then (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<i64>,
 }
 
 impl WireMessage {
@@ -460,6 +543,7 @@ impl WireMessage {
             priority: m.priority().into(),
             history,
             shadowed: m.is_shadowed(),
+            held_until: m.held_until(),
         }
     }
 }
@@ -494,6 +578,12 @@ pub struct WireRoom {
     /// When the freeze ends (ms since the epoch), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frozen_until: Option<i64>,
+    /// Hold for review in seconds, if on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<u64>,
+    /// The pinned messages' sequence numbers, oldest pin first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<u64>,
 }
 
 impl From<&ChatRoom> for WireRoom {
@@ -511,6 +601,8 @@ impl From<&ChatRoom> for WireRoom {
             slow_mode_secs: r.slow_mode.map(|d| d.as_secs()),
             frozen: r.frozen,
             frozen_until: r.frozen_until,
+            hold_secs: r.hold.map(|d| d.as_secs()),
+            pinned: r.pinned_messages.iter().map(|p| p.seq).collect(),
         }
     }
 }
@@ -647,6 +739,19 @@ impl ServerFrame {
                 "cooldown_secs".into(),
                 cooldown.map_or(Value::Null, |c| Value::from(c.as_secs())),
             );
+        }
+        if let ChatRoomEvent::HoldChanged { hold, .. } = event {
+            fields.remove("hold");
+            fields.insert(
+                "hold_secs".into(),
+                hold.map_or(Value::Null, |h| Value::from(h.as_secs())),
+            );
+        }
+        // Message ids are u64s too: strings, as in message frames.
+        if let Some(id) = fields.get_mut("msg_id") {
+            if let Value::Number(n) = id {
+                *id = Value::String(n.to_string());
+            }
         }
         if let ChatRoomEvent::SpecificationChanged { room: info, .. } = event {
             fields.remove("room");

@@ -758,3 +758,125 @@ async fn slow_mode_freeze_and_timeouts_through_the_socket() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_deletes_pins_and_shadow_bans_through_the_socket() {
+    each_adapter(|adapter| async move {
+        let clock = roomcast::ManualClock::new(1_700_000_000_000);
+        let (engine, lobby) = engine_from(Engine::builder().clock(clock.clone())).await;
+        let gateway = Gateway::new(engine, tokens(), GatewayConfig::default());
+        let server = serve(adapter, gateway).await;
+        let room = lobby.to_string();
+        let mut host = Client::login(server.addr, "host").await;
+        host.call(json!({"op": "join", "room": room})).await;
+        let mut bob = Client::login(server.addr, "bob").await;
+        bob.call(json!({"op": "join", "room": room})).await;
+        let mut carol = Client::login(server.addr, "carol").await;
+        carol.call(json!({"op": "join", "room": room})).await;
+
+        // Bounds and roles.
+        let e = host
+            .call(json!({"op": "hold", "room": room, "seconds": 61}))
+            .await;
+        assert_eq!(e["code"], 110, "{e}");
+        let e = bob
+            .call(json!({"op": "hold", "room": room, "seconds": 10}))
+            .await;
+        assert_eq!(e["code"], 703, "{e}");
+        let r = host
+            .call(json!({"op": "hold", "room": room, "seconds": 10, "reason": "raid"}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        let e = carol
+            .expect("the hold", |v| v["event"] == "hold_changed")
+            .await;
+        assert_eq!(
+            (&e["hold_secs"], &e["operator_reason"]),
+            (&json!(10), &json!("raid"))
+        );
+        let info = carol.call(json!({"op": "info", "room": room})).await;
+        assert_eq!(info["room"]["hold_secs"], 10);
+
+        // Two held messages: the host has them at once, marked; a deleted one never reaches
+        // carol, the other does once the hold has passed.
+        let spam = bob
+            .call(json!({"op": "send", "room": room, "text": "spam"}))
+            .await;
+        let fine = bob
+            .call(json!({"op": "send", "room": room, "text": "fine"}))
+            .await;
+        for text in ["spam", "fine"] {
+            let m = host
+                .expect(text, |v| v["type"] == "message" && v["text"] == text)
+                .await;
+            assert!(m["held_until"].is_i64(), "{m}");
+        }
+        let r = host
+            .call(json!({"op": "delete", "room": room, "seq": spam["seq"], "reason": "spam"}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        clock.advance(Duration::from_secs(10));
+        // The release comes before the next call's answer.
+        host.call(json!({"op": "pin", "room": room, "seq": fine["seq"]}))
+            .await;
+        // Carol never hears of the deleted one: neither it nor its deletion.
+        let m = carol
+            .expect("the released message", |v| {
+                v["type"] == "message" || v["event"] == "message_recalled"
+            })
+            .await;
+        assert_eq!(m["text"], "fine", "{m}");
+        assert!(m.get("held_until").is_none(), "{m}");
+        let e = carol
+            .expect("the pin", |v| v["event"] == "message_pinned")
+            .await;
+        assert_eq!(e["seq"], fine["seq"]);
+        let info = carol.call(json!({"op": "info", "room": room})).await;
+        assert_eq!(info["room"]["pinned"], json!([fine["seq"]]));
+        let r = host
+            .call(json!({"op": "unpin", "room": room, "seq": fine["seq"]}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+
+        // Recall: one's own message only.
+        host.call(json!({"op": "hold", "room": room})).await;
+        let mine = carol
+            .call(json!({"op": "send", "room": room, "text": "oops"}))
+            .await;
+        let e = bob
+            .call(json!({"op": "recall", "room": room, "seq": mine["seq"]}))
+            .await;
+        assert_eq!(e["code"], 703, "{e}");
+        let r = carol
+            .call(json!({"op": "recall", "room": room, "seq": mine["seq"]}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        let e = bob
+            .expect("the recall", |v| v["event"] == "message_recalled")
+            .await;
+        assert_eq!(e["seq"], mine["seq"]);
+        assert!(e["msg_id"].is_string(), "ids are strings: {e}");
+
+        // Shadow ban: bob's message reaches the host marked and not carol.
+        let r = host
+            .call(json!({"op": "shadow_ban", "room": room, "users": ["bob"]}))
+            .await;
+        assert_eq!(r["type"], "reply", "{r}");
+        bob.call(json!({"op": "send", "room": room, "text": "hidden"}))
+            .await;
+        let m = host
+            .expect("hidden", |v| {
+                v["type"] == "message" && v["text"] == "hidden"
+            })
+            .await;
+        assert_eq!(m["shadowed"], true);
+        host.call(json!({"op": "unshadow", "room": room, "users": ["bob"]}))
+            .await;
+        bob.call(json!({"op": "send", "room": room, "text": "seen"}))
+            .await;
+        let m = carol.expect("seen", |v| v["type"] == "message").await;
+        assert_eq!(m["text"], "seen", "the shadowed one never came: {m}");
+        drop(server);
+    })
+    .await;
+}

@@ -641,9 +641,25 @@
     }
     if (m.priority === "high") head.append(el("span", "badge", "host"));
     if (m.shadowed) head.append(el("span", "badge", "shadow-banned: only hosts see this"));
+    if (m.held_until) {
+      head.append(el("span", "badge held", "held for review until " + fmtTime(m.held_until)));
+      li.classList.add("held");
+    }
     const body = el("div", "text", m.text);
     li.append(head, body);
     return li;
+  }
+
+  // A message deleted or recalled: its text goes, its place stays.
+  function markRecalled(r, seq) {
+    const li = r.seqs.get(seq);
+    if (!li) return;
+    li.classList.add("recalled");
+    li.dataset.recalled = "true";
+    const body = li.querySelector(".text");
+    if (body) body.textContent = "(message deleted)";
+    const del = li.querySelector("button.delete");
+    if (del) del.remove();
   }
 
   function onMessage(m) {
@@ -666,6 +682,13 @@
       // One of ours that came back through a resume: it replaces the bubble still waiting.
       const waiting = r.sends.find((s) => s.unconfirmed && s.text === m.text);
       if (waiting) { waiting.node.remove(); r.sends.splice(r.sends.indexOf(waiting), 1); }
+    }
+    if (isStaff(r) && !own) {
+      // The hosts may delete anyone's message (a held one then never reaches the viewers).
+      const del = el("button", "delete ghost small", "Delete");
+      del.type = "button";
+      del.addEventListener("click", () => moderate("delete", { seq: m.seq }, (room) => markRecalled(room, m.seq)));
+      li.querySelector(".msg-head").append(del);
     }
     r.seqs.set(m.seq, li);
     insertBySeq(r, li, m.seq);
@@ -895,8 +918,12 @@
           : (f.operator ? Who(f.operator) + " unfroze the room" : "The freeze ended"), "mute");
         break;
       case "message_recalled":
+        markRecalled(r, f.seq);
         systemLine(r, (f.operator === f.from ? Who(f.from) + " recalled" : by(f.operator) + " deleted " + who(f.from) + "'s")
           + " message #" + f.seq, "mute");
+        break;
+      case "hold_changed":
+        systemLine(r, by(f.operator) + (f.hold_secs ? " is holding messages for review (" + f.hold_secs + " s)" : " stopped holding messages"), "mute");
         break;
       case "message_pinned":
         systemLine(r, by(f.operator) + " pinned message #" + f.seq, "announce");
@@ -1080,6 +1107,8 @@
     }
   });
   $("composer").addEventListener("submit", (ev) => { ev.preventDefault(); submitComposer(); });
+  $("hold-on").addEventListener("click", () => moderate("hold", { seconds: 10 }));
+  $("hold-off").addEventListener("click", () => moderate("hold", {}));
   $("mute-all").addEventListener("click", () => moderate("mute_all", {}, (r) => {
     r.allMuted = true;
     systemLine(r, "You muted everyone (only hosts can talk)", "mute");

@@ -134,6 +134,10 @@ struct Totals {
     /// The shadow-banned troll's messages received marked (by staff) and unmarked (a leak).
     shadow_marked: AtomicU64,
     shadow_leaked: AtomicU64,
+    /// Messages received marked held for review (only the staff get them so).
+    held_marked: AtomicU64,
+    /// Until then (µs since `start`) messages may wait behind a held one: not timed.
+    hold_until_us: AtomicU64,
     /// Publish-to-handler latency, µs (HDR histograms: true percentiles).
     latency: roomcast_workspace::Latencies,
 }
@@ -175,6 +179,9 @@ impl ChatEventHandler for Viewer {
                     &self.totals.shadow_leaked
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if m.is_held() {
+                self.totals.held_marked.fetch_add(1, Ordering::Relaxed);
             }
             if state.removed.contains(&m.room_id()) {
                 self.totals.after_removal.fetch_add(1, Ordering::Relaxed);
@@ -248,9 +255,13 @@ fn message(
     totals: &Totals,
 ) -> OutgoingMessage {
     let t = totals.start.elapsed().as_micros() as i64;
-    OutgoingMessage::text(room, text)
-        .with_priority(priority)
-        .with_attribute("t", AttributeValue::Int(t))
+    let m = OutgoingMessage::text(room, text).with_priority(priority);
+    // Messages sent while some wait for review wait behind them, in the room's order: that wait
+    // is the hold's, not delivery latency.
+    if (t as u64) < totals.hold_until_us.load(Ordering::Relaxed) {
+        return m;
+    }
+    m.with_attribute("t", AttributeValue::Int(t))
 }
 
 #[derive(Default)]
@@ -302,6 +313,18 @@ struct Moderated {
     pinned_seq: Option<u64>,
     /// The troll's accepted (shadowed) messages: hidden from viewers, so not gaps.
     shadowed_seqs: HashSet<u64>,
+    /// A viewer's message held for review and deleted by a moderator during its hold.
+    held_deleted_seq: Option<u64>,
+    /// A viewer's message held for review and then released.
+    held_released_seq: Option<u64>,
+}
+
+impl Moderated {
+    /// What viewers never receive by design: the troll's shadowed messages and the held
+    /// message a moderator deleted (not gaps).
+    fn hidden(&self) -> impl Iterator<Item = &u64> {
+        self.shadowed_seqs.iter().chain(&self.held_deleted_seq)
+    }
 }
 
 /// The shadow-banned troll: its sends succeed, only the staff see them (marked).
@@ -325,6 +348,8 @@ async fn main() {
         filtered_seen: AtomicU64::new(0),
         shadow_marked: AtomicU64::new(0),
         shadow_leaked: AtomicU64::new(0),
+        held_marked: AtomicU64::new(0),
+        hold_until_us: AtomicU64::new(0),
         latency: roomcast_workspace::Latencies::new(),
     });
     println!(
@@ -495,6 +520,8 @@ async fn main() {
     let mut events_done = HashSet::new();
     let mut n = 0u64;
     let mut moderated = Moderated::default();
+    // When the held message goes out: the run waits for it before its checks.
+    let mut hold_release_at: Option<Instant> = None;
     while show.elapsed() < duration {
         let t = show.elapsed().as_secs_f64() / duration.as_secs_f64();
         // The chat rate ramps from 5 to 80 messages per second, past the threshold of 20.
@@ -699,6 +726,55 @@ async fn main() {
                 .await;
             sends.count(r);
         }
+        if moment("hold", 0.85, &mut events_done) {
+            // Hold for review: a viewer's two questions wait a second; a moderator deletes the
+            // first during its hold (no viewer ever gets it), the second goes out on time. The
+            // hold is then turned off (what is held still waits until its time).
+            let rooms = mods[1].client.chat_room_manager();
+            let until = totals.start.elapsed() + Duration::from_millis(1_200);
+            totals
+                .hold_until_us
+                .store(until.as_micros() as u64, Ordering::Relaxed);
+            rooms
+                .with_reason("review questions")
+                .set_chat_room_hold(&stream, Some(Duration::from_secs(1)))
+                .await
+                .unwrap();
+            let v = &viewers[viewers.len() - 2];
+            let chat = v.client.chat_manager();
+            let mut held = Vec::new();
+            for text in ["is this a scam?", "what game is next?"] {
+                for _ in 0..5 {
+                    // (No send time: a held message's wait is not delivery latency.)
+                    let r = chat
+                        .send_message(
+                            OutgoingMessage::text(stream, text)
+                                .with_priority(MessagePriority::High),
+                        )
+                        .await;
+                    if let Some(sent) = sends.count(r) {
+                        assert!(sent.is_held(), "a viewer's message is held");
+                        v.viewer.state.lock().own.insert(sent.seq());
+                        held.push(sent.seq());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            if let Some(&first) = held.first() {
+                mods[0]
+                    .client
+                    .chat_room_manager()
+                    .with_reason("not a question")
+                    .delete_chat_room_message(&stream, first)
+                    .await
+                    .unwrap();
+                moderated.held_deleted_seq = Some(first);
+            }
+            moderated.held_released_seq = held.get(1).copied();
+            hold_release_at = Some(Instant::now() + Duration::from_secs(1));
+            rooms.set_chat_room_hold(&stream, None).await.unwrap();
+        }
         if moment("parole", 0.75, &mut events_done) {
             // The timed-out spammer's block has ended by itself: it may come back.
             let s = &mut spammers[2];
@@ -787,8 +863,28 @@ async fn main() {
     }
     bar.finish_with_message("done");
 
-    // Let deliveries drain, then check.
+    // Let deliveries drain (and the held message go out), then check.
+    if let Some(at) = hold_release_at {
+        tokio::time::sleep_until(at.into()).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let saw = |seq: Option<u64>| {
+        seq.map_or(0, |seq| {
+            viewers
+                .iter()
+                .filter(|v| {
+                    v.viewer
+                        .state
+                        .lock()
+                        .seen
+                        .get(&stream)
+                        .is_some_and(|s| s.contains(&seq))
+                })
+                .count()
+        })
+    };
+    let held_deleted_seen = saw(moderated.held_deleted_seq);
+    let held_released_seen = saw(moderated.held_released_seq);
     let stats = engine.room_stats(&stream).await.unwrap();
     let last_seq = stats.last_seq;
     let mut gaps_unexplained = 0u64;
@@ -811,7 +907,7 @@ async fn main() {
             // everything from its first message to the last, without gaps.
             let mut all: std::collections::BTreeSet<u64> = seen.iter().copied().collect();
             all.extend(own.iter().copied());
-            all.extend(moderated.shadowed_seqs.iter().copied());
+            all.extend(moderated.hidden().copied());
             let mut cursor = before_away.get(&i).copied().unwrap_or(0);
             loop {
                 let page = v
@@ -845,7 +941,7 @@ async fn main() {
             let expected = last - first + 1;
             let own_within = own
                 .iter()
-                .chain(moderated.shadowed_seqs.iter())
+                .chain(moderated.hidden())
                 .filter(|s| (*first..=*last).contains(*s))
                 .count() as u64;
             let missing = expected.saturating_sub(seen.len() as u64 + own_within);
@@ -995,6 +1091,11 @@ async fn main() {
             true,
         ),
         ("shadow ban", &|a| *a == AuditAction::ShadowBan, true),
+        (
+            "hold for review",
+            &|a| matches!(a, AuditAction::Hold { hold_ms: Some(_) }),
+            true,
+        ),
     ];
     let mut audit_missing = Vec::new();
     for (name, is, reasoned) in &acts {
@@ -1148,6 +1249,15 @@ async fn main() {
             ),
         ),
         (
+            "held for review: deleted during its hold, seen by viewers / released, seen by viewers / seen marked by staff",
+            format!(
+                "{} / {held_deleted_seen} / {} / {held_released_seen} / {}",
+                u8::from(moderated.held_deleted_seq.is_some()),
+                u8::from(moderated.held_released_seq.is_some()),
+                totals.held_marked.load(Ordering::Relaxed)
+            ),
+        ),
+        (
             "shadow-banned troll: accepted / seen marked by staff / leaked to viewers",
             format!(
                 "{} / {} / {}",
@@ -1238,6 +1348,13 @@ async fn main() {
         (
             "the audit log holds every act, the operators' with their reasons",
             audit_missing.is_empty(),
+        ),
+        (
+            "a held message deleted by a moderator reached no viewer; the other went out after its hold; staff saw both marked",
+            moderated.held_deleted_seq.is_some()
+                && held_deleted_seen == 0
+                && held_released_seen > 0
+                && totals.held_marked.load(Ordering::Relaxed) >= 2,
         ),
         (
             "the shadow-banned troll was accepted, seen (marked) by staff only, by no viewer",

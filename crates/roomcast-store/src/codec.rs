@@ -62,6 +62,8 @@ pub enum RecordKind {
     /// A retained room message ([`roomcast_model::MessageData`], with its recall, shadow mark
     /// and hold for review).
     MessageV4 = 13,
+    /// A write set, as a cluster's log carries it ([`crate::WriteSet::encode`]).
+    WriteSet = 14,
 }
 
 fn config() -> impl bincode::config::Config {

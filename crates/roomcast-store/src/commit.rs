@@ -277,6 +277,8 @@ pub struct Commit(Inner);
 enum Inner {
     Ready(Option<Result<(), StoreError>>),
     Waiting(oneshot::Receiver<Result<(), StoreError>>),
+    /// Two commits (the local store's and a cluster log's): the first error, or both `Ok`.
+    Both(Box<Commit>, Box<Commit>),
 }
 
 impl Commit {
@@ -287,6 +289,10 @@ impl Commit {
     pub(crate) fn waiting(rx: oneshot::Receiver<Result<(), StoreError>>) -> Commit {
         Commit(Inner::Waiting(rx))
     }
+
+    pub(crate) fn both(a: Commit, b: Commit) -> Commit {
+        Commit(Inner::Both(Box::new(a), Box::new(b)))
+    }
 }
 
 impl std::fmt::Debug for Commit {
@@ -294,6 +300,7 @@ impl std::fmt::Debug for Commit {
         f.write_str(match self.0 {
             Inner::Ready(_) => "Commit(ready)",
             Inner::Waiting(_) => "Commit(waiting)",
+            Inner::Both(..) => "Commit(both)",
         })
     }
 }
@@ -307,6 +314,26 @@ impl Future for Commit {
             Inner::Waiting(rx) => Pin::new(rx)
                 .poll(cx)
                 .map(|r| r.unwrap_or(Err(StoreError::Closed))),
+            Inner::Both(a, b) => {
+                // Each side is polled until done; a finished side turns into its result.
+                let a_done = match Pin::new(&mut **a).poll(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        **a = Commit::ready(Ok(()));
+                        true
+                    }
+                    Poll::Pending => false,
+                };
+                match Pin::new(&mut **b).poll(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) if a_done => Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(())) => {
+                        **b = Commit::ready(Ok(()));
+                        Poll::Pending
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// sled's page cache size in bytes.
     pub cache_bytes: u64,
+    /// A cluster's log: every write set is also appended there, and counts as durable only
+    /// once the log took it (cluster mode; `None` on one node).
+    pub replicator: Option<Arc<dyn Replicator>>,
 }
 
 impl Default for StoreConfig {
@@ -100,8 +103,27 @@ impl Default for StoreConfig {
             location: Location::Temporary,
             durability: Durability::GroupCommit,
             cache_bytes: 64 * 1024 * 1024,
+            replicator: None,
         }
     }
+}
+
+/// Called once with the outcome of an append to a cluster's log.
+pub type AppendDone = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A cluster's log of write sets (cluster mode): the source of truth that outlives a node. The
+/// store appends every write set it is given, in the order it is given them, and a write
+/// counts as durable only once both the local store and the log have it.
+///
+/// Implementations keep each room's appends in call order (calls for one room come from one
+/// room actor, one at a time) and call `done` once the entry is durable in the log, or with
+/// [`StoreError::Replication`]; a failed append fails every later one of the same room until
+/// the room reloads.
+pub trait Replicator: Send + Sync + std::fmt::Debug + 'static {
+    /// Appends `entry` ([`WriteSet::encode`]) to `room`'s log (`None`: the engine-wide log).
+    fn append(&self, room: Option<RoomId>, entry: Vec<u8>, done: AppendDone);
+    /// Calls `done` once every append made before this call is durable (or failed).
+    fn barrier(&self, done: AppendDone);
 }
 
 /// The value stored for a super admin.
@@ -127,6 +149,8 @@ struct Inner {
     reader: Reader,
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
+    /// The cluster's log, if any.
+    replicator: Option<Arc<dyn Replicator>>,
     progress: Arc<Progress>,
     /// Commits wait for a flush (a directory with group commit); otherwise they resolve once
     /// queued (temporary and buffered stores: nothing to wait for).
@@ -241,6 +265,7 @@ impl Store {
             inner: Arc::new(Inner {
                 reader,
                 jobs: Some(jobs),
+                replicator: config.replicator.clone(),
                 progress,
                 flushes,
                 writer: Mutex::new(Some(writer)),
@@ -278,6 +303,41 @@ impl Store {
         if set.is_empty() {
             return self.commit();
         }
+        let replicated = match &self.inner.replicator {
+            None => None,
+            Some(log) => match set.encode() {
+                Ok(entry) => {
+                    let (tx, rx) = oneshot::channel();
+                    log.append(
+                        set.room(),
+                        entry,
+                        Box::new(move |r| {
+                            let _ = tx.send(r);
+                        }),
+                    );
+                    Some(Commit::waiting(rx))
+                }
+                Err(e) => return Commit::ready(Err(e)),
+            },
+        };
+        let local = self.submit_local(set, on_failure);
+        match replicated {
+            Some(log) => Commit::both(local, log),
+            None => local,
+        }
+    }
+
+    /// Applies a write set another node appended to a cluster's log (not appended again):
+    /// bringing this node's copy of a room up to the log before it runs the room.
+    pub fn apply_replicated(&self, entry: &[u8]) -> Result<Commit, StoreError> {
+        let set = WriteSet::decode(entry)?;
+        Ok(self.submit_local(set, None))
+    }
+
+    fn submit_local(&self, set: WriteSet, on_failure: Option<OnFailure>) -> Commit {
+        if set.is_empty() {
+            return self.commit_local();
+        }
         let (tx, rx) = oneshot::channel();
         let seq = self.inner.progress.submitted.fetch_add(1, Ordering::SeqCst) + 1;
         match self.send(Job::Write(set, tx, seq, on_failure)) {
@@ -294,6 +354,20 @@ impl Store {
     /// caller is told `Ok` about state that a crash could still take back. It resolves at once
     /// when everything is durable already.
     pub fn commit(&self) -> Commit {
+        let local = self.commit_local();
+        match &self.inner.replicator {
+            None => local,
+            Some(log) => {
+                let (tx, rx) = oneshot::channel();
+                log.barrier(Box::new(move |r| {
+                    let _ = tx.send(r);
+                }));
+                Commit::both(local, Commit::waiting(rx))
+            }
+        }
+    }
+
+    fn commit_local(&self) -> Commit {
         if !self.inner.flushes || self.inner.progress.settled() {
             return Commit::ready(Ok(()));
         }

@@ -999,3 +999,117 @@ async fn idempotency_keys_are_their_own_records_and_go_with_their_room() {
         1
     );
 }
+
+/// An in-memory cluster log for the replication tests: entries per room in append order;
+/// appends are acknowledged when the test says so.
+#[derive(Default)]
+struct MemoryLog {
+    entries: parking_lot::Mutex<Vec<(Option<RoomId>, Vec<u8>)>>,
+    waiting: parking_lot::Mutex<Vec<AppendDone>>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for MemoryLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryLog")
+    }
+}
+
+impl MemoryLog {
+    fn ack_all(&self) {
+        let fail = self.fail.load(Ordering::SeqCst);
+        for done in self.waiting.lock().drain(..) {
+            done(if fail {
+                Err(StoreError::Replication("fenced".into()))
+            } else {
+                Ok(())
+            });
+        }
+    }
+}
+
+impl Replicator for MemoryLog {
+    fn append(&self, room: Option<RoomId>, entry: Vec<u8>, done: AppendDone) {
+        self.entries.lock().push((room, entry));
+        self.waiting.lock().push(done);
+    }
+
+    fn barrier(&self, done: AppendDone) {
+        self.waiting.lock().push(done);
+    }
+}
+
+/// With a cluster log, a write is durable only once the log took it; the log's entries, applied
+/// to another store in order, give the same rooms and messages; a refused append fails the
+/// commit.
+#[tokio::test]
+async fn write_sets_go_to_the_cluster_log_and_replay_elsewhere() {
+    let log = Arc::new(MemoryLog::default());
+    let config = StoreConfig {
+        replicator: Some(log.clone()),
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&config).unwrap();
+    let mut set = WriteSet::new();
+    set.put_room(&record(7, "seven")).unwrap();
+    assert_eq!(set.room(), Some(RoomId::from_u64(7)));
+    let created = store.submit(set);
+    let mut set = WriteSet::new();
+    set.put_message(&message(7, 1, 10)).unwrap();
+    set.trim_before(RoomId::from_u64(7), 1);
+    let sent = store.submit(set);
+    let mut set = WriteSet::new();
+    set.put_super_admin(&uid("root")).unwrap();
+    assert_eq!(set.room(), None);
+    let admin = store.submit(set);
+    let barrier = store.commit();
+    // Nothing is acknowledged before the log took it.
+    let mut pending = Box::pin(async { (created.await, sent.await, admin.await, barrier.await) });
+    assert!(futures_poll(&mut pending).is_none());
+    log.ack_all();
+    let (a, b, c, d) = pending.await;
+    assert_eq!((a, b, c, d), (Ok(()), Ok(()), Ok(()), Ok(())));
+    let entries = log.entries.lock().clone();
+    assert_eq!(
+        entries.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        [Some(RoomId::from_u64(7)), Some(RoomId::from_u64(7)), None]
+    );
+
+    // Another node applies the log.
+    let other = Store::open(&StoreConfig::default()).unwrap();
+    for (_, entry) in &entries {
+        other.apply_replicated(entry).unwrap().await.unwrap();
+    }
+    let (room, last, admins) = other
+        .read(|reader| {
+            (
+                reader.room(RoomId::from_u64(7)).unwrap(),
+                reader.last_seq(RoomId::from_u64(7)).unwrap(),
+                reader.super_admins().unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(room, Some(record(7, "seven")));
+    assert_eq!(last, 1);
+    assert_eq!(admins, vec![uid("root")]);
+    assert!(other.apply_replicated(b"garbage").is_err());
+
+    // A refused append fails its commit.
+    log.fail.store(true, Ordering::SeqCst);
+    let mut set = WriteSet::new();
+    set.put_message(&message(7, 2, 11)).unwrap();
+    let refused = store.submit(set);
+    log.ack_all();
+    assert!(matches!(refused.await, Err(StoreError::Replication(_))));
+}
+
+/// Polls `f` once: its output if it is ready.
+fn futures_poll<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match Pin::new(f).poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}

@@ -8,13 +8,16 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use roomcast_model::{AuditEntry, MessageData, Recall, RoomId, RoomRecord, Timestamp, UserId};
 
 use crate::codec::{self, RecordKind};
 use crate::{keys, LocalCopy, StoreError};
 
-/// One step of a write set.
-#[derive(Debug)]
+/// One step of a write set. Serializable: a cluster's log carries write sets (see
+/// [`crate::Replicator`]), and every node applies them alike.
+#[derive(Debug, Serialize, Deserialize)]
 enum Op {
     /// An encoded value under a key.
     Put(Vec<u8>, Vec<u8>),
@@ -46,10 +49,12 @@ enum Op {
 }
 
 /// What one command stores. Empty write sets cost nothing.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[must_use = "a write set does nothing until it is submitted"]
 pub struct WriteSet {
     ops: Vec<Op>,
+    /// The room it is about (the first its steps name), if any.
+    room: Option<RoomId>,
 }
 
 impl WriteSet {
@@ -68,9 +73,30 @@ impl WriteSet {
         self.ops.len()
     }
 
+    /// The room it is about: the first room one of its steps names (a room actor's write sets
+    /// name only their own room); `None` for engine-wide ones (super admins).
+    pub fn room(&self) -> Option<RoomId> {
+        self.room
+    }
+
+    fn about(&mut self, room: RoomId) {
+        self.room.get_or_insert(room);
+    }
+
+    /// The write set as one record (a versioned, checksummed envelope), for a cluster's log.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        codec::encode(RecordKind::WriteSet, self)
+    }
+
+    /// A write set from [`WriteSet::encode`]'s bytes.
+    pub fn decode(bytes: &[u8]) -> Result<WriteSet, StoreError> {
+        codec::decode(RecordKind::WriteSet, bytes)
+    }
+
     /// Stores a room's record.
     pub fn put_room(&mut self, record: &RoomRecord) -> Result<(), StoreError> {
         let value = codec::encode_room(record)?;
+        self.about(record.id);
         self.ops
             .push(Op::Put(keys::room(record.id).to_vec(), value));
         Ok(())
@@ -79,12 +105,14 @@ impl WriteSet {
     /// Rewrites `room`'s message `seq` as recalled by `recall`, without its body and
     /// attributes; nothing if the room no longer retains it.
     pub fn recall_message(&mut self, room: RoomId, seq: u64, recall: Recall) {
+        self.about(room);
         self.ops.push(Op::Recall(room, seq, recall));
     }
 
     /// Deletes a room: its record, its sequence number, every retained message and its audit
     /// log.
     pub fn delete_room(&mut self, room: RoomId) {
+        self.about(room);
         self.ops.push(Op::DeleteRoom(room));
     }
 
@@ -92,6 +120,7 @@ impl WriteSet {
     pub fn put_message(&mut self, message: &MessageData) -> Result<(), StoreError> {
         let value = codec::encode_message(message)?;
         let seq = codec::encode(RecordKind::RoomSeq, &message.seq)?;
+        self.about(message.room_id);
         self.ops.push(Op::Put(
             keys::message(message.room_id, message.seq).to_vec(),
             value,
@@ -109,6 +138,7 @@ impl WriteSet {
         entry: &AuditEntry,
         retention: usize,
     ) -> Result<(), StoreError> {
+        self.about(room);
         if retention > 0 {
             let value = codec::encode(RecordKind::Audit, entry)?;
             self.ops
@@ -125,6 +155,7 @@ impl WriteSet {
     /// it).
     pub fn put_idempotency(&mut self, record: &crate::IdempotencyRecord) -> Result<(), StoreError> {
         let value = codec::encode(RecordKind::Idempotency, record)?;
+        self.about(record.room);
         self.ops.push(Op::Put(
             keys::idempotency(record.room, &record.from, &record.key),
             value,
@@ -134,18 +165,21 @@ impl WriteSet {
 
     /// Forgets an idempotency key (its window ended).
     pub fn remove_idempotency(&mut self, room: RoomId, from: &UserId, key: &str) {
+        self.about(room);
         self.ops
             .push(Op::Remove(keys::idempotency(room, from, key)));
     }
 
     /// Deletes `room`'s messages with sequence numbers below `seq`.
     pub fn trim_before(&mut self, room: RoomId, seq: u64) {
+        self.about(room);
         self.ops.push(Op::TrimBefore(room, seq));
     }
 
     /// Deletes `room`'s messages older than `before` (server time), oldest first, stopping at
     /// the first newer one.
     pub fn trim_older_than(&mut self, room: RoomId, before: Timestamp) {
+        self.about(room);
         self.ops.push(Op::TrimOlderThan(room, before));
     }
 
@@ -153,12 +187,14 @@ impl WriteSet {
     /// copy's earlier spans if they reach further (a join's replay may reach back into them):
     /// spans never overlap.
     pub fn open_copy(&mut self, user: UserId, room: RoomId, from: u64) {
+        self.about(room);
         self.ops.push(Op::OpenCopy { user, room, from });
     }
 
     /// `user` left `room`, whose last message is `last`: its local copy is deleted (`delete`),
     /// or its open span is closed at `last` (a span `from..=last` is added if none is open).
     pub fn close_copy(&mut self, user: UserId, room: RoomId, last: u64, from: u64, delete: bool) {
+        self.about(room);
         self.ops.push(Op::CloseCopy {
             user,
             room,

@@ -173,7 +173,7 @@ impl std::borrow::Borrow<UserId> for SessionKey {
 }
 
 /// A read of a room's lists and settings (see the facade's `ChatRoomManager` for who may).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum RoomQuery {
     /// A page of the mute list (owner, admins).
@@ -223,7 +223,7 @@ pub enum RoomQuery {
 }
 
 /// The answer to a [`RoomQuery`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum QueryAnswer {
     /// A page of the mute list.
@@ -243,7 +243,7 @@ pub enum QueryAnswer {
 }
 
 /// A room's message and membership counts (roomcast's own, for monitoring).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct RoomStats {
     /// The room.

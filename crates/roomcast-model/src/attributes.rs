@@ -38,7 +38,7 @@ pub struct RoomAttribute {
 }
 
 /// How to set attributes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct SetAttributes {
     /// Key to value.
@@ -103,7 +103,7 @@ impl SetAttributes {
 /// # Ok(()) }
 /// ```
 #[must_use = "an attribute call returns Ok even when some keys failed: check the failures"]
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttributeFailures(BTreeMap<String, ChatError>);
 
 impl AttributeFailures {

@@ -11,7 +11,7 @@ use thiserror::Error;
 pub type ErrorCode = u32;
 
 /// Why a call failed. `code()` is stable across releases; the text is for people.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ChatError {
     /// 1, GENERAL_ERROR: anything not listed.
@@ -120,6 +120,23 @@ pub enum ChatError {
 pub struct StorageFailure {
     context: String,
     source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// Across nodes a storage failure travels as its text (its source stays where it happened).
+impl serde::Serialize for StorageFailure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = match &self.source {
+            Some(source) => format!("{}: {source}", self.context),
+            None => self.context.clone(),
+        };
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StorageFailure {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(StorageFailure::message)
+    }
 }
 
 impl StorageFailure {

@@ -16,7 +16,7 @@ pub enum SearchDirection {
 }
 
 /// One page of a cursor listing (history, members), with where to start the next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatCursorResult<T> {
     /// The page's items, in the query's direction.
     pub data: Vec<T>,
@@ -37,7 +37,7 @@ impl<T> ChatCursorResult<T> {
 }
 
 /// What to fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct HistoryQuery {
     /// Which way to walk.

@@ -102,7 +102,7 @@ impl AttributeValue {
 }
 
 /// A message to send to a room. The engine assigns the id, sequence number and time.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct OutgoingMessage {
     /// The room to send to.

@@ -135,7 +135,7 @@ pub fn check_permission(op: Operation, actor: Role, target: Option<Role>) -> Res
 /// assert_eq!(ten_minutes, MuteDuration::For(Duration::from_secs(600)));
 /// assert_ne!(ten_minutes, MuteDuration::Forever);
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum MuteDuration {
     /// For this long (a zero duration is refused with 110; one under 1 ms counts as 1 ms, the
     /// engine clock's unit). The mute ends by
@@ -174,7 +174,7 @@ impl From<std::time::Duration> for MuteDuration {
 
 /// A stored message, as a moderation command or a recall needs it: what the engine read from
 /// the room's history before asking the room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct MessageRef {
     /// Its sequence number in the room.
@@ -209,7 +209,7 @@ impl MessageRef {
 }
 
 /// A moderation command's action.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Moderation {
     /// Make `0` an admin (owner only; it must be in the room).
     AddAdmin(UserId),

@@ -182,7 +182,7 @@ pub struct RoomRecord {
 }
 
 /// A state change asked of a room. Reads are plain methods on [`Room`].
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Command {
     /// `user` joins.

@@ -1,0 +1,284 @@
+//! roomcast-cluster against a real nats-server (Debian's 2.9 in CI): each test starts its own
+//! server on a free loopback port. Without nats-server installed the tests print a skip
+//! message and pass, unless `ROOMCAST_REQUIRE_NATS=1`.
+//!
+//! Nothing sleeps to wait for something: waits poll with a deadline (`eventually`). Lease
+//! expiry needs real time, so leases here live 1 s.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use roomcast_cluster::testing::{eventually, NatsServer};
+use roomcast_cluster::{Cluster, ClusterConfig, ErrorKind, LeaseStatus};
+
+const TTL: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// Slack on top of a bound, for a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(500);
+
+macro_rules! server {
+    () => {
+        match NatsServer::start() {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
+
+fn config(server: &NatsServer, node: &str) -> ClusterConfig {
+    ClusterConfig::new([server.url()], "test", node)
+        .with_lease_ttl(TTL)
+        .with_request_timeout(TIMEOUT)
+}
+
+async fn node(server: &NatsServer, node: &str) -> Cluster {
+    Cluster::connect(config(server, node))
+        .await
+        .unwrap_or_else(|e| panic!("node {node} could not connect: {e}\n{}", server.log()))
+}
+
+/// Polls `b.acquire(room)` until it succeeds (the holder's lease expired).
+async fn acquire_when_free(b: &Cluster, room: u64) -> roomcast_cluster::Lease {
+    eventually(TTL * 5, "the lease to expire", || async {
+        match b.acquire(room).await {
+            Ok(lease) => Some(lease),
+            Err(e) if e.kind() == ErrorKind::LeaseHeld => None,
+            Err(e) => panic!("acquire failed: {e}"),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_connecting_at_once_all_succeed_and_must_agree_on_the_ttl() {
+    let server = server!();
+    // Several fresh clusters, each created by four nodes at once.
+    for round in 0..5 {
+        let handles: Vec<_> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|n| {
+                let mut config = config(&server, n);
+                config.cluster = format!("race{round}");
+                tokio::spawn(Cluster::connect(config))
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap().unwrap();
+        }
+    }
+    for handle in ["a", "b"].map(|n| tokio::spawn(Cluster::connect(config(&server, n)))) {
+        handle.await.unwrap().unwrap();
+    }
+    // Again: binds to what exists.
+    let a = node(&server, "a").await;
+    assert_eq!(a.node(), "a");
+    assert!(a.is_connected());
+
+    let other_ttl = config(&server, "e").with_lease_ttl(TTL * 2);
+    let e = Cluster::connect(other_ttl).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConfigMismatch, "{e}");
+
+    // Another cluster on the same NATS has its own bucket and TTL.
+    let mut other = config(&server, "a").with_lease_ttl(TTL * 2);
+    other.cluster = "other".into();
+    Cluster::connect(other).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_to_no_server_fails_fast_as_unavailable() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = ClusterConfig::new([format!("nats://127.0.0.1:{port}")], "test", "a")
+        .with_request_timeout(TIMEOUT);
+    let start = Instant::now();
+    let e = Cluster::connect(config).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(start.elapsed() < TIMEOUT + SLACK, "{:?}", start.elapsed());
+
+    let bad = ClusterConfig::new(["nats://127.0.0.1:1"], "a.b", "a");
+    assert_eq!(
+        Cluster::connect(bad).await.unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_for_a_room_have_exactly_one_winner_each_time() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let room = 7;
+    let mut wins = [0usize; 2];
+    for round in 0..50 {
+        let (ra, rb) = tokio::join!(
+            tokio::spawn({
+                let a = a.clone();
+                async move { a.acquire(room).await }
+            }),
+            tokio::spawn({
+                let b = b.clone();
+                async move { b.acquire(room).await }
+            })
+        );
+        let (lease, winner, loser_error) = match (ra.unwrap(), rb.unwrap()) {
+            (Ok(lease), Err(e)) => {
+                wins[0] += 1;
+                (lease, "a", e)
+            }
+            (Err(e), Ok(lease)) => {
+                wins[1] += 1;
+                (lease, "b", e)
+            }
+            (ra, rb) => panic!("round {round}: not exactly one winner: {ra:?} {rb:?}"),
+        };
+        assert_eq!(loser_error.kind(), ErrorKind::LeaseHeld, "{loser_error}");
+        assert_eq!(loser_error.owner(), Some(winner));
+        assert_eq!(a.owner_of(room).await.unwrap().as_deref(), Some(winner));
+        // Released each round: the next round's create goes over a delete marker.
+        lease.release().await.unwrap();
+        assert_eq!(b.owner_of(room).await.unwrap(), None);
+    }
+    eprintln!("wins: a {}, b {}", wins[0], wins[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_not_renewed_expires_and_its_old_owner_cannot_renew_it() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let room = 1;
+    let mut lease = a.acquire(room).await.unwrap();
+    let first = lease.revision();
+    lease.renew().await.unwrap();
+    assert!(lease.revision() > first);
+    let e = b.acquire(room).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code(), e.owner()),
+        (ErrorKind::LeaseHeld, "lease_held", Some("a"))
+    );
+
+    // a stops renewing; b gets the room once the key expires, not before.
+    let b_lease = acquire_when_free(&b, room).await;
+    let now = Instant::now();
+    assert!(
+        now >= lease.expires_at(),
+        "the lease expired before its conservative bound"
+    );
+    eprintln!(
+        "b acquired {:?} after a's lease's conservative end",
+        now - lease.expires_at()
+    );
+    assert_eq!(a.owner_of(room).await.unwrap().as_deref(), Some("b"));
+
+    let e = lease.renew().await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::LeaseLost, "lease_lost"),
+        "{e}"
+    );
+    let e = lease.release().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::LeaseLost);
+    // b's lease is untouched by a's attempts.
+    assert_eq!(a.owner_of(room).await.unwrap().as_deref(), Some("b"));
+    b_lease.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_can_be_acquired_after_release_and_after_expiry() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let room = 2;
+
+    // After a release (a delete marker is the key's last entry): at once.
+    let lease = a.acquire(room).await.unwrap();
+    lease.release().await.unwrap();
+    assert_eq!(a.owner_of(room).await.unwrap(), None);
+    let lease = b.acquire(room).await.unwrap();
+    drop(lease);
+
+    // After expiry (the key is gone).
+    eventually(TTL * 5, "b's lease to expire", || async {
+        a.owner_of(room).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let lease = a.acquire(room).await.unwrap();
+    // A released key that then expires (the marker is gone too).
+    lease.release().await.unwrap();
+    let lease = acquire_when_free(&b, room).await;
+    drop(lease);
+
+    // Acquiring a room this node already holds rewrites its entry; the older lease stays
+    // valid (leases are the node's) and picks the newer revision up.
+    let mut older = acquire_when_free(&a, room).await;
+    let newer = a.acquire(room).await.unwrap();
+    assert!(newer.revision() > older.revision());
+    older.renew().await.unwrap();
+    assert!(older.revision() > newer.revision());
+    older.release().await.unwrap();
+    assert_eq!(b.owner_of(room).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lease_outlives_its_ttl_and_is_released_at_once() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let room = 3;
+    let keeper = a.acquire(room).await.unwrap().keep_alive();
+    let mut status = keeper.subscribe();
+    // Three TTLs pass (really: expiry needs time); b never gets the room meanwhile.
+    let until = Instant::now() + TTL * 3;
+    let mut renewals = 0;
+    while Instant::now() < until {
+        let e = b.acquire(room).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LeaseHeld, "{e}");
+        if tokio::time::timeout(TTL / 5, status.changed())
+            .await
+            .is_ok()
+        {
+            renewals += 1;
+        }
+    }
+    assert!(renewals >= 3, "{renewals} renewals in 3 TTLs");
+    assert!(keeper.is_held());
+    let LeaseStatus::Held { expires_at, .. } = keeper.status() else {
+        panic!("not held")
+    };
+    assert!(expires_at > Instant::now());
+
+    keeper.release().await.unwrap();
+    b.acquire(room).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_reports_a_lease_taken_behind_its_back() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let room = 4;
+    let keeper = a.acquire(room).await.unwrap().keep_alive();
+    // A misbehaving writer overwrites the lease key unconditionally.
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(raw);
+    js.publish(
+        format!("$KV.roomcast_test_owners.{room}"),
+        "intruder".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let error = tokio::time::timeout(TTL * 2, keeper.lost())
+        .await
+        .expect("the keeper did not notice within 2 TTLs");
+    assert_eq!(error.kind(), ErrorKind::LeaseLost, "{error}");
+    assert!(!keeper.is_held());
+    assert_eq!(
+        keeper.release().await.unwrap_err().kind(),
+        ErrorKind::LeaseLost
+    );
+    assert_eq!(a.owner_of(room).await.unwrap().as_deref(), Some("intruder"));
+}

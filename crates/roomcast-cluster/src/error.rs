@@ -109,6 +109,11 @@ impl ClusterError {
         self
     }
 
+    pub(crate) fn with_last_seq(mut self, last_seq: Option<u64>) -> Self {
+        self.last_seq = last_seq;
+        self
+    }
+
     /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -63,7 +63,7 @@ impl Cluster {
                 let sent = Instant::now();
                 match self.write_owner(room, expected, false, &what).await {
                     Ok(revision) => return Ok(Lease::new(self.clone(), room, revision, sent)),
-                    Err(WriteError::WrongLastSequence) => {}
+                    Err(WriteError::WrongLastSequence(_)) => {}
                     Err(WriteError::Other(e)) => return Err(e),
                 }
                 // The key is not what we expected: see what is there.
@@ -176,7 +176,7 @@ impl Cluster {
     ) -> Result<u64, ClusterError> {
         match self.write_owner(room, revision, delete, what).await {
             Ok(revision) => return Ok(revision),
-            Err(WriteError::WrongLastSequence) => {}
+            Err(WriteError::WrongLastSequence(_)) => {}
             Err(WriteError::Other(e)) => return Err(e),
         }
         let latest = match self.owner_entry(room, what).await? {
@@ -188,7 +188,7 @@ impl Cluster {
         };
         match self.write_owner(room, latest, delete, what).await {
             Ok(revision) => Ok(revision),
-            Err(WriteError::WrongLastSequence) => Err(lost(room, latest)),
+            Err(WriteError::WrongLastSequence(_)) => Err(lost(room, latest)),
             Err(WriteError::Other(e)) => Err(e),
         }
     }

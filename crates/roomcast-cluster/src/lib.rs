@@ -42,6 +42,7 @@
 mod config;
 mod error;
 mod lease;
+mod log;
 mod nats;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -60,6 +61,7 @@ pub use config::{
 };
 pub use error::{ClusterError, ErrorKind};
 pub use lease::{Lease, LeaseKeeper, LeaseStatus};
+pub use log::LogEntry;
 
 use nats::Names;
 
@@ -85,6 +87,7 @@ struct Inner {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     owners: stream::Stream,
+    rooms: stream::Stream,
 }
 
 impl fmt::Debug for Cluster {
@@ -156,7 +159,7 @@ impl Cluster {
             },
         )
         .await?;
-        ensure_stream(
+        let rooms = ensure_stream(
             &jetstream,
             timeout,
             rooms_stream_config(&config, &names),
@@ -183,6 +186,7 @@ impl Cluster {
                 client,
                 jetstream,
                 owners,
+                rooms,
             }),
         })
     }
@@ -214,6 +218,20 @@ impl Cluster {
             .saturating_sub(HEADER_ALLOWANCE)
     }
 
+    pub(crate) fn check_payload(&self, what: &str, len: usize) -> Result<(), ClusterError> {
+        let max = self.max_payload();
+        if len > max {
+            return Err(ClusterError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "{what}: the payload is {len} bytes, the limit is {max} (the server's \
+                     max_payload less {HEADER_ALLOWANCE} bytes for headers)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Fails at once when the connection is known to be down, so that a call made during an
     /// outage neither waits for its timeout nor gets queued to be sent after a reconnect.
     pub(crate) fn ensure_connected(&self, what: &str) -> Result<(), ClusterError> {
@@ -242,6 +260,10 @@ impl Cluster {
 
     pub(crate) fn owners(&self) -> &stream::Stream {
         &self.inner.owners
+    }
+
+    pub(crate) fn rooms(&self) -> &stream::Stream {
+        &self.inner.rooms
     }
 }
 

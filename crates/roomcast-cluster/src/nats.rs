@@ -11,7 +11,10 @@ use async_nats::jetstream::context::{
     CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind, PublishError,
     PublishErrorKind,
 };
-use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind};
+use async_nats::jetstream::stream::{
+    ConsumerError, ConsumerErrorKind, LastRawMessageError, LastRawMessageErrorKind, PurgeError,
+    PurgeErrorKind,
+};
 use async_nats::jetstream::ErrorCode;
 use async_nats::{ConnectError, ConnectErrorKind};
 
@@ -54,10 +57,18 @@ impl Names {
     pub(crate) fn logs(&self) -> String {
         format!("roomcast.{}.room.*.log", self.cluster)
     }
+
+    /// A room's log subject: `roomcast.<cluster>.room.<room>.log`.
+    pub(crate) fn log(&self, room: u64) -> String {
+        format!("roomcast.{}.room.{room}.log", self.cluster)
+    }
 }
 
 /// The header that makes a JetStream write conditional on the subject's last sequence.
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// The header that makes a JetStream write land only in the named stream.
+pub(crate) const EXPECTED_STREAM: &str = "Nats-Expected-Stream";
 
 /// The KV header marking a delete or purge marker.
 pub(crate) const KV_OPERATION: &str = "KV-Operation";
@@ -113,14 +124,14 @@ pub(crate) fn connect(error: ConnectError) -> ClusterError {
 /// A JetStream write. `WrongLastSequence` is mapped by the caller (it means a lost lease or a
 /// fenced append); with it the log's actual last sequence, parsed from the server's answer.
 pub(crate) enum WriteError {
-    WrongLastSequence,
+    WrongLastSequence(Option<u64>),
     Other(ClusterError),
 }
 
 pub(crate) fn write(what: &str, error: PublishError) -> WriteError {
     let mapped = match error.kind() {
         PublishErrorKind::WrongLastSequence => {
-            return WriteError::WrongLastSequence;
+            return WriteError::WrongLastSequence(wrong_last_sequence(&error));
         }
         PublishErrorKind::TimedOut
         | PublishErrorKind::BrokenPipe
@@ -138,6 +149,18 @@ pub(crate) fn write(what: &str, error: PublishError) -> WriteError {
         _ => server(what, error),
     };
     WriteError::Other(mapped)
+}
+
+/// The server says "wrong last sequence: N"; N is the subject's actual last sequence.
+fn wrong_last_sequence(error: &PublishError) -> Option<u64> {
+    let text = error.source()?.to_string();
+    let at = text.find("wrong last sequence")?;
+    let digits: String = text[at..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
 }
 
 pub(crate) fn last_message(what: &str, error: LastRawMessageError) -> ClusterError {
@@ -160,6 +183,20 @@ pub(crate) fn is_no_message(error: &LastRawMessageError) -> bool {
             error.error_code() == ErrorCode::NO_MESSAGE_FOUND
         }
         _ => false,
+    }
+}
+
+pub(crate) fn purge(what: &str, error: PurgeError) -> ClusterError {
+    match error.kind() {
+        PurgeErrorKind::JetStream(_) => server(what, error),
+        _ => unavailable(what, error),
+    }
+}
+
+pub(crate) fn consumer(what: &str, error: ConsumerError) -> ClusterError {
+    match error.kind() {
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => unavailable(what, error),
+        _ => server(what, error),
     }
 }
 
@@ -212,5 +249,6 @@ mod tests {
         assert_eq!(names.owner_key(42), "$KV.roomcast_eu-1_owners.42");
         assert_eq!(names.rooms_stream, "roomcast_eu-1_rooms");
         assert_eq!(names.logs(), "roomcast.eu-1.room.*.log");
+        assert_eq!(names.log(7), "roomcast.eu-1.room.7.log");
     }
 }

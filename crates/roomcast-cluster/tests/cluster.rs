@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use roomcast_cluster::testing::{eventually, NatsServer};
-use roomcast_cluster::{Cluster, ClusterConfig, ErrorKind, LeaseStatus};
+use roomcast_cluster::{Bytes, Cluster, ClusterConfig, ErrorKind, LeaseStatus, LogEntry};
 
 const TTL: Duration = Duration::from_secs(1);
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,6 +35,13 @@ async fn node(server: &NatsServer, node: &str) -> Cluster {
     Cluster::connect(config(server, node))
         .await
         .unwrap_or_else(|e| panic!("node {node} could not connect: {e}\n{}", server.log()))
+}
+
+fn payloads(entries: &[LogEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect()
 }
 
 /// Polls `b.acquire(room)` until it succeeds (the holder's lease expired).
@@ -281,4 +288,135 @@ async fn a_keeper_reports_a_lease_taken_behind_its_back() {
         ErrorKind::LeaseLost
     );
     assert_eq!(a.owner_of(room).await.unwrap().as_deref(), Some("intruder"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owner_is_fenced_and_leaves_nothing_in_the_log() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let room = 10;
+
+    let mut a_lease = a.acquire(room).await.unwrap();
+    let s1 = a.append(room, "a1", None).await.unwrap();
+    let s2 = a.append(room, "a2", Some(s1)).await.unwrap();
+    assert!(s2 > s1);
+    assert_eq!(a.last_seq(room).await.unwrap(), Some(s2));
+    // Another room's log does not move this one's end.
+    a.append(room + 1, "other", None).await.unwrap();
+
+    // a pauses (no renewal); b takes the room over, reads the log's end and appends.
+    let _b_lease = acquire_when_free(&b, room).await;
+    let last = b.last_seq(room).await.unwrap();
+    assert_eq!(last, Some(s2));
+    let s3 = b.append(room, "b1", last).await.unwrap();
+
+    // a wakes up with its stale view.
+    assert_eq!(
+        a_lease.renew().await.unwrap_err().kind(),
+        ErrorKind::LeaseLost
+    );
+    let e = a.append(room, "a3-stale", Some(s2)).await.unwrap_err();
+    assert_eq!((e.kind(), e.code()), (ErrorKind::Fenced, "fenced"), "{e}");
+    assert_eq!(e.last_seq(), Some(s3), "{e}");
+    let e = a.append(room, "a3-as-first", None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced);
+
+    let log = b.replay(room, 0).await.unwrap();
+    assert_eq!(payloads(&log), ["a1", "a2", "b1"]);
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [s1, s2, s3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_returns_thousands_of_entries_in_order() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let (room, other) = (20, 21);
+    let mut seqs = Vec::with_capacity(5_000);
+    let (mut last, mut other_last) = (None, None);
+    for i in 0..5_000 {
+        let seq = a.append(room, format!("entry-{i}"), last).await.unwrap();
+        seqs.push(seq);
+        last = Some(seq);
+        if i % 100 == 0 {
+            other_last = Some(
+                a.append(other, format!("other-{i}"), other_last)
+                    .await
+                    .unwrap(),
+            );
+        }
+    }
+    let log = a.replay(room, 0).await.unwrap();
+    assert_eq!(log.len(), 5_000);
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    for (i, entry) in log.iter().enumerate() {
+        assert_eq!(entry.payload, Bytes::from(format!("entry-{i}")));
+    }
+
+    let tail = a.replay(room, seqs[2_499]).await.unwrap();
+    assert_eq!(tail.len(), 2_500);
+    assert_eq!(tail[..], log[2_500..]);
+    // An `after` between two of the room's entries (another room's sequence).
+    assert!(seqs[100] + 1 < seqs[101]);
+    let from_gap = a.replay(room, seqs[100] + 1).await.unwrap();
+    assert_eq!(from_gap[..], log[101..]);
+    assert!(a.replay(room, seqs[4_999]).await.unwrap().is_empty());
+    assert!(a.replay(99, 0).await.unwrap().is_empty());
+    assert_eq!(a.replay(other, 0).await.unwrap().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_empties_one_rooms_log_only() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let (room, other) = (30, 31);
+    let mut last = None;
+    for i in 0..3 {
+        last = Some(a.append(room, format!("r{i}"), last).await.unwrap());
+    }
+    let o1 = a.append(other, "o1", None).await.unwrap();
+    let o2 = a.append(other, "o2", Some(o1)).await.unwrap();
+
+    assert_eq!(a.purge(room).await.unwrap(), 3);
+    assert_eq!(a.last_seq(room).await.unwrap(), None);
+    assert!(a.replay(room, 0).await.unwrap().is_empty());
+    assert_eq!(payloads(&a.replay(other, 0).await.unwrap()), ["o1", "o2"]);
+    assert_eq!(a.last_seq(other).await.unwrap(), Some(o2));
+
+    // The purged log starts again from empty; a view from before the purge is stale.
+    let e = a.append(room, "stale", last).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Fenced);
+    assert_eq!(e.last_seq(), Some(0), "{e}");
+    let first = a.append(room, "again", None).await.unwrap();
+    assert_eq!(a.last_seq(room).await.unwrap(), Some(first));
+    assert_eq!(a.purge(99).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_above_the_limit_fail_clearly() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let max = a.max_payload();
+    assert_eq!(max, 1024 * 1024 - roomcast_cluster::HEADER_ALLOWANCE);
+    let too_big = Bytes::from(vec![7u8; max + 1]);
+    let e = a.append(1, too_big, None).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::PayloadTooLarge, "payload_too_large"),
+        "{e}"
+    );
+    assert_eq!(a.last_seq(1).await.unwrap(), None);
+
+    // Exactly the limit fits, headers included, and comes back whole.
+    let largest = Bytes::from(vec![9u8; max]);
+    let seq = a.append(1, largest.clone(), None).await.unwrap();
+    let log = a.replay(1, 0).await.unwrap();
+    assert_eq!(
+        log,
+        [LogEntry {
+            seq,
+            payload: largest
+        }]
+    );
+    assert!(a.is_connected());
 }

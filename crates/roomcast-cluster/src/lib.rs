@@ -43,6 +43,7 @@ mod config;
 mod error;
 mod lease;
 mod log;
+mod messaging;
 mod nats;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -62,6 +63,7 @@ pub use config::{
 pub use error::{ClusterError, ErrorKind};
 pub use lease::{Lease, LeaseKeeper, LeaseStatus};
 pub use log::LogEntry;
+pub use messaging::{NodeRequest, NodeRequests, RoomEvents};
 
 use nats::Names;
 
@@ -252,6 +254,10 @@ impl Cluster {
 
     pub(crate) fn names(&self) -> &Names {
         &self.inner.names
+    }
+
+    pub(crate) fn client(&self) -> &async_nats::Client {
+        &self.inner.client
     }
 
     pub(crate) fn jetstream(&self) -> &jetstream::Context {

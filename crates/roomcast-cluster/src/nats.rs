@@ -16,7 +16,7 @@ use async_nats::jetstream::stream::{
     PurgeErrorKind,
 };
 use async_nats::jetstream::ErrorCode;
-use async_nats::{ConnectError, ConnectErrorKind};
+use async_nats::{ConnectError, ConnectErrorKind, RequestError, RequestErrorKind};
 
 use crate::error::{ClusterError, ErrorKind};
 
@@ -62,7 +62,20 @@ impl Names {
     pub(crate) fn log(&self, room: u64) -> String {
         format!("roomcast.{}.room.{room}.log", self.cluster)
     }
+
+    /// A room's event subject (core NATS): `roomcast.<cluster>.room.<room>.events`.
+    pub(crate) fn events(&self, room: u64) -> String {
+        format!("roomcast.{}.room.{room}.events", self.cluster)
+    }
+
+    /// A node's call subject: `roomcast.<cluster>.node.<node>.call`.
+    pub(crate) fn calls(&self, node: &str) -> String {
+        format!("roomcast.{}.node.{node}.call", self.cluster)
+    }
 }
+
+/// The header naming the calling node on a node-to-node request.
+pub(crate) const FROM_HEADER: &str = "Roomcast-From";
 
 /// The header that makes a JetStream write conditional on the subject's last sequence.
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
@@ -236,6 +249,32 @@ pub(crate) fn get_stream(what: &str, error: GetStreamError) -> ClusterError {
     }
 }
 
+pub(crate) fn request(what: &str, error: RequestError) -> ClusterError {
+    match error.kind() {
+        RequestErrorKind::NoResponders => ClusterError::with_source(
+            ErrorKind::NoResponders,
+            format!("{what}: no node serves this node id"),
+            error,
+        ),
+        RequestErrorKind::MaxPayloadExceeded => ClusterError::with_source(
+            ErrorKind::PayloadTooLarge,
+            format!("{what}: the message is larger than the server's max_payload"),
+            error,
+        ),
+        RequestErrorKind::InvalidSubject => ClusterError::with_source(
+            ErrorKind::InvalidConfig,
+            format!("{what}: invalid subject"),
+            error,
+        ),
+        _ => unavailable(what, error),
+    }
+}
+
+/// A core publish or subscribe failed: the client's connection task is gone or full.
+pub(crate) fn core(what: &str, error: impl StdError + Send + Sync + 'static) -> ClusterError {
+    unavailable(what, error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,5 +289,7 @@ mod tests {
         assert_eq!(names.rooms_stream, "roomcast_eu-1_rooms");
         assert_eq!(names.logs(), "roomcast.eu-1.room.*.log");
         assert_eq!(names.log(7), "roomcast.eu-1.room.7.log");
+        assert_eq!(names.events(7), "roomcast.eu-1.room.7.events");
+        assert_eq!(names.calls("node-a"), "roomcast.eu-1.node.node-a.call");
     }
 }

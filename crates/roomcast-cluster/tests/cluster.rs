@@ -399,13 +399,17 @@ async fn payloads_above_the_limit_fail_clearly() {
     let max = a.max_payload();
     assert_eq!(max, 1024 * 1024 - roomcast_cluster::HEADER_ALLOWANCE);
     let too_big = Bytes::from(vec![7u8; max + 1]);
-    let e = a.append(1, too_big, None).await.unwrap_err();
+    let e = a.append(1, too_big.clone(), None).await.unwrap_err();
     assert_eq!(
         (e.kind(), e.code()),
         (ErrorKind::PayloadTooLarge, "payload_too_large"),
         "{e}"
     );
     assert_eq!(a.last_seq(1).await.unwrap(), None);
+    let e = a.publish_room(1, too_big.clone()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
+    let e = a.request("b", too_big).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
 
     // Exactly the limit fits, headers included, and comes back whole.
     let largest = Bytes::from(vec![9u8; max]);
@@ -419,4 +423,198 @@ async fn payloads_above_the_limit_fail_clearly() {
         }]
     );
     assert!(a.is_connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_fails_calls_within_the_timeout_and_keeps_acked_entries() {
+    let mut server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let room = 40;
+    let mut lease = a.acquire(room).await.unwrap();
+    let mut acked = Vec::new();
+    let mut last = None;
+    for i in 0..200 {
+        let seq = a.append(room, format!("e{i}"), last).await.unwrap();
+        acked.push(LogEntry {
+            seq,
+            payload: Bytes::from(format!("e{i}")),
+        });
+        last = Some(seq);
+    }
+
+    let keeper = a.acquire(room + 1).await.unwrap().keep_alive();
+
+    let mut keeper_status = keeper.subscribe();
+
+    server.kill();
+    let killed = Instant::now();
+    let lost_after = tokio::spawn(async move {
+        keeper_status
+            .wait_for(|status| !status.is_held())
+            .await
+            .unwrap();
+        killed.elapsed()
+    });
+    // Whether or not the client has noticed yet, a call ends within the timeout.
+    let start = Instant::now();
+    let e = a.last_seq(room).await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::Unavailable, "unavailable"),
+        "{e}"
+    );
+    assert!(start.elapsed() < TIMEOUT + SLACK, "{:?}", start.elapsed());
+    eventually(Duration::from_secs(5), "the clients to notice", || async {
+        (!a.is_connected() && !b.is_connected()).then_some(())
+    })
+    .await;
+
+    async fn unavailable<T: std::fmt::Debug>(
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, roomcast_cluster::ClusterError>>,
+    ) {
+        let start = Instant::now();
+        let e = call.await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{what}: {e}");
+        assert!(
+            start.elapsed() < TIMEOUT + SLACK,
+            "{what} took {:?}",
+            start.elapsed()
+        );
+    }
+    unavailable("append", a.append(room, "lost", last)).await;
+    unavailable("last_seq", a.last_seq(room)).await;
+    unavailable("replay", a.replay(room, 0)).await;
+    unavailable("purge", b.purge(room)).await;
+    unavailable("acquire", b.acquire(room)).await;
+    unavailable("owner_of", b.owner_of(room)).await;
+    unavailable("renew", lease.renew()).await;
+    unavailable("request", b.request("a", "ping")).await;
+    unavailable("publish_room", b.publish_room(room, "event")).await;
+    unavailable("subscribe_room", b.subscribe_room(room)).await;
+    unavailable("serve", a.serve()).await;
+    let start = Instant::now();
+    let e = Cluster::connect(config(&server, "c")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(start.elapsed() < TIMEOUT + SLACK);
+
+    // The renewer gives the lease up once it could not renew it within the TTL.
+    let lost_after = tokio::time::timeout(TTL + SLACK, lost_after)
+        .await
+        .expect("the keeper did not report the loss within the TTL")
+        .unwrap();
+    assert!(lost_after <= TTL + SLACK, "{lost_after:?}");
+    let lost = keeper.lost().await;
+    assert_eq!(lost.kind(), ErrorKind::LeaseLost, "{lost}");
+
+    // Back on the same port and store: the clients reconnect by themselves and every acked
+    // append is there, in order, and nothing else.
+    server.restart().unwrap();
+    let log = eventually(
+        Duration::from_secs(10),
+        "the client to reconnect",
+        || async { a.replay(room, 0).await.ok() },
+    )
+    .await;
+    assert_eq!(log, acked);
+    let next = a.append(room, "after", last).await.unwrap();
+    assert!(next > last.unwrap());
+    eventually(Duration::from_secs(10), "b to reconnect", || async {
+        b.last_seq(room).await.ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_call_each_other() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let mut requests = b.serve().await.unwrap();
+    let server_task = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            let answer = format!(
+                "{} asked {}",
+                request.from().unwrap_or("?"),
+                String::from_utf8_lossy(request.payload())
+            );
+            request.respond(answer).await.unwrap();
+        }
+    });
+    let answer = a.request("b", "ping").await.unwrap();
+    assert_eq!(answer, Bytes::from("a asked ping"));
+
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.request("b", format!("q{i}")).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            Bytes::from(format!("a asked q{i}"))
+        );
+    }
+    server_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_node_nobody_serves_fails_fast() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let start = Instant::now();
+    let e = a.request("nobody", "ping").await.unwrap_err();
+    assert_eq!(
+        (e.kind(), e.code()),
+        (ErrorKind::NoResponders, "no_responders"),
+        "{e}"
+    );
+    assert!(start.elapsed() < TIMEOUT / 2, "{:?}", start.elapsed());
+    assert_eq!(
+        a.request("not.a.node", "x").await.unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
+
+    // A node that stops serving: no responders again once its subscription is gone.
+    let b = node(&server, "b").await;
+    let requests = b.serve().await.unwrap();
+    drop(requests);
+    eventually(Duration::from_secs(5), "b's subscription to go", || async {
+        match a.request("b", "ping").await {
+            Err(e) if e.kind() == ErrorKind::NoResponders => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+async fn next(events: &mut roomcast_cluster::RoomEvents) -> Bytes {
+    tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("no event within 5 s")
+        .expect("the subscription ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_events_reach_that_rooms_subscribers_in_order() {
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    let mut seven = b.subscribe_room(7).await.unwrap();
+    let mut eight = b.subscribe_room(8).await.unwrap();
+    let mut seven_on_a = a.subscribe_room(7).await.unwrap();
+    assert_eq!(seven.room(), 7);
+    for i in 0..100 {
+        a.publish_room(7, format!("m{i}")).await.unwrap();
+    }
+    a.publish_room(8, "marker").await.unwrap();
+
+    for i in 0..100 {
+        assert_eq!(next(&mut seven).await, Bytes::from(format!("m{i}")));
+        assert_eq!(next(&mut seven_on_a).await, Bytes::from(format!("m{i}")));
+    }
+    // Room 8's first event is its own: none of room 7's reached it.
+    assert_eq!(next(&mut eight).await, Bytes::from("marker"));
 }

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod directory;
 mod error;
 mod lease;
 mod log;
@@ -60,6 +61,7 @@ pub use bytes::Bytes;
 pub use config::{
     ClusterConfig, DEFAULT_LEASE_TTL, DEFAULT_REQUEST_TIMEOUT, MAX_NAME_LEN, MIN_LEASE_TTL,
 };
+pub use directory::{DirectoryChange, RoomDirectory};
 pub use error::{ClusterError, ErrorKind};
 pub use lease::{Lease, LeaseKeeper, LeaseStatus};
 pub use log::LogEntry;
@@ -90,6 +92,8 @@ struct Inner {
     jetstream: jetstream::Context,
     owners: stream::Stream,
     rooms: stream::Stream,
+    /// The room directory's bucket, opened on first use.
+    directory: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 impl fmt::Debug for Cluster {
@@ -189,6 +193,7 @@ impl Cluster {
                 jetstream,
                 owners,
                 rooms,
+                directory: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -271,6 +276,12 @@ impl Cluster {
     pub(crate) fn rooms(&self) -> &stream::Stream {
         &self.inner.rooms
     }
+
+    pub(crate) fn directory_cell(
+        &self,
+    ) -> &tokio::sync::OnceCell<async_nats::jetstream::kv::Store> {
+        &self.inner.directory
+    }
 }
 
 async fn bounded<T>(
@@ -339,7 +350,7 @@ fn rooms_stream_config(config: &ClusterConfig, names: &Names) -> stream::Config 
 /// `check` finds what matters the same. Nodes racing here all succeed: on nats-server 2.9 the
 /// losers of a race may be told that the subjects overlap with an existing stream (the
 /// winner's), so that answer too is followed by reading the stream by name.
-async fn ensure_stream(
+pub(crate) async fn ensure_stream(
     jetstream: &jetstream::Context,
     timeout: Duration,
     config: stream::Config,

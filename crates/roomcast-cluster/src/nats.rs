@@ -53,6 +53,11 @@ impl Names {
         format!("$KV.{}.{room}", self.owners_bucket)
     }
 
+    /// The KV bucket of the room directory: `roomcast_<cluster>_rooms`.
+    pub(crate) fn rooms_bucket(&self) -> String {
+        format!("roomcast_{}_rooms", self.cluster)
+    }
+
     /// Every room log's subject: `roomcast.<cluster>.room.*.log`.
     pub(crate) fn logs(&self) -> String {
         format!("roomcast.{}.room.*.log", self.cluster)

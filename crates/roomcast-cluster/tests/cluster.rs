@@ -618,3 +618,46 @@ async fn room_events_reach_that_rooms_subscribers_in_order() {
     // Room 8's first event is its own: none of room 7's reached it.
     assert_eq!(next(&mut eight).await, Bytes::from("marker"));
 }
+
+/// The room directory: a watcher gets every room there is, then each change, from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_directory_lists_every_room_and_its_changes() {
+    use futures_util::StreamExt;
+    let server = server!();
+    let a = node(&server, "a").await;
+    let b = node(&server, "b").await;
+    a.put_room_summary(1, Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    a.put_room_summary(2, Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    let mut watch = b.watch_rooms().await.unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 2 {
+        let change = tokio::time::timeout(TIMEOUT * 5, watch.next())
+            .await
+            .expect("the directory's rooms in time")
+            .unwrap()
+            .unwrap();
+        seen.insert(change.room, change.summary);
+    }
+    assert_eq!(seen[&1].as_deref(), Some(&b"one"[..]));
+    a.put_room_summary(1, Bytes::from_static(b"uno"))
+        .await
+        .unwrap();
+    a.remove_room_summary(2).await.unwrap();
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        let change = tokio::time::timeout(TIMEOUT * 5, watch.next())
+            .await
+            .expect("the changes in time")
+            .unwrap()
+            .unwrap();
+        changes.push((change.room, change.summary));
+    }
+    assert_eq!(
+        changes,
+        vec![(1, Some(Bytes::from_static(b"uno"))), (2, None)]
+    );
+}

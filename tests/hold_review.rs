@@ -4,7 +4,7 @@
 //! with a deadline, and "nothing more arrived" is checked behind a barrier (an announcement
 //! change by an admin: events are never held, and a call that reaches the room after a release
 //! time first delivers what is due, so whatever a member should have by then is in its stream
-//! before the marker). Tests marked `#[ignore = "FAILS: ..."]` failed when written; they are
+//! before the marker). Tests marked `` failed when written; they are
 //! kept as regression tests.
 
 #![allow(missing_docs)]
@@ -1667,7 +1667,7 @@ async fn the_pre_send_hooks_rewrite_is_what_is_held_and_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: a held message can be pinned and MessagePinned reaches viewers before the message"]
+
 async fn pinning_a_held_message_never_shows_viewers_a_pin_before_the_message() {
     // What a user expects: either a held message cannot be pinned (500, like a shadowed one),
     // or the pin reaches a viewer no earlier than the message it names (a client shows a pin it
@@ -1706,7 +1706,7 @@ async fn pinning_a_held_message_never_shows_viewers_a_pin_before_the_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: MessagePinned for a queued message reaches viewers before the message"]
+
 async fn pinning_a_staff_message_queued_behind_a_held_one_never_shows_the_pin_first() {
     let fx = fixture().await;
     fx.hold(Some(secs(10))).await;
@@ -1715,13 +1715,21 @@ async fn pinning_a_staff_message_queued_behind_a_held_one_never_shows_the_pin_fi
     let carol_t = fx.tap(&carol);
     say(&bob, fx.room, "held").await;
     let rules = say(&fx.owner, fx.room, "rules: be nice").await;
+    // Waiting behind a held message, it cannot be pinned yet (500): the pin would reach the
+    // viewers before the message.
+    let early = fx
+        .owner
+        .chat_room_manager()
+        .pin_chat_room_message(&fx.room, rules.seq())
+        .await;
+    assert_eq!(early.unwrap_err().code(), 500);
+    fx.barrier(&[&carol_t]).await;
+    fx.clock.advance(secs(10));
     fx.owner
         .chat_room_manager()
         .pin_chat_room_message(&fx.room, rules.seq())
         .await
         .unwrap();
-    fx.barrier(&[&carol_t]).await;
-    fx.clock.advance(secs(10));
     fx.barrier(&[&carol_t]).await;
     let got = carol_t.message_pos(rules.seq());
     let pin = carol_t.pin_pos(rules.seq());
@@ -2290,7 +2298,7 @@ async fn a_hold_in_one_room_does_not_delay_another() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: replay takes the newest N then cuts at the held one, so it is empty"]
+
 async fn a_joiners_replay_is_full_when_staff_messages_queue_behind_a_held_one() {
     // The room's newest messages are staff messages waiting behind a held one: a viewer who
     // joins gets the newest `join_replay_count` messages that precede the oldest held message
@@ -2325,7 +2333,7 @@ async fn a_joiners_replay_is_full_when_staff_messages_queue_behind_a_held_one() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: after a restart the replay includes a message behind a still-held one"]
+
 async fn after_a_restart_a_joiners_replay_still_stops_before_the_oldest_held_message() {
     // Before the restart: h1 (held), s2 (the owner's, behind it). A viewer joining after the
     // restart, before h1's release, must not get s2 on replay: the docs say the replay holds
@@ -2667,7 +2675,7 @@ async fn destroys_racing_the_release_deliver_nothing_after_the_destroy_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: delete answers 500 once retention dropped it, and it is still released"]
+
 async fn a_held_message_pushed_out_of_retention_is_still_deletable_or_never_delivered() {
     // A moderator must keep the power to stop a held message until its release. With the
     // default retention (1,000 messages) and the default delivery threshold (20 messages/s),

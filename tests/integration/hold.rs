@@ -296,7 +296,8 @@ async fn the_hold_and_held_messages_survive_a_restart() {
     drop((owner, bob));
 
     // Reopened before its release time: nobody is in the room any more (membership does not
-    // persist), and a viewer who joins sees it neither on replay nor in history until then.
+    // persist), and a viewer who joins sees it neither on replay nor in history until then;
+    // then it reaches her live, as it would have without the restart.
     clock.advance(Duration::from_secs(10));
     let engine = open().await;
     let carol_inbox_owner = engine.login("carol").await.unwrap();
@@ -322,11 +323,17 @@ async fn the_hold_and_held_messages_survive_a_restart() {
     let staff_view = newest(&owner, room).await;
     assert_eq!(staff_view.len(), 1);
     assert_eq!(staff_view[0].held_until(), held.held_until());
+    assert!(carol_in.messages().is_empty(), "her replay was empty");
     clock.advance(Duration::from_secs(10));
     let history = newest(&carol, room).await;
     assert_eq!(texts(&history), ["held"]);
-    // Her replay on join was empty (the one message was still held).
-    assert!(carol_in.messages().is_empty());
+    carol_in.wait_for_count(1).await;
+    let got = carol_in.messages();
+    assert_eq!(texts(&got), ["held"], "released to her live, once");
+    assert!(!got[0].is_held());
+    // The owner, who had it at once on joining, does not get it again.
+    marker(&owner, room, 1).await;
+    assert_eq!(carol_in.messages().len(), 1);
     engine.shutdown().await;
 }
 

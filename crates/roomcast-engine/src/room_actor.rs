@@ -313,6 +313,11 @@ pub(crate) struct RoomStart {
 
 impl RoomActor {
     pub(crate) fn new(start: RoomStart) -> RoomActor {
+        let held = Self::held_at_start(&start);
+        let mut start = start;
+        start
+            .recent
+            .set_floor(held.front().map(|(m, _): &(ChatMessage, Except)| m.seq()));
         let exit = ExitGuard {
             supervisor: start.supervisor,
             generation: start.generation,
@@ -340,8 +345,44 @@ impl RoomActor {
             initial_reservations: start.reservations,
             keys: Keys::new(start.keys),
             sending_key: None,
-            held: std::collections::VecDeque::new(),
+            held,
         }
+    }
+
+    /// The messages still held for review when the room starts (after a restart, a crash or a
+    /// sleep): the oldest one still held at `start.now` and every message behind it, to be
+    /// released in order as before; the staff starting in the room had them at once.
+    fn held_at_start(start: &RoomStart) -> std::collections::VecDeque<(ChatMessage, Except)> {
+        let mut held = std::collections::VecDeque::new();
+        let recent = start.recent.newest(usize::MAX);
+        let Some(first) = recent
+            .iter()
+            .position(|m| m.is_held_at(start.now) && !m.is_recalled() && !m.is_shadowed())
+        else {
+            return held;
+        };
+        let record = start.room.record();
+        let staff: Vec<u64> = start
+            .sessions
+            .iter()
+            .filter(|s| *s.user() == record.owner || record.admins.contains(s.user()))
+            .map(|s| s.mailbox().id())
+            .collect();
+        let staff: Arc<[u64]> = staff.into();
+        for m in &recent[first..] {
+            if m.is_shadowed() || m.is_recalled() {
+                continue;
+            }
+            let sender = start.shared.session_of(m.from()).map(|s| s.mailbox().id());
+            held.push_back((m.clone(), Except::of(sender).and(staff.clone())));
+        }
+        if let Some(at) = held.front().and_then(|(m, _)| m.held_until()) {
+            start
+                .shared
+                .timers
+                .schedule(start.room.id(), Timer::HoldRelease { at });
+        }
+        held
     }
 
     fn now(&self) -> i64 {
@@ -645,10 +686,16 @@ impl RoomActor {
             // A message deleted before the members who are not staff received it never
             // reaches them.
             self.held.retain(|(m, _)| m.seq() != *seq);
+            self.recent
+                .set_floor(self.held.front().map(|(m, _)| m.seq()));
         }
         // What waited only behind a message just deleted goes at the end.
         let release = fx.recalled.is_some();
         if let Some(message) = fx.message {
+            if message.is_held() && !message.is_shadowed() && self.held.is_empty() {
+                // Its replay floor first, so that pushing it keeps what comes before.
+                self.recent.set_floor(Some(message.seq()));
+            }
             self.recent.push(message.clone());
             if !message.is_shadowed() && (message.is_held() || !self.held.is_empty()) {
                 // Held for review, or behind a held message: the staff in the room (but its
@@ -673,6 +720,8 @@ impl RoomActor {
                     }
                 }
                 self.held.push_back((message, skip));
+                self.recent
+                    .set_floor(self.held.front().map(|(m, _)| m.seq()));
             } else if message.is_shadowed() {
                 // Marked, to the owner and admins in the room only (its sender is not staff).
                 let record = self.room.record();
@@ -738,6 +787,8 @@ impl RoomActor {
                 .timers
                 .schedule(room_id, Timer::HoldRelease { at });
         }
+        self.recent
+            .set_floor(self.held.front().map(|(m, _)| m.seq()));
     }
 
     /// Sends the held staff events: to each owner or admin in the room, in one delivery, those
@@ -801,9 +852,8 @@ impl RoomActor {
         };
         let recent: Vec<ClientEvent> = self
             .recent
-            .newest_seen_by(replay, &user, staff, self.now())
+            .newest_seen_by(replay, &user, staff, self.now(), cut)
             .into_iter()
-            .filter(|m| m.seq() < cut)
             .map(ClientEvent::Message)
             .collect();
         if staff && !self.held.is_empty() {
@@ -1157,6 +1207,16 @@ impl Handler<ReadMessage> for RoomActor {
             }
             let room = act.room.id();
             let seq = msg.seq;
+            // A message still waiting for its release is the room's to delete, even once
+            // retention dropped it from the store.
+            let waiting = act
+                .held
+                .iter()
+                .find(|(m, _)| m.seq() == seq)
+                .map(|(m, _)| m.data().clone());
+            if let Some(data) = waiting {
+                return Ok((act.store.read(move |_| Ok(Some(data))), None));
+            }
             // Queued after this room's writes: it sees every message sent before it.
             let read = act.store.read(move |reader| {
                 use std::ops::Bound::Included;
@@ -1259,6 +1319,20 @@ impl Handler<Apply> for RoomActor {
 
     fn handle(&mut self, Apply(command): Apply, ctx: &mut Context<Self>) -> Self::Result {
         self.answer_with(ctx, |act, ctx| {
+            // A message the members who are not staff have not received yet (held for review,
+            // or waiting behind one) cannot be pinned: the pin would reach them first.
+            if let Command::Moderate {
+                action: roomcast_model::Moderation::PinMessage(m),
+                ..
+            } = &command
+            {
+                if act.held.front().is_some_and(|(h, _)| m.seq >= h.seq()) {
+                    return Err(ChatError::MessageInvalid(format!(
+                        "message {} has not reached every member yet (held for review)",
+                        m.seq
+                    )));
+                }
+            }
             let (commit, failures) = act.execute_with_failures(command, None, ctx)?;
             Ok((failures, commit))
         })

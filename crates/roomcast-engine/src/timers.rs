@@ -126,7 +126,7 @@ const SWEEP_EVERY_MS: Timestamp = 60_000;
 /// flight) and their rate-limiter state. A session is dropped only when the session table holds
 /// the last reference to it: a client, a room (through its shard) or a call in progress all hold
 /// one, and a lookup needs the table's lock, which the sweep holds.
-pub(crate) fn sweep(shared: &Shared) {
+pub(crate) fn sweep(shared: &Shared, now: Timestamp) {
     let before = shared.sessions.read().len();
     shared
         .sessions
@@ -137,7 +137,6 @@ pub(crate) fn sweep(shared: &Shared) {
         tracing::debug!(dropped = before - after, "idle sessions dropped");
     }
     if let Some(after) = shared.limits.room_hibernate_after {
-        let now = shared.clock.now_ms();
         let idle_before = now.saturating_sub(roomcast_model::ms_to_timestamp(
             roomcast_model::duration_ms(after),
         ));
@@ -164,9 +163,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         {
             return;
         }
-        if shared.clock.now_ms().saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
-            sweep(&shared);
-            last_sweep = shared.clock.now_ms();
+        // The sweep's time is the one it judges idleness by: a clock that moves while it runs
+        // (a test's `ManualClock`) is swept again at its new time, not skipped.
+        let now = shared.clock.now_ms();
+        if now.saturating_sub(last_sweep) >= SWEEP_EVERY_MS {
+            sweep(&shared, now);
+            last_sweep = now;
         }
         let now = shared.clock.now_ms();
         let due = shared.timers.take_due(now);

@@ -87,6 +87,10 @@ pub struct History {
     messages: VecDeque<ChatMessage>,
     /// How many of `messages` are not shadowed.
     visible: usize,
+    /// The oldest message held for review, if any: the retention counts the messages before it
+    /// (what a viewer's replay can show meanwhile), so that a queue behind a held message does
+    /// not push them out.
+    floor: Option<u64>,
 }
 
 impl History {
@@ -96,6 +100,28 @@ impl History {
             retention,
             messages: VecDeque::new(),
             visible: 0,
+            floor: None,
+        }
+    }
+
+    /// Sets the oldest message still held for review (`None`: none is): the replay of members
+    /// who are not staff ends before it, so the messages before it are kept for them.
+    pub fn set_floor(&mut self, floor: Option<u64>) {
+        self.floor = floor;
+        self.trim();
+    }
+
+    /// Messages everyone sees that count against the retention: all of them, or with a floor
+    /// those before it.
+    fn counted(&self) -> usize {
+        match self.floor {
+            None => self.visible,
+            Some(floor) => self
+                .messages
+                .iter()
+                .take_while(|m| m.seq() < floor)
+                .filter(|m| !m.is_shadowed())
+                .count(),
         }
     }
 
@@ -112,9 +138,13 @@ impl History {
             self.visible += 1;
         }
         self.messages.push_back(message);
+        self.trim();
+    }
+
+    fn trim(&mut self) {
         // Keep the newest `retention` messages that everyone sees, with the shadowed ones among
         // them (a troll's burst must not empty a new viewer's replay), up to a bound.
-        while self.visible > self.retention || self.messages.len() > self.retention * 8 {
+        while self.counted() > self.retention || self.messages.len() > self.retention * 8 {
             match self.messages.pop_front() {
                 Some(m) if !m.is_shadowed() => self.visible -= 1,
                 Some(_) => {}
@@ -122,7 +152,8 @@ impl History {
             }
         }
         // Shadowed messages older than every message kept for viewers serve nobody.
-        while self.visible == self.retention
+        while self.floor.is_none()
+            && self.visible == self.retention
             && self.messages.len() > self.retention
             && self.messages.front().is_some_and(ChatMessage::is_shadowed)
         {
@@ -150,20 +181,22 @@ impl History {
     }
 
     /// The newest `n` messages that `viewer` sees (`staff`: the owner or an admin), oldest
-    /// first, each as it sees it ([`ChatMessage::seen_by`]): a shadowed message of someone else
-    /// or one still held for review at `now` is skipped, not counted, for a member who is not
-    /// staff.
+    /// first, each as it sees it ([`ChatMessage::seen_by`]), among those before sequence number
+    /// `before`: a shadowed message of someone else or one still held for review at `now` is
+    /// skipped, not counted, for a member who is not staff.
     pub fn newest_seen_by(
         &self,
         n: usize,
         viewer: &crate::UserId,
         staff: bool,
         now: crate::Timestamp,
+        before: u64,
     ) -> Vec<ChatMessage> {
         let mut out: Vec<ChatMessage> = self
             .messages
             .iter()
             .rev()
+            .filter(|m| m.seq() < before)
             .filter_map(|m| m.seen_by(viewer, staff, now))
             .take(n)
             .collect();

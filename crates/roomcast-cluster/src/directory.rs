@@ -30,6 +30,15 @@ pub struct DirectoryChange {
 /// then each change as it happens. Stops when dropped.
 pub struct RoomDirectory {
     watch: kv::Watch,
+    empty: bool,
+}
+
+impl RoomDirectory {
+    /// True if the directory held nothing when the watch started: nothing will come until
+    /// a change (and so no change marked `current`).
+    pub fn started_empty(&self) -> bool {
+        self.empty
+    }
 }
 
 impl std::fmt::Debug for RoomDirectory {
@@ -155,12 +164,27 @@ impl Cluster {
     pub async fn watch_rooms(&self) -> Result<RoomDirectory, ClusterError> {
         let what = "watching the room directory";
         let store = self.directory().await?;
+        let stream = format!("KV_{}", self.names().rooms_bucket());
         self.bounded(what, async {
             self.ensure_connected(what)?;
+            let mut info = self
+                .jetstream()
+                .get_stream(&stream)
+                .await
+                .map_err(|e| nats::get_stream(what, e))?;
+            let empty = info
+                .info()
+                .await
+                .map_err(|e| {
+                    ClusterError::with_source(ErrorKind::Unavailable, what.to_string(), e)
+                })?
+                .state
+                .messages
+                == 0;
             let watch = store.watch_with_history(">").await.map_err(|e| {
                 ClusterError::with_source(ErrorKind::Unavailable, what.to_string(), e)
             })?;
-            Ok(RoomDirectory { watch })
+            Ok(RoomDirectory { watch, empty })
         })
         .await
     }

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod clock;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod directory;
 mod dispatch;
 mod fanout;
@@ -18,6 +20,8 @@ mod hook;
 mod idempotency;
 mod mailbox;
 pub mod obs;
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+mod remote;
 mod room_actor;
 mod session;
 mod supervisor;
@@ -74,6 +78,9 @@ pub struct CoreConfig {
     pub threads: usize,
     /// The embedder's check of every message before it is accepted, if any.
     pub pre_send: Option<PreSendConfig>,
+    /// Cluster mode: the cluster to join (NATS servers, cluster name, node id).
+    #[cfg(feature = "cluster")]
+    pub cluster: Option<roomcast_cluster::ClusterConfig>,
 }
 
 impl std::fmt::Debug for CoreConfig {
@@ -99,6 +106,8 @@ impl Default for CoreConfig {
             call_timeout: Some(Duration::from_secs(30)),
             threads: 0,
             pre_send: None,
+            #[cfg(feature = "cluster")]
+            cluster: None,
         }
     }
 }
@@ -116,9 +125,18 @@ pub(crate) struct Shared {
     pub(crate) sessions: RwLock<HashSet<SessionKey>>,
     /// Calls per user per second (governor's keyed GCRA limiter), if limited.
     pub(crate) api_limiter: Option<governor::DefaultKeyedRateLimiter<UserId>>,
+    /// Cluster mode: this node's part in the cluster, once joined.
+    #[cfg(feature = "cluster")]
+    pub(crate) node: std::sync::OnceLock<Arc<cluster::Node>>,
 }
 
 impl Shared {
+    /// Cluster mode: this node, once the engine joined its cluster.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn node(&self) -> Option<&Arc<cluster::Node>> {
+        self.node.get()
+    }
+
     pub(crate) fn session_of(&self, user: &UserId) -> Option<Arc<Session>> {
         self.sessions.read().get(user).map(|k| k.0.clone())
     }
@@ -293,6 +311,9 @@ struct Inner {
     lanes: Arc<hook::Lanes>,
     /// The broadcast window: when it started (engine clock) and how many it has had.
     broadcasts: Mutex<(Timestamp, u32)>,
+    /// Cluster mode: the cluster to join and the store's log, until joined.
+    #[cfg(feature = "cluster")]
+    cluster: Mutex<Option<(roomcast_cluster::ClusterConfig, Arc<cluster::ClusterLog>)>>,
 }
 
 pub(crate) fn storage_error(e: StoreError) -> ChatError {
@@ -309,11 +330,25 @@ pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
 impl Core {
     /// Opens the store and starts the engine's threads.
     pub fn open(config: CoreConfig) -> Result<Core, ChatError> {
+        #[allow(unused_mut)]
+        let mut config = config;
         let threads = if config.threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             config.threads
         };
+        // Cluster mode: every write also goes to the cluster's log; the local store is a cache
+        // of the rooms this node runs, filled from the log as it takes them.
+        #[cfg(feature = "cluster")]
+        let cluster_log = config.cluster.as_ref().map(|_| {
+            let log = Arc::new(cluster::ClusterLog::default());
+            config.store.replicator = Some(Arc::new(cluster::LogHandle(log.clone())));
+            log
+        });
+        #[cfg(feature = "cluster")]
+        let clustered = cluster_log.is_some();
+        #[cfg(not(feature = "cluster"))]
+        let clustered = false;
         let store = Store::open(&config.store).map_err(|e| {
             ChatError::Storage(roomcast_model::StorageFailure::new(
                 format!("cannot open the store: {e}"),
@@ -326,7 +361,13 @@ impl Core {
             store.flush_blocking().map_err(storage_error)?;
         }
         let directory = Directory::default();
-        for record in store.rooms().map_err(storage_error)? {
+        // (In cluster mode the rooms are the cluster's directory's, read once joined.)
+        let local_rooms = if clustered {
+            Vec::new()
+        } else {
+            store.rooms().map_err(storage_error)?
+        };
+        for record in local_rooms {
             match record {
                 Ok(record) => {
                     let room = roomcast_model::Room::from_record(record, &config.limits, 0, 0);
@@ -363,11 +404,19 @@ impl Core {
             last_message_id: AtomicU64::new(0),
             sessions: RwLock::new(HashSet::new()),
             api_limiter,
+            #[cfg(feature = "cluster")]
+            node: std::sync::OnceLock::new(),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        runtime
             .worker_threads(threads.max(2))
             .thread_name("roomcast-callbacks")
-            .enable_time()
+            .enable_time();
+        // Cluster mode: the NATS connection runs here too.
+        if clustered {
+            runtime.enable_io();
+        }
+        let runtime = runtime
             .build()
             .map_err(|e| ChatError::General(format!("cannot start the callback runtime: {e}")))?;
         runtime.spawn(timers::run(shared.clone()));
@@ -394,8 +443,45 @@ impl Core {
                 stopped: AtomicBool::new(false),
                 pre_send: config.pre_send,
                 broadcasts: Mutex::new((Timestamp::MIN, 0)),
+                #[cfg(feature = "cluster")]
+                cluster: Mutex::new(config.cluster.zip(cluster_log)),
             }),
         })
+    }
+
+    /// Cluster mode: joins the cluster given at open (connects to NATS, reads the cluster's
+    /// super admins and rooms, starts serving other nodes). Nothing to do without one.
+    #[cfg(feature = "cluster")]
+    pub async fn join_cluster(&self) -> Result<(), ChatError> {
+        let Some((config, log)) = self.inner.cluster.lock().take() else {
+            return Ok(());
+        };
+        let node = cluster::Node::join(self, config, log).await?;
+        let _ = self.inner.shared.node.set(node);
+        Ok(())
+    }
+
+    /// Cluster mode: this node's id, once joined.
+    #[cfg(feature = "cluster")]
+    pub fn node_id(&self) -> Option<String> {
+        self.node().map(|n| n.me().to_string())
+    }
+
+    #[cfg(feature = "cluster")]
+    pub(crate) fn node(&self) -> Option<Arc<cluster::Node>> {
+        self.inner.shared.node.get().cloned()
+    }
+
+    /// Cluster mode: runs `call` where its room lives. `Ok(None)`: here (go on locally).
+    #[cfg(feature = "cluster")]
+    async fn remote(
+        &self,
+        call: impl Fn() -> remote::Call,
+    ) -> Result<Option<remote::Answer>, ChatError> {
+        match self.node() {
+            Some(node) => node.remote(self, call).await,
+            None => Ok(None),
+        }
     }
 
     /// True once [`Core::shutdown`] has begun.
@@ -415,6 +501,11 @@ impl Core {
     /// (`Limits::api_calls_per_user_per_second`, code 4 beyond).
     pub fn admit(&self, user: &UserId) -> Result<(), ChatError> {
         self.check_running()?;
+        // A call another node forwarded was admitted there.
+        #[cfg(feature = "cluster")]
+        if cluster::forwarded() {
+            return Ok(());
+        }
         if let Some(limiter) = &self.inner.shared.api_limiter {
             if limiter.check_key(user).is_err() {
                 return Err(ChatError::ExceedServiceLimit(format!(
@@ -577,6 +668,14 @@ impl Core {
         }
         tracing::debug!(user = %session.user(), "presence changed");
         for room in notices.rooms {
+            // Cluster mode: a room another node owns hears from this one.
+            #[cfg(feature = "cluster")]
+            if let Some(node) = self.node() {
+                if !node.owns(room) {
+                    node.presence_changed(room, session);
+                    continue;
+                }
+            }
             // A room without a live actor is restarting: it reads the presence of each member
             // when it starts (`Session::entered` clears the notice).
             if let Some(addr) = self
@@ -651,6 +750,13 @@ impl Core {
         members: Vec<UserId>,
     ) -> Result<ChatRoom, ChatError> {
         self.admit(owner.user())?;
+        // Cluster mode: a super admin made on another node may not be known here yet.
+        #[cfg(feature = "cluster")]
+        if !self.is_super_admin(owner.user()) {
+            if let Some(node) = self.node() {
+                node.catch_up_engine(self).await?;
+            }
+        }
         if !self.is_super_admin(owner.user()) {
             return Err(ChatError::PermissionDenied(
                 "only a super admin may create a chat room".into(),
@@ -681,7 +787,31 @@ impl Core {
             .into_iter()
             .flatten()
             .collect();
+        // Cluster mode: the id is claimed in the cluster first (the room's lease).
+        #[allow(unused_mut)]
+        let mut id = None;
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            for _ in 0..16 {
+                let next = self
+                    .inner
+                    .supervisor
+                    .send(supervisor::NextId)
+                    .await
+                    .map_err(|e| self.delivery_error(e, None))??;
+                if node.claim(next).await? {
+                    id = Some(next);
+                    break;
+                }
+            }
+            if id.is_none() {
+                return Err(ChatError::RoomUnavailable(
+                    "no free room id could be claimed in the cluster".into(),
+                ));
+            }
+        }
         let msg = CreateRoom {
+            id,
             owner: owner.user().clone(),
             spec,
             room_limits,
@@ -695,6 +825,10 @@ impl Core {
                 .await
                 .map_err(|e| self.delivery_error(e, None))??;
             commit.await.map_err(storage_error)?;
+            #[cfg(feature = "cluster")]
+            if let Some(node) = self.node() {
+                node.put_summary(&room).await;
+            }
             Ok(room)
         })
         .await
@@ -703,9 +837,23 @@ impl Core {
     /// Destroys `room`, if `user` is its owner.
     pub async fn destroy_room(&self, user: &UserId, room: RoomId) -> Result<(), ChatError> {
         self.admit(user)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Destroy {
+                room,
+                user: user.clone(),
+            })
+            .await?
+        {
+            return a.unit();
+        }
         let msg = Destroy { user: user.clone() };
         self.room_call(room, msg).await?;
         self.inner.supervisor.do_send(Forget(room));
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            node.destroyed(room);
+        }
         Ok(())
     }
 
@@ -719,7 +867,48 @@ impl Core {
         self.admit(session.user())?;
         // The place is held until the room has answered, so concurrent joins cannot pass the
         // limit together.
-        let reservation = session.reserve_room(Some(room), self.limits().max_rooms_per_user)?;
+        #[allow(unused_mut)]
+        let mut reservation = session.reserve_room(Some(room), self.limits().max_rooms_per_user)?;
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            if let cluster::Route::Remote(_) = node.route(self, room).await? {
+                let mirror = node.before_remote_join(self, room).await?;
+                let keeps_copy = !session.deletes_messages_on_exit();
+                let offline_since = session.offline_since();
+                let user = session.user().clone();
+                let answer = node
+                    .remote(self, || remote::Call::Join {
+                        room,
+                        user: user.clone(),
+                        node: node.me().to_string(),
+                        keeps_copy,
+                        offline_since,
+                    })
+                    .await;
+                match answer {
+                    Ok(Some(remote::Answer::Joined {
+                        room: info,
+                        copy_from,
+                    })) => {
+                        session.entered(room, copy_from, reservation.as_mut());
+                        node.after_remote_join(self, &mirror, session, true);
+                        return Ok(info);
+                    }
+                    Ok(Some(other)) => {
+                        node.after_remote_join(self, &mirror, session, false);
+                        return Err(ChatError::General(format!(
+                            "a node answered a join with {other:?}"
+                        )));
+                    }
+                    // The room came here meanwhile: joined locally below.
+                    Ok(None) => node.after_remote_join(self, &mirror, session, false),
+                    Err(e) => {
+                        node.after_remote_join(self, &mirror, session, false);
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let msg = Join {
             session: session.clone(),
             reservation,
@@ -741,6 +930,18 @@ impl Core {
     ) -> Result<ChatMessage, ChatError> {
         self.admit(from)?;
         message.validate(self.limits().message_max_bytes)?;
+        // Cluster mode: a room another node owns gets the message there (its pre-send hook,
+        // its order).
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Send {
+                from: from.clone(),
+                message: message.clone(),
+            })
+            .await?
+        {
+            return a.message();
+        }
         let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
         let room = message.room_id;
         // A send from inside a hook skips the hook and the lane (it would wait for the message
@@ -948,6 +1149,17 @@ impl Core {
                 query.page_size
             )));
         }
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::History {
+                room,
+                viewer: viewer.clone(),
+                query,
+            })
+            .await?
+        {
+            return a.history();
+        }
         let msg = FetchHistory {
             viewer: viewer.clone(),
             query,
@@ -974,6 +1186,16 @@ impl Core {
             now: self.now_ms(),
             reason,
         };
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Apply {
+                room,
+                command: command.clone(),
+            })
+            .await?
+        {
+            return a.failures().map(drop);
+        }
         self.room_call(room, Apply(command)).await.map(drop)
     }
 
@@ -1014,6 +1236,19 @@ impl Core {
     ) -> Result<(), ChatError> {
         self.admit(by)?;
         let reason = roomcast_model::check_reason(reason)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Recall {
+                room,
+                by: by.clone(),
+                seq,
+                reason: reason.clone(),
+                as_moderator,
+            })
+            .await?
+        {
+            return a.unit();
+        }
         let message = self.read_message(by, room, seq).await?;
         let now = self.now_ms();
         let command = if as_moderator {
@@ -1044,6 +1279,18 @@ impl Core {
     ) -> Result<(), ChatError> {
         self.admit(by)?;
         let reason = roomcast_model::check_reason(reason)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Pin {
+                room,
+                by: by.clone(),
+                seq,
+                reason: reason.clone(),
+            })
+            .await?
+        {
+            return a.unit();
+        }
         let message = self.read_message(by, room, seq).await?;
         let command = Command::Moderate {
             by: by.clone(),
@@ -1065,6 +1312,18 @@ impl Core {
     ) -> Result<ChatCursorResult<roomcast_model::AuditEntry>, ChatError> {
         self.admit(viewer)?;
         roomcast_model::check_page_size(page_size, roomcast_model::LIST_PAGE_MAX)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::AuditLog {
+                room,
+                viewer: viewer.clone(),
+                before,
+                page_size,
+            })
+            .await?
+        {
+            return a.audit();
+        }
         let msg = room_actor::FetchAuditLog {
             viewer: viewer.clone(),
             before,
@@ -1087,6 +1346,16 @@ impl Core {
             by: by.clone(),
             set,
         };
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Apply {
+                room,
+                command: command.clone(),
+            })
+            .await?
+        {
+            return a.failures();
+        }
         self.room_call(room, Apply(command)).await
     }
 
@@ -1104,6 +1373,16 @@ impl Core {
             keys,
             force,
         };
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Apply {
+                room,
+                command: command.clone(),
+            })
+            .await?
+        {
+            return a.failures();
+        }
         self.room_call(room, Apply(command)).await
     }
 
@@ -1115,6 +1394,17 @@ impl Core {
         query: RoomQuery,
     ) -> Result<QueryAnswer, ChatError> {
         self.admit(viewer)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Query {
+                room,
+                viewer: viewer.clone(),
+                query: query.clone(),
+            })
+            .await?
+        {
+            return a.query();
+        }
         let msg = Query {
             viewer: viewer.clone(),
             query,
@@ -1133,6 +1423,26 @@ impl Core {
         count: usize,
     ) -> Result<Vec<ChatMessage>, ChatError> {
         self.admit(user)?;
+        #[cfg(feature = "cluster")]
+        {
+            let current = self
+                .inner
+                .shared
+                .session_of(user)
+                .and_then(|s| s.copy_start(room));
+            if let Some(a) = self
+                .remote(|| remote::Call::LocalMessages {
+                    room,
+                    user: user.clone(),
+                    before,
+                    count,
+                    current,
+                })
+                .await?
+            {
+                return a.messages();
+            }
+        }
         let store = self.store()?;
         let user = user.clone();
         // The copy's spans: the stored ones (kept copies), and the current membership's, which
@@ -1167,6 +1477,10 @@ impl Core {
     /// `room`'s counters.
     pub async fn room_stats(&self, room: RoomId) -> Result<RoomStats, ChatError> {
         self.check_running()?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self.remote(|| remote::Call::Stats { room }).await? {
+            return a.stats();
+        }
         // A sleeping room is answered from its entry and the store, without waking it: a
         // monitoring loop over every room must not keep them all in memory.
         let asleep = self
@@ -1211,6 +1525,21 @@ impl Core {
         owner_may_leave: bool,
     ) -> Result<(), ChatError> {
         self.admit(user)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Leave {
+                room,
+                user: user.clone(),
+                owner_may_leave,
+            })
+            .await?
+        {
+            a.unit()?;
+            if let Some(node) = self.node() {
+                node.after_remote_leave(self, room, user);
+            }
+            return Ok(());
+        }
         let msg = Leave {
             user: user.clone(),
             owner_may_leave,
@@ -1221,6 +1550,16 @@ impl Core {
     /// `room` as `viewer` sees it (any user may look).
     pub async fn room_info(&self, viewer: &UserId, room: RoomId) -> Result<ChatRoom, ChatError> {
         self.admit(viewer)?;
+        #[cfg(feature = "cluster")]
+        if let Some(a) = self
+            .remote(|| remote::Call::Info {
+                room,
+                viewer: viewer.clone(),
+            })
+            .await?
+        {
+            return a.room();
+        }
         let msg = Info {
             viewer: viewer.clone(),
         };

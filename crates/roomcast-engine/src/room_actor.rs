@@ -13,7 +13,7 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use roomcast_model::{
     AttributeFailures, Audience, AuditEntry, ChatCursorResult, ChatError, ChatMessage, ChatRoom,
     ChatRoomEvent, Command, Effects, History, HistoryQuery, MessageData, MessageId,
-    MessagePriority, OutgoingMessage, Room, RoomId, SearchDirection, Timer, UserId,
+    MessagePriority, OutgoingMessage, Room, RoomId, SearchDirection, Timer, Timestamp, UserId,
 };
 use roomcast_store::{Commit, IdempotencyRecord, Pending, Reader, Store, StoreError, WriteSet};
 
@@ -43,6 +43,44 @@ pub(crate) struct Join {
     /// The user's place against the rooms-per-user limit, released once the room answered.
     pub(crate) reservation: Option<RoomReservation>,
 }
+
+/// Cluster mode: `user`, whose session is on node `node`, joins; answers the room as it sees it
+/// and where its local copy starts.
+#[derive(Message)]
+#[rtype(result = "Result<Answer<(ChatRoom, u64)>, ChatError>")]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct JoinRemote {
+    pub(crate) user: UserId,
+    pub(crate) node: String,
+    pub(crate) keeps_copy: bool,
+    pub(crate) offline_since: Option<Timestamp>,
+}
+
+/// Cluster mode: the presence of `user`'s session on node `node` changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct RemotePresence {
+    pub(crate) user: UserId,
+    pub(crate) node: String,
+    pub(crate) offline_since: Option<Timestamp>,
+}
+
+/// Cluster mode: after the room changed owners, node `node` still has these members in it.
+#[derive(Message)]
+#[rtype(result = "()")]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct Rejoin {
+    pub(crate) node: String,
+    pub(crate) members: Vec<(UserId, Option<Timestamp>)>,
+}
+
+/// Cluster mode: this node lost the room's lease: the actor stops (cleanly; the room lives on
+/// at its new owner).
+#[derive(Message)]
+#[rtype(result = "()")]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct Evict;
 
 /// `user` leaves the room.
 #[derive(Message)]
@@ -266,6 +304,17 @@ pub(crate) struct RoomActor {
     /// them at once): a message held for review, and every message accepted behind one. See
     /// [`RoomActor::release_held`].
     held: std::collections::VecDeque<(ChatMessage, Except)>,
+    /// Cluster mode: the users each held message skips on other nodes (its sender, the staff
+    /// who had it at once), by sequence number.
+    held_skip_users: HashMap<u64, Vec<UserId>>,
+    /// Cluster mode: members whose sessions are on other nodes, by node: `None` online there,
+    /// `Some(since)` offline since then.
+    remote: HashMap<UserId, HashMap<String, Option<Timestamp>>>,
+    /// Cluster mode: what remote members' local copies need when they leave: whether the copy
+    /// is kept, and where the current membership's span starts.
+    remote_copies: HashMap<UserId, (bool, u64)>,
+    /// Cluster mode: a remote member being joined (its copy is kept).
+    remote_joining: Option<(UserId, bool)>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -346,6 +395,74 @@ impl RoomActor {
             keys: Keys::new(start.keys),
             sending_key: None,
             held,
+            held_skip_users: HashMap::new(),
+            remote: HashMap::new(),
+            remote_copies: HashMap::new(),
+            remote_joining: None,
+        }
+    }
+
+    /// Cluster mode: publishes `delivery` for the members on other nodes (nothing when there
+    /// are none, or on one node).
+    #[allow(unused_variables)]
+    fn publish(&self, delivery: impl FnOnce() -> crate::remote::Delivery) {
+        #[cfg(feature = "cluster")]
+        if !self.remote.is_empty() {
+            if let Some(node) = self.shared.node() {
+                node.publish(self.room.id(), &delivery());
+            }
+        }
+    }
+
+    /// The owner and admins in the room whose sessions are on other nodes.
+    fn remote_staff(&self) -> Vec<UserId> {
+        if self.remote.is_empty() {
+            return Vec::new();
+        }
+        let record = self.room.record();
+        std::iter::once(&record.owner)
+            .chain(&record.admins)
+            .filter(|u| self.remote.contains_key(*u) && self.room.is_member(u))
+            .cloned()
+            .collect()
+    }
+
+    /// True if `user` has an online session on another node.
+    fn online_elsewhere(&self, user: &UserId) -> bool {
+        self.remote
+            .get(user)
+            .is_some_and(|nodes| nodes.values().any(Option::is_none))
+    }
+
+    /// `user`'s presence across nodes: online if any session is (`None`), else offline since
+    /// the last one went.
+    fn presence_of(&self, user: &UserId) -> Option<Timestamp> {
+        let local = self
+            .shared
+            .session_of(user)
+            .and_then(|s| s.room_presence(self.room.id()));
+        let mut since: Option<Timestamp> = None;
+        let mut any = false;
+        if let Some(local) = local {
+            any = true;
+            match local {
+                None => return None,
+                Some(t) => since = Some(t),
+            }
+        }
+        if let Some(nodes) = self.remote.get(user) {
+            for state in nodes.values() {
+                any = true;
+                match state {
+                    None => return None,
+                    Some(t) => since = Some(since.map_or(*t, |s| s.max(*t))),
+                }
+            }
+        }
+        if any {
+            since
+        } else {
+            Some(self.now())
         }
     }
 
@@ -540,21 +657,32 @@ impl RoomActor {
         for user in &fx.joined {
             // A copy that is deleted on exit lives only as long as the membership: the session
             // remembers where it starts. Only a copy that is kept after leaving is written.
-            let keeps = self
-                .shared
-                .session_of(user)
-                .is_some_and(|s| !s.deletes_messages_on_exit());
+            let keeps = match &self.remote_joining {
+                Some((remote, keeps)) if remote == user => *keeps,
+                _ => self
+                    .shared
+                    .session_of(user)
+                    .is_some_and(|s| !s.deletes_messages_on_exit()),
+            };
             if keeps {
                 set.open_copy(user.clone(), room, self.copy_from());
             }
         }
         for user in &fx.left {
-            let session = self.shared.session_of(user);
-            let delete = session
-                .as_ref()
-                .is_none_or(|s| s.deletes_messages_on_exit());
+            let session = self.shared.session_of(user).filter(|s| s.is_in(room));
             let last = self.room.last_seq();
-            let from = session.and_then(|s| s.copy_start(room)).unwrap_or(last + 1);
+            let (delete, from) = match (&session, self.remote_copies.get(user)) {
+                (None, Some(&(keeps, from))) => (!keeps, from),
+                _ => (
+                    session
+                        .as_ref()
+                        .is_none_or(|s| s.deletes_messages_on_exit()),
+                    session
+                        .as_ref()
+                        .and_then(|s| s.copy_start(room))
+                        .unwrap_or(last + 1),
+                ),
+            };
             set.close_copy(user.clone(), room, last, from, delete);
         }
         Ok(set)
@@ -637,16 +765,74 @@ impl RoomActor {
                 fanout.add(room_id, session.clone(), &mut self.shards);
             }
         }
+        // Cluster mode: what the members on other nodes get, in the room's order.
+        let remote_on = !self.remote.is_empty();
+        let mut out_remote: Vec<crate::remote::Delivery> = Vec::new();
+        let remote_staff = self.remote_staff();
         let mut gone = HashMap::with_capacity(fx.left.len());
+        let mut left_remote = Vec::new();
         for user in fx.left {
-            if let Some(session) = shared.session_of(&user) {
+            if self.remote.remove(&user).is_some() {
+                self.remote_copies.remove(&user);
+                left_remote.push(user.clone());
+            }
+            if let Some(session) = shared.session_of(&user).filter(|s| s.is_in(room_id)) {
                 session.exited(room_id);
                 fanout.remove(room_id, &session, &mut self.shards);
                 gone.insert(user, session);
             }
         }
-        let member = |user: &UserId| gone.get(user).cloned().or_else(|| shared.session_of(user));
+        if !left_remote.is_empty() {
+            out_remote.push(crate::remote::Delivery::Left { users: left_remote });
+        }
+        // (A user whose membership is on another node may have a session here that is not in
+        // the room: that one is not a member's.)
+        let remote_members = &self.remote;
+        let member = |user: &UserId| {
+            gone.get(user).cloned().or_else(|| {
+                shared
+                    .session_of(user)
+                    .filter(|s| !remote_members.contains_key(user) || s.is_in(room_id))
+            })
+        };
         for out in fx.events {
+            if remote_on {
+                use crate::remote::{Delivery, Item};
+                let item = Item::Event(out.event.clone());
+                out_remote.push(match &out.to {
+                    Audience::Members => Delivery::Broadcast {
+                        item,
+                        except: Vec::new(),
+                    },
+                    Audience::MembersExcept(users) => Delivery::Broadcast {
+                        item,
+                        except: users.clone(),
+                    },
+                    Audience::StaffExcept(users) => Delivery::To {
+                        users: remote_staff
+                            .iter()
+                            .filter(|s| !users.contains(s))
+                            .cloned()
+                            .collect(),
+                        node: None,
+                        items: vec![item],
+                    },
+                    Audience::Users(users) => Delivery::To {
+                        users: users.clone(),
+                        node: None,
+                        items: vec![item],
+                    },
+                    Audience::MembersAmong(users) => Delivery::To {
+                        users: users
+                            .iter()
+                            .filter(|u| self.room.is_member(u) || !self.remote.contains_key(*u))
+                            .cloned()
+                            .collect(),
+                        node: None,
+                        items: vec![item],
+                    },
+                });
+            }
             let item = ClientEvent::Room(Arc::new(out.event));
             match out.to {
                 Audience::Members => fanout.broadcast(room_id, item, Except::NONE, &self.shards),
@@ -686,6 +872,7 @@ impl RoomActor {
             // A message deleted before the members who are not staff received it never
             // reaches them.
             self.held.retain(|(m, _)| m.seq() != *seq);
+            self.held_skip_users.remove(seq);
             self.recent
                 .set_floor(self.held.front().map(|(m, _)| m.seq()));
         }
@@ -714,6 +901,27 @@ impl RoomActor {
                     }
                 }
                 let skip = Except::of(sender).and(got.into());
+                if remote_on {
+                    let mut skip_users = vec![message.from().clone()];
+                    for staff in std::iter::once(&record.owner).chain(&record.admins) {
+                        if *staff != *message.from() && self.room.is_member(staff) {
+                            skip_users.push(staff.clone());
+                        }
+                    }
+                    let to: Vec<UserId> = remote_staff
+                        .iter()
+                        .filter(|s| **s != *message.from())
+                        .cloned()
+                        .collect();
+                    if !to.is_empty() {
+                        out_remote.push(crate::remote::Delivery::To {
+                            users: to,
+                            node: None,
+                            items: vec![crate::remote::Item::Message(message.clone())],
+                        });
+                    }
+                    self.held_skip_users.insert(message.seq(), skip_users);
+                }
                 if self.held.is_empty() {
                     if let Some(at) = message.held_until() {
                         shared.timers.schedule(room_id, Timer::HoldRelease { at });
@@ -727,12 +935,25 @@ impl RoomActor {
                 let record = self.room.record();
                 for staff in std::iter::once(&record.owner).chain(&record.admins) {
                     if self.room.is_member(staff) {
-                        if let Some(m) = shared.session_of(staff) {
+                        if let Some(m) = member(staff) {
                             fanout.send_to(m, vec![ClientEvent::Message(message.clone())]);
                         }
                     }
                 }
+                if remote_on && !remote_staff.is_empty() {
+                    out_remote.push(crate::remote::Delivery::To {
+                        users: remote_staff.clone(),
+                        node: None,
+                        items: vec![crate::remote::Item::Message(message.clone())],
+                    });
+                }
             } else {
+                if remote_on {
+                    out_remote.push(crate::remote::Delivery::Broadcast {
+                        item: crate::remote::Item::Message(message.clone()),
+                        except: vec![message.from().clone()],
+                    });
+                }
                 let except = Except::of(sender);
                 fanout.broadcast(room_id, ClientEvent::Message(message), except, &self.shards);
             }
@@ -746,6 +967,17 @@ impl RoomActor {
         if fx.destroyed {
             shared.timers.cancel_room(room_id);
             fanout.drop_room(room_id);
+            if remote_on {
+                out_remote.push(crate::remote::Delivery::Destroyed);
+            }
+        }
+        if !out_remote.is_empty() {
+            #[cfg(feature = "cluster")]
+            if let Some(node) = self.shared.node() {
+                for delivery in &out_remote {
+                    node.publish(room_id, delivery);
+                }
+            }
         }
         if self.staff_batch.len() >= STAFF_BATCH_MAX {
             self.flush_staff_batch();
@@ -775,6 +1007,16 @@ impl RoomActor {
             let Some((message, skip)) = self.held.pop_front() else {
                 break;
             };
+            // Members on other nodes: all but its sender and the staff who had it at once.
+            let except = self
+                .held_skip_users
+                .remove(&message.seq())
+                .unwrap_or_else(|| vec![message.from().clone()]);
+            let released = message.released();
+            self.publish(|| crate::remote::Delivery::Broadcast {
+                item: crate::remote::Item::Message(released),
+                except,
+            });
             self.shared.fanout.broadcast(
                 room_id,
                 ClientEvent::Message(message.released()),
@@ -1050,6 +1292,185 @@ impl Handler<Join> for RoomActor {
     }
 }
 
+impl Handler<JoinRemote> for RoomActor {
+    type Result = Result<Answer<(ChatRoom, u64)>, ChatError>;
+
+    fn handle(&mut self, msg: JoinRemote, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_with(ctx, |act, ctx| {
+            let user = msg.user;
+            act.remote_joining = Some((user.clone(), msg.keeps_copy));
+            // Registered before the command, so that what it delivers reaches the new member's
+            // node too (its join event included).
+            let was = act
+                .remote
+                .entry(user.clone())
+                .or_default()
+                .insert(msg.node.clone(), msg.offline_since);
+            let executed = act.execute(
+                Command::Join {
+                    user: user.clone(),
+                    now: act.now(),
+                },
+                None,
+                ctx,
+            );
+            act.remote_joining = None;
+            let commit = match executed {
+                Ok(commit) => commit,
+                Err(e) => {
+                    // Refused: as it was.
+                    if let Some(nodes) = act.remote.get_mut(&user) {
+                        match was {
+                            Some(state) => {
+                                nodes.insert(msg.node.clone(), state);
+                            }
+                            None => {
+                                nodes.remove(&msg.node);
+                            }
+                        }
+                        if nodes.is_empty() {
+                            act.remote.remove(&user);
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            let from = act.copy_from();
+            act.remote_copies
+                .entry(user.clone())
+                .or_insert((msg.keeps_copy, from));
+            let staff = act.room.is_staff(&user);
+            let cut = match act.held.front() {
+                Some((m, _)) if !staff => m.seq(),
+                _ => u64::MAX,
+            };
+            let replay: Vec<crate::remote::Item> = act
+                .recent
+                .newest_seen_by(
+                    act.room.limits().join_replay_count,
+                    &user,
+                    staff,
+                    act.now(),
+                    cut,
+                )
+                .into_iter()
+                .map(crate::remote::Item::Message)
+                .collect();
+            let node = msg.node.clone();
+            let joined = user.clone();
+            act.publish(|| crate::remote::Delivery::Joined { user: joined, node });
+            if !replay.is_empty() {
+                let (to, node) = (user.clone(), msg.node.clone());
+                act.publish(|| crate::remote::Delivery::To {
+                    users: vec![to],
+                    node: Some(node),
+                    items: replay,
+                });
+            }
+            if let Some(since) = msg.offline_since {
+                act.presence(
+                    Command::SetPresence {
+                        user: user.clone(),
+                        online: false,
+                        now: since,
+                    },
+                    ctx,
+                );
+            }
+            act.entry.set_member_count(act.room.member_count());
+            Ok(((act.room.snapshot(Some(&user)), from), commit))
+        })
+    }
+}
+
+impl Handler<RemotePresence> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemotePresence, ctx: &mut Context<Self>) {
+        let Some(nodes) = self.remote.get_mut(&msg.user) else {
+            return;
+        };
+        if !nodes.contains_key(&msg.node) {
+            return;
+        }
+        nodes.insert(msg.node, msg.offline_since);
+        let since = self.presence_of(&msg.user);
+        let command = Command::SetPresence {
+            user: msg.user,
+            online: since.is_none(),
+            now: since.unwrap_or_else(|| self.now()),
+        };
+        self.guarded(ctx, |act, ctx| act.presence(command, ctx));
+    }
+}
+
+impl Handler<Rejoin> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Rejoin, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |act, ctx| {
+            let mut back = Vec::new();
+            for (user, offline_since) in msg.members {
+                if !act.room.is_member(&user) {
+                    act.room.restore_member(user.clone());
+                }
+                let from = act.room.last_seq() + 1;
+                act.remote_copies
+                    .entry(user.clone())
+                    .or_insert((false, from));
+                act.remote
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(msg.node.clone(), offline_since);
+                back.push(user);
+            }
+            if back.is_empty() {
+                return;
+            }
+            let node = msg.node.clone();
+            for user in &back {
+                let (user, node) = (user.clone(), node.clone());
+                act.publish(|| crate::remote::Delivery::Joined { user, node });
+            }
+            // They may have missed what the previous owner sent last: where the room stands.
+            let event = ChatRoomEvent::ChatRoomRecovered {
+                room_id: act.room.id(),
+                last_seq: act.room.last_seq(),
+            };
+            let users = back.clone();
+            act.publish(|| crate::remote::Delivery::To {
+                users,
+                node: Some(node),
+                items: vec![crate::remote::Item::Event(event)],
+            });
+            for user in back {
+                let since = act.presence_of(&user);
+                if let Some(since) = since {
+                    act.presence(
+                        Command::SetPresence {
+                            user,
+                            online: false,
+                            now: since,
+                        },
+                        ctx,
+                    );
+                }
+            }
+            act.entry.set_member_count(act.room.member_count());
+        });
+    }
+}
+
+impl Handler<Evict> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Evict, ctx: &mut Context<Self>) {
+        tracing::info!(room = %self.room.id(), "the room moved to another node; its actor stops here");
+        self.shared.fanout.drop_room(self.room.id());
+        ctx.stop();
+    }
+}
+
 impl Handler<Leave> for RoomActor {
     type Result = Result<Answer<()>, ChatError>;
 
@@ -1292,7 +1713,12 @@ impl Handler<Stats> for RoomActor {
                 .room
                 .members()
                 .iter()
-                .filter(|u| act.shared.session_of(u).is_some_and(|s| s.is_online()))
+                .filter(|u| {
+                    act.shared
+                        .session_of(u)
+                        .is_some_and(|s| s.is_online() && s.is_in(room))
+                        || act.online_elsewhere(u)
+                })
                 .count();
             let stats = RoomStats {
                 room_id: room,
@@ -1374,9 +1800,13 @@ impl Handler<PresenceChanged> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: PresenceChanged, ctx: &mut Context<Self>) {
-        let Some(offline_since) = msg.session.take_room_notice(self.room.id()) else {
+        let Some(mut offline_since) = msg.session.take_room_notice(self.room.id()) else {
             return;
         };
+        if self.remote.contains_key(msg.session.user()) {
+            // Cluster mode: its sessions on other nodes count too.
+            offline_since = self.presence_of(msg.session.user());
+        }
         let command = Command::SetPresence {
             user: msg.session.user().clone(),
             online: offline_since.is_none(),
@@ -1440,7 +1870,8 @@ impl Handler<ExpireOffline> for RoomActor {
         let online = self
             .shared
             .session_of(&msg.user)
-            .is_some_and(|s| s.is_online());
+            .is_some_and(|s| s.is_online() && s.is_in(self.room.id()))
+            || self.online_elsewhere(&msg.user);
         let command = if online {
             Command::SetPresence {
                 user: msg.user,

@@ -426,6 +426,24 @@ impl Session {
         Some((!online).then_some(since))
     }
 
+    /// The session's presence as `room` sees it, if the user is in it: `None` online,
+    /// `Some(since)` offline since then (cluster mode: told to the room's owning node).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn room_presence(&self, room: RoomId) -> Option<Option<Timestamp>> {
+        let mut state = self.state.lock();
+        let online = state.online();
+        let since = state.offline_since;
+        state.slot(room)?;
+        Some((!online).then_some(since))
+    }
+
+    /// Offline since then (`None`: online).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn offline_since(&self) -> Option<Timestamp> {
+        let state = self.state.lock();
+        (!state.online()).then_some(state.offline_since)
+    }
+
     /// The rooms this user is in.
     pub fn rooms(&self) -> Vec<RoomId> {
         self.state.lock().rooms.iter().map(|s| s.room).collect()

@@ -101,8 +101,26 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 }
 
+/// The next room id (cluster mode: claimed in the cluster before the room is created with it).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct NextId;
+
+impl Message for NextId {
+    type Result = Result<RoomId, ChatError>;
+}
+
+impl Handler<NextId> for Supervisor {
+    type Result = Result<RoomId, ChatError>;
+
+    fn handle(&mut self, _: NextId, _: &mut Context<Self>) -> Self::Result {
+        self.next_id()
+    }
+}
+
 /// Create a room owned by `owner` with `members` in it.
 pub(crate) struct CreateRoom {
+    /// Its id, if claimed already (cluster mode).
+    pub(crate) id: Option<RoomId>,
     pub(crate) owner: UserId,
     pub(crate) spec: RoomSpec,
     pub(crate) room_limits: roomcast_model::RoomLimits,
@@ -129,7 +147,10 @@ impl Handler<CreateRoom> for Supervisor {
         }
         let now = shared.clock.now_ms();
         let member_ids = msg.members.iter().map(|s| s.user().clone()).collect();
-        let id = self.next_id()?;
+        let id = match msg.id {
+            Some(id) => id,
+            None => self.next_id()?,
+        };
         let room = Room::create(
             id,
             msg.owner.clone(),

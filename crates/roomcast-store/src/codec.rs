@@ -64,6 +64,8 @@ pub enum RecordKind {
     MessageV4 = 13,
     /// A write set, as a cluster's log carries it ([`crate::WriteSet::encode`]).
     WriteSet = 14,
+    /// A frame between the nodes of a cluster (a call, its answer, a room's delivery).
+    ClusterFrame = 15,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -29,6 +29,19 @@ impl std::fmt::Debug for EngineBuilder {
 }
 
 impl EngineBuilder {
+    /// Cluster mode (the `cluster` feature): this engine is one node of a cluster on NATS
+    /// JetStream. A room is run by one node at a time and reached from every node: a user
+    /// logged in on any node joins, chats and moderates any room. Rooms, lists, attributes and
+    /// messages live in JetStream (the local store only caches the rooms this node runs). See
+    /// `docs/cluster.md`.
+    ///
+    /// `build` fails if the cluster cannot be reached.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, config: roomcast_cluster::ClusterConfig) -> Self {
+        self.config.cluster = Some(config);
+        self
+    }
+
     /// Keeps the store in `dir` (created if missing), so rooms survive a restart. Without this the
     /// store is temporary and deleted when the engine stops.
     ///
@@ -402,6 +415,11 @@ impl EngineBuilder {
         let core = rx
             .await
             .map_err(|_| ChatError::General("engine start-up failed".into()))??;
+        #[cfg(feature = "cluster")]
+        if let Err(e) = core.join_cluster().await {
+            core.shutdown().await;
+            return Err(e);
+        }
         Ok(Engine {
             owner: Arc::new(EngineOwner(core.clone())),
             core,

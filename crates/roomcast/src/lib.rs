@@ -60,6 +60,10 @@ pub use client::ChatClient;
 pub use engine::{Engine, EngineBuilder};
 pub use options::ChatOptions;
 pub use room_manager::{ChatRoomManager, CreateChatRoomOptions};
+/// Cluster mode's configuration: the NATS servers, the cluster's name, this node's id, the
+/// room lease's time to live and the call timeout between nodes.
+#[cfg(feature = "cluster")]
+pub use roomcast_cluster::ClusterConfig;
 
 pub use roomcast_engine::{
     dispatch_callback, ChatEventHandler, ChatRoomEventHandler, ClientEvent, Clock, Durability,

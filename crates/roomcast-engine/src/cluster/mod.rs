@@ -1,0 +1,1361 @@
+//! Cluster mode (the `cluster` feature): one room across several nodes, on NATS JetStream.
+//!
+//! - **Ownership.** Each room has one owning node at a time, holding the room's lease (a
+//!   JetStream key-value entry with a TTL, taken with compare-and-set and renewed by a keeper).
+//!   The owner runs the room's actor, which orders its commands as on one node.
+//! - **State.** Every write set of the owner also goes to the room's log (a JetStream stream,
+//!   one subject per room), appended with the log's last sequence number as a fence; a call is
+//!   answered `Ok` only once the log acknowledged it. A node that takes a room replays its log
+//!   into its local store first, so a room outlives its owner.
+//! - **Calls.** A call for a room another node owns is forwarded to that node (request and
+//!   reply) and runs there as if made locally.
+//! - **Deliveries.** The owner delivers to its own members directly, and publishes every
+//!   delivery for members on other nodes once, on the room's subject; each node with members
+//!   in the room (its [`Mirror`]) fans it out to them through its own shards.
+//! - **Failover.** A node with members in a room whose lease lapsed takes it over: it replays
+//!   the log, announces itself (`Delivery::Owner`), and the other nodes tell it who of theirs is
+//!   in the room (`Call::Rejoin`); those members get `on_chat_room_recovered`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use roomcast_cluster::{Bytes, Cluster, ClusterConfig, ClusterError, ErrorKind, LeaseKeeper};
+use roomcast_model::{ChatError, RoomId, Timestamp, UserId};
+use roomcast_store::{AppendDone, Replicator, StoreError, WriteSet};
+
+pub(crate) use crate::remote::{self as wire, Answer, Call, Delivery, Item, Reply};
+
+use crate::fanout::{Except, RoomShards};
+use crate::session::Session;
+use crate::{ClientEvent, Core, Shared};
+
+/// The engine-wide log (super admins): room id 0, which no room has.
+const ENGINE_LOG: u64 = 0;
+
+/// How long a node trusts what it last heard of another node's ownership of a room.
+const OWNER_CACHE: Duration = Duration::from_secs(2);
+
+/// How many times a call is routed again when the room moved meanwhile.
+const ROUTE_TRIES: usize = 4;
+
+tokio::task_local! {
+    /// Set while a node serves a call forwarded to it: such a call is never forwarded again.
+    static FORWARDED: ();
+}
+
+/// True while serving a call another node forwarded.
+pub(crate) fn forwarded() -> bool {
+    FORWARDED.try_with(|_| ()).is_ok()
+}
+
+/// Where a room's calls go.
+pub(crate) enum Route {
+    /// This node owns the room: its actor runs here.
+    Local,
+    /// Another node does.
+    Remote(Arc<str>),
+}
+
+fn cluster_error(e: ClusterError) -> ChatError {
+    match e.kind() {
+        ErrorKind::Unavailable | ErrorKind::NoResponders => {
+            ChatError::RoomUnavailable(format!("the cluster did not answer: {e}"))
+        }
+        _ => ChatError::General(format!("cluster: {e}")),
+    }
+}
+
+/// A room's appends, in order, one in flight at a time (those queued meanwhile go together as
+/// one entry: group commit).
+#[derive(Default)]
+struct RoomLog {
+    /// The stream sequence of the room's last entry (`None`: its log is empty).
+    expected: Option<u64>,
+    running: bool,
+    pending: Vec<(Vec<u8>, AppendDone, u64)>,
+    /// Set when an append failed: every later one fails until the room reloads.
+    failed: Option<String>,
+}
+
+/// The store's [`Replicator`] in cluster mode: every write set goes to its room's log.
+#[derive(Default)]
+pub(crate) struct ClusterLog {
+    cluster: OnceLock<Cluster>,
+    runtime: OnceLock<tokio::runtime::Handle>,
+    rooms: Mutex<HashMap<u64, RoomLog>>,
+    /// Ids of appends not yet done.
+    inflight: Mutex<BTreeSet<u64>>,
+    next_id: AtomicU64,
+    failures: AtomicU64,
+    done: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for ClusterLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterLog")
+    }
+}
+
+impl ClusterLog {
+    fn bind(&self, cluster: Cluster, runtime: tokio::runtime::Handle) {
+        let _ = self.cluster.set(cluster);
+        let _ = self.runtime.set(runtime);
+    }
+
+    /// The room's log ends at `last` (replayed): appends continue from there.
+    fn reset(&self, room: u64, last: Option<u64>) {
+        let mut rooms = self.rooms.lock();
+        let log = rooms.entry(room).or_default();
+        log.expected = last;
+        log.failed = None;
+    }
+
+    fn forget(&self, room: u64) {
+        let mut rooms = self.rooms.lock();
+        if rooms
+            .get(&room)
+            .is_some_and(|l| !l.running && l.pending.is_empty())
+        {
+            rooms.remove(&room);
+        }
+    }
+
+    async fn drain(self: Arc<Self>, room: u64) {
+        let Some(cluster) = self.cluster.get().cloned() else {
+            return;
+        };
+        let max = cluster.max_payload().saturating_sub(64);
+        loop {
+            let (batch, expected, failed) = {
+                let mut rooms = self.rooms.lock();
+                let log = rooms.entry(room).or_default();
+                if log.pending.is_empty() {
+                    log.running = false;
+                    return;
+                }
+                // As many as fit in one entry (at least one).
+                let mut size = 0;
+                let mut take = 0;
+                for (entry, _, _) in &log.pending {
+                    if take > 0 && size + entry.len() + 16 > max {
+                        break;
+                    }
+                    size += entry.len() + 16;
+                    take += 1;
+                }
+                let batch: Vec<_> = log.pending.drain(..take).collect();
+                (batch, log.expected, log.failed.clone())
+            };
+            let result = match failed {
+                Some(why) => Err(StoreError::Replication(why)),
+                None => {
+                    let entries: Vec<&[u8]> = batch.iter().map(|(e, _, _)| e.as_slice()).collect();
+                    match wire::encode(&entries) {
+                        Err(e) => Err(StoreError::Replication(e.to_string())),
+                        Ok(frame) => match cluster.append(room, frame, expected).await {
+                            Ok(seq) => {
+                                let mut rooms = self.rooms.lock();
+                                let log = rooms.entry(room).or_default();
+                                if log.expected == expected {
+                                    log.expected = Some(seq);
+                                }
+                                Ok(())
+                            }
+                            Err(e) => {
+                                let why = e.to_string();
+                                tracing::error!(room, error = %why, "a room's log refused a write");
+                                self.rooms.lock().entry(room).or_default().failed =
+                                    Some(why.clone());
+                                Err(StoreError::Replication(why))
+                            }
+                        },
+                    }
+                }
+            };
+            if result.is_err() {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut ids = Vec::with_capacity(batch.len());
+            for (_, done, id) in batch {
+                done(result.clone());
+                ids.push(id);
+            }
+            {
+                let mut inflight = self.inflight.lock();
+                for id in ids {
+                    inflight.remove(&id);
+                }
+            }
+            self.done.notify_waiters();
+        }
+    }
+}
+
+/// The store's handle on the [`ClusterLog`].
+#[derive(Debug, Clone)]
+pub(crate) struct LogHandle(pub(crate) Arc<ClusterLog>);
+
+impl Replicator for LogHandle {
+    fn append(&self, room: Option<RoomId>, entry: Vec<u8>, done: AppendDone) {
+        let log = &self.0;
+        let (Some(_), Some(runtime)) = (log.cluster.get(), log.runtime.get()) else {
+            done(Err(StoreError::Replication(
+                "the engine has not joined its cluster yet".into(),
+            )));
+            return;
+        };
+        let room = room.map_or(ENGINE_LOG, RoomId::as_u64);
+        let id = log.next_id.fetch_add(1, Ordering::SeqCst);
+        log.inflight.lock().insert(id);
+        let start = {
+            let mut rooms = log.rooms.lock();
+            let log = rooms.entry(room).or_default();
+            log.pending.push((entry, done, id));
+            !std::mem::replace(&mut log.running, true)
+        };
+        if start {
+            // The drain ends by itself once its room's queue is empty.
+            runtime.spawn(log.clone().drain(room));
+        }
+    }
+
+    fn barrier(&self, done: AppendDone) {
+        let log = &self.0;
+        let Some(runtime) = log.runtime.get() else {
+            done(Ok(()));
+            return;
+        };
+        let target = log.next_id.load(Ordering::SeqCst);
+        let failures = log.failures.load(Ordering::SeqCst);
+        let me = log.clone();
+        runtime.spawn(async move {
+            loop {
+                let notified = me.done.notified();
+                let pending = me
+                    .inflight
+                    .lock()
+                    .first()
+                    .is_some_and(|&first| first < target);
+                if !pending {
+                    break;
+                }
+                notified.await;
+            }
+            if me.failures.load(Ordering::SeqCst) != failures {
+                done(Err(StoreError::Replication(
+                    "a write made before this one did not reach the cluster's log".into(),
+                )));
+            } else {
+                done(Ok(()));
+            }
+        });
+    }
+}
+
+/// What a node with members of a room it does not own keeps for it: its local members, fed by
+/// the owner's deliveries.
+pub(crate) struct Mirror {
+    room: RoomId,
+    state: Mutex<MirrorState>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+struct MirrorState {
+    members: HashMap<UserId, Arc<Session>>,
+    shards: RoomShards,
+    /// Joins on their way to the owner (the mirror stays while one is).
+    joining: usize,
+}
+
+impl Mirror {
+    fn add(&self, shared: &Shared, session: Arc<Session>) {
+        let mut state = self.state.lock();
+        if state.members.contains_key(session.user()) {
+            return;
+        }
+        let MirrorState {
+            members, shards, ..
+        } = &mut *state;
+        shared.fanout.add(self.room, session.clone(), shards);
+        members.insert(session.user().clone(), session);
+    }
+
+    fn remove(&self, shared: &Shared, user: &UserId) -> Option<Arc<Session>> {
+        let mut state = self.state.lock();
+        let MirrorState {
+            members, shards, ..
+        } = &mut *state;
+        let session = members.remove(user)?;
+        shared.fanout.remove(self.room, &session, shards);
+        Some(session)
+    }
+
+    fn apply(&self, node: &Node, shared: &Shared, delivery: Delivery) {
+        match delivery {
+            Delivery::Joined { user, node: at } => {
+                if *at == *node.me {
+                    if let Some(session) = shared.session_of(&user) {
+                        self.add(shared, session);
+                    }
+                }
+            }
+            Delivery::Left { users } => {
+                for user in users {
+                    if let Some(session) = self.remove(shared, &user) {
+                        session.exited(self.room);
+                    }
+                }
+            }
+            Delivery::Broadcast { item, except } => {
+                let state = self.state.lock();
+                let ids: Vec<u64> = except
+                    .iter()
+                    .filter_map(|u| state.members.get(u).map(|s| s.mailbox().id()))
+                    .collect();
+                let mut skip = Except::NONE;
+                for id in ids {
+                    skip = skip.also(id);
+                }
+                shared
+                    .fanout
+                    .broadcast(self.room, item.into_event(), skip, &state.shards);
+            }
+            Delivery::To {
+                users,
+                node: at,
+                items,
+            } => {
+                if at.as_deref().is_some_and(|at| *at != *node.me) {
+                    return;
+                }
+                let items: Vec<ClientEvent> = items.into_iter().map(Item::into_event).collect();
+                for user in users {
+                    if let Some(session) = shared.session_of(&user) {
+                        shared.fanout.send_to(session, items.clone());
+                    }
+                }
+            }
+            Delivery::Owner { node: owner } => {
+                node.learned_owner(self.room, owner.as_str());
+                let members: Vec<(UserId, Option<Timestamp>)> = {
+                    let state = self.state.lock();
+                    state
+                        .members
+                        .values()
+                        .filter_map(|s| {
+                            s.room_presence(self.room)
+                                .map(|since| (s.user().clone(), since))
+                        })
+                        .collect()
+                };
+                if !members.is_empty() && *owner != *node.me {
+                    node.send_in_order(
+                        owner.into(),
+                        Call::Rejoin {
+                            room: self.room,
+                            node: node.me.to_string(),
+                            members,
+                        },
+                    );
+                }
+            }
+            Delivery::Destroyed => {
+                let members: Vec<UserId> = self.state.lock().members.keys().cloned().collect();
+                for user in members {
+                    if let Some(session) = self.remove(shared, &user) {
+                        session.exited(self.room);
+                    }
+                }
+                node.forget_room(self.room);
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        let state = self.state.lock();
+        state.members.is_empty() && state.joining == 0
+    }
+}
+
+/// This node's part in a cluster.
+pub(crate) struct Node {
+    cluster: Cluster,
+    me: Arc<str>,
+    log: Arc<ClusterLog>,
+    runtime: tokio::runtime::Handle,
+    /// The rooms this node owns: their lease keepers.
+    owned: Mutex<HashMap<RoomId, LeaseKeeper>>,
+    /// Who owns rooms elsewhere, and when this node heard it.
+    owners: Mutex<HashMap<RoomId, (Arc<str>, Instant)>>,
+    /// One takeover at a time per room.
+    taking: Mutex<HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>>,
+    mirrors: Mutex<HashMap<RoomId, Arc<Mirror>>>,
+    /// Deliveries to publish, in order.
+    outbox: tokio::sync::mpsc::UnboundedSender<(RoomId, Vec<u8>)>,
+    /// Calls that must reach their node in order (presence, rejoins).
+    ordered: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Call)>,
+    /// The directory summary last put for each room this node owns.
+    summaries: Mutex<HashMap<RoomId, Vec<u8>>>,
+    core: OnceLock<Weak<crate::Inner>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Connects to the cluster (on the engine's runtime) and starts serving: calls from other
+    /// nodes, the room directory, the outbox.
+    pub(crate) async fn join(
+        core: &Core,
+        config: ClusterConfig,
+        log: Arc<ClusterLog>,
+    ) -> Result<Arc<Node>, ChatError> {
+        let runtime = core.inner.runtime_handle.clone();
+        let cluster = runtime
+            .spawn(Cluster::connect(config))
+            .await
+            .map_err(|e| ChatError::General(format!("joining the cluster: {e}")))?
+            .map_err(|e| ChatError::General(format!("cannot join the cluster: {e}")))?;
+        log.bind(cluster.clone(), runtime.clone());
+        let (outbox, outgoing) = tokio::sync::mpsc::unbounded_channel();
+        let (ordered, ordered_rx) = tokio::sync::mpsc::unbounded_channel();
+        let node = Arc::new(Node {
+            me: cluster.node().into(),
+            cluster,
+            log,
+            runtime: runtime.clone(),
+            owned: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            taking: Mutex::new(HashMap::new()),
+            mirrors: Mutex::new(HashMap::new()),
+            outbox,
+            ordered,
+            summaries: Mutex::new(HashMap::new()),
+            core: OnceLock::new(),
+        });
+        let _ = node.core.set(Arc::downgrade(&core.inner));
+        // The engine-wide log first: super admins.
+        node.catch_up_engine(core).await?;
+        let requests = runtime
+            .spawn({
+                let cluster = node.cluster.clone();
+                async move { cluster.serve().await }
+            })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?
+            .map_err(cluster_error)?;
+        runtime.spawn(serve(Arc::downgrade(&node), requests));
+        runtime.spawn(publish(node.cluster.clone(), outgoing));
+        runtime.spawn(send_ordered(Arc::downgrade(&node), ordered_rx));
+        let directory = runtime
+            .spawn({
+                let cluster = node.cluster.clone();
+                async move { cluster.watch_rooms().await }
+            })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?
+            .map_err(cluster_error)?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(watch_directory(Arc::downgrade(&node), directory, ready_tx));
+        // The rooms there are, before the engine serves its first call.
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        runtime.spawn(housekeeping(Arc::downgrade(&node)));
+        tracing::info!(node = %node.me, "joined the cluster");
+        Ok(node)
+    }
+
+    fn core(&self) -> Option<Core> {
+        self.core
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|inner| Core { inner })
+    }
+
+    /// This node's id.
+    pub(crate) fn me(&self) -> &str {
+        &self.me
+    }
+
+    fn learned_owner(&self, room: RoomId, owner: &str) {
+        if *owner == *self.me {
+            return;
+        }
+        self.owners
+            .lock()
+            .insert(room, (owner.into(), Instant::now()));
+    }
+
+    fn forget_room(&self, room: RoomId) {
+        self.owners.lock().remove(&room);
+        if let Some(mirror) = self.mirrors.lock().remove(&room) {
+            if let Some(task) = mirror.task.lock().take() {
+                task.abort();
+            }
+        }
+        self.log.forget(room.as_u64());
+    }
+
+    /// Publishes `delivery` on `room`'s subject, after everything published before it.
+    pub(crate) fn publish(&self, room: RoomId, delivery: &Delivery) {
+        match wire::encode(delivery) {
+            Ok(frame) => {
+                let _ = self.outbox.send((room, frame));
+            }
+            Err(e) => tracing::error!(room = %room, error = %e, "a delivery could not be encoded"),
+        }
+    }
+
+    /// Sends `call` to `node` after every call sent this way before it (fire and forget).
+    fn send_in_order(&self, node: Arc<str>, call: Call) {
+        let _ = self.ordered.send((node, call));
+    }
+
+    /// Puts the directory summaries of the rooms this node owns that changed since last put.
+    async fn put_summaries(&self, core: &Core) {
+        let owned: Vec<RoomId> = self.owned.lock().keys().copied().collect();
+        for room in owned {
+            let Some(entry) = core.inner.shared.directory.get(room) else {
+                continue;
+            };
+            if entry.is_destroyed() {
+                continue;
+            }
+            let Ok(summary) = wire::encode(&entry.summary()) else {
+                continue;
+            };
+            if self.summaries.lock().get(&room) == Some(&summary) {
+                continue;
+            }
+            match self
+                .cluster
+                .put_room_summary(room.as_u64(), summary.clone())
+                .await
+            {
+                Ok(()) => {
+                    self.summaries.lock().insert(room, summary);
+                }
+                Err(e) => tracing::debug!(room = %room, error = %e, "a room summary was not put"),
+            }
+        }
+    }
+
+    /// Puts a new room's summary at once (other nodes list it).
+    pub(crate) async fn put_summary(&self, room: &roomcast_model::ChatRoom) {
+        let Ok(summary) = wire::encode(room) else {
+            return;
+        };
+        let cluster = self.cluster.clone();
+        let id = room.room_id;
+        let put = summary.clone();
+        let done = self
+            .runtime
+            .spawn(async move { cluster.put_room_summary(id.as_u64(), put).await })
+            .await;
+        if matches!(done, Ok(Ok(()))) {
+            self.summaries.lock().insert(id, summary);
+        }
+    }
+
+    /// True if this node holds `room`'s lease.
+    pub(crate) fn owns(&self, room: RoomId) -> bool {
+        self.owned
+            .lock()
+            .get(&room)
+            .is_some_and(LeaseKeeper::is_held)
+    }
+
+    /// Where `room`'s calls go. Taking a room that nobody owns (a new one, or one whose owner
+    /// went) replays its log into the local store first.
+    pub(crate) async fn route(&self, core: &Core, room: RoomId) -> Result<Route, ChatError> {
+        if self.owns(room) {
+            return Ok(Route::Local);
+        }
+        if let Some((owner, at)) = self.owners.lock().get(&room).cloned() {
+            if at.elapsed() < OWNER_CACHE {
+                return Ok(Route::Remote(owner));
+            }
+        }
+        let lock = self
+            .taking
+            .lock()
+            .entry(room)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let _taking = lock.lock().await;
+        if self.owns(room) {
+            return Ok(Route::Local);
+        }
+        let cluster = self.cluster.clone();
+        let acquired = self
+            .runtime
+            .spawn(async move { cluster.acquire(room.as_u64()).await })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?;
+        match acquired {
+            Ok(lease) => {
+                let keeper = lease.keep_alive();
+                match self.take_over(core, room).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = self.runtime.spawn(async move { keeper.release().await });
+                        self.owners.lock().remove(&room);
+                        return Err(ChatError::RoomNotExist(room.to_string()));
+                    }
+                    Err(e) => {
+                        let _ = self.runtime.spawn(async move { keeper.release().await });
+                        return Err(e);
+                    }
+                }
+                self.watch_lease(room, &keeper);
+                self.owned.lock().insert(room, keeper);
+                self.owners.lock().remove(&room);
+                Ok(Route::Local)
+            }
+            Err(e) if e.kind() == ErrorKind::LeaseHeld => match e.owner() {
+                Some(owner) if owner != &*self.me => {
+                    let owner: Arc<str> = owner.into();
+                    self.owners
+                        .lock()
+                        .insert(room, (owner.clone(), Instant::now()));
+                    Ok(Route::Remote(owner))
+                }
+                _ => Err(ChatError::RoomUnavailable(format!(
+                    "room {room}'s lease is held, by whom is unknown"
+                ))),
+            },
+            Err(e) => Err(cluster_error(e)),
+        }
+    }
+
+    /// This node just took `room`: its log replayed into the local store (what the store held
+    /// of it wiped first), the directory entry made, the other nodes told. `false` if the
+    /// log holds no such room.
+    async fn take_over(&self, core: &Core, room: RoomId) -> Result<bool, ChatError> {
+        let store = core.store()?;
+        let cluster = self.cluster.clone();
+        let entries = self
+            .runtime
+            .spawn(async move { cluster.replay(room.as_u64(), 0).await })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?
+            .map_err(cluster_error)?;
+        let mut wipe = WriteSet::new();
+        wipe.delete_room(room);
+        let wipe = wipe.encode().map_err(crate::storage_error)?;
+        let mut last = None;
+        // (The local store is a cache of the log: its commits need no waiting; the read below
+        // is queued after these writes.)
+        drop(
+            store
+                .apply_replicated(&wipe)
+                .map_err(crate::storage_error)?,
+        );
+        for entry in &entries {
+            let sets: Vec<Vec<u8>> = wire::decode(&entry.payload)?;
+            for set in sets {
+                drop(store.apply_replicated(&set).map_err(crate::storage_error)?);
+            }
+            last = Some(entry.seq);
+        }
+        self.log.reset(room.as_u64(), last);
+        let record = store
+            .read(move |reader| reader.room(room))
+            .await
+            .and_then(|r| r)
+            .map_err(crate::storage_error)?;
+        let Some(record) = record else {
+            return Ok(false);
+        };
+        let shared = &core.inner.shared;
+        if shared.directory.get(room).is_none_or(|e| e.is_destroyed()) {
+            let snapshot =
+                roomcast_model::Room::from_record(record, &shared.limits, 0, 0).snapshot(None);
+            shared
+                .directory
+                .insert(crate::directory::RoomEntry::new(snapshot));
+        }
+        // This node's own members of the room are the actor's now, not a mirror's.
+        if let Some(mirror) = self.mirrors.lock().remove(&room) {
+            if let Some(task) = mirror.task.lock().take() {
+                task.abort();
+            }
+            let state = mirror.state.lock();
+            for session in state.members.values() {
+                let mut shards = shared.fanout.room_shards();
+                shared.fanout.remove(room, session, &mut shards);
+            }
+        }
+        if !entries.is_empty() {
+            tracing::info!(room = %room, entries = entries.len(), node = %self.me, "took over a room");
+            self.publish(
+                room,
+                &Delivery::Owner {
+                    node: self.me.to_string(),
+                },
+            );
+        }
+        Ok(true)
+    }
+
+    /// Stops the room's actor here when its lease is lost (another node took it).
+    fn watch_lease(&self, room: RoomId, keeper: &LeaseKeeper) {
+        let mut status = keeper.subscribe();
+        let weak = self.core.get().cloned();
+        self.runtime.spawn(async move {
+            let _ = status
+                .wait_for(|s| matches!(s, roomcast_cluster::LeaseStatus::Lost(_)))
+                .await;
+            let Some(inner) = weak.and_then(|w| w.upgrade()) else {
+                return;
+            };
+            let core = Core { inner };
+            if let Some(node) = core.node() {
+                node.lost(&core, room);
+            }
+        });
+    }
+
+    /// `room`'s lease is gone: its actor stops, and this node's members of it are a mirror's.
+    fn lost(&self, core: &Core, room: RoomId) {
+        if self.owned.lock().remove(&room).is_none() {
+            return;
+        }
+        tracing::warn!(room = %room, node = %self.me, "lost a room's lease; its actor stops here");
+        let shared = &core.inner.shared;
+        if let Some(addr) = shared.directory.get(room).and_then(|e| e.live_actor()) {
+            addr.do_send(crate::room_actor::Evict);
+        }
+        let members: Vec<Arc<Session>> = shared
+            .sessions
+            .read()
+            .iter()
+            .filter(|crate::SessionKey(s)| s.is_in(room))
+            .map(|crate::SessionKey(s)| s.clone())
+            .collect();
+        if !members.is_empty() {
+            let mirror = self.mirror(core, room);
+            for session in members {
+                mirror.add(shared, session);
+            }
+        }
+    }
+
+    /// The mirror of `room` on this node, started if needed (subscribed to the room's subject
+    /// before this returns, so nothing published after it is missed).
+    fn mirror(&self, core: &Core, room: RoomId) -> Arc<Mirror> {
+        let mut mirrors = self.mirrors.lock();
+        if let Some(m) = mirrors.get(&room) {
+            return m.clone();
+        }
+        let mirror = Arc::new(Mirror {
+            room,
+            state: Mutex::new(MirrorState {
+                members: HashMap::new(),
+                shards: core.inner.shared.fanout.room_shards(),
+                joining: 0,
+            }),
+            task: Mutex::new(None),
+        });
+        mirrors.insert(room, mirror.clone());
+        mirror
+    }
+
+    /// Subscribes `mirror` to its room's subject (once).
+    async fn subscribe(&self, core: &Core, mirror: &Arc<Mirror>) -> Result<(), ChatError> {
+        if mirror.task.lock().is_some() {
+            return Ok(());
+        }
+        let cluster = self.cluster.clone();
+        let room = mirror.room;
+        let events = self
+            .runtime
+            .spawn(async move { cluster.subscribe_room(room.as_u64()).await })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?
+            .map_err(cluster_error)?;
+        let mut task = mirror.task.lock();
+        if task.is_some() {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(&core.inner);
+        let m = mirror.clone();
+        *task = Some(self.runtime.spawn(async move {
+            let mut events = events;
+            while let Some(frame) = events.next().await {
+                let Some(inner) = weak.upgrade() else { return };
+                let core = Core { inner };
+                let Some(node) = core.node() else { return };
+                match wire::decode::<Delivery>(&frame) {
+                    Ok(delivery) => m.apply(&node, &core.inner.shared, delivery),
+                    Err(e) => {
+                        tracing::error!(room = %m.room, error = %e, "a delivery could not be read")
+                    }
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// Forwards `call` to `owner`, and its answer back.
+    pub(crate) async fn forward(&self, owner: &str, call: &Call) -> Reply {
+        let frame = wire::encode(call)?;
+        let cluster = self.cluster.clone();
+        let owner_id = owner.to_string();
+        let answer = self
+            .runtime
+            .spawn(async move { cluster.request(&owner_id, frame).await })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?;
+        match answer {
+            Ok(bytes) => wire::decode::<Reply>(&bytes)?,
+            Err(e) => {
+                // The owner may be gone: ask again next time.
+                self.owners.lock().remove(&call.room());
+                Err(cluster_error(e))
+            }
+        }
+    }
+
+    /// Runs `call` where `room` lives: `Ok(None)` if that is here (the caller goes on
+    /// locally), else the owner's answer. A room that moved meanwhile is routed again.
+    pub(crate) async fn remote(
+        &self,
+        core: &Core,
+        call: impl Fn() -> Call,
+    ) -> Result<Option<Answer>, ChatError> {
+        let room = call().room();
+        for _ in 0..ROUTE_TRIES {
+            match self.route(core, room).await? {
+                Route::Local => return Ok(None),
+                Route::Remote(owner) => {
+                    if forwarded() {
+                        return Err(ChatError::RoomUnavailable(format!(
+                            "room {room} moved to node {owner}"
+                        )));
+                    }
+                    match self.forward(&owner, &call()).await {
+                        Err(ChatError::RoomUnavailable(why)) => {
+                            tracing::debug!(room = %room, %why, "routing a call again");
+                            self.owners.lock().remove(&room);
+                            continue;
+                        }
+                        other => return other.map(Some),
+                    }
+                }
+            }
+        }
+        Err(ChatError::RoomUnavailable(format!(
+            "room {room} kept moving between nodes"
+        )))
+    }
+
+    /// A local session is about to join a room another node owns: its mirror is subscribed
+    /// first, so the owner's deliveries after the join reach it.
+    pub(crate) async fn before_remote_join(
+        &self,
+        core: &Core,
+        room: RoomId,
+    ) -> Result<Arc<Mirror>, ChatError> {
+        let mirror = self.mirror(core, room);
+        mirror.state.lock().joining += 1;
+        if let Err(e) = self.subscribe(core, &mirror).await {
+            mirror.state.lock().joining -= 1;
+            return Err(e);
+        }
+        Ok(mirror)
+    }
+
+    /// The remote join of `session` ended (`joined`: it is a member now).
+    pub(crate) fn after_remote_join(
+        &self,
+        core: &Core,
+        mirror: &Arc<Mirror>,
+        session: &Arc<Session>,
+        joined: bool,
+    ) {
+        mirror.state.lock().joining -= 1;
+        if joined {
+            mirror.add(&core.inner.shared, session.clone());
+        } else {
+            self.drop_idle_mirror(mirror);
+        }
+    }
+
+    /// A local session left a room another node owns.
+    pub(crate) fn after_remote_leave(&self, core: &Core, room: RoomId, user: &UserId) {
+        let mirror = self.mirrors.lock().get(&room).cloned();
+        if let Some(mirror) = mirror {
+            if let Some(session) = mirror.remove(&core.inner.shared, user) {
+                session.exited(room);
+            }
+            self.drop_idle_mirror(&mirror);
+        }
+    }
+
+    fn drop_idle_mirror(&self, mirror: &Arc<Mirror>) {
+        if mirror.is_idle() {
+            let mut mirrors = self.mirrors.lock();
+            if mirrors
+                .get(&mirror.room)
+                .is_some_and(|m| Arc::ptr_eq(m, mirror))
+                && mirror.is_idle()
+            {
+                mirrors.remove(&mirror.room);
+                if let Some(task) = mirror.task.lock().take() {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    /// A local session's presence changed in `room`, which another node owns: that node hears.
+    pub(crate) fn presence_changed(&self, room: RoomId, session: &Arc<Session>) {
+        let Some(offline_since) = session.room_presence(room) else {
+            return;
+        };
+        let owner = self.owners.lock().get(&room).map(|(o, _)| o.clone());
+        let owner = match owner {
+            Some(owner) => owner,
+            None => {
+                // Not heard of lately: found first.
+                let Some(core) = self.core() else { return };
+                let (room_id, session) = (room, session.clone());
+                self.runtime.spawn(async move {
+                    let Some(node) = core.node() else { return };
+                    if let Ok(Route::Remote(owner)) = node.route(&core, room_id).await {
+                        if let Some(offline_since) = session.room_presence(room_id) {
+                            node.send_in_order(
+                                owner,
+                                Call::Presence {
+                                    room: room_id,
+                                    user: session.user().clone(),
+                                    node: node.me.to_string(),
+                                    offline_since,
+                                },
+                            );
+                        }
+                    }
+                });
+                return;
+            }
+        };
+        self.send_in_order(
+            owner,
+            Call::Presence {
+                room,
+                user: session.user().clone(),
+                node: self.me.to_string(),
+                offline_since,
+            },
+        );
+    }
+
+    /// The engine-wide log (super admins) into the local store.
+    pub(crate) async fn catch_up_engine(&self, core: &Core) -> Result<(), ChatError> {
+        let cluster = self.cluster.clone();
+        let applied = self
+            .log
+            .rooms
+            .lock()
+            .get(&ENGINE_LOG)
+            .and_then(|l| l.expected)
+            .unwrap_or(0);
+        let entries = self
+            .runtime
+            .spawn(async move { cluster.replay(ENGINE_LOG, applied).await })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?
+            .map_err(cluster_error)?;
+        if entries.is_empty() {
+            if applied == 0 {
+                self.log.reset(ENGINE_LOG, None);
+            }
+            return Ok(());
+        }
+        let store = core.store()?;
+        let mut last = None;
+        for entry in &entries {
+            let sets: Vec<Vec<u8>> = wire::decode(&entry.payload)?;
+            for set in sets {
+                drop(store.apply_replicated(&set).map_err(crate::storage_error)?);
+            }
+            last = Some(entry.seq);
+        }
+        {
+            let mut rooms = self.log.rooms.lock();
+            let log = rooms.entry(ENGINE_LOG).or_default();
+            if !log.running && log.pending.is_empty() {
+                log.expected = last;
+                log.failed = None;
+            }
+        }
+        let admins = store
+            .read(|reader| reader.super_admins())
+            .await
+            .and_then(|r| r)
+            .map_err(crate::storage_error)?;
+        *core.inner.super_admins.write() = admins.into_iter().collect();
+        Ok(())
+    }
+
+    /// Claims a new room's id (its lease): `false` if the id is taken.
+    pub(crate) async fn claim(&self, room: RoomId) -> Result<bool, ChatError> {
+        let cluster = self.cluster.clone();
+        let acquired: Result<Option<roomcast_cluster::Lease>, ClusterError> = self
+            .runtime
+            .spawn(async move {
+                let lease = cluster.acquire(room.as_u64()).await?;
+                // A room id is new only if no room ever logged under it.
+                match cluster.last_seq(room.as_u64()).await? {
+                    None => Ok(Some(lease)),
+                    Some(_) => {
+                        let _ = lease.release().await;
+                        Ok(None)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| ChatError::General(e.to_string()))?;
+        match acquired {
+            Ok(Some(lease)) => {
+                let keeper = lease.keep_alive();
+                self.watch_lease(room, &keeper);
+                self.owned.lock().insert(room, keeper);
+                self.log.reset(room.as_u64(), None);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::LeaseHeld => Ok(false),
+            Err(e) => Err(cluster_error(e)),
+        }
+    }
+
+    /// A destroyed room: out of the directory, its log purged, its lease released.
+    pub(crate) fn destroyed(&self, room: RoomId) {
+        self.publish(room, &Delivery::Destroyed);
+        let keeper = self.owned.lock().remove(&room);
+        let cluster = self.cluster.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = cluster.remove_room_summary(room.as_u64()).await {
+                tracing::warn!(room = %room, error = %e, "a destroyed room stays in the directory");
+            }
+            if let Err(e) = cluster.purge(room.as_u64()).await {
+                tracing::warn!(room = %room, error = %e, "a destroyed room's log was not purged");
+            }
+            if let Some(keeper) = keeper {
+                let _ = keeper.release().await;
+            }
+        });
+        self.log.forget(room.as_u64());
+        self.summaries.lock().remove(&room);
+    }
+}
+
+/// Serves the calls other nodes forward to this one.
+async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
+    while let Some(request) = requests.next().await {
+        let Some(n) = node.upgrade() else { return };
+        let Some(core) = n.core() else { return };
+        let call = match wire::decode::<Call>(request.payload()) {
+            Ok(call) => call,
+            Err(e) => {
+                let reply: Reply = Err(e);
+                if let Ok(frame) = wire::encode(&reply) {
+                    let _ = request.respond(frame).await;
+                }
+                continue;
+            }
+        };
+        // Presence and rejoins are applied in the order they came (a flap must end on its
+        // last state); everything else runs concurrently.
+        let ordered = matches!(call, Call::Presence { .. } | Call::Rejoin { .. });
+        let work = async move {
+            let reply: Reply = FORWARDED.scope((), core.serve_call(call)).await;
+            match wire::encode(&reply) {
+                Ok(frame) => {
+                    let _ = request.respond(frame).await;
+                }
+                Err(e) => tracing::error!(error = %e, "a reply could not be encoded"),
+            }
+        };
+        if ordered {
+            work.await;
+        } else {
+            tokio::spawn(work);
+        }
+    }
+}
+
+/// Publishes the outbox, in order.
+async fn publish(
+    cluster: Cluster,
+    mut outgoing: tokio::sync::mpsc::UnboundedReceiver<(RoomId, Vec<u8>)>,
+) {
+    while let Some((room, frame)) = outgoing.recv().await {
+        if let Err(e) = cluster
+            .publish_room(room.as_u64(), Bytes::from(frame))
+            .await
+        {
+            tracing::warn!(room = %room, error = %e, "a delivery for other nodes was not published");
+        }
+    }
+}
+
+/// Sends ordered calls (presence, rejoins) one after the other.
+async fn send_ordered(
+    node: Weak<Node>,
+    mut calls: tokio::sync::mpsc::UnboundedReceiver<(Arc<str>, Call)>,
+) {
+    while let Some((to, call)) = calls.recv().await {
+        let Some(n) = node.upgrade() else { return };
+        if let Err(e) = n.forward(&to, &call).await {
+            tracing::debug!(node = %to, error = %e, "an ordered call failed");
+        }
+    }
+}
+
+/// Keeps the local directory in step with the cluster's.
+async fn watch_directory(
+    node: Weak<Node>,
+    mut directory: roomcast_cluster::RoomDirectory,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    if directory.started_empty() {
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+    }
+    while let Some(change) = directory.next().await {
+        let Some(n) = node.upgrade() else { return };
+        let Some(core) = n.core() else { return };
+        let change = match change {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the room directory's watch failed");
+                continue;
+            }
+        };
+        let room = RoomId::from_u64(change.room);
+        let shared = &core.inner.shared;
+        match change.summary {
+            Some(summary) if !n.owns(room) => {
+                match wire::decode::<roomcast_model::ChatRoom>(&summary) {
+                    Ok(snapshot) => match shared.directory.get(room) {
+                        Some(entry) if !entry.is_destroyed() => {
+                            if entry.live_actor().is_none() {
+                                shared.directory.set_summary(&entry, snapshot);
+                            }
+                        }
+                        _ => shared
+                            .directory
+                            .insert(crate::directory::RoomEntry::new(snapshot)),
+                    },
+                    Err(e) => {
+                        tracing::warn!(room = %room, error = %e, "a directory entry could not be read")
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                if !n.owns(room) {
+                    shared.directory.remove(room);
+                    n.forget_room(room);
+                }
+            }
+        }
+        if change.current {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+        }
+    }
+}
+
+/// Every half lease: directory summaries of owned rooms that changed are put again; mirrored
+/// rooms whose owner is gone are taken over; the engine-wide log is read again.
+async fn housekeeping(node: Weak<Node>) {
+    loop {
+        let period = match node.upgrade() {
+            Some(n) => n.cluster.config().lease_ttl / 2,
+            None => return,
+        };
+        tokio::time::sleep(period.max(Duration::from_millis(50))).await;
+        let Some(n) = node.upgrade() else { return };
+        let Some(core) = n.core() else { return };
+        if core.is_stopped() {
+            return;
+        }
+        n.put_summaries(&core).await;
+        // Rooms this node has members in: if nobody owns one any more, take it.
+        let mirrored: Vec<RoomId> = n.mirrors.lock().keys().copied().collect();
+        for room in mirrored {
+            match n.cluster.owner_of(room.as_u64()).await {
+                Ok(None) => {
+                    n.owners.lock().remove(&room);
+                    if let Err(e) = n.route(&core, room).await {
+                        tracing::debug!(room = %room, error = %e, "taking over a room failed");
+                    }
+                }
+                Ok(Some(owner)) => n.learned_owner(room, &owner),
+                Err(_) => {}
+            }
+        }
+        if let Err(e) = n.catch_up_engine(&core).await {
+            tracing::debug!(error = %e, "reading the engine-wide log failed");
+        }
+    }
+}
+
+impl Core {
+    /// Serves a call another node forwarded (as if it was made here; never forwarded again).
+    pub(crate) async fn serve_call(&self, call: Call) -> Reply {
+        Ok(match call {
+            Call::Join {
+                room,
+                user,
+                node,
+                keeps_copy,
+                offline_since,
+            } => {
+                self.owned_here(room).await?;
+                let msg = crate::room_actor::JoinRemote {
+                    user,
+                    node,
+                    keeps_copy,
+                    offline_since,
+                };
+                let (room, copy_from) = self.room_call(room, msg).await?;
+                Answer::Joined { room, copy_from }
+            }
+            Call::Leave {
+                room,
+                user,
+                owner_may_leave,
+            } => {
+                self.leave_room(&user, room, owner_may_leave).await?;
+                Answer::Unit
+            }
+            Call::Send { from, message } => {
+                Answer::Message(self.send_message(&from, message).await?)
+            }
+            Call::Apply { room, command } => {
+                self.owned_here(room).await?;
+                Answer::Failures(
+                    self.room_call(room, crate::room_actor::Apply(command))
+                        .await?,
+                )
+            }
+            Call::Recall {
+                room,
+                by,
+                seq,
+                reason,
+                as_moderator,
+            } => {
+                self.recall_message(&by, room, seq, reason, as_moderator)
+                    .await?;
+                Answer::Unit
+            }
+            Call::Pin {
+                room,
+                by,
+                seq,
+                reason,
+            } => {
+                self.pin_message(&by, room, seq, reason).await?;
+                Answer::Unit
+            }
+            Call::History {
+                room,
+                viewer,
+                query,
+            } => Answer::History(self.fetch_history(&viewer, room, query).await?),
+            Call::AuditLog {
+                room,
+                viewer,
+                before,
+                page_size,
+            } => Answer::Audit(
+                self.fetch_audit_log(&viewer, room, before, page_size)
+                    .await?,
+            ),
+            Call::Query {
+                room,
+                viewer,
+                query,
+            } => Answer::Query(self.query(&viewer, room, query).await?),
+            Call::Info { room, viewer } => Answer::Room(self.room_info(&viewer, room).await?),
+            Call::Stats { room } => Answer::Stats(self.room_stats(room).await?),
+            Call::Destroy { room, user } => {
+                self.destroy_room(&user, room).await?;
+                Answer::Unit
+            }
+            Call::LocalMessages {
+                room,
+                user,
+                before,
+                count,
+                current,
+            } => {
+                self.owned_here(room).await?;
+                let store = self.store()?;
+                let now = self.inner.shared.clock.now_ms();
+                let read = store.read(move |reader| {
+                    crate::local_messages(reader, &user, room, current, before, count, now)
+                });
+                let settled = store.commit();
+                let messages = read.await.and_then(|r| r).map_err(crate::storage_error)?;
+                settled.await.map_err(crate::storage_error)?;
+                Answer::Messages(messages)
+            }
+            Call::Presence {
+                room,
+                user,
+                node,
+                offline_since,
+            } => {
+                self.owned_here(room).await?;
+                let (addr, _held) = self.room_actor(room).await?;
+                addr.do_send(crate::room_actor::RemotePresence {
+                    user,
+                    node,
+                    offline_since,
+                });
+                Answer::Unit
+            }
+            Call::Rejoin {
+                room,
+                node,
+                members,
+            } => {
+                self.owned_here(room).await?;
+                let (addr, _held) = self.room_actor(room).await?;
+                addr.do_send(crate::room_actor::Rejoin { node, members });
+                Answer::Unit
+            }
+        })
+    }
+
+    /// Fails unless this node owns `room` (taking it if nobody does).
+    async fn owned_here(&self, room: RoomId) -> Result<(), ChatError> {
+        match self.node() {
+            Some(node) => match node.route(self, room).await? {
+                Route::Local => Ok(()),
+                Route::Remote(owner) => Err(ChatError::RoomUnavailable(format!(
+                    "room {room} moved to node {owner}"
+                ))),
+            },
+            None => Ok(()),
+        }
+    }
+}

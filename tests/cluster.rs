@@ -1,0 +1,174 @@
+//! Cluster mode against a real nats-server (Debian's 2.9 in CI): several engines, each one node,
+//! in this process. Without nats-server the tests print a skip message and pass, unless
+//! `ROOMCAST_REQUIRE_NATS=1` (CI sets it). No sleeps: waits poll with a deadline.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use roomcast::{
+    ChatRoomEvent, ClientEvent, ClusterConfig, CreateChatRoomOptions, Engine, EventStream,
+    HistoryQuery, OutgoingMessage,
+};
+use roomcast_cluster::testing::NatsServer;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+macro_rules! server {
+    () => {
+        match NatsServer::start() {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
+
+async fn node(server: &NatsServer, cluster: &str, id: &str) -> Engine {
+    let config = ClusterConfig::new([server.url()], cluster, id)
+        .with_lease_ttl(Duration::from_secs(1))
+        .with_request_timeout(Duration::from_secs(2));
+    Engine::builder()
+        .cluster(config)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("node {id}: {e}\n{}", server.log()))
+}
+
+/// The next message `stream` gets (skipping room events), within the deadline.
+async fn next_message(stream: &mut EventStream) -> roomcast::ChatMessage {
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.next()).await {
+            Ok(Some(ClientEvent::Message(m))) => return m,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended"),
+            Err(_) => panic!("no message within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// The next room event `stream` gets that `pick` takes, within the deadline.
+async fn next_event(
+    stream: &mut EventStream,
+    pick: impl Fn(&ChatRoomEvent) -> bool,
+) -> ChatRoomEvent {
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.next()).await {
+            Ok(Some(ClientEvent::Room(e))) if pick(&e) => return (*e).clone(),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended"),
+            Err(_) => panic!("no such event within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// A user on node B joins a room created on node A and chats with a user on A, both ways;
+/// history, info and the member list agree on both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_on_two_nodes_chat_in_one_room() {
+    let server = server!();
+    let a = node(&server, "chat", "a").await;
+    let b = node(&server, "chat", "b").await;
+    a.add_super_admin("host").await.unwrap();
+    let host = a.login("host").await.unwrap();
+    let room = host
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("stream"))
+        .await
+        .unwrap()
+        .room_id;
+    let mut host_events = host.events();
+    let bob = b.login("bob").await.unwrap();
+    let mut bob_events = bob.events();
+    let info = bob.chat_room_manager().join_chat_room(&room).await.unwrap();
+    assert_eq!(info.member_count, 2);
+    let joined = next_event(&mut host_events, |e| {
+        matches!(e, ChatRoomEvent::MemberJoined { .. })
+    })
+    .await;
+    assert!(
+        matches!(joined, ChatRoomEvent::MemberJoined { participant, .. } if participant.as_str() == "bob")
+    );
+
+    let m1 = host
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "hello from a"))
+        .await
+        .unwrap();
+    let got = next_message(&mut bob_events).await;
+    assert_eq!((got.seq(), got.text()), (m1.seq(), Some("hello from a")));
+    let m2 = bob
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "hi from b"))
+        .await
+        .unwrap();
+    assert_eq!(m2.seq(), m1.seq() + 1);
+    let got = next_message(&mut host_events).await;
+    assert_eq!(got.text(), Some("hi from b"));
+
+    for client in [&host, &bob] {
+        let page = client
+            .chat_manager()
+            .fetch_history_messages(&room, HistoryQuery::newest(10))
+            .await
+            .unwrap();
+        let texts: Vec<_> = page.data.iter().filter_map(|m| m.text()).collect();
+        assert_eq!(texts, ["hi from b", "hello from a"]);
+        let info = client
+            .chat_room_manager()
+            .fetch_chat_room_info(&room)
+            .await
+            .unwrap();
+        assert_eq!(info.member_count, 2);
+    }
+    // Moderation from the other node: the owner's admin is on node B.
+    host.chat_room_manager()
+        .add_chat_room_admin(&room, "bob")
+        .await
+        .unwrap();
+    let carol = a.login("carol").await.unwrap();
+    let mut carol_events = carol.events();
+    carol
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    bob.chat_room_manager()
+        .mute_chat_room_members(&room, ["carol"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    next_event(&mut carol_events, |e| {
+        matches!(e, ChatRoomEvent::MuteListAdded { .. })
+    })
+    .await;
+    let err = carol
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "let me talk"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 215);
+
+    // Leaving from node B: the host hears it.
+    bob.chat_room_manager()
+        .leave_chat_room(&room)
+        .await
+        .unwrap();
+    next_event(&mut host_events, |e| matches!(e, ChatRoomEvent::MemberExited { participant, .. } if participant.as_str() == "bob")).await;
+    // Node B lists the room (the cluster's directory).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let page = bob
+            .chat_room_manager()
+            .fetch_public_chat_rooms(1, 20, None)
+            .await
+            .unwrap();
+        if page.data.iter().any(|r| r.room_id == room) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b never listed the room"
+        );
+        tokio::task::yield_now().await;
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -172,3 +172,125 @@ async fn users_on_two_nodes_chat_in_one_room() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Sends `text` to `room` until it is accepted (the room may be moving between nodes), within
+/// the deadline.
+async fn send_until_ok(
+    client: &roomcast::ChatClient,
+    room: roomcast::RoomId,
+    text: &str,
+) -> roomcast::ChatMessage {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match client
+            .chat_manager()
+            .send_message(OutgoingMessage::text(room, text))
+            .await
+        {
+            Ok(m) => return m,
+            Err(e) if e.code() >= 900 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("send failed: {e}"),
+        }
+    }
+}
+
+/// The owner's node goes: another node with members takes the room within the lease time;
+/// nothing acknowledged is lost, sequence numbers have no gaps, and the members on the other
+/// nodes are told the room recovered and go on chatting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_outlives_its_owning_node() {
+    failover(true).await;
+}
+
+/// As above, the owner's node dropped without a shutdown: its leases lapse (the lease time)
+/// instead of being handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_outlives_an_owning_node_that_vanished() {
+    failover(false).await;
+}
+
+async fn failover(clean: bool) {
+    let server = server!();
+    let a = node(&server, "failover", "a").await;
+    let b = node(&server, "failover", "b").await;
+    let c = node(&server, "failover", "c").await;
+    a.add_super_admin("host").await.unwrap();
+    let host = a.login("host").await.unwrap();
+    let room = host
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("stream"))
+        .await
+        .unwrap()
+        .room_id;
+    let bob = b.login("bob").await.unwrap();
+    let carol = c.login("carol").await.unwrap();
+    let mut carol_events = carol.events();
+    bob.chat_room_manager().join_chat_room(&room).await.unwrap();
+    carol
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        acked.push(
+            send_until_ok(&bob, room, &format!("before {n}"))
+                .await
+                .seq(),
+        );
+    }
+    // The owner's node goes away.
+    if clean {
+        a.shutdown().await;
+    }
+    drop(host);
+    drop(a);
+    let started = std::time::Instant::now();
+    let after = send_until_ok(&bob, room, "after").await;
+    let failover = started.elapsed();
+    eprintln!("failover: the first send after the owner went took {failover:?}");
+    assert_eq!(
+        after.seq(),
+        acked.last().unwrap() + 1,
+        "no gap, nothing lost"
+    );
+    acked.push(after.seq());
+    for n in 0..5 {
+        acked.push(send_until_ok(&bob, room, &format!("later {n}")).await.seq());
+    }
+    // Carol (on c) is told the room recovered, and gets what bob sends after.
+    next_event(&mut carol_events, |e| {
+        matches!(e, ChatRoomEvent::ChatRoomRecovered { .. })
+    })
+    .await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut seen = Vec::new();
+    while !seen.contains(acked.last().unwrap()) {
+        assert!(std::time::Instant::now() < deadline, "carol got {seen:?}");
+        let m = next_message(&mut carol_events).await;
+        seen.push(m.seq());
+    }
+    // History from both surviving nodes: every acknowledged message, no gaps.
+    for client in [&bob, &carol] {
+        let page = client
+            .chat_manager()
+            .fetch_history_messages(&room, HistoryQuery::after(0, 200))
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = page.data.iter().map(|m| m.seq()).collect();
+        assert_eq!(seqs, (1..=*acked.last().unwrap()).collect::<Vec<_>>());
+        let info = client
+            .chat_room_manager()
+            .fetch_chat_room_info(&room)
+            .await
+            .unwrap();
+        assert_eq!(
+            info.member_count, 2,
+            "bob and carol (the host's node is gone)"
+        );
+    }
+    b.shutdown().await;
+    c.shutdown().await;
+}

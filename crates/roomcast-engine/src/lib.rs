@@ -562,6 +562,11 @@ impl Core {
         if first {
             tracing::info!("roomcast engine shutting down");
         }
+        // Cluster mode: the node stops serving and hands its rooms over first.
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            node.stop().await;
+        }
         self.inner.system.stop();
         self.inner.system.wait().await;
         let inner = self.inner.clone();
@@ -1813,6 +1818,10 @@ impl Inner {
     /// of the engine's own threads).
     fn stop_now(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.shared.node.get() {
+            node.abort_tasks();
+        }
         self.system.stop();
         self.shared.fanout.stop();
         self.shared.timers.stop();

@@ -401,6 +401,8 @@ pub(crate) struct Node {
     /// The directory summary last put for each room this node owns.
     summaries: Mutex<HashMap<RoomId, Vec<u8>>>,
     core: OnceLock<Weak<crate::Inner>>,
+    /// The node's own tasks (serving, publishing, the directory, housekeeping).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -441,6 +443,7 @@ impl Node {
             ordered,
             summaries: Mutex::new(HashMap::new()),
             core: OnceLock::new(),
+            tasks: Mutex::new(Vec::new()),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
         // The engine-wide log first: super admins.
@@ -453,9 +456,11 @@ impl Node {
             .await
             .map_err(|e| ChatError::General(e.to_string()))?
             .map_err(cluster_error)?;
-        runtime.spawn(serve(Arc::downgrade(&node), requests));
-        runtime.spawn(publish(node.cluster.clone(), outgoing));
-        runtime.spawn(send_ordered(Arc::downgrade(&node), ordered_rx));
+        node.tasks.lock().extend([
+            runtime.spawn(serve(Arc::downgrade(&node), requests)),
+            runtime.spawn(publish(node.cluster.clone(), outgoing)),
+            runtime.spawn(send_ordered(Arc::downgrade(&node), ordered_rx)),
+        ]);
         let directory = runtime
             .spawn({
                 let cluster = node.cluster.clone();
@@ -465,12 +470,44 @@ impl Node {
             .map_err(|e| ChatError::General(e.to_string()))?
             .map_err(cluster_error)?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        runtime.spawn(watch_directory(Arc::downgrade(&node), directory, ready_tx));
+        let watch = runtime.spawn(watch_directory(Arc::downgrade(&node), directory, ready_tx));
+        node.tasks.lock().push(watch);
         // The rooms there are, before the engine serves its first call.
         let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
-        runtime.spawn(housekeeping(Arc::downgrade(&node)));
+        let kept = runtime.spawn(housekeeping(Arc::downgrade(&node)));
+        node.tasks.lock().push(kept);
         tracing::info!(node = %node.me, "joined the cluster");
         Ok(node)
+    }
+
+    /// The engine stops: the node stops serving and hands its rooms over (their leases are
+    /// released, so that other nodes take them at once, not a lease time later).
+    pub(crate) async fn stop(&self) {
+        self.abort_tasks();
+        for mirror in std::mem::take(&mut *self.mirrors.lock()).into_values() {
+            if let Some(task) = mirror.task.lock().take() {
+                task.abort();
+            }
+        }
+        let keepers: Vec<LeaseKeeper> = std::mem::take(&mut *self.owned.lock())
+            .into_values()
+            .collect();
+        if keepers.is_empty() {
+            return;
+        }
+        let released = self.runtime.spawn(async move {
+            for keeper in keepers {
+                let _ = keeper.release().await;
+            }
+        });
+        let _ = tokio::time::timeout(self.cluster.config().request_timeout * 2, released).await;
+    }
+
+    /// The engine is dropped without a shutdown: the node stops at once (its leases lapse).
+    pub(crate) fn abort_tasks(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
     }
 
     fn core(&self) -> Option<Core> {
@@ -833,6 +870,7 @@ impl Node {
         call: impl Fn() -> Call,
     ) -> Result<Option<Answer>, ChatError> {
         let room = call().room();
+        let mut rejoined = false;
         for _ in 0..ROUTE_TRIES {
             match self.route(core, room).await? {
                 Route::Local => return Ok(None),
@@ -848,6 +886,14 @@ impl Node {
                             self.owners.lock().remove(&room);
                             continue;
                         }
+                        // The room changed owners and the new one has not heard yet that this
+                        // node's members are in it: it hears now, and the call goes again.
+                        Err(ChatError::NotJoined(who)) if !rejoined => {
+                            rejoined = true;
+                            if !self.rejoin(room, &owner).await {
+                                return Err(ChatError::NotJoined(who));
+                            }
+                        }
                         other => return other.map(Some),
                     }
                 }
@@ -856,6 +902,31 @@ impl Node {
         Err(ChatError::RoomUnavailable(format!(
             "room {room} kept moving between nodes"
         )))
+    }
+
+    /// Tells `owner` who of this node's sessions is in `room` (after it took the room over).
+    /// `false` if none is.
+    async fn rejoin(&self, room: RoomId, owner: &str) -> bool {
+        let Some(mirror) = self.mirrors.lock().get(&room).cloned() else {
+            return false;
+        };
+        let members: Vec<(UserId, Option<Timestamp>)> = {
+            let state = mirror.state.lock();
+            state
+                .members
+                .values()
+                .filter_map(|s| s.room_presence(room).map(|since| (s.user().clone(), since)))
+                .collect()
+        };
+        if members.is_empty() {
+            return false;
+        }
+        let call = Call::Rejoin {
+            room,
+            node: self.me.to_string(),
+            members,
+        };
+        self.forward(owner, &call).await.is_ok()
     }
 
     /// A local session is about to join a room another node owns: its mirror is subscribed

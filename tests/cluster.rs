@@ -294,3 +294,90 @@ async fn failover(clean: bool) {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+async fn node_with_clock(
+    server: &NatsServer,
+    cluster: &str,
+    id: &str,
+    clock: &roomcast::ManualClock,
+) -> Engine {
+    let config = ClusterConfig::new([server.url()], cluster, id)
+        .with_lease_ttl(Duration::from_secs(1))
+        .with_request_timeout(Duration::from_secs(2));
+    Engine::builder()
+        .cluster(config)
+        .clock(clock.clone())
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("node {id}: {e}\n{}", server.log()))
+}
+
+/// Presence across nodes: a user is offline only when its sessions on every node are; then it
+/// leaves the room after the grace period, not before, and coming back within it keeps it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_means_offline_on_every_node() {
+    let server = server!();
+    let clock = roomcast::ManualClock::new(1_700_000_000_000);
+    let a = node_with_clock(&server, "presence", "a", &clock).await;
+    let b = node_with_clock(&server, "presence", "b", &clock).await;
+    a.add_super_admin("host").await.unwrap();
+    let host = a.login("host").await.unwrap();
+    let mut host_events = host.events();
+    let room = host
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("stream"))
+        .await
+        .unwrap()
+        .room_id;
+    let dave_a = a.login("dave").await.unwrap();
+    let dave_b = b.login("dave").await.unwrap();
+    dave_a
+        .chat_room_manager()
+        .join_chat_room(&room)
+        .await
+        .unwrap();
+    // His second device, on node b: in the room already (701), and it gets the room's pushes.
+    let again = dave_b.chat_room_manager().join_chat_room(&room).await;
+    assert_eq!(again.unwrap_err().code(), 701);
+    let eve = b.login("eve").await.unwrap();
+    eve.chat_room_manager().join_chat_room(&room).await.unwrap();
+    let stats = |engine: Engine| async move {
+        let s = engine.room_stats(&room).await.unwrap();
+        (s.member_count, s.online_count)
+    };
+    let wait_for = |engine: Engine, want: (usize, usize)| async move {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let got = stats(engine.clone()).await;
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "members/online {got:?}, not {want:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+    };
+    wait_for(a.clone(), (3, 3)).await;
+    // Dave's session on b goes: he is still online on a.
+    dave_b.disconnect().unwrap();
+    eve.disconnect().unwrap();
+    wait_for(a.clone(), (3, 2)).await;
+    // Eve comes back within the grace period; dave's session on a goes too.
+    clock.advance(Duration::from_secs(60));
+    eve.reconnect().unwrap();
+    dave_a.disconnect().unwrap();
+    wait_for(a.clone(), (3, 2)).await;
+    // Past the grace period (5 minutes) dave leaves; eve stays.
+    clock.advance(Duration::from_secs(5 * 60 + 1));
+    next_event(&mut host_events, |e| {
+        matches!(e, ChatRoomEvent::MemberExited { participant, .. } if participant.as_str() == "dave")
+    })
+    .await;
+    wait_for(a.clone(), (2, 2)).await;
+    // Node b agrees.
+    wait_for(b.clone(), (2, 2)).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

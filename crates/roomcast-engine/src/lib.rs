@@ -907,6 +907,13 @@ impl Core {
                     }
                     // The room came here meanwhile: joined locally below.
                     Ok(None) => node.after_remote_join(self, &mirror, session, false),
+                    // The user is in the room through a session on another node: this one
+                    // gets the room's deliveries too.
+                    Err(ChatError::AlreadyJoined) => {
+                        session.entered(room, u64::MAX, reservation.as_mut());
+                        node.after_remote_join(self, &mirror, session, true);
+                        return Err(ChatError::AlreadyJoined);
+                    }
                     Err(e) => {
                         node.after_remote_join(self, &mirror, session, false);
                         return Err(e);

@@ -1084,7 +1084,22 @@ impl RoomActor {
             ctx,
         );
         self.joining_reservation = None;
-        let commit = executed?;
+        let commit = match executed {
+            // Cluster mode: a member through a session on another node; this node's session
+            // gets the room's deliveries too.
+            Err(ChatError::AlreadyJoined)
+                if self.remote.contains_key(&user) && !joiner.is_in(self.room.id()) =>
+            {
+                let from = self.room.last_seq() + 1;
+                let room_id = self.room.id();
+                joiner.entered(room_id, from, None);
+                self.shared
+                    .fanout
+                    .add(room_id, joiner.clone(), &mut self.shards);
+                return Err(ChatError::AlreadyJoined);
+            }
+            other => other?,
+        };
         let replay = self.room.limits().join_replay_count;
         let staff = self.room.is_staff(&user);
         // What the members who are not staff have not received yet comes with its release.
@@ -1317,6 +1332,13 @@ impl Handler<JoinRemote> for RoomActor {
             act.remote_joining = None;
             let commit = match executed {
                 Ok(commit) => commit,
+                // A member already (through another session of its user): this node's session
+                // gets the room's deliveries too.
+                Err(ChatError::AlreadyJoined) => {
+                    let (joined, node) = (user.clone(), msg.node.clone());
+                    act.publish(|| crate::remote::Delivery::Joined { user: joined, node });
+                    return Err(ChatError::AlreadyJoined);
+                }
                 Err(e) => {
                     // Refused: as it was.
                     if let Some(nodes) = act.remote.get_mut(&user) {

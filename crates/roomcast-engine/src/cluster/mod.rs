@@ -990,7 +990,8 @@ impl Node {
 
     /// A local session's presence changed in `room`, which another node owns: that node hears.
     pub(crate) fn presence_changed(&self, room: RoomId, session: &Arc<Session>) {
-        let Some(offline_since) = session.room_presence(room) else {
+        // Taken as a room actor takes it (the next change notifies again).
+        let Some(offline_since) = session.take_room_notice(room) else {
             return;
         };
         let owner = self.owners.lock().get(&room).map(|(o, _)| o.clone());
@@ -1004,6 +1005,7 @@ impl Node {
                     let Some(node) = core.node() else { return };
                     if let Ok(Route::Remote(owner)) = node.route(&core, room_id).await {
                         if let Some(offline_since) = session.room_presence(room_id) {
+                            session.take_room_notice(room_id);
                             node.send_in_order(
                                 owner,
                                 Call::Presence {

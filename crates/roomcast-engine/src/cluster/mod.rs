@@ -643,12 +643,12 @@ impl Node {
                 match self.take_over(core, room).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        let _ = self.runtime.spawn(async move { keeper.release().await });
+                        drop(self.runtime.spawn(async move { keeper.release().await }));
                         self.owners.lock().remove(&room);
                         return Err(ChatError::RoomNotExist(room.to_string()));
                     }
                     Err(e) => {
-                        let _ = self.runtime.spawn(async move { keeper.release().await });
+                        drop(self.runtime.spawn(async move { keeper.release().await }));
                         return Err(e);
                     }
                 }

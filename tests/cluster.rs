@@ -381,3 +381,174 @@ async fn offline_means_offline_on_every_node() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The room's calls made from a node that does not own it behave as on the owner: moderation,
+/// lists, attributes, pins, recalls, the audit log, local copies, shadow bans (staff on another
+/// node see the troll, viewers on every node do not), hold for review, destroy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_works_from_another_node() {
+    use roomcast::{AuditAction, SetAttributes};
+    let server = server!();
+    let a = node(&server, "calls", "a").await;
+    let b = node(&server, "calls", "b").await;
+    let c = node(&server, "calls", "c").await;
+    a.add_super_admin("host").await.unwrap();
+    let host = a.login("host").await.unwrap();
+    let room = host
+        .chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("stream"))
+        .await
+        .unwrap()
+        .room_id;
+    // The admin on b, viewers on b and c, a troll on c.
+    let admin = b.login("admin").await.unwrap();
+    let viewer_b = b.login("vb").await.unwrap();
+    let viewer_c = c.login("vc").await.unwrap();
+    let troll = c.login("troll").await.unwrap();
+    for client in [&admin, &viewer_b, &viewer_c, &troll] {
+        client.chat_room_manager().join_chat_room(&room).await.unwrap();
+    }
+    let mut admin_events = admin.events();
+    let mut vb_events = viewer_b.events();
+    let mut vc_events = viewer_c.events();
+    host.chat_room_manager()
+        .add_chat_room_admin(&room, "admin")
+        .await
+        .unwrap();
+    next_event(&mut admin_events, |e| matches!(e, ChatRoomEvent::AdminAdded { .. })).await;
+    let rooms = admin.chat_room_manager();
+
+    // Attributes, announcement, lists, from b.
+    rooms
+        .set_chat_room_attributes(&room, SetAttributes::new([("topic", "jazz")]))
+        .await
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let attrs = viewer_c
+        .chat_room_manager()
+        .fetch_all_chat_room_attributes(&room)
+        .await
+        .unwrap();
+    assert_eq!(attrs["topic"], "jazz");
+    rooms
+        .with_reason("rules")
+        .update_chat_room_announcement(&room, "be nice")
+        .await
+        .unwrap();
+    let e = next_event(&mut vc_events, |e| matches!(e, ChatRoomEvent::AnnouncementChanged { .. })).await;
+    assert_eq!(e.operator_reason(), Some("rules"));
+    let members = rooms.fetch_chat_room_members(&room, None, 100).await.unwrap();
+    assert_eq!(members.data.len(), 5, "{:?}", members.data);
+
+    // Shadow ban from b: the troll (c) is accepted, the admin (b) sees it marked, viewers not.
+    rooms
+        .shadow_ban_chat_room_members(&room, ["troll"])
+        .await
+        .unwrap();
+    let hidden = troll
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "you all stink"))
+        .await
+        .unwrap();
+    let m = next_message(&mut admin_events).await;
+    assert!(m.seq() == hidden.seq() && m.is_shadowed());
+    let fine = viewer_b
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "hello"))
+        .await
+        .unwrap();
+    let m = next_message(&mut vc_events).await;
+    assert_eq!(m.seq(), fine.seq(), "c's viewer never got the troll's message");
+
+    // Pins, recalls and deletes, from b and c.
+    rooms.pin_chat_room_message(&room, fine.seq()).await.unwrap();
+    let info = viewer_c
+        .chat_room_manager()
+        .fetch_chat_room_info(&room)
+        .await
+        .unwrap();
+    assert_eq!(info.pinned_messages[0].seq, fine.seq());
+    let oops = viewer_c
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "oops"))
+        .await
+        .unwrap();
+    viewer_c
+        .chat_manager()
+        .recall_message(&room, oops.seq())
+        .await
+        .unwrap();
+    let e = next_event(&mut vb_events, |e| matches!(e, ChatRoomEvent::MessageRecalled { .. })).await;
+    assert!(matches!(e, ChatRoomEvent::MessageRecalled { seq, .. } if seq == oops.seq()));
+
+    // Hold for review, set from b: a viewer on c is held; the admin on b has it at once, the
+    // viewer on b only once released.
+    rooms
+        .set_chat_room_hold(&room, Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let held = viewer_c
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "held question"))
+        .await
+        .unwrap();
+    assert!(held.is_held());
+    let m = loop {
+        let m = next_message(&mut admin_events).await;
+        if m.seq() == held.seq() {
+            break m;
+        }
+    };
+    assert!(m.is_held());
+    let m = loop {
+        let m = next_message(&mut vb_events).await;
+        if m.seq() == held.seq() {
+            break m;
+        }
+    };
+    assert!(!m.is_held(), "released to viewers, unmarked");
+    rooms.set_chat_room_hold(&room, None).await.unwrap();
+
+    // The audit log, from b, holds the acts of b's admin with reasons.
+    let log = rooms
+        .fetch_chat_room_audit_log(&room, None, 50)
+        .await
+        .unwrap();
+    assert!(log.data.iter().any(|e| e.action == AuditAction::ShadowBan));
+    // Local copy of the viewer on c: its conversation.
+    let local = viewer_c
+        .chat_manager()
+        .get_conversation(&room)
+        .load_messages(None, 50)
+        .await
+        .unwrap();
+    assert!(local.iter().any(|m| m.seq() == fine.seq()), "{local:?}");
+    // Kick from b: the viewer on c is out, and hears it.
+    rooms
+        .remove_chat_room_members(&room, ["vc"])
+        .await
+        .unwrap();
+    next_event(&mut vc_events, |e| matches!(e, ChatRoomEvent::RemovedFromChatRoom { .. })).await;
+    let err = viewer_c
+        .chat_manager()
+        .send_message(OutgoingMessage::text(room, "still here?"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 702);
+    // Destroyed from node c by... only the owner may: the host is on a. A super admin on b
+    // may not either (703).
+    let err = admin.chat_room_manager().destroy_chat_room(&room).await.unwrap_err();
+    assert_eq!(err.code(), 703);
+    host.chat_room_manager().destroy_chat_room(&room).await.unwrap();
+    next_event(&mut vb_events, |e| matches!(e, ChatRoomEvent::ChatRoomDestroyed { .. })).await;
+    let err = viewer_b
+        .chat_room_manager()
+        .fetch_chat_room_info(&room)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 705);
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}

@@ -104,6 +104,19 @@ async fn users_on_two_nodes_chat_in_one_room() {
     let got = next_message(&mut host_events).await;
     assert_eq!(got.text(), Some("hi from b"));
 
+    // A super admin on node B broadcasts to every room of the cluster.
+    b.add_super_admin("herald").await.unwrap();
+    let herald = b.login("herald").await.unwrap();
+    let reached = herald
+        .chat_manager()
+        .broadcast_to_chat_rooms(OutgoingMessage::text(room, "to all rooms"))
+        .await
+        .unwrap();
+    assert_eq!(reached, 1);
+    let got = next_message(&mut bob_events).await;
+    assert_eq!(got.text(), Some("to all rooms"));
+    let got = next_message(&mut host_events).await;
+    assert_eq!(got.text(), Some("to all rooms"));
     for client in [&host, &bob] {
         let page = client
             .chat_manager()
@@ -111,7 +124,7 @@ async fn users_on_two_nodes_chat_in_one_room() {
             .await
             .unwrap();
         let texts: Vec<_> = page.data.iter().filter_map(|m| m.text()).collect();
-        assert_eq!(texts, ["hi from b", "hello from a"]);
+        assert_eq!(texts, ["to all rooms", "hi from b", "hello from a"]);
         let info = client
             .chat_room_manager()
             .fetch_chat_room_info(&room)
@@ -406,7 +419,11 @@ async fn every_call_works_from_another_node() {
     let viewer_c = c.login("vc").await.unwrap();
     let troll = c.login("troll").await.unwrap();
     for client in [&admin, &viewer_b, &viewer_c, &troll] {
-        client.chat_room_manager().join_chat_room(&room).await.unwrap();
+        client
+            .chat_room_manager()
+            .join_chat_room(&room)
+            .await
+            .unwrap();
     }
     let mut admin_events = admin.events();
     let mut vb_events = viewer_b.events();
@@ -415,7 +432,10 @@ async fn every_call_works_from_another_node() {
         .add_chat_room_admin(&room, "admin")
         .await
         .unwrap();
-    next_event(&mut admin_events, |e| matches!(e, ChatRoomEvent::AdminAdded { .. })).await;
+    next_event(&mut admin_events, |e| {
+        matches!(e, ChatRoomEvent::AdminAdded { .. })
+    })
+    .await;
     let rooms = admin.chat_room_manager();
 
     // Attributes, announcement, lists, from b.
@@ -436,9 +456,15 @@ async fn every_call_works_from_another_node() {
         .update_chat_room_announcement(&room, "be nice")
         .await
         .unwrap();
-    let e = next_event(&mut vc_events, |e| matches!(e, ChatRoomEvent::AnnouncementChanged { .. })).await;
+    let e = next_event(&mut vc_events, |e| {
+        matches!(e, ChatRoomEvent::AnnouncementChanged { .. })
+    })
+    .await;
     assert_eq!(e.operator_reason(), Some("rules"));
-    let members = rooms.fetch_chat_room_members(&room, None, 100).await.unwrap();
+    let members = rooms
+        .fetch_chat_room_members(&room, None, 100)
+        .await
+        .unwrap();
     assert_eq!(members.data.len(), 5, "{:?}", members.data);
 
     // Shadow ban from b: the troll (c) is accepted, the admin (b) sees it marked, viewers not.
@@ -459,10 +485,17 @@ async fn every_call_works_from_another_node() {
         .await
         .unwrap();
     let m = next_message(&mut vc_events).await;
-    assert_eq!(m.seq(), fine.seq(), "c's viewer never got the troll's message");
+    assert_eq!(
+        m.seq(),
+        fine.seq(),
+        "c's viewer never got the troll's message"
+    );
 
     // Pins, recalls and deletes, from b and c.
-    rooms.pin_chat_room_message(&room, fine.seq()).await.unwrap();
+    rooms
+        .pin_chat_room_message(&room, fine.seq())
+        .await
+        .unwrap();
     let info = viewer_c
         .chat_room_manager()
         .fetch_chat_room_info(&room)
@@ -479,7 +512,10 @@ async fn every_call_works_from_another_node() {
         .recall_message(&room, oops.seq())
         .await
         .unwrap();
-    let e = next_event(&mut vb_events, |e| matches!(e, ChatRoomEvent::MessageRecalled { .. })).await;
+    let e = next_event(&mut vb_events, |e| {
+        matches!(e, ChatRoomEvent::MessageRecalled { .. })
+    })
+    .await;
     assert!(matches!(e, ChatRoomEvent::MessageRecalled { seq, .. } if seq == oops.seq()));
 
     // Hold for review, set from b: a viewer on c is held; the admin on b has it at once, the
@@ -525,11 +561,11 @@ async fn every_call_works_from_another_node() {
         .unwrap();
     assert!(local.iter().any(|m| m.seq() == fine.seq()), "{local:?}");
     // Kick from b: the viewer on c is out, and hears it.
-    rooms
-        .remove_chat_room_members(&room, ["vc"])
-        .await
-        .unwrap();
-    next_event(&mut vc_events, |e| matches!(e, ChatRoomEvent::RemovedFromChatRoom { .. })).await;
+    rooms.remove_chat_room_members(&room, ["vc"]).await.unwrap();
+    next_event(&mut vc_events, |e| {
+        matches!(e, ChatRoomEvent::RemovedFromChatRoom { .. })
+    })
+    .await;
     let err = viewer_c
         .chat_manager()
         .send_message(OutgoingMessage::text(room, "still here?"))
@@ -538,10 +574,20 @@ async fn every_call_works_from_another_node() {
     assert_eq!(err.code(), 702);
     // Destroyed from node c by... only the owner may: the host is on a. A super admin on b
     // may not either (703).
-    let err = admin.chat_room_manager().destroy_chat_room(&room).await.unwrap_err();
+    let err = admin
+        .chat_room_manager()
+        .destroy_chat_room(&room)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), 703);
-    host.chat_room_manager().destroy_chat_room(&room).await.unwrap();
-    next_event(&mut vb_events, |e| matches!(e, ChatRoomEvent::ChatRoomDestroyed { .. })).await;
+    host.chat_room_manager()
+        .destroy_chat_room(&room)
+        .await
+        .unwrap();
+    next_event(&mut vb_events, |e| {
+        matches!(e, ChatRoomEvent::ChatRoomDestroyed { .. })
+    })
+    .await;
     let err = viewer_b
         .chat_room_manager()
         .fetch_chat_room_info(&room)

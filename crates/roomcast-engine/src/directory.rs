@@ -328,6 +328,19 @@ impl Directory {
             .collect()
     }
 
+    /// Cluster mode: every room of the cluster with at least one member (as its summary says),
+    /// wherever it runs.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn rooms_with_members(&self) -> Vec<RoomId> {
+        self.rooms
+            .read()
+            .by_id
+            .values()
+            .filter(|e| !e.is_destroyed() && e.member_count.load(Ordering::Relaxed) > 0)
+            .map(|e| e.id)
+            .collect()
+    }
+
     /// How many rooms have a live actor (are in memory).
     pub(crate) fn live_count(&self) -> usize {
         self.rooms

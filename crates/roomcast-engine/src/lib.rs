@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     /// Cluster mode: this node's part in the cluster, once joined.
     #[cfg(feature = "cluster")]
     pub(crate) node: std::sync::OnceLock<Arc<cluster::Node>>,
+    /// Cluster mode: this node's slot (0 to 1023, unique among the cluster's live nodes): the
+    /// low bits of every message id it makes, so that ids never repeat across nodes.
+    pub(crate) id_slot: std::sync::OnceLock<u64>,
 }
 
 impl Shared {
@@ -146,6 +149,18 @@ impl Shared {
     /// At the end of the id space (a clock past the year 584 million) there is no new id:
     /// an error, never a repeated one.
     fn next_message_id(&self) -> Result<MessageId, ChatError> {
+        let id = self.next_local_id()?;
+        match self.id_slot.get() {
+            // Cluster mode: the node's slot in the low ten bits.
+            Some(slot) => id
+                .checked_mul(1024)
+                .map(|id| MessageId::from_u64(id | slot))
+                .ok_or_else(|| ChatError::General("message ids are exhausted".into())),
+            None => Ok(MessageId::from_u64(id)),
+        }
+    }
+
+    fn next_local_id(&self) -> Result<u64, ChatError> {
         let from_clock = (self.clock.now_ms().max(0) as u64).saturating_mul(1000);
         let mut last = self.last_message_id.load(Ordering::Relaxed);
         loop {
@@ -159,7 +174,7 @@ impl Shared {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(MessageId::from_u64(next)),
+                Ok(_) => return Ok(next),
                 Err(actual) => last = actual,
             }
         }
@@ -406,6 +421,7 @@ impl Core {
             api_limiter,
             #[cfg(feature = "cluster")]
             node: std::sync::OnceLock::new(),
+            id_slot: std::sync::OnceLock::new(),
         });
         let mut runtime = tokio::runtime::Builder::new_multi_thread();
         runtime
@@ -1115,7 +1131,42 @@ impl Core {
             counted.1 += 1;
         }
         let except = self.inner.shared.session_of(from).map(|s| s.mailbox().id());
-        let rooms = self.inner.shared.directory.active_rooms();
+        #[allow(unused_mut)]
+        let mut rooms = self.inner.shared.directory.active_rooms();
+        // Cluster mode: every room of the cluster with members, each sent where it runs.
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            let mut calls = Vec::new();
+            for room in self.inner.shared.directory.rooms_with_members() {
+                let mut message = message.clone();
+                message.room_id = room;
+                let core = self.clone();
+                let node = node.clone();
+                let from = from.clone();
+                calls.push(self.inner.runtime_handle.spawn(async move {
+                    let call = || remote::Call::Broadcast {
+                        room,
+                        from: from.clone(),
+                        message: message.clone(),
+                    };
+                    match node.remote(&core, call).await {
+                        Ok(Some(answer)) => answer.unit(),
+                        Ok(None) => core.serve_call(call()).await.and_then(remote::Answer::unit),
+                        Err(e) => Err(e),
+                    }
+                }));
+            }
+            let mut reached = 0;
+            for call in calls {
+                match call.await {
+                    Ok(Ok(())) => reached += 1,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "a room missed a broadcast"),
+                    Err(e) => tracing::warn!(error = %e, "a broadcast call failed"),
+                }
+            }
+            self.check_running()?;
+            return Ok(reached);
+        }
         let mut calls = Vec::with_capacity(rooms.len());
         for room in rooms {
             let mut message = message.clone();

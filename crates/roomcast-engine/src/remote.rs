@@ -88,6 +88,12 @@ pub(crate) enum Call {
         /// Where the caller's current membership's span starts (a copy deleted on exit).
         current: Option<u64>,
     },
+    /// A super admin's broadcast, to this room.
+    Broadcast {
+        room: RoomId,
+        from: UserId,
+        message: OutgoingMessage,
+    },
     /// The presence of `user`'s session on `node` (a member of the room) changed.
     Presence {
         room: RoomId,
@@ -121,7 +127,8 @@ impl Call {
             | Call::Destroy { room, .. }
             | Call::LocalMessages { room, .. }
             | Call::Presence { room, .. }
-            | Call::Rejoin { room, .. } => *room,
+            | Call::Rejoin { room, .. }
+            | Call::Broadcast { room, .. } => *room,
         }
     }
 }

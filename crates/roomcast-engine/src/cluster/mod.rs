@@ -39,6 +39,12 @@ const ENGINE_LOG: u64 = 0;
 /// How long a node trusts what it last heard of another node's ownership of a room.
 const OWNER_CACHE: Duration = Duration::from_secs(2);
 
+/// Message-id slots: at most this many live nodes.
+const ID_SLOTS: u64 = 1024;
+
+/// Slot `k`'s lease key is `SLOT_KEYS - k` (far above any room id).
+const SLOT_KEYS: u64 = u64::MAX - 1;
+
 /// How many times a call is routed again when the room moved meanwhile.
 const ROUTE_TRIES: usize = 4;
 
@@ -50,6 +56,26 @@ tokio::task_local! {
 /// True while serving a call another node forwarded.
 pub(crate) fn forwarded() -> bool {
     FORWARDED.try_with(|_| ()).is_ok()
+}
+
+/// Appends to a room's log; the engine-wide log (super admins), which every node writes, takes
+/// an entry after whatever other nodes appended (its entries are idempotent puts and removes of
+/// their own keys, read back in full by every node).
+async fn append_engine_wide(
+    cluster: &Cluster,
+    room: u64,
+    frame: Vec<u8>,
+    expected: Option<u64>,
+) -> Result<u64, ClusterError> {
+    let frame = Bytes::from(frame);
+    match cluster.append(room, frame.clone(), expected).await {
+        Err(e) if room == ENGINE_LOG && e.kind() == ErrorKind::Fenced => {
+            cluster
+                .append(room, frame, e.last_seq().filter(|&s| s > 0))
+                .await
+        }
+        other => other,
+    }
 }
 
 /// Where a room's calls go.
@@ -156,23 +182,25 @@ impl ClusterLog {
                     let entries: Vec<&[u8]> = batch.iter().map(|(e, _, _)| e.as_slice()).collect();
                     match wire::encode(&entries) {
                         Err(e) => Err(StoreError::Replication(e.to_string())),
-                        Ok(frame) => match cluster.append(room, frame, expected).await {
-                            Ok(seq) => {
-                                let mut rooms = self.rooms.lock();
-                                let log = rooms.entry(room).or_default();
-                                if log.expected == expected {
-                                    log.expected = Some(seq);
+                        Ok(frame) => {
+                            match append_engine_wide(&cluster, room, frame, expected).await {
+                                Ok(seq) => {
+                                    let mut rooms = self.rooms.lock();
+                                    let log = rooms.entry(room).or_default();
+                                    if log.expected == expected {
+                                        log.expected = Some(seq);
+                                    }
+                                    Ok(())
                                 }
-                                Ok(())
+                                Err(e) => {
+                                    let why = e.to_string();
+                                    tracing::error!(room, error = %why, "a room's log refused a write");
+                                    self.rooms.lock().entry(room).or_default().failed =
+                                        Some(why.clone());
+                                    Err(StoreError::Replication(why))
+                                }
                             }
-                            Err(e) => {
-                                let why = e.to_string();
-                                tracing::error!(room, error = %why, "a room's log refused a write");
-                                self.rooms.lock().entry(room).or_default().failed =
-                                    Some(why.clone());
-                                Err(StoreError::Replication(why))
-                            }
-                        },
+                        }
                     }
                 }
             };
@@ -403,6 +431,8 @@ pub(crate) struct Node {
     core: OnceLock<Weak<crate::Inner>>,
     /// The node's own tasks (serving, publishing, the directory, housekeeping).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The lease of this node's message-id slot.
+    slot: Mutex<Option<LeaseKeeper>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -444,8 +474,12 @@ impl Node {
             summaries: Mutex::new(HashMap::new()),
             core: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
+            slot: Mutex::new(None),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
+        // A slot for message ids: a lease of its own, kept as long as the node runs.
+        let slot = node.claim_slot().await?;
+        let _ = core.inner.shared.id_slot.set(slot);
         // The engine-wide log first: super admins.
         node.catch_up_engine(core).await?;
         let requests = runtime
@@ -489,9 +523,10 @@ impl Node {
                 task.abort();
             }
         }
-        let keepers: Vec<LeaseKeeper> = std::mem::take(&mut *self.owned.lock())
+        let mut keepers: Vec<LeaseKeeper> = std::mem::take(&mut *self.owned.lock())
             .into_values()
             .collect();
+        keepers.extend(self.slot.lock().take());
         if keepers.is_empty() {
             return;
         }
@@ -1035,13 +1070,8 @@ impl Node {
     /// The engine-wide log (super admins) into the local store.
     pub(crate) async fn catch_up_engine(&self, core: &Core) -> Result<(), ChatError> {
         let cluster = self.cluster.clone();
-        let applied = self
-            .log
-            .rooms
-            .lock()
-            .get(&ENGINE_LOG)
-            .and_then(|l| l.expected)
-            .unwrap_or(0);
+        // Read in full: every node appends to it (see `append_engine_wide`).
+        let applied = 0;
         let entries = self
             .runtime
             .spawn(async move { cluster.replay(ENGINE_LOG, applied).await })
@@ -1078,6 +1108,37 @@ impl Node {
             .map_err(crate::storage_error)?;
         *core.inner.super_admins.write() = admins.into_iter().collect();
         Ok(())
+    }
+
+    /// Claims this node's id slot (0 to 1023): a lease on a key no room has (rooms' ids are
+    /// times in microseconds), kept alive with the node.
+    async fn claim_slot(&self) -> Result<u64, ChatError> {
+        let start = self
+            .me
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+            % ID_SLOTS;
+        for k in 0..ID_SLOTS {
+            let slot = (start + k) % ID_SLOTS;
+            let cluster = self.cluster.clone();
+            let got = self
+                .runtime
+                .spawn(async move { cluster.acquire(SLOT_KEYS - slot).await })
+                .await
+                .map_err(|e| ChatError::General(e.to_string()))?;
+            match got {
+                Ok(lease) => {
+                    let keeper = lease.keep_alive();
+                    *self.slot.lock() = Some(keeper);
+                    return Ok(slot);
+                }
+                Err(e) if e.kind() == ErrorKind::LeaseHeld => continue,
+                Err(e) => return Err(cluster_error(e)),
+            }
+        }
+        Err(ChatError::ExceedServiceLimit(format!(
+            "the cluster has {ID_SLOTS} nodes already"
+        )))
     }
 
     /// Claims a new room's id (its lease): `false` if the id is taken.
@@ -1390,6 +1451,25 @@ impl Core {
                 let messages = read.await.and_then(|r| r).map_err(crate::storage_error)?;
                 settled.await.map_err(crate::storage_error)?;
                 Answer::Messages(messages)
+            }
+            Call::Broadcast {
+                room,
+                from,
+                message,
+            } => {
+                self.owned_here(room).await?;
+                let msg = crate::room_actor::Broadcast {
+                    except: self
+                        .inner
+                        .shared
+                        .session_of(&from)
+                        .map(|s| s.mailbox().id()),
+                    from,
+                    message,
+                    msg_id: self.inner.shared.next_message_id()?,
+                };
+                self.room_call(room, msg).await?;
+                Answer::Unit
             }
             Call::Presence {
                 room,

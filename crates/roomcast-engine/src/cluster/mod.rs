@@ -118,6 +118,8 @@ pub(crate) struct ClusterLog {
     next_id: AtomicU64,
     failures: AtomicU64,
     done: tokio::sync::Notify,
+    /// Told of a room whose append failed (the node gives the room up).
+    on_failure: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ClusterLog {
@@ -197,6 +199,11 @@ impl ClusterLog {
                                     tracing::error!(room, error = %why, "a room's log refused a write");
                                     self.rooms.lock().entry(room).or_default().failed =
                                         Some(why.clone());
+                                    if room != ENGINE_LOG {
+                                        if let Some(on_failure) = self.on_failure.get() {
+                                            on_failure(room);
+                                        }
+                                    }
                                     Err(StoreError::Replication(why))
                                 }
                             }
@@ -477,6 +484,14 @@ impl Node {
             slot: Mutex::new(None),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
+        // A room whose write did not reach its log is given up here: its actor stops, its
+        // lease goes, and whichever node takes it next replays the log (the truth).
+        let weak = Arc::downgrade(&node);
+        let _ = node.log.on_failure.set(Box::new(move |room| {
+            if let Some(node) = weak.upgrade() {
+                node.give_up(RoomId::from_u64(room));
+            }
+        }));
         // A slot for message ids: a lease of its own, kept as long as the node runs.
         let slot = node.claim_slot().await?;
         let _ = core.inner.shared.id_slot.set(slot);
@@ -713,6 +728,24 @@ impl Node {
     /// log holds no such room.
     async fn take_over(&self, core: &Core, room: RoomId) -> Result<bool, ChatError> {
         let store = core.store()?;
+        // An actor of this room left here from an earlier ownership stops first: its memory
+        // may be ahead of the log.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(addr) = core
+            .inner
+            .shared
+            .directory
+            .get(room)
+            .and_then(|e| e.live_actor())
+        {
+            if Instant::now() >= deadline {
+                return Err(ChatError::RoomUnavailable(format!(
+                    "room {room}'s earlier actor here did not stop"
+                )));
+            }
+            addr.do_send(crate::room_actor::Evict);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let cluster = self.cluster.clone();
         let entries = self
             .runtime
@@ -796,11 +829,26 @@ impl Node {
         });
     }
 
-    /// `room`'s lease is gone: its actor stops, and this node's members of it are a mirror's.
-    fn lost(&self, core: &Core, room: RoomId) {
-        if self.owned.lock().remove(&room).is_none() {
+    /// A write of `room` did not reach its log: the room is given up (its lease released so that
+    /// any node, this one included, takes it again from the log).
+    fn give_up(&self, room: RoomId) {
+        let Some(core) = self.core() else { return };
+        if !self.owned.lock().contains_key(&room) {
             return;
         }
+        self.lost(&core, room);
+        self.owners.lock().remove(&room);
+    }
+
+    /// `room`'s lease is gone: its actor stops, and this node's members of it are a mirror's.
+    fn lost(&self, core: &Core, room: RoomId) {
+        let Some(keeper) = self.owned.lock().remove(&room) else {
+            return;
+        };
+        // Released if still held (a lease lost already is not ours to release).
+        self.runtime.spawn(async move {
+            let _ = keeper.release().await;
+        });
         tracing::warn!(room = %room, node = %self.me, "lost a room's lease; its actor stops here");
         let shared = &core.inner.shared;
         if let Some(addr) = shared.directory.get(room).and_then(|e| e.live_actor()) {

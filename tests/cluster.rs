@@ -50,12 +50,13 @@ async fn next_event(
     stream: &mut EventStream,
     pick: impl Fn(&ChatRoomEvent) -> bool,
 ) -> ChatRoomEvent {
+    let mut seen = Vec::new();
     loop {
         match tokio::time::timeout(DEADLINE, stream.next()).await {
             Ok(Some(ClientEvent::Room(e))) if pick(&e) => return (*e).clone(),
-            Ok(Some(_)) => continue,
+            Ok(Some(other)) => seen.push(other),
             Ok(None) => panic!("the stream ended"),
-            Err(_) => panic!("no such event within {DEADLINE:?}"),
+            Err(_) => panic!("no such event within {DEADLINE:?}; got {seen:#?}"),
         }
     }
 }

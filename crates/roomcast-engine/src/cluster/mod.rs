@@ -1349,9 +1349,11 @@ async fn watch_directory(
             }
             Some(_) => {}
             None => {
+                // Out of the list. The room's mirror here ends with the room's own `Destroyed`
+                // delivery, after the room's last events (this watch is not ordered with them).
                 if !n.owns(room) {
                     shared.directory.remove(room);
-                    n.forget_room(room);
+                    n.owners.lock().remove(&room);
                 }
             }
         }

@@ -1878,7 +1878,7 @@ impl Inner {
         self.stopped.store(true, Ordering::SeqCst);
         #[cfg(feature = "cluster")]
         if let Some(node) = self.shared.node.get() {
-            node.abort_tasks();
+            node.abort();
         }
         self.system.stop();
         self.shared.fanout.stop();

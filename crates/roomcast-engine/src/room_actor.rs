@@ -407,11 +407,24 @@ impl RoomActor {
     #[allow(unused_variables)]
     fn publish(&self, delivery: impl FnOnce() -> crate::remote::Delivery) {
         #[cfg(feature = "cluster")]
-        if !self.remote.is_empty() {
+        if self.has_remote() {
             if let Some(node) = self.shared.node() {
                 node.publish(self.room.id(), &delivery());
             }
         }
+    }
+
+    /// Cluster mode: true if members on other nodes may need this room's deliveries (some are
+    /// known, or the room was taken over lately and they may not have said so yet).
+    fn has_remote(&self) -> bool {
+        if !self.remote.is_empty() {
+            return true;
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.shared.node() {
+            return node.recently_taken(self.room.id());
+        }
+        false
     }
 
     /// The owner and admins in the room whose sessions are on other nodes.
@@ -766,7 +779,7 @@ impl RoomActor {
             }
         }
         // Cluster mode: what the members on other nodes get, in the room's order.
-        let remote_on = !self.remote.is_empty();
+        let remote_on = self.has_remote();
         let mut out_remote: Vec<crate::remote::Delivery> = Vec::new();
         let remote_staff = self.remote_staff();
         let mut gone = HashMap::with_capacity(fx.left.len());

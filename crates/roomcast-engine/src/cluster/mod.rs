@@ -440,6 +440,9 @@ pub(crate) struct Node {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The lease of this node's message-id slot.
     slot: Mutex<Option<LeaseKeeper>>,
+    /// Rooms this node took over, and when: their deliveries are published for a while even
+    /// before the other nodes told who of theirs is in them.
+    taken: Mutex<HashMap<RoomId, Instant>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -482,6 +485,7 @@ impl Node {
             core: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
             slot: Mutex::new(None),
+            taken: Mutex::new(HashMap::new()),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
         // A room whose write did not reach its log is given up here: its actor stops, its
@@ -557,6 +561,19 @@ impl Node {
     pub(crate) fn abort_tasks(&self) {
         for task in self.tasks.lock().drain(..) {
             task.abort();
+        }
+    }
+
+    /// The engine was dropped without a shutdown: nothing more is renewed or served (dropped
+    /// keepers stop renewing; the leases lapse within their time).
+    pub(crate) fn abort(&self) {
+        self.abort_tasks();
+        drop(std::mem::take(&mut *self.owned.lock()));
+        drop(self.slot.lock().take());
+        for mirror in std::mem::take(&mut *self.mirrors.lock()).into_values() {
+            if let Some(task) = mirror.task.lock().take() {
+                task.abort();
+            }
         }
     }
 
@@ -649,6 +666,21 @@ impl Node {
             .await;
         if matches!(done, Ok(Ok(()))) {
             self.summaries.lock().insert(id, summary);
+        }
+    }
+
+    /// True if this node took `room` over lately (within two lease times): the members on
+    /// other nodes may not have told it yet that they are in it.
+    pub(crate) fn recently_taken(&self, room: RoomId) -> bool {
+        let window = self.cluster.config().lease_ttl * 2;
+        let mut taken = self.taken.lock();
+        match taken.get(&room) {
+            Some(at) if at.elapsed() < window => true,
+            Some(_) => {
+                taken.remove(&room);
+                false
+            }
+            None => false,
         }
     }
 
@@ -800,6 +832,7 @@ impl Node {
             }
         }
         if !entries.is_empty() {
+            self.taken.lock().insert(room, Instant::now());
             tracing::info!(room = %room, entries = entries.len(), node = %self.me, "took over a room");
             self.publish(
                 room,
@@ -954,6 +987,7 @@ impl Node {
     ) -> Result<Option<Answer>, ChatError> {
         let room = call().room();
         let mut rejoined = false;
+        let mut last = None;
         for _ in 0..ROUTE_TRIES {
             match self.route(core, room).await? {
                 Route::Local => return Ok(None),
@@ -967,6 +1001,7 @@ impl Node {
                         Err(ChatError::RoomUnavailable(why)) => {
                             tracing::debug!(room = %room, %why, "routing a call again");
                             self.owners.lock().remove(&room);
+                            last = Some(why);
                             continue;
                         }
                         // The room changed owners and the new one has not heard yet that this
@@ -982,9 +1017,10 @@ impl Node {
                 }
             }
         }
-        Err(ChatError::RoomUnavailable(format!(
-            "room {room} kept moving between nodes"
-        )))
+        Err(ChatError::RoomUnavailable(match last {
+            Some(why) => format!("room {room} is not reachable now (retry): {why}"),
+            None => format!("room {room} kept moving between nodes"),
+        }))
     }
 
     /// Tells `owner` who of this node's sessions is in `room` (after it took the room over).
@@ -1370,7 +1406,7 @@ async fn watch_directory(
 async fn housekeeping(node: Weak<Node>) {
     loop {
         let period = match node.upgrade() {
-            Some(n) => n.cluster.config().lease_ttl / 2,
+            Some(n) => n.cluster.config().lease_ttl / 4,
             None => return,
         };
         tokio::time::sleep(period.max(Duration::from_millis(50))).await;

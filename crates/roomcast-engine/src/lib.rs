@@ -332,7 +332,14 @@ struct Inner {
 }
 
 pub(crate) fn storage_error(e: StoreError) -> ChatError {
-    ChatError::Storage(roomcast_model::StorageFailure::new(e.to_string(), e))
+    match e {
+        // Cluster mode: the room's log (NATS) did not take the write: the room is unavailable
+        // until it reloads from the log; nothing was acknowledged.
+        StoreError::Replication(why) => {
+            ChatError::RoomUnavailable(format!("the cluster's log did not take the write: {why}"))
+        }
+        e => ChatError::Storage(roomcast_model::StorageFailure::new(e.to_string(), e)),
+    }
 }
 
 pub(crate) fn mailbox_error(e: MailboxError, what: &str) -> ChatError {
@@ -771,12 +778,10 @@ impl Core {
         members: Vec<UserId>,
     ) -> Result<ChatRoom, ChatError> {
         self.admit(owner.user())?;
-        // Cluster mode: a super admin made on another node may not be known here yet.
+        // Cluster mode: super admins made or removed on another node are read first.
         #[cfg(feature = "cluster")]
-        if !self.is_super_admin(owner.user()) {
-            if let Some(node) = self.node() {
-                node.catch_up_engine(self).await?;
-            }
+        if let Some(node) = self.node() {
+            node.catch_up_engine(self).await?;
         }
         if !self.is_super_admin(owner.user()) {
             return Err(ChatError::PermissionDenied(
@@ -958,6 +963,11 @@ impl Core {
     ) -> Result<ChatMessage, ChatError> {
         self.admit(from)?;
         message.validate(self.limits().message_max_bytes)?;
+        // Cluster mode: a message must fit a NATS message with its envelope.
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            node.check_message_size(&message)?;
+        }
         // Cluster mode: a room another node owns gets the message there (its pre-send hook,
         // its order).
         #[cfg(feature = "cluster")]

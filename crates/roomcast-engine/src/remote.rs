@@ -88,6 +88,8 @@ pub(crate) enum Call {
         /// Where the caller's current membership's span starts (a copy deleted on exit).
         current: Option<u64>,
     },
+    /// Is this node there? (The owner of rooms with members on it asks.)
+    Ping,
     /// A super admin's broadcast, to this room.
     Broadcast {
         room: RoomId,
@@ -113,6 +115,7 @@ impl Call {
     /// The room the call is for.
     pub(crate) fn room(&self) -> RoomId {
         match self {
+            Call::Ping => RoomId::from_u64(0),
             Call::Send { message, .. } => message.room_id,
             Call::Join { room, .. }
             | Call::Leave { room, .. }

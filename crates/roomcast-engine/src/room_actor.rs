@@ -75,6 +75,15 @@ pub(crate) struct Rejoin {
     pub(crate) members: Vec<(UserId, Option<Timestamp>)>,
 }
 
+/// Cluster mode: node `node` is gone (it stopped answering): its sessions' members are offline
+/// from now (their grace period runs), unless they have sessions elsewhere.
+#[derive(Message)]
+#[rtype(result = "()")]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct NodeGone {
+    pub(crate) node: String,
+}
+
 /// Cluster mode: this node lost the room's lease: the actor stops (cleanly; the room lives on
 /// at its new owner).
 #[derive(Message)]
@@ -1350,6 +1359,18 @@ impl Handler<JoinRemote> for RoomActor {
                 Err(ChatError::AlreadyJoined) => {
                     let (joined, node) = (user.clone(), msg.node.clone());
                     act.publish(|| crate::remote::Delivery::Joined { user: joined, node });
+                    // Back online through this session, if it is.
+                    if act.presence_of(&user).is_none() {
+                        let now = act.now();
+                        act.presence(
+                            Command::SetPresence {
+                                user: user.clone(),
+                                online: true,
+                                now,
+                            },
+                            ctx,
+                        );
+                    }
                     return Err(ChatError::AlreadyJoined);
                 }
                 Err(e) => {
@@ -1493,6 +1514,33 @@ impl Handler<Rejoin> for RoomActor {
             }
             act.entry.set_member_count(act.room.member_count());
         });
+    }
+}
+
+impl Handler<NodeGone> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeGone, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let mut affected = Vec::new();
+        self.remote.retain(|user, nodes| {
+            if nodes.remove(&msg.node).is_some() {
+                affected.push(user.clone());
+            }
+            !nodes.is_empty()
+        });
+        for user in affected {
+            if !self.room.is_member(&user) {
+                continue;
+            }
+            let since = self.presence_of(&user);
+            let command = Command::SetPresence {
+                user,
+                online: since.is_none(),
+                now: since.map_or(now, |s| s.min(now)),
+            };
+            self.guarded(ctx, |act, ctx| act.presence(command, ctx));
+        }
     }
 }
 

@@ -443,6 +443,12 @@ pub(crate) struct Node {
     /// Rooms this node took over, and when: their deliveries are published for a while even
     /// before the other nodes told who of theirs is in them.
     taken: Mutex<HashMap<RoomId, Instant>>,
+    /// The other nodes with members in rooms this node owns (which rooms), and how many times
+    /// in a row each did not answer a ping.
+    member_nodes: Mutex<HashMap<String, (BTreeSet<RoomId>, u32)>>,
+    /// Whether the connection to NATS was up at the last check (a node back from an outage
+    /// tells the owners of its rooms who of its sessions is in them).
+    was_connected: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -486,6 +492,8 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             slot: Mutex::new(None),
             taken: Mutex::new(HashMap::new()),
+            member_nodes: Mutex::new(HashMap::new()),
+            was_connected: std::sync::atomic::AtomicBool::new(true),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
         // A room whose write did not reach its log is given up here: its actor stops, its
@@ -499,6 +507,14 @@ impl Node {
         // A slot for message ids: a lease of its own, kept as long as the node runs.
         let slot = node.claim_slot().await?;
         let _ = core.inner.shared.id_slot.set(slot);
+        // A node id is one process's: refused if another answers to it already.
+        if node.forward(&node.me.clone(), &Call::Ping).await.is_ok() {
+            return Err(ChatError::InvalidParam(format!(
+                "node id {} is in use by another running engine of cluster {}",
+                node.me,
+                node.cluster.config().cluster
+            )));
+        }
         // The engine-wide log first: super admins.
         node.catch_up_engine(core).await?;
         let requests = runtime
@@ -611,9 +627,27 @@ impl Node {
     /// Publishes `delivery` on `room`'s subject, after everything published before it.
     pub(crate) fn publish(&self, room: RoomId, delivery: &Delivery) {
         match wire::encode(delivery) {
-            Ok(frame) => {
+            Ok(frame) if frame.len() <= self.cluster.max_payload() => {
                 let _ = self.outbox.send((room, frame));
             }
+            Ok(_) => match delivery {
+                // Too big as one (a replay of big messages): one item at a time.
+                Delivery::To { users, node, items } if items.len() > 1 => {
+                    for item in items {
+                        self.publish(
+                            room,
+                            &Delivery::To {
+                                users: users.clone(),
+                                node: node.clone(),
+                                items: vec![item.clone()],
+                            },
+                        );
+                    }
+                }
+                _ => {
+                    tracing::error!(room = %room, "a delivery is too big for NATS; members on other nodes miss it")
+                }
+            },
             Err(e) => tracing::error!(room = %room, error = %e, "a delivery could not be encoded"),
         }
     }
@@ -666,6 +700,72 @@ impl Node {
             .await;
         if matches!(done, Ok(Ok(()))) {
             self.summaries.lock().insert(id, summary);
+        }
+    }
+
+    /// 510 for a message too big for a NATS message with its envelope (32 KiB of the payload
+    /// limit are kept for the envelope and the log entry's other content).
+    pub(crate) fn check_message_size(
+        &self,
+        message: &roomcast_model::OutgoingMessage,
+    ) -> Result<(), ChatError> {
+        let limit = self.cluster.max_payload().saturating_sub(32 * 1024);
+        let size = wire::encode(message).map(|b| b.len()).unwrap_or(usize::MAX);
+        if size > limit {
+            return Err(ChatError::MessageSizeLimit { size, limit });
+        }
+        Ok(())
+    }
+
+    /// Node `node` has members in `room`, which this node owns.
+    fn note_member_node(&self, node: &str, room: RoomId) {
+        if node == &*self.me {
+            return;
+        }
+        self.member_nodes
+            .lock()
+            .entry(node.to_string())
+            .or_default()
+            .0
+            .insert(room);
+    }
+
+    /// Pings the nodes with members in rooms this node owns; one that failed twice in a row is
+    /// gone: its members are offline from now in each of those rooms (their grace runs).
+    async fn check_member_nodes(&self, core: &Core) {
+        let nodes: Vec<String> = self.member_nodes.lock().keys().cloned().collect();
+        for node in nodes {
+            let alive = self.forward(&node, &Call::Ping).await.is_ok();
+            let gone_rooms = {
+                let mut members = self.member_nodes.lock();
+                let Some(entry) = members.get_mut(&node) else {
+                    continue;
+                };
+                if alive {
+                    entry.1 = 0;
+                    continue;
+                }
+                entry.1 += 1;
+                if entry.1 < 2 {
+                    continue;
+                }
+                members
+                    .remove(&node)
+                    .map(|(rooms, _)| rooms)
+                    .unwrap_or_default()
+            };
+            tracing::warn!(node = %node, rooms = gone_rooms.len(), "a node with members in this node's rooms is gone");
+            for room in gone_rooms {
+                if let Some(addr) = core
+                    .inner
+                    .shared
+                    .directory
+                    .get(room)
+                    .and_then(|e| e.live_actor())
+                {
+                    addr.do_send(crate::room_actor::NodeGone { node: node.clone() });
+                }
+            }
         }
     }
 
@@ -1297,7 +1397,13 @@ async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
         // last state); everything else runs concurrently.
         let ordered = matches!(call, Call::Presence { .. } | Call::Rejoin { .. });
         let work = async move {
-            let reply: Reply = FORWARDED.scope((), core.serve_call(call)).await;
+            let mut reply: Reply = FORWARDED.scope((), core.serve_call(call)).await;
+            let max = node_max_payload(&core);
+            if wire::encode(&reply).is_ok_and(|f| f.len() > max) {
+                reply = Err(ChatError::InvalidParam(format!(
+                    "the answer is larger than a NATS message ({max} bytes): ask for a smaller page"
+                )));
+            }
             match wire::encode(&reply) {
                 Ok(frame) => {
                     let _ = request.respond(frame).await;
@@ -1311,6 +1417,10 @@ async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
             tokio::spawn(work);
         }
     }
+}
+
+fn node_max_payload(core: &Core) -> usize {
+    core.node().map_or(usize::MAX, |n| n.cluster.max_payload())
 }
 
 /// Publishes the outbox, in order.
@@ -1416,6 +1526,14 @@ async fn housekeeping(node: Weak<Node>) {
             return;
         }
         n.put_summaries(&core).await;
+        n.check_member_nodes(&core).await;
+        // Back from an outage: the owners of this node's rooms may have counted its members
+        // gone (or missed them after a change of owners) and hear who is in.
+        let connected = n.cluster.is_connected();
+        let back = connected && !n.was_connected.swap(connected, Ordering::SeqCst);
+        if !connected {
+            n.was_connected.store(false, Ordering::SeqCst);
+        }
         // Rooms this node has members in: if nobody owns one any more, take it.
         let mirrored: Vec<RoomId> = n.mirrors.lock().keys().copied().collect();
         for room in mirrored {
@@ -1426,7 +1544,12 @@ async fn housekeeping(node: Weak<Node>) {
                         tracing::debug!(room = %room, error = %e, "taking over a room failed");
                     }
                 }
-                Ok(Some(owner)) => n.learned_owner(room, &owner),
+                Ok(Some(owner)) => {
+                    n.learned_owner(room, &owner);
+                    if back && owner != *n.me {
+                        n.rejoin(room, &owner).await;
+                    }
+                }
                 Err(_) => {}
             }
         }
@@ -1448,6 +1571,9 @@ impl Core {
                 offline_since,
             } => {
                 self.owned_here(room).await?;
+                if let Some(n) = self.node() {
+                    n.note_member_node(&node, room);
+                }
                 let msg = crate::room_actor::JoinRemote {
                     user,
                     node,
@@ -1572,12 +1698,16 @@ impl Core {
                 });
                 Answer::Unit
             }
+            Call::Ping => Answer::Unit,
             Call::Rejoin {
                 room,
                 node,
                 members,
             } => {
                 self.owned_here(room).await?;
+                if let Some(n) = self.node() {
+                    n.note_member_node(&node, room);
+                }
                 let (addr, _held) = self.room_actor(room).await?;
                 addr.do_send(crate::room_actor::Rejoin { node, members });
                 Answer::Unit

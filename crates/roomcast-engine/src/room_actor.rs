@@ -82,6 +82,8 @@ pub(crate) struct Rejoin {
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) struct NodeGone {
     pub(crate) node: String,
+    /// Since when it did not answer: what it said after that stands.
+    pub(crate) silent_since: std::time::Instant,
 }
 
 /// Cluster mode: this node lost the room's lease: the actor stops (cleanly; the room lives on
@@ -324,6 +326,19 @@ pub(crate) struct RoomActor {
     remote_copies: HashMap<UserId, (bool, u64)>,
     /// Cluster mode: a remote member being joined (its copy is kept).
     remote_joining: Option<(UserId, bool)>,
+    /// Cluster mode: members whose node stopped answering (and who had no session elsewhere):
+    /// their node may tell the room they are still there when it is back, until they leave
+    /// for another reason than their grace period.
+    lapsed: std::collections::HashSet<UserId>,
+    /// True while a grace period's end is applied.
+    expiring: bool,
+    /// Cluster mode: this actor started on a node that took the room over; the first word from
+    /// each other node about who of its sessions is in the room is taken as it is.
+    taken_over: bool,
+    /// The nodes that told this actor who of theirs is in the room.
+    heard_from: std::collections::HashSet<String>,
+    /// When each other node last spoke to this room (a join, a rejoin, a presence change).
+    last_heard: HashMap<String, std::time::Instant>,
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -372,6 +387,12 @@ pub(crate) struct RoomStart {
 impl RoomActor {
     pub(crate) fn new(start: RoomStart) -> RoomActor {
         let held = Self::held_at_start(&start);
+        #[allow(unused_mut)]
+        let mut taken_over = false;
+        #[cfg(feature = "cluster")]
+        if let Some(node) = start.shared.node() {
+            taken_over = node.recently_taken(start.room.id());
+        }
         let mut start = start;
         start
             .recent
@@ -408,6 +429,11 @@ impl RoomActor {
             remote: HashMap::new(),
             remote_copies: HashMap::new(),
             remote_joining: None,
+            lapsed: std::collections::HashSet::new(),
+            expiring: false,
+            taken_over,
+            heard_from: std::collections::HashSet::new(),
+            last_heard: HashMap::new(),
         }
     }
 
@@ -794,6 +820,9 @@ impl RoomActor {
         let mut gone = HashMap::with_capacity(fx.left.len());
         let mut left_remote = Vec::new();
         for user in fx.left {
+            if !self.expiring {
+                self.lapsed.remove(&user);
+            }
             if self.remote.remove(&user).is_some() {
                 self.remote_copies.remove(&user);
                 left_remote.push(user.clone());
@@ -1333,6 +1362,8 @@ impl Handler<JoinRemote> for RoomActor {
     type Result = Result<Answer<(ChatRoom, u64)>, ChatError>;
 
     fn handle(&mut self, msg: JoinRemote, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_heard
+            .insert(msg.node.clone(), std::time::Instant::now());
         self.answer_with(ctx, |act, ctx| {
             let user = msg.user;
             act.remote_joining = Some((user.clone(), msg.keeps_copy));
@@ -1443,6 +1474,8 @@ impl Handler<RemotePresence> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemotePresence, ctx: &mut Context<Self>) {
+        self.last_heard
+            .insert(msg.node.clone(), std::time::Instant::now());
         let Some(nodes) = self.remote.get_mut(&msg.user) else {
             return;
         };
@@ -1464,12 +1497,21 @@ impl Handler<Rejoin> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Rejoin, ctx: &mut Context<Self>) {
+        self.last_heard
+            .insert(msg.node.clone(), std::time::Instant::now());
         self.guarded(ctx, |act, ctx| {
             let mut back = Vec::new();
+            let taken = act.taken_over && act.heard_from.insert(msg.node.clone());
             for (user, offline_since) in msg.members {
                 if !act.room.is_member(&user) {
+                    // Back after the room changed owners, or after its node was counted gone;
+                    // not someone who left or was removed meanwhile.
+                    if !taken && !act.lapsed.remove(&user) {
+                        continue;
+                    }
                     act.room.restore_member(user.clone());
                 }
+                act.lapsed.remove(&user);
                 let from = act.room.last_seq() + 1;
                 act.remote_copies
                     .entry(user.clone())
@@ -1501,16 +1543,15 @@ impl Handler<Rejoin> for RoomActor {
             });
             for user in back {
                 let since = act.presence_of(&user);
-                if let Some(since) = since {
-                    act.presence(
-                        Command::SetPresence {
-                            user,
-                            online: false,
-                            now: since,
-                        },
-                        ctx,
-                    );
-                }
+                let now = act.now();
+                act.presence(
+                    Command::SetPresence {
+                        user,
+                        online: since.is_none(),
+                        now: since.unwrap_or(now),
+                    },
+                    ctx,
+                );
             }
             act.entry.set_member_count(act.room.member_count());
         });
@@ -1521,6 +1562,14 @@ impl Handler<NodeGone> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: NodeGone, ctx: &mut Context<Self>) {
+        if self
+            .last_heard
+            .get(&msg.node)
+            .is_some_and(|at| *at > msg.silent_since)
+        {
+            // It spoke since it went silent: back already.
+            return;
+        }
         let now = self.now();
         let mut affected = Vec::new();
         self.remote.retain(|user, nodes| {
@@ -1532,6 +1581,9 @@ impl Handler<NodeGone> for RoomActor {
         for user in affected {
             if !self.room.is_member(&user) {
                 continue;
+            }
+            if !self.remote.contains_key(&user) {
+                self.lapsed.insert(user.clone());
             }
             let since = self.presence_of(&user);
             let command = Command::SetPresence {
@@ -1967,7 +2019,9 @@ impl Handler<ExpireOffline> for RoomActor {
                 now,
             }
         };
+        self.expiring = true;
         self.guarded(ctx, |act, ctx| act.presence(command, ctx));
+        self.expiring = false;
     }
 }
 

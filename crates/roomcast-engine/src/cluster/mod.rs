@@ -416,6 +416,10 @@ impl Mirror {
     }
 }
 
+/// Another node with members in rooms this node owns: which rooms, and since when it has not
+/// answered a ping (if it has not).
+type MemberNode = (BTreeSet<RoomId>, Option<Instant>);
+
 /// This node's part in a cluster.
 pub(crate) struct Node {
     cluster: Cluster,
@@ -445,7 +449,7 @@ pub(crate) struct Node {
     taken: Mutex<HashMap<RoomId, Instant>>,
     /// The other nodes with members in rooms this node owns (which rooms), and how many times
     /// in a row each did not answer a ping.
-    member_nodes: Mutex<HashMap<String, (BTreeSet<RoomId>, u32)>>,
+    member_nodes: Mutex<HashMap<String, MemberNode>>,
     /// Whether the connection to NATS was up at the last check (a node back from an outage
     /// tells the owners of its rooms who of its sessions is in them).
     was_connected: std::sync::atomic::AtomicBool,
@@ -735,24 +739,29 @@ impl Node {
     async fn check_member_nodes(&self, core: &Core) {
         let nodes: Vec<String> = self.member_nodes.lock().keys().cloned().collect();
         for node in nodes {
+            let asked = Instant::now();
             let alive = self.forward(&node, &Call::Ping).await.is_ok();
-            let gone_rooms = {
+            let (gone_rooms, since) = {
                 let mut members = self.member_nodes.lock();
                 let Some(entry) = members.get_mut(&node) else {
                     continue;
                 };
                 if alive {
-                    entry.1 = 0;
+                    entry.1 = None;
                     continue;
                 }
-                entry.1 += 1;
-                if entry.1 < 2 {
+                let since = *entry.1.get_or_insert(asked);
+                // Silent for a whole lease time: gone.
+                if since.elapsed() < self.cluster.config().lease_ttl {
                     continue;
                 }
-                members
-                    .remove(&node)
-                    .map(|(rooms, _)| rooms)
-                    .unwrap_or_default()
+                (
+                    members
+                        .remove(&node)
+                        .map(|(rooms, _)| rooms)
+                        .unwrap_or_default(),
+                    since,
+                )
             };
             tracing::warn!(node = %node, rooms = gone_rooms.len(), "a node with members in this node's rooms is gone");
             for room in gone_rooms {
@@ -763,7 +772,10 @@ impl Node {
                     .get(room)
                     .and_then(|e| e.live_actor())
                 {
-                    addr.do_send(crate::room_actor::NodeGone { node: node.clone() });
+                    addr.do_send(crate::room_actor::NodeGone {
+                        node: node.clone(),
+                        silent_since: since,
+                    });
                 }
             }
         }
@@ -999,6 +1011,14 @@ impl Node {
             for session in members {
                 mirror.add(shared, session);
             }
+            // Fed by the room's new owner from now on.
+            let core = core.clone();
+            self.runtime.spawn(async move {
+                let Some(node) = core.node() else { return };
+                if let Err(e) = node.subscribe(&core, &mirror).await {
+                    tracing::warn!(room = %room, error = %e, "a room's mirror could not subscribe");
+                }
+            });
         }
     }
 
@@ -1313,6 +1333,7 @@ impl Node {
             match got {
                 Ok(lease) => {
                     let keeper = lease.keep_alive();
+                    self.watch_slot(slot, &keeper);
                     *self.slot.lock() = Some(keeper);
                     return Ok(slot);
                 }
@@ -1323,6 +1344,49 @@ impl Node {
         Err(ChatError::ExceedServiceLimit(format!(
             "the cluster has {ID_SLOTS} nodes already"
         )))
+    }
+
+    /// When the node's slot lease is lost (the node was cut off from NATS for a lease time, so
+    /// other nodes counted it gone), it takes the slot again once it can and tells the owners
+    /// of its rooms who of its sessions is in them.
+    fn watch_slot(&self, slot: u64, keeper: &LeaseKeeper) {
+        let mut status = keeper.subscribe();
+        let weak = self.core.get().cloned();
+        self.runtime.spawn(async move {
+            let _ = status
+                .wait_for(|s| matches!(s, roomcast_cluster::LeaseStatus::Lost(_)))
+                .await;
+            loop {
+                let Some(core) = weak.as_ref().and_then(|w| w.upgrade()).map(|inner| Core { inner }) else {
+                    return;
+                };
+                if core.is_stopped() {
+                    return;
+                }
+                let Some(node) = core.node() else { return };
+                match node.cluster.acquire(SLOT_KEYS - slot).await {
+                    Ok(lease) => {
+                        let keeper = lease.keep_alive();
+                        node.watch_slot(slot, &keeper);
+                        *node.slot.lock() = Some(keeper);
+                        tracing::info!(node = %node.me, "back in the cluster; telling the rooms' owners who is in");
+                        let mirrored: Vec<RoomId> = node.mirrors.lock().keys().copied().collect();
+                        for room in mirrored {
+                            if let Ok(Some(owner)) = node.cluster.owner_of(room.as_u64()).await {
+                                if owner != *node.me {
+                                    node.rejoin(room, &owner).await;
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "taking the node's slot again failed");
+                        tokio::time::sleep(node.cluster.config().lease_ttl / 4).await;
+                    }
+                }
+            }
+        });
     }
 
     /// Claims a new room's id (its lease): `false` if the id is taken.

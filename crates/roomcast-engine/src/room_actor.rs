@@ -1509,6 +1509,18 @@ impl Handler<Rejoin> for RoomActor {
                     if !taken && !act.lapsed.remove(&user) {
                         continue;
                     }
+                    // Never someone blocked or banned from rejoining.
+                    let now = act.now();
+                    let banned = act
+                        .room
+                        .record()
+                        .live
+                        .rejoin_banned_until
+                        .get(&user)
+                        .is_some_and(|&until| until > now);
+                    if banned || act.room.is_blocked(&user, now) {
+                        continue;
+                    }
                     act.room.restore_member(user.clone());
                 }
                 act.lapsed.remove(&user);

@@ -121,6 +121,12 @@ where
         }
     }
     let (half_cycles, rss_half) = half.unwrap_or((n, rss_bytes()));
+    // The rooms handle the last cycle's notices (a presence change, say) on their own threads:
+    // a check they still hold for a moment is not one left behind. Settled within a deadline.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while engine.is_some_and(|e| e.pending_timers() > 0) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Phase {
         name,
         cycles: n,

@@ -347,11 +347,11 @@ impl Mirror {
             }
             Delivery::Broadcast { item, except } => {
                 let state = self.state.lock();
-                let ids: Vec<u64> = except
+                // Most skip one or two (a message's sender): kept inline, no allocation.
+                let mut ids = except
                     .iter()
-                    .filter_map(|u| state.members.get(u).map(|s| s.mailbox().id()))
-                    .collect();
-                let mut skip = Except::NONE;
+                    .filter_map(|u| state.members.get(u).map(|s| s.mailbox().id()));
+                let mut skip = Except::of(ids.by_ref().take(2));
                 for id in ids {
                     skip = skip.also(id);
                 }
@@ -376,17 +376,7 @@ impl Mirror {
             }
             Delivery::Owner { node: owner } => {
                 node.learned_owner(self.room, owner.as_str());
-                let members: Vec<(UserId, Option<Timestamp>)> = {
-                    let state = self.state.lock();
-                    state
-                        .members
-                        .values()
-                        .filter_map(|s| {
-                            s.room_presence(self.room)
-                                .map(|since| (s.user().clone(), since))
-                        })
-                        .collect()
-                };
+                let members = self.members_with_presence();
                 if !members.is_empty() && *owner != *node.me {
                     node.send_in_order(
                         owner.into(),
@@ -408,6 +398,26 @@ impl Mirror {
                 node.forget_room(self.room);
             }
         }
+    }
+
+    /// Stops feeding it (its subscription's task ends).
+    fn stop(&self) {
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
+    }
+
+    /// Its members, each with its presence in the room (`None`: online).
+    fn members_with_presence(&self) -> Vec<(UserId, Option<Timestamp>)> {
+        self.state
+            .lock()
+            .members
+            .values()
+            .filter_map(|s| {
+                s.room_presence(self.room)
+                    .map(|since| (s.user().clone(), since))
+            })
+            .collect()
     }
 
     fn is_idle(&self) -> bool {
@@ -558,9 +568,7 @@ impl Node {
     pub(crate) async fn stop(&self) {
         self.abort_tasks();
         for mirror in std::mem::take(&mut *self.mirrors.lock()).into_values() {
-            if let Some(task) = mirror.task.lock().take() {
-                task.abort();
-            }
+            mirror.stop();
         }
         let mut keepers: Vec<LeaseKeeper> = std::mem::take(&mut *self.owned.lock())
             .into_values()
@@ -591,9 +599,7 @@ impl Node {
         drop(std::mem::take(&mut *self.owned.lock()));
         drop(self.slot.lock().take());
         for mirror in std::mem::take(&mut *self.mirrors.lock()).into_values() {
-            if let Some(task) = mirror.task.lock().take() {
-                task.abort();
-            }
+            mirror.stop();
         }
     }
 
@@ -621,9 +627,7 @@ impl Node {
     fn forget_room(&self, room: RoomId) {
         self.owners.lock().remove(&room);
         if let Some(mirror) = self.mirrors.lock().remove(&room) {
-            if let Some(task) = mirror.task.lock().take() {
-                task.abort();
-            }
+            mirror.stop();
         }
         self.log.forget(room.as_u64());
     }
@@ -934,9 +938,7 @@ impl Node {
         }
         // This node's own members of the room are the actor's now, not a mirror's.
         if let Some(mirror) = self.mirrors.lock().remove(&room) {
-            if let Some(task) = mirror.task.lock().take() {
-                task.abort();
-            }
+            mirror.stop();
             let state = mirror.state.lock();
             for session in state.members.values() {
                 let mut shards = shared.fanout.room_shards();
@@ -1149,14 +1151,7 @@ impl Node {
         let Some(mirror) = self.mirrors.lock().get(&room).cloned() else {
             return false;
         };
-        let members: Vec<(UserId, Option<Timestamp>)> = {
-            let state = mirror.state.lock();
-            state
-                .members
-                .values()
-                .filter_map(|s| s.room_presence(room).map(|since| (s.user().clone(), since)))
-                .collect()
-        };
+        let members = mirror.members_with_presence();
         if members.is_empty() {
             return false;
         }
@@ -1220,9 +1215,7 @@ impl Node {
                 && mirror.is_idle()
             {
                 mirrors.remove(&mirror.room);
-                if let Some(task) = mirror.task.lock().take() {
-                    task.abort();
-                }
+                mirror.stop();
             }
         }
     }

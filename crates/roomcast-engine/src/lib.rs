@@ -846,10 +846,17 @@ impl Core {
         };
         let supervisor = self.inner.supervisor.clone();
         self.run(async move {
-            let (room, commit) = supervisor
+            let created = supervisor
                 .send(msg)
                 .await
-                .map_err(|e| self.delivery_error(e, None))??;
+                .map_err(|e| self.delivery_error(e, None))
+                .and_then(|r| r);
+            // Cluster mode: an id claimed for a room that was not created is given back.
+            #[cfg(feature = "cluster")]
+            if let (Err(_), Some(id), Some(node)) = (&created, id, self.node()) {
+                node.destroyed(id);
+            }
+            let (room, commit) = created?;
             commit.await.map_err(storage_error)?;
             #[cfg(feature = "cluster")]
             if let Some(node) = self.node() {

@@ -2886,13 +2886,9 @@ async fn sigkill_of_the_owners_process_under_load() {
 /// delivers "every write set ... appended to the room's log before the call is answered"; one
 /// owner at a time).
 ///
-/// Instead (most runs), after the failover every member gets seqs it already had again
-/// (`... 306, 307, 308, 229, 230, 231 ...`), and the messages it got live under those seqs
-/// the first time are not the ones history holds: the killed owner delivered messages whose
-/// log appends never completed (their senders got no `Ok`), and the new owner gave their seqs
-/// to other messages (`seq 231 live "c2 4", in history "b0 17"`). Members saw messages that do
-/// not exist, and two different messages under one seq.
-#[ignore = "FAILS: deliveries to other nodes go out before the log acknowledged them: after a SIGKILL their seqs are reused"]
+/// This failed before deliveries waited for the log: after the failover members got seqs they
+/// already had again (`... 306, 307, 308, 229, 230, 231 ...`), under other messages than the
+/// history's (the killed owner had published messages whose appends never completed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_failover_delivers_what_the_log_holds() {
     let server = server!();
@@ -3613,9 +3609,9 @@ async fn a_members_node_cut_off_from_nats_then_back() {
 /// a, b and c): each joiner gets the join's replay and then the room live, each message once,
 /// in order (on one node the replay comes "before anything newer").
 ///
-/// One to three joiners in a hundred (most runs) get the newest live messages first, then the replay,
-/// which holds them again: `[274, 265, 266, ..., 274, 275, ...]` (every run here).
-#[ignore = "FAILS: a joiner on another node may get newest live messages before its join replay, then again"]
+/// This failed before a joiner was fed from the owner's `Joined` delivery on: one to three
+/// joiners in a hundred got the newest live messages first, then the replay, which held them
+/// again (`[274, 265, 266, ..., 274, 275, ...]`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joining_a_busy_room_from_another_node_gets_each_message_once() {
     let server = server!();

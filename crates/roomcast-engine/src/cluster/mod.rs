@@ -10,8 +10,10 @@
 //! - **Calls.** A call for a room another node owns is forwarded to that node (request and
 //!   reply) and runs there as if made locally.
 //! - **Deliveries.** The owner delivers to its own members directly, and publishes every
-//!   delivery for members on other nodes once, on the room's subject; each node with members
-//!   in the room (its [`Mirror`]) fans it out to them through its own shards.
+//!   delivery for members on other nodes once, on the room's subject, as soon as the room's log
+//!   holds the writes made before it (so another node never shows what a new owner would not
+//!   find in the log); each node with members in the room (its [`Mirror`]) fans it out to them
+//!   through its own shards.
 //! - **Failover.** A node with members in a room whose lease lapsed takes it over: it replays
 //!   the log, announces itself (`Delivery::Owner`), and the other nodes tell it who of theirs is
 //!   in the room (`Call::Rejoin`); those members get `on_chat_room_recovered`.
@@ -105,6 +107,15 @@ struct RoomLog {
     pending: Vec<(Vec<u8>, AppendDone, u64)>,
     /// Set when an append failed: every later one fails until the room reloads.
     failed: Option<String>,
+    /// How many appends were queued, and how many are done (acknowledged or failed).
+    queued: u64,
+    done: u64,
+    /// Deliveries waiting for the appends queued before them (`queued` at the time): a
+    /// delivery leaves for the other nodes only once the log holds what it tells, so that no
+    /// node ever shows a message that a new owner would not find in the log.
+    deliveries: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// The room is gone from this node: its entry goes once its queue is empty.
+    forgotten: bool,
 }
 
 /// The store's [`Replicator`] in cluster mode: every write set goes to its room's log.
@@ -120,6 +131,8 @@ pub(crate) struct ClusterLog {
     done: tokio::sync::Notify,
     /// Told of a room whose append failed (the node gives the room up).
     on_failure: OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Where deliveries go once the log holds what they tell (the node's publisher, in order).
+    outbox: OnceLock<tokio::sync::mpsc::UnboundedSender<(RoomId, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for ClusterLog {
@@ -140,15 +153,63 @@ impl ClusterLog {
         let log = rooms.entry(room).or_default();
         log.expected = last;
         log.failed = None;
+        log.forgotten = false;
     }
 
     fn forget(&self, room: u64) {
         let mut rooms = self.rooms.lock();
-        if rooms
-            .get(&room)
-            .is_some_and(|l| !l.running && l.pending.is_empty())
-        {
-            rooms.remove(&room);
+        if let Some(log) = rooms.get_mut(&room) {
+            if !log.running && log.pending.is_empty() && log.deliveries.is_empty() {
+                rooms.remove(&room);
+            } else {
+                // Its last appends and deliveries go first.
+                log.forgotten = true;
+            }
+        }
+    }
+
+    /// Publishes `frame` (a delivery of `room`) once every append of the room queued before
+    /// this call is in the log, after the deliveries queued before it. Dropped if one of those
+    /// appends failed: the room is given up, and what the delivery tells is not in the log.
+    fn publish(&self, room: RoomId, frame: Vec<u8>) {
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        let mut rooms = self.rooms.lock();
+        match rooms.get_mut(&room.as_u64()) {
+            Some(log) if log.failed.is_some() => {
+                tracing::debug!(room = %room, "a delivery after a failed append is dropped");
+            }
+            Some(log) if log.done < log.queued || !log.deliveries.is_empty() => {
+                log.deliveries.push_back((log.queued, frame));
+            }
+            _ => {
+                let _ = outbox.send((room, frame));
+            }
+        }
+    }
+
+    /// After appends of `room` are done: the deliveries they were waiting for leave (or are
+    /// dropped, if an append failed).
+    fn release(&self, room: u64, log: &mut RoomLog) {
+        if log.failed.is_some() {
+            if !log.deliveries.is_empty() {
+                tracing::warn!(
+                    room,
+                    dropped = log.deliveries.len(),
+                    "deliveries whose writes did not reach the log are dropped"
+                );
+                log.deliveries.clear();
+            }
+            return;
+        }
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        while log.deliveries.front().is_some_and(|(w, _)| *w <= log.done) {
+            if let Some((_, frame)) = log.deliveries.pop_front() {
+                let _ = outbox.send((RoomId::from_u64(room), frame));
+            }
         }
     }
 
@@ -163,6 +224,9 @@ impl ClusterLog {
                 let log = rooms.entry(room).or_default();
                 if log.pending.is_empty() {
                     log.running = false;
+                    if log.forgotten && log.deliveries.is_empty() {
+                        rooms.remove(&room);
+                    }
                     return;
                 }
                 // As many as fit in one entry (at least one).
@@ -214,6 +278,12 @@ impl ClusterLog {
             if result.is_err() {
                 self.failures.fetch_add(1, Ordering::SeqCst);
             }
+            {
+                let mut rooms = self.rooms.lock();
+                let log = rooms.entry(room).or_default();
+                log.done += batch.len() as u64;
+                self.release(room, log);
+            }
             let mut ids = Vec::with_capacity(batch.len());
             for (_, done, id) in batch {
                 done(result.clone());
@@ -250,6 +320,7 @@ impl Replicator for LogHandle {
             let mut rooms = log.rooms.lock();
             let log = rooms.entry(room).or_default();
             log.pending.push((entry, done, id));
+            log.queued += 1;
             !std::mem::replace(&mut log.running, true)
         };
         if start {
@@ -304,11 +375,16 @@ struct MirrorState {
     shards: RoomShards,
     /// Joins on their way to the owner (the mirror stays while one is).
     joining: usize,
+    /// Local sessions whose join the owner answered, waiting for its `Joined` delivery: a
+    /// joiner is fed from that point of the room's deliveries on, after the room's messages it
+    /// gets in its join replay (the answer may overtake deliveries published before it).
+    awaiting: HashMap<UserId, Arc<Session>>,
 }
 
 impl Mirror {
     fn add(&self, shared: &Shared, session: Arc<Session>) {
         let mut state = self.state.lock();
+        state.awaiting.remove(session.user());
         if state.members.contains_key(session.user()) {
             return;
         }
@@ -321,10 +397,13 @@ impl Mirror {
 
     fn remove(&self, shared: &Shared, user: &UserId) -> Option<Arc<Session>> {
         let mut state = self.state.lock();
+        let awaiting = state.awaiting.remove(user);
         let MirrorState {
             members, shards, ..
         } = &mut *state;
-        let session = members.remove(user)?;
+        let Some(session) = members.remove(user) else {
+            return awaiting;
+        };
         shared.fanout.remove(self.room, &session, shards);
         Some(session)
     }
@@ -333,7 +412,8 @@ impl Mirror {
         match delivery {
             Delivery::Joined { user, node: at } => {
                 if *at == *node.me {
-                    if let Some(session) = shared.session_of(&user) {
+                    let awaiting = self.state.lock().awaiting.remove(&user);
+                    if let Some(session) = awaiting.or_else(|| shared.session_of(&user)) {
                         self.add(shared, session);
                     }
                 }
@@ -389,7 +469,15 @@ impl Mirror {
                 }
             }
             Delivery::Destroyed => {
-                let members: Vec<UserId> = self.state.lock().members.keys().cloned().collect();
+                let members: Vec<UserId> = {
+                    let state = self.state.lock();
+                    state
+                        .members
+                        .keys()
+                        .chain(state.awaiting.keys())
+                        .cloned()
+                        .collect()
+                };
                 for user in members {
                     if let Some(session) = self.remove(shared, &user) {
                         session.exited(self.room);
@@ -422,7 +510,16 @@ impl Mirror {
 
     fn is_idle(&self) -> bool {
         let state = self.state.lock();
-        state.members.is_empty() && state.joining == 0
+        state.members.is_empty() && state.awaiting.is_empty() && state.joining == 0
+    }
+
+    /// `session`'s join was answered: it is fed from the owner's `Joined` delivery on (or at
+    /// once, if that came first).
+    fn await_joined(&self, session: Arc<Session>) {
+        let mut state = self.state.lock();
+        if !state.members.contains_key(session.user()) {
+            state.awaiting.insert(session.user().clone(), session);
+        }
     }
 }
 
@@ -443,8 +540,6 @@ pub(crate) struct Node {
     /// One takeover at a time per room.
     taking: Mutex<HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>>,
     mirrors: Mutex<HashMap<RoomId, Arc<Mirror>>>,
-    /// Deliveries to publish, in order.
-    outbox: tokio::sync::mpsc::UnboundedSender<(RoomId, Vec<u8>)>,
     /// Calls that must reach their node in order (presence, rejoins).
     ordered: tokio::sync::mpsc::UnboundedSender<(Arc<str>, Call)>,
     /// The directory summary last put for each room this node owns.
@@ -489,6 +584,7 @@ impl Node {
             .map_err(|e| ChatError::General(format!("cannot join the cluster: {e}")))?;
         log.bind(cluster.clone(), runtime.clone());
         let (outbox, outgoing) = tokio::sync::mpsc::unbounded_channel();
+        let _ = log.outbox.set(outbox);
         let (ordered, ordered_rx) = tokio::sync::mpsc::unbounded_channel();
         let node = Arc::new(Node {
             me: cluster.node().into(),
@@ -499,7 +595,6 @@ impl Node {
             owners: Mutex::new(HashMap::new()),
             taking: Mutex::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
-            outbox,
             ordered,
             summaries: Mutex::new(HashMap::new()),
             core: OnceLock::new(),
@@ -632,11 +727,13 @@ impl Node {
         self.log.forget(room.as_u64());
     }
 
-    /// Publishes `delivery` on `room`'s subject, after everything published before it.
+    /// Publishes `delivery` on `room`'s subject, after everything published before it, once the
+    /// room's log holds every write this node made to the room before this call (see
+    /// [`ClusterLog::publish`]).
     pub(crate) fn publish(&self, room: RoomId, delivery: &Delivery) {
         match wire::encode(delivery) {
             Ok(frame) if frame.len() <= self.cluster.max_payload() => {
-                let _ = self.outbox.send((room, frame));
+                self.log.publish(room, frame);
             }
             Ok(_) => match delivery {
                 // Too big as one (a replay of big messages): one item at a time.
@@ -1037,6 +1134,7 @@ impl Node {
                 members: HashMap::new(),
                 shards: core.inner.shared.fanout.room_shards(),
                 joining: 0,
+                awaiting: HashMap::new(),
             }),
             task: Mutex::new(None),
         });
@@ -1189,7 +1287,26 @@ impl Node {
     ) {
         mirror.state.lock().joining -= 1;
         if joined {
-            mirror.add(&core.inner.shared, session.clone());
+            mirror.await_joined(session.clone());
+            // The owner published `Joined` before it answered; should it never arrive (lost
+            // to an outage), the member is fed from now on.
+            let (mirror, session) = (mirror.clone(), session.clone());
+            let shared = core.inner.shared.clone();
+            let wait = self.cluster.config().request_timeout;
+            self.runtime.spawn(async move {
+                tokio::time::sleep(wait).await;
+                let late = {
+                    let state = mirror.state.lock();
+                    state
+                        .awaiting
+                        .get(session.user())
+                        .is_some_and(|s| Arc::ptr_eq(s, &session))
+                };
+                if late {
+                    tracing::debug!(room = %mirror.room, user = %session.user(), "no Joined delivery came: fed from now on");
+                    mirror.add(&shared, session);
+                }
+            });
         } else {
             self.drop_idle_mirror(mirror);
         }

@@ -76,6 +76,17 @@ pub const HEADER_ALLOWANCE: usize = 512;
 /// The longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
+/// What a node knows of its connection to NATS ([`Cluster::connection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Connection {
+    /// Whether the connection is up.
+    pub connected: bool,
+    /// How many times, since [`Cluster::connect`], the node may have missed room events: the
+    /// connection went down, or the server dropped messages for a slow subscriber. Core NATS
+    /// delivers at most once, so whoever relies on room events catches up after each.
+    pub outages: u64,
+}
+
 /// One node's handle on a cluster: cheap to clone (clones share one NATS connection).
 ///
 /// Dropping the last clone closes the connection. Leases this node holds then expire after
@@ -94,6 +105,7 @@ struct Inner {
     rooms: stream::Stream,
     /// The room directory's bucket, opened on first use.
     directory: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    connection: tokio::sync::watch::Sender<Connection>,
 }
 
 impl fmt::Debug for Cluster {
@@ -129,7 +141,21 @@ impl Cluster {
             servers.push(addr);
         }
         let timeout = config.request_timeout;
+        let (connection, _) = tokio::sync::watch::channel(Connection::default());
+        let events = connection.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                match event {
+                    async_nats::Event::Connected => events.send_modify(|c| c.connected = true),
+                    async_nats::Event::Disconnected => events.send_modify(|c| {
+                        c.connected = false;
+                        c.outages += 1;
+                    }),
+                    async_nats::Event::SlowConsumer(_) => events.send_modify(|c| c.outages += 1),
+                    _ => {}
+                }
+                std::future::ready(())
+            })
             .name(format!("roomcast {}/{}", config.cluster, config.node))
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
@@ -137,6 +163,12 @@ impl Cluster {
             .connect(servers)
             .await
             .map_err(nats::connect)?;
+        // Up (its first event may still be on its way), unless it went down already.
+        connection.send_if_modified(|c| {
+            let up = !c.connected && c.outages == 0;
+            c.connected |= up;
+            up
+        });
         let jetstream = jetstream::ContextBuilder::new()
             .timeout(timeout)
             .ack_timeout(timeout)
@@ -194,6 +226,7 @@ impl Cluster {
                 owners,
                 rooms,
                 directory: tokio::sync::OnceCell::new(),
+                connection,
             }),
         })
     }
@@ -211,6 +244,13 @@ impl Cluster {
     /// Whether the connection to NATS is up right now (it reconnects by itself when not).
     pub fn is_connected(&self) -> bool {
         self.inner.client.connection_state() == State::Connected
+    }
+
+    /// The connection's state, as it changes: whether it is up, and how many outages (or
+    /// dropped room events) there were. Subscriptions are renewed by the client on reconnection
+    /// before anything sent after it.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<Connection> {
+        self.inner.connection.subscribe()
     }
 
     /// The largest payload of an append, a request, a response or a room event: the server's

@@ -446,6 +446,14 @@ async fn a_killed_server_fails_calls_within_the_timeout_and_keeps_acked_entries(
     let keeper = a.acquire(room + 1).await.unwrap().keep_alive();
 
     let mut keeper_status = keeper.subscribe();
+    let mut connection = a.connection();
+    assert_eq!(
+        *connection.borrow_and_update(),
+        roomcast_cluster::Connection {
+            connected: true,
+            outages: 0
+        }
+    );
 
     server.kill();
     let killed = Instant::now();
@@ -469,6 +477,14 @@ async fn a_killed_server_fails_calls_within_the_timeout_and_keeps_acked_entries(
         (!a.is_connected() && !b.is_connected()).then_some(())
     })
     .await;
+    // The outage is counted (room events may have been missed meanwhile).
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.wait_for(|c| !c.connected && c.outages == 1),
+    )
+    .await
+    .expect("the connection's state tells the outage")
+    .unwrap();
 
     async fn unavailable<T: std::fmt::Debug>(
         what: &str,
@@ -520,6 +536,13 @@ async fn a_killed_server_fails_calls_within_the_timeout_and_keeps_acked_entries(
     assert_eq!(log, acked);
     let next = a.append(room, "after", last).await.unwrap();
     assert!(next > last.unwrap());
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.wait_for(|c| c.connected && c.outages >= 1),
+    )
+    .await
+    .expect("the connection's state tells it is back")
+    .unwrap();
     eventually(Duration::from_secs(10), "b to reconnect", || async {
         b.last_seq(room).await.ok()
     })

@@ -368,6 +368,14 @@ pub(crate) struct Mirror {
     room: RoomId,
     state: Mutex<MirrorState>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The node's outage generation at which this mirror may last have missed deliveries (its
+    /// node lost NATS, or the server dropped events, or the room's lease was lost here), and
+    /// the one up to which its owner has since heard who of this node is in (`Call::Rejoin`).
+    /// Stale while `stale > synced`.
+    stale: AtomicU64,
+    synced: AtomicU64,
+    /// One resync at a time.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 struct MirrorState {
@@ -508,6 +516,11 @@ impl Mirror {
             .collect()
     }
 
+    /// Whether it may have missed deliveries its owner has not made up for yet.
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst) > self.synced.load(Ordering::SeqCst)
+    }
+
     fn is_idle(&self) -> bool {
         let state = self.state.lock();
         state.members.is_empty() && state.awaiting.is_empty() && state.joining == 0
@@ -555,9 +568,8 @@ pub(crate) struct Node {
     /// The other nodes with members in rooms this node owns (which rooms), and how many times
     /// in a row each did not answer a ping.
     member_nodes: Mutex<HashMap<String, MemberNode>>,
-    /// Whether the connection to NATS was up at the last check (a node back from an outage
-    /// tells the owners of its rooms who of its sessions is in them).
-    was_connected: std::sync::atomic::AtomicBool,
+    /// Bumped at each outage (see [`Mirror::stale`]).
+    outages: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -602,7 +614,7 @@ impl Node {
             slot: Mutex::new(None),
             taken: Mutex::new(HashMap::new()),
             member_nodes: Mutex::new(HashMap::new()),
-            was_connected: std::sync::atomic::AtomicBool::new(true),
+            outages: AtomicU64::new(0),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
         // A room whose write did not reach its log is given up here: its actor stops, its
@@ -654,6 +666,11 @@ impl Node {
         let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
         let kept = runtime.spawn(housekeeping(Arc::downgrade(&node)));
         node.tasks.lock().push(kept);
+        let watch = runtime.spawn(watch_connection(
+            Arc::downgrade(&node),
+            node.cluster.connection(),
+        ));
+        node.tasks.lock().push(watch);
         tracing::info!(node = %node.me, "joined the cluster");
         Ok(node)
     }
@@ -1094,31 +1111,40 @@ impl Node {
             let _ = keeper.release().await;
         });
         tracing::warn!(room = %room, node = %self.me, "lost a room's lease; its actor stops here");
-        let shared = &core.inner.shared;
-        if let Some(addr) = shared.directory.get(room).and_then(|e| e.live_actor()) {
-            addr.do_send(crate::room_actor::Evict);
-        }
-        let members: Vec<Arc<Session>> = shared
-            .sessions
-            .read()
-            .iter()
-            .filter(|crate::SessionKey(s)| s.is_in(room))
-            .map(|crate::SessionKey(s)| s.clone())
-            .collect();
-        if !members.is_empty() {
-            let mirror = self.mirror(core, room);
+        let actor = core
+            .inner
+            .shared
+            .directory
+            .get(room)
+            .and_then(|e| e.live_actor());
+        let core = core.clone();
+        self.runtime.spawn(async move {
+            // The actor is gone (and its fan-out entries with it) before a mirror takes its
+            // members.
+            if let Some(actor) = actor {
+                let _ = actor.send(crate::room_actor::Evict).await;
+            }
+            let Some(node) = core.node() else { return };
+            let shared = &core.inner.shared;
+            let members: Vec<Arc<Session>> = shared
+                .sessions
+                .read()
+                .iter()
+                .filter(|crate::SessionKey(s)| s.is_in(room))
+                .map(|crate::SessionKey(s)| s.clone())
+                .collect();
+            if members.is_empty() || node.owns(room) {
+                return;
+            }
+            let mirror = node.mirror(&core, room);
             for session in members {
                 mirror.add(shared, session);
             }
-            // Fed by the room's new owner from now on.
-            let core = core.clone();
-            self.runtime.spawn(async move {
-                let Some(node) = core.node() else { return };
-                if let Err(e) = node.subscribe(&core, &mirror).await {
-                    tracing::warn!(room = %room, error = %e, "a room's mirror could not subscribe");
-                }
-            });
-        }
+            // Fed by the room's new owner from now on, once it heard who of this node is in
+            // (it may not know, if it took the room while this node was cut off).
+            node.mark_stale(&mirror);
+            node.resync(&core, &mirror).await;
+        });
     }
 
     /// The mirror of `room` on this node, started if needed (subscribed to the room's subject
@@ -1130,6 +1156,9 @@ impl Node {
         }
         let mirror = Arc::new(Mirror {
             room,
+            stale: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncing: tokio::sync::Mutex::new(()),
             state: Mutex::new(MirrorState {
                 members: HashMap::new(),
                 shards: core.inner.shared.fanout.room_shards(),
@@ -1217,6 +1246,12 @@ impl Node {
                             "room {room} moved to node {owner}"
                         )));
                     }
+                    // This node's members first catch up with the room (after an outage),
+                    // so that what the call changes reaches them live.
+                    let mirror = self.mirrors.lock().get(&room).cloned();
+                    if let Some(mirror) = mirror.filter(|m| m.is_stale()) {
+                        self.resync(core, &mirror).await;
+                    }
                     match self.forward(&owner, &call()).await {
                         Err(ChatError::RoomUnavailable(why)) => {
                             tracing::debug!(room = %room, %why, "routing a call again");
@@ -1228,7 +1263,7 @@ impl Node {
                         // node's members are in it: it hears now, and the call goes again.
                         Err(ChatError::NotJoined(who)) if !rejoined => {
                             rejoined = true;
-                            if !self.rejoin(room, &owner).await {
+                            if !self.rejoin(room, &owner).await.unwrap_or(false) {
                                 return Err(ChatError::NotJoined(who));
                             }
                         }
@@ -1245,20 +1280,93 @@ impl Node {
 
     /// Tells `owner` who of this node's sessions is in `room` (after it took the room over).
     /// `false` if none is.
-    async fn rejoin(&self, room: RoomId, owner: &str) -> bool {
+    async fn rejoin(&self, room: RoomId, owner: &str) -> Result<bool, ChatError> {
         let Some(mirror) = self.mirrors.lock().get(&room).cloned() else {
-            return false;
+            return Ok(false);
         };
         let members = mirror.members_with_presence();
         if members.is_empty() {
-            return false;
+            return Ok(false);
         }
         let call = Call::Rejoin {
             room,
             node: self.me.to_string(),
             members,
         };
-        self.forward(owner, &call).await.is_ok()
+        self.forward(owner, &call).await.map(|_| true)
+    }
+
+    /// From now on every mirror may have missed deliveries (the connection to NATS went down,
+    /// or the server dropped room events): each is resynced once the connection is up.
+    fn mark_all_stale(&self) {
+        let generation = self.outages.fetch_add(1, Ordering::SeqCst) + 1;
+        for mirror in self.mirrors.lock().values() {
+            mirror.stale.fetch_max(generation, Ordering::SeqCst);
+        }
+    }
+
+    /// Resyncs every stale mirror.
+    async fn resync_all(&self, core: &Core) {
+        let stale: Vec<Arc<Mirror>> = self
+            .mirrors
+            .lock()
+            .values()
+            .filter(|m| m.is_stale())
+            .cloned()
+            .collect();
+        for mirror in stale {
+            self.resync(core, &mirror).await;
+        }
+    }
+
+    fn mark_stale(&self, mirror: &Mirror) {
+        let generation = self.outages.fetch_add(1, Ordering::SeqCst) + 1;
+        mirror.stale.fetch_max(generation, Ordering::SeqCst);
+    }
+
+    /// A mirror that may have missed deliveries catches up: the room's owner hears who of this
+    /// node is in it (`Call::Rejoin`), registers them again if it had counted them gone, and
+    /// tells them `on_chat_room_recovered` with the room's last sequence number, so that they
+    /// fetch what they missed from history. A room nobody owns is taken. Stays stale if the
+    /// owner could not be reached (tried again by housekeeping, and before the next call).
+    async fn resync(&self, core: &Core, mirror: &Arc<Mirror>) {
+        let _one = mirror.syncing.lock().await;
+        let generation = mirror.stale.load(Ordering::SeqCst);
+        if generation <= mirror.synced.load(Ordering::SeqCst) {
+            return;
+        }
+        let room = mirror.room;
+        // Subscribed first (a mirror made while cut off could not be), so that nothing the
+        // owner publishes after it hears is missed.
+        if let Err(e) = self.subscribe(core, mirror).await {
+            tracing::debug!(room = %room, error = %e, "a mirror's resync failed");
+            return;
+        }
+        let done = match self.cluster.owner_of(room.as_u64()).await {
+            Ok(Some(owner)) if owner != *self.me => {
+                self.learned_owner(room, &owner);
+                match self.rejoin(room, &owner).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(room = %room, error = %e, "a mirror's resync failed");
+                        false
+                    }
+                }
+            }
+            // Ours again (its members are the actor's), or nobody's: taken.
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                self.owners.lock().remove(&room);
+                self.route(core, room).await.is_ok()
+            }
+            Err(e) => {
+                tracing::debug!(room = %room, error = %e, "a mirror's resync failed");
+                false
+            }
+        };
+        if done {
+            mirror.synced.fetch_max(generation, Ordering::SeqCst);
+        }
     }
 
     /// A local session is about to join a room another node owns: its mirror is subscribed
@@ -1480,14 +1588,8 @@ impl Node {
                         node.watch_slot(slot, &keeper);
                         *node.slot.lock() = Some(keeper);
                         tracing::info!(node = %node.me, "back in the cluster; telling the rooms' owners who is in");
-                        let mirrored: Vec<RoomId> = node.mirrors.lock().keys().copied().collect();
-                        for room in mirrored {
-                            if let Ok(Some(owner)) = node.cluster.owner_of(room.as_u64()).await {
-                                if owner != *node.me {
-                                    node.rejoin(room, &owner).await;
-                                }
-                            }
-                        }
+                        node.mark_all_stale();
+                        node.resync_all(&core).await;
                         return;
                     }
                     Err(e) => {
@@ -1625,6 +1727,31 @@ async fn send_ordered(
     }
 }
 
+/// After each outage of the connection to NATS (or events the server dropped), this node's
+/// mirrors catch up with their rooms as soon as the connection is up.
+async fn watch_connection(
+    node: Weak<Node>,
+    mut connection: tokio::sync::watch::Receiver<roomcast_cluster::Connection>,
+) {
+    let mut outages = connection.borrow_and_update().outages;
+    while connection.changed().await.is_ok() {
+        let now = *connection.borrow_and_update();
+        let Some(n) = node.upgrade() else { return };
+        if now.outages > outages {
+            outages = now.outages;
+            tracing::warn!(node = %n.me, "lost room events (NATS went away, or dropped them): the rooms catch up");
+            n.mark_all_stale();
+        }
+        if now.connected {
+            let Some(core) = n.core() else { return };
+            if core.is_stopped() {
+                return;
+            }
+            n.resync_all(&core).await;
+        }
+    }
+}
+
 /// Keeps the local directory in step with the cluster's.
 async fn watch_directory(
     node: Weak<Node>,
@@ -1701,16 +1828,15 @@ async fn housekeeping(node: Weak<Node>) {
         }
         n.put_summaries(&core).await;
         n.check_member_nodes(&core).await;
-        // Back from an outage: the owners of this node's rooms may have counted its members
-        // gone (or missed them after a change of owners) and hear who is in.
-        let connected = n.cluster.is_connected();
-        let back = connected && !n.was_connected.swap(connected, Ordering::SeqCst);
-        if !connected {
-            n.was_connected.store(false, Ordering::SeqCst);
-        }
-        // Rooms this node has members in: if nobody owns one any more, take it.
-        let mirrored: Vec<RoomId> = n.mirrors.lock().keys().copied().collect();
-        for room in mirrored {
+        // Rooms this node has members in: if nobody owns one any more, take it; if the mirror
+        // may have missed deliveries (a resync after an outage failed), try again.
+        let mirrored: Vec<Arc<Mirror>> = n.mirrors.lock().values().cloned().collect();
+        for mirror in mirrored {
+            let room = mirror.room;
+            if mirror.is_stale() {
+                n.resync(&core, &mirror).await;
+                continue;
+            }
             match n.cluster.owner_of(room.as_u64()).await {
                 Ok(None) => {
                     n.owners.lock().remove(&room);
@@ -1718,12 +1844,7 @@ async fn housekeeping(node: Weak<Node>) {
                         tracing::debug!(room = %room, error = %e, "taking over a room failed");
                     }
                 }
-                Ok(Some(owner)) => {
-                    n.learned_owner(room, &owner);
-                    if back && owner != *n.me {
-                        n.rejoin(room, &owner).await;
-                    }
-                }
+                Ok(Some(owner)) => n.learned_owner(room, &owner),
                 Err(_) => {}
             }
         }

@@ -1,7 +1,7 @@
 //! roomcast's cluster foundation: what several roomcast nodes share through NATS JetStream.
 //!
 //! A [`Cluster`] is one node's handle on one cluster (a name, so that several clusters can
-//! share a NATS). It offers four primitives, each a thin layer over a NATS feature, with no
+//! share a NATS). It offers five primitives, each a thin layer over a NATS feature, with no
 //! consensus of its own:
 //!
 //! - **Room leases** ([`Cluster::acquire`], [`Lease`], [`LeaseKeeper`]): at most one node owns a
@@ -17,6 +17,8 @@
 //!   request/reply on `roomcast.<cluster>.node.<node>.call`.
 //! - **Room events** ([`Cluster::publish_room`], [`Cluster::subscribe_room`]): core NATS
 //!   publish/subscribe on `roomcast.<cluster>.room.<room>.events` (at most once, not stored).
+//! - **User subjects** ([`Cluster::publish_user`], [`Cluster::subscribe_user`]): core NATS on
+//!   `roomcast.<cluster>.user.<hex of the user id>`, for the nodes where one user has sessions.
 //!
 //! # Target server
 //! nats-server 2.9 with JetStream (`-js`). Nothing here needs 2.10 or later: leases use the
@@ -65,7 +67,7 @@ pub use directory::{DirectoryChange, RoomDirectory};
 pub use error::{ClusterError, ErrorKind};
 pub use lease::{Lease, LeaseKeeper, LeaseStatus};
 pub use log::LogEntry;
-pub use messaging::{NodeRequest, NodeRequests, RoomEvents};
+pub use messaging::{NodeRequest, NodeRequests, RoomEvents, UserMessage, UserMessages};
 
 use nats::Names;
 

@@ -117,6 +117,48 @@ impl Cluster {
     }
 }
 
+/// User subjects: the nodes where a user has sessions hear of each other (a user's devices may
+/// be on several nodes).
+impl Cluster {
+    /// Subscribes to `user`'s subject. Unsubscribes when dropped. Not awaited by the server:
+    /// what this connection publishes afterwards reaches the server after the subscription, so
+    /// answers to it are not missed.
+    pub async fn subscribe_user(&self, user: &str) -> Result<UserMessages, ClusterError> {
+        let what = "subscribing to a user's subject";
+        self.bounded(what, async {
+            self.ensure_connected(what)?;
+            let subscriber = self
+                .client()
+                .subscribe(self.names().user(user))
+                .await
+                .map_err(|e| nats::core(what, e))?;
+            Ok(UserMessages { subscriber })
+        })
+        .await
+    }
+
+    /// Publishes `payload` to the nodes subscribed to `user`'s subject (at most once).
+    pub async fn publish_user(
+        &self,
+        user: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClusterError> {
+        let payload = payload.into();
+        let what = "publishing to a user's subject";
+        self.check_payload(what, payload.len())?;
+        self.bounded(what, async {
+            self.ensure_connected(what)?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(FROM_HEADER, self.node());
+            self.client()
+                .publish_with_headers(self.names().user(user), headers, payload)
+                .await
+                .map_err(|e| nats::core(what, e))
+        })
+        .await
+    }
+}
+
 impl Cluster {
     /// Waits until the server has handled everything this connection sent before (a new
     /// subscription above all). A flush only hands the bytes to the socket; this makes a
@@ -272,4 +314,49 @@ impl Stream for RoomEvents {
             .poll_next(cx)
             .map(|message| message.map(|message| message.payload))
     }
+}
+
+/// What reaches a user's subject ([`Cluster::subscribe_user`]): a [`Stream`] of
+/// [`UserMessage`]s.
+pub struct UserMessages {
+    subscriber: async_nats::Subscriber,
+}
+
+impl std::fmt::Debug for UserMessages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserMessages").finish_non_exhaustive()
+    }
+}
+
+impl UserMessages {
+    /// The next message.
+    pub async fn next(&mut self) -> Option<UserMessage> {
+        futures_util::StreamExt::next(self).await
+    }
+}
+
+impl Stream for UserMessages {
+    type Item = UserMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<UserMessage>> {
+        Pin::new(&mut self.subscriber).poll_next(cx).map(|message| {
+            message.map(|message| UserMessage {
+                from: message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(FROM_HEADER))
+                    .map(|value| value.as_str().to_string()),
+                payload: message.payload,
+            })
+        })
+    }
+}
+
+/// A message on a user's subject.
+#[derive(Debug, Clone)]
+pub struct UserMessage {
+    /// The publishing node's id (`None` if the publisher was not a roomcast [`Cluster`]).
+    pub from: Option<String>,
+    /// The payload.
+    pub payload: Bytes,
 }

@@ -73,6 +73,18 @@ impl Names {
         format!("roomcast.{}.room.{room}.events", self.cluster)
     }
 
+    /// A user's subject (core NATS): `roomcast.<cluster>.user.<hex of the user id>` (any user
+    /// id makes a valid token).
+    pub(crate) fn user(&self, user: &str) -> String {
+        let mut subject = format!("roomcast.{}.user.", self.cluster);
+        subject.reserve(user.len() * 2);
+        for b in user.bytes() {
+            subject.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            subject.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        subject
+    }
+
     /// A node's call subject: `roomcast.<cluster>.node.<node>.call`.
     pub(crate) fn calls(&self, node: &str) -> String {
         format!("roomcast.{}.node.{node}.call", self.cluster)

@@ -678,6 +678,17 @@ impl Core {
         }
     }
 
+    /// A client of `session` was opened by a login. In cluster mode, the user's sessions on
+    /// other nodes (its other devices) and this one learn of each other, and this session gets
+    /// the deliveries of the rooms the user is in through them (shortly after: not awaited).
+    /// Nothing to do on one node, where every client of a user shares its session.
+    pub async fn client_logged_in(&self, #[allow(unused_variables)] session: &Arc<Session>) {
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            node.user_logged_in(self, session).await;
+        }
+    }
+
     /// Disconnects (`false`) or reconnects (`true`) a session explicitly.
     pub fn set_connected(&self, session: &Arc<Session>, connected: bool) -> Result<(), ChatError> {
         self.check_running()?;
@@ -898,6 +909,35 @@ impl Core {
         room: RoomId,
     ) -> Result<ChatRoom, ChatError> {
         self.admit(session.user())?;
+        let joined = self.join_or_attach(session, room, false).await;
+        // Cluster mode: the user's sessions on other nodes (its other devices) hear of it.
+        #[cfg(feature = "cluster")]
+        if joined.is_ok() {
+            if let Some(node) = self.node() {
+                node.user_joined(session.user(), room);
+            }
+        }
+        joined
+    }
+
+    /// Cluster mode: `session` gets `room`'s deliveries too, if its user is a member already
+    /// (through a session on another node). `NotJoined` if the user is not a member;
+    /// `AlreadyJoined` once attached (or if it was).
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn attach_room(
+        &self,
+        session: &Arc<Session>,
+        room: RoomId,
+    ) -> Result<ChatRoom, ChatError> {
+        self.join_or_attach(session, room, true).await
+    }
+
+    async fn join_or_attach(
+        &self,
+        session: &Arc<Session>,
+        room: RoomId,
+        attach: bool,
+    ) -> Result<ChatRoom, ChatError> {
         // The place is held until the room has answered, so concurrent joins cannot pass the
         // limit together.
         #[allow(unused_mut)]
@@ -916,6 +956,7 @@ impl Core {
                         node: node.me().to_string(),
                         keeps_copy,
                         offline_since,
+                        attach,
                     })
                     .await;
                 match answer {
@@ -923,8 +964,12 @@ impl Core {
                         room: info,
                         copy_from,
                     })) => {
-                        session.entered(room, copy_from, reservation.as_mut());
+                        let now = session.entered(room, copy_from, reservation.as_mut());
                         node.after_remote_join(self, &mirror, session, true);
+                        if now != offline_since {
+                            // Its presence changed during the call: the owner hears it now.
+                            node.presence_changed(room, session);
+                        }
                         return Ok(info);
                     }
                     Ok(Some(other)) => {
@@ -938,8 +983,11 @@ impl Core {
                     // The user is in the room through a session on another node: this one
                     // gets the room's deliveries too.
                     Err(ChatError::AlreadyJoined) => {
-                        session.entered(room, u64::MAX, reservation.as_mut());
+                        let now = session.entered(room, u64::MAX, reservation.as_mut());
                         node.after_remote_join(self, &mirror, session, true);
+                        if now != offline_since {
+                            node.presence_changed(room, session);
+                        }
                         return Err(ChatError::AlreadyJoined);
                     }
                     Err(e) => {
@@ -952,6 +1000,7 @@ impl Core {
         let msg = Join {
             session: session.clone(),
             reservation,
+            attach,
         };
         self.room_call(room, msg).await
     }

@@ -14,6 +14,17 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{ClientEvent, QueryAnswer, RoomQuery, RoomStats};
 
+/// What the nodes where one user has sessions (its devices) tell each other, on the user's
+/// subject.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum UserNotice {
+    /// A session of the user opened on the sending node: the others say which rooms it is in.
+    Hello,
+    /// The user is in these rooms (it just joined them through the sending node, or that
+    /// node's session is in them): a session of it elsewhere gets their deliveries too.
+    In(Vec<RoomId>),
+}
+
 /// A call for a room, sent to the node that owns it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Call {
@@ -26,6 +37,10 @@ pub(crate) enum Call {
         keeps_copy: bool,
         /// Offline since then (`None`: online).
         offline_since: Option<Timestamp>,
+        /// Only if a member already, through a session on another node (the user's other
+        /// device): `NotJoined` if not.
+        #[serde(default)]
+        attach: bool,
     },
     Leave {
         room: RoomId,

@@ -42,6 +42,9 @@ pub(crate) struct Join {
     pub(crate) session: Arc<Session>,
     /// The user's place against the rooms-per-user limit, released once the room answered.
     pub(crate) reservation: Option<RoomReservation>,
+    /// Cluster mode: only if the user is a member already (through a session on another
+    /// node): this node's session gets the room's deliveries too. `NotJoined` if not a member.
+    pub(crate) attach: bool,
 }
 
 /// Cluster mode: `user`, whose session is on node `node`, joins; answers the room as it sees it
@@ -54,6 +57,8 @@ pub(crate) struct JoinRemote {
     pub(crate) node: String,
     pub(crate) keeps_copy: bool,
     pub(crate) offline_since: Option<Timestamp>,
+    /// As [`Join::attach`].
+    pub(crate) attach: bool,
 }
 
 /// Cluster mode: the presence of `user`'s session on node `node` changed.
@@ -1119,9 +1124,13 @@ impl RoomActor {
         &mut self,
         session: Arc<Session>,
         reservation: Option<RoomReservation>,
+        attach: bool,
         ctx: &mut Context<Self>,
     ) -> Result<(ChatRoom, Option<Commit>), ChatError> {
         let user = session.user().clone();
+        if attach && !self.room.is_member(&user) {
+            return Err(ChatError::NotJoined(user.to_string()));
+        }
         let joiner = session.clone();
         // Becomes the room in the session as it enters (see `deliver`), or is released if the
         // room refuses.
@@ -1144,6 +1153,12 @@ impl RoomActor {
                 let from = self.room.last_seq() + 1;
                 let room_id = self.room.id();
                 joiner.entered(room_id, from, None);
+                // What a joiner gets first: the newest messages.
+                let replay = self.replay_for(&user);
+                self.shared.fanout.send_to(
+                    joiner.clone(),
+                    replay.into_iter().map(ClientEvent::Message).collect(),
+                );
                 self.shared
                     .fanout
                     .add(room_id, joiner.clone(), &mut self.shards);
@@ -1151,16 +1166,9 @@ impl RoomActor {
             }
             other => other?,
         };
-        let replay = self.room.limits().join_replay_count;
         let staff = self.room.is_staff(&user);
-        // What the members who are not staff have not received yet comes with its release.
-        let cut = match self.held.front() {
-            Some((m, _)) if !staff => m.seq(),
-            _ => u64::MAX,
-        };
         let recent: Vec<ClientEvent> = self
-            .recent
-            .newest_seen_by(replay, &user, staff, self.now(), cut)
+            .replay_for(&user)
             .into_iter()
             .map(ClientEvent::Message)
             .collect();
@@ -1191,6 +1199,24 @@ impl RoomActor {
             );
         }
         Ok((self.room.snapshot(Some(&user)), commit))
+    }
+
+    /// The join replay of `user`: the room's newest messages it may see (up to the room's
+    /// replay count), stopping before the first one still held for review if it is not staff
+    /// (what the members who are not staff have not received yet comes with its release).
+    fn replay_for(&self, user: &UserId) -> Vec<ChatMessage> {
+        let staff = self.room.is_staff(user);
+        let cut = match self.held.front() {
+            Some((m, _)) if !staff => m.seq(),
+            _ => u64::MAX,
+        };
+        self.recent.newest_seen_by(
+            self.room.limits().join_replay_count,
+            user,
+            staff,
+            self.now(),
+            cut,
+        )
     }
 
     /// Runs a call, catching a panic (see [`RoomActor::guarded`]), and answers its value with
@@ -1354,7 +1380,9 @@ impl Handler<Join> for RoomActor {
     type Result = Result<Answer<ChatRoom>, ChatError>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
-        self.answer_with(ctx, |act, ctx| act.join(msg.session, msg.reservation, ctx))
+        self.answer_with(ctx, |act, ctx| {
+            act.join(msg.session, msg.reservation, msg.attach, ctx)
+        })
     }
 }
 
@@ -1366,6 +1394,9 @@ impl Handler<JoinRemote> for RoomActor {
             .insert(msg.node.clone(), std::time::Instant::now());
         self.answer_with(ctx, |act, ctx| {
             let user = msg.user;
+            if msg.attach && !act.room.is_member(&user) {
+                return Err(ChatError::NotJoined(user.to_string()));
+            }
             act.remote_joining = Some((user.clone(), msg.keeps_copy));
             // Registered before the command, so that what it delivers reaches the new member's
             // node too (its join event included).
@@ -1390,6 +1421,22 @@ impl Handler<JoinRemote> for RoomActor {
                 Err(ChatError::AlreadyJoined) => {
                     let (joined, node) = (user.clone(), msg.node.clone());
                     act.publish(|| crate::remote::Delivery::Joined { user: joined, node });
+                    // A session new to the room on that node: it gets the join replay.
+                    if was.is_none() {
+                        let replay: Vec<crate::remote::Item> = act
+                            .replay_for(&user)
+                            .into_iter()
+                            .map(crate::remote::Item::Message)
+                            .collect();
+                        if !replay.is_empty() {
+                            let (to, node) = (user.clone(), msg.node.clone());
+                            act.publish(|| crate::remote::Delivery::To {
+                                users: vec![to],
+                                node: Some(node),
+                                items: replay,
+                            });
+                        }
+                    }
                     // Back online through this session, if it is.
                     if act.presence_of(&user).is_none() {
                         let now = act.now();
@@ -1426,20 +1473,8 @@ impl Handler<JoinRemote> for RoomActor {
             act.remote_copies
                 .entry(user.clone())
                 .or_insert((msg.keeps_copy, from));
-            let staff = act.room.is_staff(&user);
-            let cut = match act.held.front() {
-                Some((m, _)) if !staff => m.seq(),
-                _ => u64::MAX,
-            };
             let replay: Vec<crate::remote::Item> = act
-                .recent
-                .newest_seen_by(
-                    act.room.limits().join_replay_count,
-                    &user,
-                    staff,
-                    act.now(),
-                    cut,
-                )
+                .replay_for(&user)
                 .into_iter()
                 .map(crate::remote::Item::Message)
                 .collect();

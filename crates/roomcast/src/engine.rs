@@ -626,6 +626,7 @@ impl Engine {
         let session = self
             .core
             .open_client(user, options.delete_messages_on_exit)?;
+        self.core.client_logged_in(&session).await;
         Ok(ChatClient::new(self.core.clone(), session, options))
     }
 

@@ -29,7 +29,7 @@ use roomcast_cluster::{Bytes, Cluster, ClusterConfig, ClusterError, ErrorKind, L
 use roomcast_model::{ChatError, RoomId, Timestamp, UserId};
 use roomcast_store::{AppendDone, Replicator, StoreError, WriteSet};
 
-pub(crate) use crate::remote::{self as wire, Answer, Call, Delivery, Item, Reply};
+pub(crate) use crate::remote::{self as wire, Answer, Call, Delivery, Item, Reply, UserNotice};
 
 use crate::fanout::{Except, RoomShards};
 use crate::session::Session;
@@ -540,6 +540,9 @@ impl Mirror {
 /// answered a ping (if it has not).
 type MemberNode = (BTreeSet<RoomId>, Option<Instant>);
 
+/// A user with a session on this node, and the task that follows its subject.
+type FollowedUser = (Weak<Session>, tokio::task::JoinHandle<()>);
+
 /// This node's part in a cluster.
 pub(crate) struct Node {
     cluster: Cluster,
@@ -570,6 +573,9 @@ pub(crate) struct Node {
     member_nodes: Mutex<HashMap<String, MemberNode>>,
     /// Bumped at each outage (see [`Mirror::stale`]).
     outages: AtomicU64,
+    /// The users with a session on this node, each with the task that follows its subject
+    /// (its sessions on other nodes). Dropped with the session.
+    users: Mutex<HashMap<UserId, FollowedUser>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -615,6 +621,7 @@ impl Node {
             taken: Mutex::new(HashMap::new()),
             member_nodes: Mutex::new(HashMap::new()),
             outages: AtomicU64::new(0),
+            users: Mutex::new(HashMap::new()),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
         // A room whose write did not reach its log is given up here: its actor stops, its
@@ -702,6 +709,82 @@ impl Node {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        for (_, (_, task)) in self.users.lock().drain() {
+            task.abort();
+        }
+    }
+
+    /// A client of `session` opened on this node: the node follows the user's subject (its
+    /// sessions on other nodes, its other devices), and asks the nodes that have one which
+    /// rooms the user is in, so that this session gets their deliveries too. Not awaited
+    /// beyond the subscription: the rooms are attached as the answers come.
+    pub(crate) async fn user_logged_in(&self, core: &Core, session: &Arc<Session>) {
+        let user = session.user().clone();
+        {
+            let users = self.users.lock();
+            if users
+                .get(&user)
+                .is_some_and(|(s, _)| s.upgrade().is_some_and(|s| Arc::ptr_eq(&s, session)))
+            {
+                return;
+            }
+        }
+        let cluster = self.cluster.clone();
+        let key = user.to_string();
+        let messages = match self
+            .runtime
+            .spawn(async move { cluster.subscribe_user(&key).await })
+            .await
+        {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(e)) => {
+                tracing::warn!(user = %user, error = %e, "cannot follow a user's other nodes");
+                return;
+            }
+            Err(_) => return,
+        };
+        let task = self.runtime.spawn(follow_user(
+            Arc::downgrade(&core.inner),
+            Arc::downgrade(session),
+            messages,
+        ));
+        if let Some((_, old)) = self
+            .users
+            .lock()
+            .insert(user.clone(), (Arc::downgrade(session), task))
+        {
+            old.abort();
+        }
+        self.tell_user(&user, &UserNotice::Hello);
+    }
+
+    /// `user` joined `room` through this node: its sessions on other nodes hear of it.
+    pub(crate) fn user_joined(&self, user: &UserId, room: RoomId) {
+        self.tell_user(user, &UserNotice::In(vec![room]));
+    }
+
+    fn tell_user(&self, user: &UserId, notice: &UserNotice) {
+        let Ok(frame) = wire::encode(notice) else {
+            return;
+        };
+        let cluster = self.cluster.clone();
+        let key = user.to_string();
+        self.runtime.spawn(async move {
+            if let Err(e) = cluster.publish_user(&key, frame).await {
+                tracing::debug!(user = %key, error = %e, "a user's other nodes were not told");
+            }
+        });
+    }
+
+    /// Stops following the users whose session is gone.
+    fn forget_gone_users(&self) {
+        self.users.lock().retain(|_, (session, task)| {
+            let alive = session.strong_count() > 0;
+            if !alive {
+                task.abort();
+            }
+            alive
+        });
     }
 
     /// The engine was dropped without a shutdown: nothing more is renewed or served (dropped
@@ -1727,6 +1810,48 @@ async fn send_ordered(
     }
 }
 
+/// Follows a user's subject for its session on this node: answers `Hello` from another node
+/// with the rooms the session is in, and attaches the session to the rooms the user is in
+/// through its other nodes.
+async fn follow_user(
+    core: Weak<crate::Inner>,
+    session: Weak<Session>,
+    mut messages: roomcast_cluster::UserMessages,
+) {
+    while let Some(message) = messages.next().await {
+        let (Some(inner), Some(session)) = (core.upgrade(), session.upgrade()) else {
+            return;
+        };
+        let core = Core { inner };
+        let Some(node) = core.node() else { return };
+        if message.from.as_deref() == Some(&*node.me) {
+            continue;
+        }
+        match wire::decode::<UserNotice>(&message.payload) {
+            Ok(UserNotice::Hello) => {
+                let rooms = session.rooms();
+                if !rooms.is_empty() {
+                    node.tell_user(session.user(), &UserNotice::In(rooms));
+                }
+            }
+            Ok(UserNotice::In(rooms)) => {
+                for room in rooms {
+                    if session.is_in(room) {
+                        continue;
+                    }
+                    match core.attach_room(&session, room).await {
+                        Ok(_) | Err(ChatError::AlreadyJoined) => {}
+                        Err(e) => {
+                            tracing::debug!(user = %session.user(), room = %room, error = %e, "a session was not attached to its user's room")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "a notice on a user's subject could not be read"),
+        }
+    }
+}
+
 /// After each outage of the connection to NATS (or events the server dropped), this node's
 /// mirrors catch up with their rooms as soon as the connection is up.
 async fn watch_connection(
@@ -1828,6 +1953,7 @@ async fn housekeeping(node: Weak<Node>) {
         }
         n.put_summaries(&core).await;
         n.check_member_nodes(&core).await;
+        n.forget_gone_users();
         // Rooms this node has members in: if nobody owns one any more, take it; if the mirror
         // may have missed deliveries (a resync after an outage failed), try again.
         let mirrored: Vec<Arc<Mirror>> = n.mirrors.lock().values().cloned().collect();
@@ -1864,6 +1990,7 @@ impl Core {
                 node,
                 keeps_copy,
                 offline_since,
+                attach,
             } => {
                 self.owned_here(room).await?;
                 if let Some(n) = self.node() {
@@ -1874,6 +2001,7 @@ impl Core {
                     node,
                     keeps_copy,
                     offline_since,
+                    attach,
                 };
                 let (room, copy_from) = self.room_call(room, msg).await?;
                 Answer::Joined { room, copy_from }

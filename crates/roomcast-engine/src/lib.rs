@@ -1278,24 +1278,52 @@ impl Core {
                 query.page_size
             )));
         }
+        // Cluster mode: a page too big for one NATS message comes in parts, each asked for
+        // from the cursor of the one before.
+        #[allow(unused_mut)]
+        let mut query = query;
+        // What came from another node before the room came here (cluster mode).
+        #[allow(unused_mut)]
+        let mut data: Vec<ChatMessage> = Vec::new();
         #[cfg(feature = "cluster")]
-        if let Some(a) = self
-            .remote(|| remote::Call::History {
-                room,
-                viewer: viewer.clone(),
-                query,
-            })
-            .await?
         {
-            return a.history();
+            while let Some(a) = self
+                .remote(|| remote::Call::History {
+                    room,
+                    viewer: viewer.clone(),
+                    query,
+                })
+                .await?
+            {
+                let (mut page, partial) = match a {
+                    remote::Answer::HistoryPart(page) => (page, true),
+                    other => (other.history()?, false),
+                };
+                let got = page.data.len() as u32;
+                data.append(&mut page.data);
+                match page.cursor {
+                    Some(cursor) if partial && got > 0 && got < query.page_size => {
+                        query.start_seq = Some(cursor);
+                        query.page_size -= got;
+                    }
+                    cursor => return Ok(ChatCursorResult { data, cursor }),
+                }
+            }
         }
         let msg = FetchHistory {
             viewer: viewer.clone(),
             query,
         };
         let page = self.room_call(room, msg).await?;
-        self.run(async move { page.await.and_then(|p| p).map_err(storage_error) })
-            .await
+        let mut page = self
+            .run(async move { page.await.and_then(|p| p).map_err(storage_error) })
+            .await?;
+        if !data.is_empty() {
+            // The room came here between two parts: the rest was read here.
+            data.append(&mut page.data);
+            page.data = data;
+        }
+        Ok(page)
     }
 
     /// `by` moderates `room` (roles, lists, mutes, specification, announcement), giving

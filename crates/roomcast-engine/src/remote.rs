@@ -155,11 +155,17 @@ impl Call {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Answer {
     Unit,
-    Joined { room: ChatRoom, copy_from: u64 },
+    Joined {
+        room: ChatRoom,
+        copy_from: u64,
+    },
     Room(ChatRoom),
     Message(ChatMessage),
     Failures(AttributeFailures),
     History(ChatCursorResult<ChatMessage>),
+    /// The first part of a history page too big for one NATS message: the caller asks for the
+    /// rest from its cursor.
+    HistoryPart(ChatCursorResult<ChatMessage>),
     Audit(ChatCursorResult<AuditEntry>),
     Query(QueryAnswer),
     Stats(RoomStats),

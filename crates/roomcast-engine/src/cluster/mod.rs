@@ -1758,6 +1758,14 @@ async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
         let work = async move {
             let mut reply: Reply = FORWARDED.scope((), core.serve_call(call)).await;
             let max = node_max_payload(&core);
+            reply = match reply {
+                Ok(Answer::History(page))
+                    if wire::encode(&page).is_ok_and(|f| f.len() > max.saturating_sub(64)) =>
+                {
+                    Ok(Answer::HistoryPart(fitting_part(page, max)))
+                }
+                other => other,
+            };
             if wire::encode(&reply).is_ok_and(|f| f.len() > max) {
                 reply = Err(ChatError::InvalidParam(format!(
                     "the answer is larger than a NATS message ({max} bytes): ask for a smaller page"
@@ -1776,6 +1784,29 @@ async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
             tokio::spawn(work);
         }
     }
+}
+
+/// The longest start of `page` that fits in a reply of `max` bytes (at least one message: a
+/// message fits in a NATS message, see `Node::check_message_size`), with the cursor after its
+/// last message.
+fn fitting_part(
+    mut page: roomcast_model::ChatCursorResult<roomcast_model::ChatMessage>,
+    max: usize,
+) -> roomcast_model::ChatCursorResult<roomcast_model::ChatMessage> {
+    // The page's own framing, generously.
+    let mut room_left = max.saturating_sub(4096);
+    let mut keep = 0;
+    for message in &page.data {
+        let size = wire::encode(message).map_or(usize::MAX, |f| f.len());
+        if keep > 0 && size > room_left {
+            break;
+        }
+        room_left = room_left.saturating_sub(size);
+        keep += 1;
+    }
+    page.data.truncate(keep);
+    page.cursor = page.data.last().map(roomcast_model::ChatMessage::seq);
+    page
 }
 
 fn node_max_payload(core: &Core) -> usize {

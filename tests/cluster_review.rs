@@ -3901,3 +3901,125 @@ async fn failover_delivers_at_most_once_in_order() {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+// ------------------------------------------------------------------------------------------
+// Log compaction
+// ------------------------------------------------------------------------------------------
+
+/// How many entries `room`'s log holds in the cluster (read by a plain cluster handle).
+async fn log_entries(server: &NatsServer, cluster: &str, room: RoomId) -> usize {
+    let observer = roomcast_cluster::Cluster::connect(
+        ClusterConfig::new([server.url()], cluster, "observer").with_lease_ttl(LEASE_TTL),
+    )
+    .await
+    .unwrap();
+    observer.replay(room.as_u64(), 0).await.unwrap().len()
+}
+
+/// With a small `compaction_bytes`, a busy room's log stays short: its owner appends
+/// snapshots and drops what came before them. A node that takes the room after the owner died
+/// rebuilds it from the last snapshot and what followed: the history (each seq once, no gaps,
+/// as retention keeps it), the announcement, the admin and the mute list are as they were,
+/// before and after the takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compacted_log_keeps_the_room_whole_across_a_takeover() {
+    let server = server!();
+    let limits = harness_limits().with_history_retention(100);
+    let mk = |id: &'static str| {
+        let limits = limits.clone();
+        let server = &server;
+        async move {
+            Engine::builder()
+                .limits(limits)
+                .cluster(config(server, "compact", id).with_compaction_bytes(16 << 10))
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let a = mk("a").await;
+    let b = mk("b").await;
+    let (host, room) = room_on(&a, "compact").await;
+    let ub = b.login("ub").await.unwrap();
+    let muted = b.login("muted").await.unwrap();
+    let adm = a.login("adm").await.unwrap();
+    for c in [&ub, &muted, &adm] {
+        join(c, room).await;
+    }
+    let rooms = host.chat_room_manager();
+    rooms
+        .update_chat_room_announcement(&room, "kept")
+        .await
+        .unwrap();
+    rooms.add_chat_room_admin(&room, "adm").await.unwrap();
+    rooms
+        .mute_chat_room_members(&room, ["muted"], Duration::from_secs(3600))
+        .await
+        .unwrap();
+    // Four senders, 1,200 messages of about 100 bytes: some 150 KiB of log.
+    let sent: Vec<_> = (0..4)
+        .map(|s| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..300 {
+                    let text = format!("{s}-{i:04}-{}", "x".repeat(90));
+                    let m = send(&host, room, &text).await.unwrap();
+                    acked.push((m.seq(), m.msg_id(), text));
+                }
+                acked
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for s in sent {
+        acked.extend(s.await.unwrap());
+    }
+    acked.sort();
+    let entries = log_entries(&server, "compact", room).await;
+    eprintln!("log entries after 1,200 sends: {entries}");
+    assert!(
+        entries < 300,
+        "the log holds {entries} entries: it was not compacted"
+    );
+    // The newest `n` acknowledged messages, each as it was sent.
+    let check = |who: &'static str, h: Vec<ChatMessage>, n: u64| {
+        let last = acked.last().unwrap().0;
+        let seqs: Vec<u64> = h.iter().map(ChatMessage::seq).collect();
+        assert_eq!(seqs, (last + 1 - n..=last).collect::<Vec<_>>(), "{who}");
+        for m in &h {
+            let (_, id, text) = acked.iter().find(|(s, _, _)| *s == m.seq()).unwrap();
+            assert_eq!((m.msg_id(), m.text()), (*id, Some(text.as_str())), "{who}");
+        }
+    };
+    check("before", history(&ub, room).await, 100);
+    // The owner dies; b takes the room from the compacted log.
+    drop(adm);
+    drop(host);
+    drop(a);
+    let m = send_ok(&ub, room, "b took it").await;
+    let h = history(&ub, room).await;
+    assert_eq!(h.last().map(ChatMessage::seq), Some(m.seq()));
+    assert_eq!(
+        m.seq(),
+        acked.last().unwrap().0 + 1,
+        "no gap at the takeover"
+    );
+    check("after", h[..h.len() - 1].to_vec(), 99);
+    let rooms = ub.chat_room_manager();
+    assert_eq!(
+        rooms.fetch_chat_room_announcement(&room).await.unwrap(),
+        "kept"
+    );
+    let info = rooms.fetch_chat_room_info(&room).await.unwrap();
+    assert_eq!(
+        info.admin_list
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>(),
+        ["adm"]
+    );
+    let e = send(&muted, room, "still muted?").await.unwrap_err();
+    assert!(!e.is_delivery_failure(), "muted after the takeover: {e}");
+    b.shutdown().await;
+}

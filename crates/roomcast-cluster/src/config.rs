@@ -10,6 +10,9 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// The default [`ClusterConfig::request_timeout`]: 2 s.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The default [`ClusterConfig::compaction_bytes`]: 4 MiB.
+pub const DEFAULT_COMPACTION_BYTES: u64 = 4 << 20;
+
 /// The shortest `lease_ttl` accepted: nats-server refuses a bucket `max_age` under 100 ms.
 pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
 
@@ -41,6 +44,11 @@ pub struct ClusterConfig {
     /// awaiting its ack, a read, a node-to-node request. Past it the call fails with
     /// [`ErrorKind::Unavailable`].
     pub request_timeout: Duration,
+    /// How much a room's log may grow before its owner compacts it (default 4 MiB): once the
+    /// entries since the room's last snapshot exceed this, and twice that snapshot's size, the
+    /// owner appends a new snapshot of the room and removes the entries before it. A node that
+    /// takes the room replays from the snapshot on.
+    pub compaction_bytes: u64,
 }
 
 impl ClusterConfig {
@@ -56,6 +64,7 @@ impl ClusterConfig {
             node: node.into(),
             lease_ttl: DEFAULT_LEASE_TTL,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            compaction_bytes: DEFAULT_COMPACTION_BYTES,
         }
     }
 
@@ -68,6 +77,12 @@ impl ClusterConfig {
     /// The same configuration with another `request_timeout`.
     pub fn with_request_timeout(mut self, request_timeout: Duration) -> Self {
         self.request_timeout = request_timeout;
+        self
+    }
+
+    /// The same configuration with another `compaction_bytes`.
+    pub fn with_compaction_bytes(mut self, compaction_bytes: u64) -> Self {
+        self.compaction_bytes = compaction_bytes;
         self
     }
 

@@ -61,7 +61,8 @@ use async_nats::jetstream::{self, stream};
 
 pub use bytes::Bytes;
 pub use config::{
-    ClusterConfig, DEFAULT_LEASE_TTL, DEFAULT_REQUEST_TIMEOUT, MAX_NAME_LEN, MIN_LEASE_TTL,
+    ClusterConfig, DEFAULT_COMPACTION_BYTES, DEFAULT_LEASE_TTL, DEFAULT_REQUEST_TIMEOUT,
+    MAX_NAME_LEN, MIN_LEASE_TTL,
 };
 pub use directory::{DirectoryChange, RoomDirectory};
 pub use error::{ClusterError, ErrorKind};

@@ -201,6 +201,23 @@ impl Cluster {
         })
         .await
     }
+
+    /// Removes `room`'s log entries before sequence `seq` (those a snapshot at `seq` made
+    /// redundant); returns how many were removed.
+    pub async fn purge_before(&self, room: u64, seq: u64) -> Result<u64, ClusterError> {
+        let what = format!("compacting room {room}'s log");
+        self.bounded(&what, async {
+            self.ensure_connected(&what)?;
+            self.rooms()
+                .purge()
+                .filter(self.names().log(room))
+                .sequence(seq)
+                .await
+                .map(|response| response.purged)
+                .map_err(|e| nats::purge(&what, e))
+        })
+        .await
+    }
 }
 
 fn describe(seq: Option<u64>) -> String {

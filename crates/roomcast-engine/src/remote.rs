@@ -14,6 +14,23 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::{ClientEvent, QueryAnswer, RoomQuery, RoomStats};
 
+/// One entry of a room's log (`S`: `&[u8]` to write, `Vec<u8>` to read; the same bytes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum LogFrame<S> {
+    /// Write sets, in order (those queued together: group commit).
+    Sets(Vec<S>),
+    /// Part `part` (from 0) of `parts` of snapshot `id` of the room
+    /// (`roomcast_store::WriteSet::snapshot`): once every part is in the log, the entries
+    /// before the first are redundant. A snapshot whose parts did not all make it (its writer
+    /// died) is ignored.
+    Snapshot {
+        id: u64,
+        part: u32,
+        parts: u32,
+        set: S,
+    },
+}
+
 /// What the nodes where one user has sessions (its devices) tell each other, on the user's
 /// subject.
 #[derive(Debug, Clone, Serialize, Deserialize)]

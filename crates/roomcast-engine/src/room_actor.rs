@@ -747,7 +747,14 @@ impl RoomActor {
             return self.store.commit();
         }
         let me = ctx.address();
-        self.store.submit_or(set, move |_| me.do_send(WriteFailed))
+        let commit = self.store.submit_or(set, move |_| me.do_send(WriteFailed));
+        // Cluster mode: a room's log that grew enough gets a snapshot here, between two of its
+        // writes, so that what came before it can go.
+        let room = self.room.id();
+        if self.store.wants_snapshot(room) {
+            self.store.snapshot_room(room);
+        }
+        commit
     }
 
     /// Where a joiner's local copy starts: the first message replayed to it, or the next one.

@@ -124,7 +124,23 @@ pub trait Replicator: Send + Sync + std::fmt::Debug + 'static {
     fn append(&self, room: Option<RoomId>, entry: Vec<u8>, done: AppendDone);
     /// Calls `done` once every append made before this call is durable (or failed).
     fn barrier(&self, done: AppendDone);
+    /// Whether `room`'s log has grown enough to be compacted ([`Store::snapshot_room`]).
+    fn wants_snapshot(&self, _room: RoomId) -> bool {
+        false
+    }
+    /// Appends, after every append of `room` made before this call, a snapshot of the room
+    /// (`state`, once the store has read it: the room as those appends left it; see
+    /// [`WriteSet::snapshot`]), and then drops the log's entries before it.
+    fn append_snapshot(
+        &self,
+        _room: RoomId,
+        _state: oneshot::Receiver<Result<RoomState, StoreError>>,
+    ) {
+    }
 }
+
+/// Every stored key of one room and its value ([`Reader::room_state`]).
+pub type RoomState = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The value stored for a super admin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +341,30 @@ impl Store {
             Some(log) => Commit::both(local, log),
             None => local,
         }
+    }
+
+    /// Whether `room`'s log in the cluster wants a snapshot ([`Store::snapshot_room`]); never on
+    /// one node.
+    pub fn wants_snapshot(&self, room: RoomId) -> bool {
+        self.inner
+            .replicator
+            .as_ref()
+            .is_some_and(|log| log.wants_snapshot(room))
+    }
+
+    /// Cluster mode: has the cluster's log take a snapshot of `room` at this point of its
+    /// writes (the room's writer calls it between two write sets), so that the entries
+    /// before it can go. The room's state is read on the store's thread, after every write set
+    /// submitted before this call and before any submitted after.
+    pub fn snapshot_room(&self, room: RoomId) {
+        let Some(log) = &self.inner.replicator else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        log.append_snapshot(room, rx);
+        drop(self.read(move |reader| {
+            let _ = tx.send(reader.room_state(room));
+        }));
     }
 
     /// Applies a write set another node appended to a cluster's log (not appended again):
@@ -663,6 +703,40 @@ impl Reader {
             let (key, value) = item?;
             codec::decode_room(&value).map_err(|e| e.at(keys::describe(&key)))
         })
+    }
+
+    /// Every stored key of room `id` and its value: its record, last sequence number, retained
+    /// messages, audit log, idempotency keys and the local copies of it (a snapshot's content,
+    /// see [`WriteSet::snapshot`]).
+    pub fn room_state(&self, id: RoomId) -> Result<RoomState, StoreError> {
+        let mut state = Vec::new();
+        for key in [keys::room(id), keys::seq(id)] {
+            if let Some(value) = self.tree.get(key)? {
+                state.push((key.to_vec(), value.to_vec()));
+            }
+        }
+        let messages = self
+            .tree
+            .range(keys::message(id, 0).to_vec()..keys::message_end(id));
+        let audit = self
+            .tree
+            .range(keys::audit(id, 0)..=keys::audit(id, u64::MAX));
+        for item in messages.chain(audit) {
+            let (key, value) = item?;
+            state.push((key.to_vec(), value.to_vec()));
+        }
+        for item in self.tree.scan_prefix(keys::idempotency_prefix(id)) {
+            let (key, value) = item?;
+            state.push((key.to_vec(), value.to_vec()));
+        }
+        let room = id.as_u64().to_be_bytes();
+        for item in self.tree.scan_prefix([keys::COPY]) {
+            let (key, value) = item?;
+            if key.ends_with(&room) {
+                state.push((key.to_vec(), value.to_vec()));
+            }
+        }
+        Ok(state)
     }
 
     /// The record of room `id`, if stored.

@@ -93,6 +93,28 @@ impl WriteSet {
         codec::decode(RecordKind::WriteSet, bytes)
     }
 
+    /// A snapshot of `room` as write sets of about `max_bytes` each (at least one key each):
+    /// the first deletes what the store held of the room, the others put `state` back
+    /// ([`crate::Reader::room_state`]). Applied in order, they leave the room as it was read.
+    pub fn snapshot(room: RoomId, state: crate::RoomState, max_bytes: usize) -> Vec<WriteSet> {
+        let mut parts = Vec::new();
+        let mut part = WriteSet::new();
+        part.delete_room(room);
+        let mut size = 0;
+        for (key, value) in state {
+            let len = key.len() + value.len() + 16;
+            if size > 0 && size + len > max_bytes {
+                parts.push(std::mem::take(&mut part));
+                part.about(room);
+                size = 0;
+            }
+            size += len;
+            part.ops.push(Op::Put(key, value));
+        }
+        parts.push(part);
+        parts
+    }
+
     /// Stores a room's record.
     pub fn put_room(&mut self, record: &RoomRecord) -> Result<(), StoreError> {
         let value = codec::encode_room(record)?;
@@ -294,6 +316,10 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                         Some(&keys::MESSAGE) | Some(&keys::AUDIT) | Some(&keys::IDEMPOTENCY)
                     ) {
                         put_messages.insert(k.clone());
+                    }
+                    if k.first() == Some(&keys::COPY) {
+                        // A copy put whole (a snapshot): later steps on it see it.
+                        copies.insert(k.clone(), Some(codec::decode(RecordKind::Copy, v)?));
                     }
                     batch.insert(k.as_slice(), v.as_slice())
                 }

@@ -27,9 +27,11 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast_cluster::{Bytes, Cluster, ClusterConfig, ClusterError, ErrorKind, LeaseKeeper};
 use roomcast_model::{ChatError, RoomId, Timestamp, UserId};
-use roomcast_store::{AppendDone, Replicator, StoreError, WriteSet};
+use roomcast_store::{AppendDone, Replicator, RoomState, StoreError, WriteSet};
 
-pub(crate) use crate::remote::{self as wire, Answer, Call, Delivery, Item, Reply, UserNotice};
+pub(crate) use crate::remote::{
+    self as wire, Answer, Call, Delivery, Item, LogFrame, Reply, UserNotice,
+};
 
 use crate::fanout::{Except, RoomShards};
 use crate::session::Session;
@@ -104,7 +106,7 @@ struct RoomLog {
     /// The stream sequence of the room's last entry (`None`: its log is empty).
     expected: Option<u64>,
     running: bool,
-    pending: Vec<(Vec<u8>, AppendDone, u64)>,
+    pending: Vec<Queued>,
     /// Set when an append failed: every later one fails until the room reloads.
     failed: Option<String>,
     /// How many appends were queued, and how many are done (acknowledged or failed).
@@ -116,6 +118,19 @@ struct RoomLog {
     deliveries: std::collections::VecDeque<(u64, Vec<u8>)>,
     /// The room is gone from this node: its entry goes once its queue is empty.
     forgotten: bool,
+    /// Compaction: bytes appended since the room's last snapshot, that snapshot's size, and
+    /// whether one is on its way.
+    since_snapshot: u64,
+    snapshot_bytes: u64,
+    snapshotting: bool,
+}
+
+/// What a room's log has yet to append, in order.
+enum Queued {
+    /// A write set (encoded), told when it is in the log; an id for barriers.
+    Entry(Vec<u8>, AppendDone, u64),
+    /// A snapshot of the room, once the store has read it.
+    Snapshot(tokio::sync::oneshot::Receiver<Result<RoomState, StoreError>>),
 }
 
 /// The store's [`Replicator`] in cluster mode: every write set goes to its room's log.
@@ -147,13 +162,119 @@ impl ClusterLog {
         let _ = self.runtime.set(runtime);
     }
 
-    /// The room's log ends at `last` (replayed): appends continue from there.
-    fn reset(&self, room: u64, last: Option<u64>) {
+    /// The room's log ends at `last` (replayed): appends continue from there. `since_snapshot`
+    /// bytes of it follow its last snapshot, of `snapshot_bytes`.
+    fn reset(&self, room: u64, last: Option<u64>, since_snapshot: u64, snapshot_bytes: u64) {
         let mut rooms = self.rooms.lock();
         let log = rooms.entry(room).or_default();
         log.expected = last;
         log.failed = None;
         log.forgotten = false;
+        log.since_snapshot = since_snapshot;
+        log.snapshot_bytes = snapshot_bytes;
+    }
+
+    /// An append of `room` failed (`why`): the room's log takes nothing more until the room
+    /// reloads, and the node gives the room up.
+    fn failed(&self, room: u64, why: &str) {
+        tracing::error!(room, error = %why, "a room's log refused a write");
+        self.rooms.lock().entry(room).or_default().failed = Some(why.to_string());
+        if room != ENGINE_LOG {
+            if let Some(on_failure) = self.on_failure.get() {
+                on_failure(room);
+            }
+        }
+    }
+
+    /// Appends the snapshot `state` will bring, in parts that each fit one entry, after
+    /// everything appended so far; then removes the log's entries before it.
+    async fn snapshot(
+        &self,
+        cluster: &Cluster,
+        room: u64,
+        state: tokio::sync::oneshot::Receiver<Result<RoomState, StoreError>>,
+        max: usize,
+    ) {
+        let done = |me: &Self, bytes: Option<u64>| {
+            let mut rooms = me.rooms.lock();
+            let log = rooms.entry(room).or_default();
+            log.snapshotting = false;
+            if let Some(bytes) = bytes {
+                log.since_snapshot = 0;
+                log.snapshot_bytes = bytes;
+            }
+        };
+        let state = match state.await {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                tracing::warn!(room, error = %e, "a room's state could not be read for a snapshot");
+                return done(self, None);
+            }
+            Err(_) => return done(self, None),
+        };
+        let mut expected = {
+            let rooms = self.rooms.lock();
+            match rooms.get(&room) {
+                Some(log) if log.failed.is_none() => log.expected,
+                _ => return done(self, None),
+            }
+        };
+        // Room for the frame around each part.
+        let parts = WriteSet::snapshot(RoomId::from_u64(room), state, max.saturating_sub(256));
+        let id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let count = parts.len() as u32;
+        let (mut first, mut bytes) = (None, 0u64);
+        for (part, set) in parts.iter().enumerate() {
+            let frame = set.encode().map_err(|e| e.to_string()).and_then(|set| {
+                wire::encode(&LogFrame::Snapshot {
+                    id,
+                    part: part as u32,
+                    parts: count,
+                    set: set.as_slice(),
+                })
+                .map_err(|e| e.to_string())
+            });
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "a snapshot could not be encoded");
+                    return done(self, None);
+                }
+            };
+            bytes += frame.len() as u64;
+            match append_engine_wide(cluster, room, frame, expected).await {
+                Ok(seq) => {
+                    first.get_or_insert(seq);
+                    let mut rooms = self.rooms.lock();
+                    let log = rooms.entry(room).or_default();
+                    if log.expected == expected {
+                        log.expected = Some(seq);
+                    }
+                    expected = Some(seq);
+                }
+                Err(e) => {
+                    self.failed(room, &e.to_string());
+                    self.failures.fetch_add(1, Ordering::SeqCst);
+                    return done(self, None);
+                }
+            }
+        }
+        done(self, Some(bytes));
+        if let Some(first) = first {
+            match cluster.purge_before(room, first).await {
+                Ok(removed) => {
+                    tracing::debug!(
+                        room,
+                        removed,
+                        snapshot_bytes = bytes,
+                        "compacted a room's log"
+                    )
+                }
+                Err(e) => tracing::warn!(room, error = %e, "a room's log was not compacted"),
+            }
+        }
     }
 
     fn forget(&self, room: u64) {
@@ -219,7 +340,7 @@ impl ClusterLog {
         };
         let max = cluster.max_payload().saturating_sub(64);
         loop {
-            let (batch, expected, failed) = {
+            let next = {
                 let mut rooms = self.rooms.lock();
                 let log = rooms.entry(room).or_default();
                 if log.pending.is_empty() {
@@ -229,26 +350,50 @@ impl ClusterLog {
                     }
                     return;
                 }
-                // As many as fit in one entry (at least one).
+                if matches!(log.pending.first(), Some(Queued::Snapshot(_))) {
+                    Err(log.pending.remove(0))
+                } else {
+                    Ok(())
+                }
+            };
+            if let Err(Queued::Snapshot(state)) = next {
+                self.snapshot(&cluster, room, state, max).await;
+                continue;
+            }
+            let (batch, expected, failed) = {
+                let mut rooms = self.rooms.lock();
+                let log = rooms.entry(room).or_default();
+                // As many as fit in one entry (at least one), up to a snapshot.
                 let mut size = 0;
                 let mut take = 0;
-                for (entry, _, _) in &log.pending {
+                for queued in &log.pending {
+                    let Queued::Entry(entry, _, _) = queued else {
+                        break;
+                    };
                     if take > 0 && size + entry.len() + 16 > max {
                         break;
                     }
                     size += entry.len() + 16;
                     take += 1;
                 }
-                let batch: Vec<_> = log.pending.drain(..take).collect();
+                let batch: Vec<_> = log
+                    .pending
+                    .drain(..take)
+                    .filter_map(|queued| match queued {
+                        Queued::Entry(entry, done, id) => Some((entry, done, id)),
+                        Queued::Snapshot(_) => None,
+                    })
+                    .collect();
                 (batch, log.expected, log.failed.clone())
             };
             let result = match failed {
                 Some(why) => Err(StoreError::Replication(why)),
                 None => {
                     let entries: Vec<&[u8]> = batch.iter().map(|(e, _, _)| e.as_slice()).collect();
-                    match wire::encode(&entries) {
+                    match wire::encode(&LogFrame::Sets(entries)) {
                         Err(e) => Err(StoreError::Replication(e.to_string())),
                         Ok(frame) => {
+                            let len = frame.len() as u64;
                             match append_engine_wide(&cluster, room, frame, expected).await {
                                 Ok(seq) => {
                                     let mut rooms = self.rooms.lock();
@@ -256,18 +401,12 @@ impl ClusterLog {
                                     if log.expected == expected {
                                         log.expected = Some(seq);
                                     }
+                                    log.since_snapshot += len;
                                     Ok(())
                                 }
                                 Err(e) => {
                                     let why = e.to_string();
-                                    tracing::error!(room, error = %why, "a room's log refused a write");
-                                    self.rooms.lock().entry(room).or_default().failed =
-                                        Some(why.clone());
-                                    if room != ENGINE_LOG {
-                                        if let Some(on_failure) = self.on_failure.get() {
-                                            on_failure(room);
-                                        }
-                                    }
+                                    self.failed(room, &why);
                                     Err(StoreError::Replication(why))
                                 }
                             }
@@ -319,12 +458,47 @@ impl Replicator for LogHandle {
         let start = {
             let mut rooms = log.rooms.lock();
             let log = rooms.entry(room).or_default();
-            log.pending.push((entry, done, id));
+            log.pending.push(Queued::Entry(entry, done, id));
             log.queued += 1;
             !std::mem::replace(&mut log.running, true)
         };
         if start {
             // The drain ends by itself once its room's queue is empty.
+            runtime.spawn(log.clone().drain(room));
+        }
+    }
+
+    fn wants_snapshot(&self, room: RoomId) -> bool {
+        let log = &self.0;
+        let Some(cluster) = log.cluster.get() else {
+            return false;
+        };
+        let threshold = cluster.config().compaction_bytes;
+        log.rooms.lock().get(&room.as_u64()).is_some_and(|l| {
+            !l.snapshotting
+                && l.failed.is_none()
+                && l.since_snapshot > threshold.max(l.snapshot_bytes.saturating_mul(2))
+        })
+    }
+
+    fn append_snapshot(
+        &self,
+        room: RoomId,
+        state: tokio::sync::oneshot::Receiver<Result<RoomState, StoreError>>,
+    ) {
+        let log = &self.0;
+        let Some(runtime) = log.runtime.get() else {
+            return;
+        };
+        let room = room.as_u64();
+        let start = {
+            let mut rooms = log.rooms.lock();
+            let log = rooms.entry(room).or_default();
+            log.snapshotting = true;
+            log.pending.push(Queued::Snapshot(state));
+            !std::mem::replace(&mut log.running, true)
+        };
+        if start {
             runtime.spawn(log.clone().drain(room));
         }
     }
@@ -1109,14 +1283,58 @@ impl Node {
                 .apply_replicated(&wipe)
                 .map_err(crate::storage_error)?,
         );
+        let apply = |set: &[u8]| -> Result<(), ChatError> {
+            drop(store.apply_replicated(set).map_err(crate::storage_error)?);
+            Ok(())
+        };
+        // A snapshot applies once all its parts are read (one whose writer died midway never
+        // does: the entries before it are still there).
+        let mut snapshot: Vec<Vec<u8>> = Vec::new();
+        let mut snapshot_of: Option<(u64, u32)> = None;
+        let (mut since_snapshot, mut snapshot_bytes, mut reading) = (0u64, 0u64, 0u64);
         for entry in &entries {
-            let sets: Vec<Vec<u8>> = wire::decode(&entry.payload)?;
-            for set in sets {
-                drop(store.apply_replicated(&set).map_err(crate::storage_error)?);
+            let len = entry.payload.len() as u64;
+            match wire::decode::<LogFrame<Vec<u8>>>(&entry.payload)? {
+                LogFrame::Sets(sets) => {
+                    snapshot.clear();
+                    snapshot_of = None;
+                    for set in &sets {
+                        apply(set)?;
+                    }
+                    since_snapshot += len;
+                }
+                LogFrame::Snapshot {
+                    id,
+                    part,
+                    parts,
+                    set,
+                } => {
+                    if part == 0 {
+                        snapshot.clear();
+                        snapshot_of = Some((id, parts));
+                        reading = 0;
+                    }
+                    if snapshot_of == Some((id, parts)) && part as usize == snapshot.len() {
+                        snapshot.push(set);
+                        reading += len;
+                    } else {
+                        snapshot.clear();
+                        snapshot_of = None;
+                        since_snapshot += len;
+                    }
+                    if snapshot_of.is_some() && snapshot.len() == parts as usize {
+                        for set in snapshot.drain(..) {
+                            apply(&set)?;
+                        }
+                        snapshot_of = None;
+                        (since_snapshot, snapshot_bytes) = (0, reading);
+                    }
+                }
             }
             last = Some(entry.seq);
         }
-        self.log.reset(room.as_u64(), last);
+        self.log
+            .reset(room.as_u64(), last, since_snapshot, snapshot_bytes);
         let record = store
             .read(move |reader| reader.room(room))
             .await
@@ -1585,16 +1803,18 @@ impl Node {
             .map_err(cluster_error)?;
         if entries.is_empty() {
             if applied == 0 {
-                self.log.reset(ENGINE_LOG, None);
+                self.log.reset(ENGINE_LOG, None, 0, 0);
             }
             return Ok(());
         }
         let store = core.store()?;
         let mut last = None;
         for entry in &entries {
-            let sets: Vec<Vec<u8>> = wire::decode(&entry.payload)?;
-            for set in sets {
-                drop(store.apply_replicated(&set).map_err(crate::storage_error)?);
+            // The engine-wide log has no snapshots.
+            if let LogFrame::Sets(sets) = wire::decode::<LogFrame<Vec<u8>>>(&entry.payload)? {
+                for set in sets {
+                    drop(store.apply_replicated(&set).map_err(crate::storage_error)?);
+                }
             }
             last = Some(entry.seq);
         }
@@ -1707,7 +1927,7 @@ impl Node {
                 let keeper = lease.keep_alive();
                 self.watch_lease(room, &keeper);
                 self.owned.lock().insert(room, keeper);
-                self.log.reset(room.as_u64(), None);
+                self.log.reset(room.as_u64(), None, 0, 0);
                 Ok(true)
             }
             Ok(None) => Ok(false),

@@ -454,6 +454,30 @@ impl RoomActor {
         }
     }
 
+    /// Cluster mode: tells `node` that `user`'s session there gets the room's deliveries from
+    /// here on, after the join replay if `replay`.
+    fn publish_joined(&self, user: &UserId, node: &str, replay: bool) {
+        let (joined, at) = (user.clone(), node.to_string());
+        self.publish(|| crate::remote::Delivery::Joined {
+            user: joined,
+            node: at,
+        });
+        if replay {
+            let items: Vec<crate::remote::Item> = self
+                .replay_for(user)
+                .into_iter()
+                .map(crate::remote::Item::Message)
+                .collect();
+            if !items.is_empty() {
+                self.publish(|| crate::remote::Delivery::To {
+                    users: vec![user.clone()],
+                    node: Some(node.to_string()),
+                    items,
+                });
+            }
+        }
+    }
+
     /// Cluster mode: true if members on other nodes may need this room's deliveries (some are
     /// known, or the room was taken over lately and they may not have said so yet).
     fn has_remote(&self) -> bool {
@@ -1426,24 +1450,8 @@ impl Handler<JoinRemote> for RoomActor {
                 // A member already (through another session of its user): this node's session
                 // gets the room's deliveries too.
                 Err(ChatError::AlreadyJoined) => {
-                    let (joined, node) = (user.clone(), msg.node.clone());
-                    act.publish(|| crate::remote::Delivery::Joined { user: joined, node });
-                    // A session new to the room on that node: it gets the join replay.
-                    if was.is_none() {
-                        let replay: Vec<crate::remote::Item> = act
-                            .replay_for(&user)
-                            .into_iter()
-                            .map(crate::remote::Item::Message)
-                            .collect();
-                        if !replay.is_empty() {
-                            let (to, node) = (user.clone(), msg.node.clone());
-                            act.publish(|| crate::remote::Delivery::To {
-                                users: vec![to],
-                                node: Some(node),
-                                items: replay,
-                            });
-                        }
-                    }
+                    // A session new to the room on that node gets the join replay.
+                    act.publish_joined(&user, &msg.node, was.is_none());
                     // Back online through this session, if it is.
                     if act.presence_of(&user).is_none() {
                         let now = act.now();
@@ -1480,22 +1488,7 @@ impl Handler<JoinRemote> for RoomActor {
             act.remote_copies
                 .entry(user.clone())
                 .or_insert((msg.keeps_copy, from));
-            let replay: Vec<crate::remote::Item> = act
-                .replay_for(&user)
-                .into_iter()
-                .map(crate::remote::Item::Message)
-                .collect();
-            let node = msg.node.clone();
-            let joined = user.clone();
-            act.publish(|| crate::remote::Delivery::Joined { user: joined, node });
-            if !replay.is_empty() {
-                let (to, node) = (user.clone(), msg.node.clone());
-                act.publish(|| crate::remote::Delivery::To {
-                    users: vec![to],
-                    node: Some(node),
-                    items: replay,
-                });
-            }
+            act.publish_joined(&user, &msg.node, true);
             if let Some(since) = msg.offline_since {
                 act.presence(
                     Command::SetPresence {

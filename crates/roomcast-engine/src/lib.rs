@@ -129,9 +129,17 @@ pub(crate) struct Shared {
     #[cfg(feature = "cluster")]
     pub(crate) node: std::sync::OnceLock<Arc<cluster::Node>>,
     /// Cluster mode: this node's slot (0 to 1023, unique among the cluster's live nodes): the
-    /// low bits of every message id it makes, so that ids never repeat across nodes.
-    pub(crate) id_slot: std::sync::OnceLock<u64>,
+    /// low bits of every message id it makes, so that ids never repeat across nodes
+    /// ([`NO_SLOT`] on one node). It changes if the node lost its slot to another.
+    pub(crate) id_slot: AtomicU64,
 }
+
+/// [`Shared::id_slot`] of an engine on one node.
+pub(crate) const NO_SLOT: u64 = u64::MAX;
+
+/// [`Shared::id_slot`] of a node that lost its slot's lease (cut off from NATS for a lease
+/// time): it makes no message id until it holds a slot again.
+pub(crate) const SLOT_LOST: u64 = u64::MAX - 1;
 
 impl Shared {
     /// Cluster mode: this node, once the engine joined its cluster.
@@ -150,13 +158,16 @@ impl Shared {
     /// an error, never a repeated one.
     fn next_message_id(&self) -> Result<MessageId, ChatError> {
         let id = self.next_local_id()?;
-        match self.id_slot.get() {
+        match self.id_slot.load(Ordering::SeqCst) {
+            NO_SLOT => Ok(MessageId::from_u64(id)),
+            SLOT_LOST => Err(ChatError::RoomUnavailable(
+                "this node is taking its place in the cluster again (retry)".into(),
+            )),
             // Cluster mode: the node's slot in the low ten bits.
-            Some(slot) => id
+            slot => id
                 .checked_mul(1024)
                 .map(|id| MessageId::from_u64(id | slot))
                 .ok_or_else(|| ChatError::General("message ids are exhausted".into())),
-            None => Ok(MessageId::from_u64(id)),
         }
     }
 
@@ -428,7 +439,7 @@ impl Core {
             api_limiter,
             #[cfg(feature = "cluster")]
             node: std::sync::OnceLock::new(),
-            id_slot: std::sync::OnceLock::new(),
+            id_slot: AtomicU64::new(NO_SLOT),
         });
         let mut runtime = tokio::runtime::Builder::new_multi_thread();
         runtime

@@ -808,7 +808,7 @@ impl Node {
         }));
         // A slot for message ids: a lease of its own, kept as long as the node runs.
         let slot = node.claim_slot().await?;
-        let _ = core.inner.shared.id_slot.set(slot);
+        core.inner.shared.id_slot.store(slot, Ordering::SeqCst);
         // A node id is one process's: refused if another answers to it already.
         if node.forward(&node.me.clone(), &Call::Ping).await.is_ok() {
             return Err(ChatError::InvalidParam(format!(
@@ -1877,6 +1877,13 @@ impl Node {
             let _ = status
                 .wait_for(|s| matches!(s, roomcast_cluster::LeaseStatus::Lost(_)))
                 .await;
+            // No message id from a slot another node may hold now.
+            if let Some(inner) = weak.as_ref().and_then(|w| w.upgrade()) {
+                inner
+                    .shared
+                    .id_slot
+                    .store(crate::SLOT_LOST, Ordering::SeqCst);
+            }
             loop {
                 let Some(core) = weak.as_ref().and_then(|w| w.upgrade()).map(|inner| Core { inner }) else {
                     return;
@@ -1890,11 +1897,27 @@ impl Node {
                         let keeper = lease.keep_alive();
                         node.watch_slot(slot, &keeper);
                         *node.slot.lock() = Some(keeper);
+                        core.inner.shared.id_slot.store(slot, Ordering::SeqCst);
                         tracing::info!(node = %node.me, "back in the cluster; telling the rooms' owners who is in");
                         node.mark_all_stale();
                         node.resync_all(&core).await;
                         return;
                     }
+                    // Another node took the slot meanwhile: this one takes a free one, so that
+                    // their message ids never meet.
+                    Err(e) if e.kind() == ErrorKind::LeaseHeld => match node.claim_slot().await {
+                        Ok(new) => {
+                            core.inner.shared.id_slot.store(new, Ordering::SeqCst);
+                            tracing::warn!(node = %node.me, old = slot, new, "the node's id slot was taken while it was away: it took another");
+                            node.mark_all_stale();
+                            node.resync_all(&core).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "taking another id slot failed");
+                            tokio::time::sleep(node.cluster.config().lease_ttl / 4).await;
+                        }
+                    },
                     Err(e) => {
                         tracing::debug!(error = %e, "taking the node's slot again failed");
                         tokio::time::sleep(node.cluster.config().lease_ttl / 4).await;

@@ -49,6 +49,11 @@ pub struct ClusterConfig {
     /// owner appends a new snapshot of the room and removes the entries before it. A node that
     /// takes the room replays from the snapshot on.
     pub compaction_bytes: u64,
+    /// How many copies JetStream keeps of the cluster's streams and buckets (default 1, at
+    /// most 5): more than one needs a NATS cluster of at least that many servers, and survives
+    /// the loss of all but a majority of them. Used when the streams are made (by the first
+    /// node); an existing stream keeps its own.
+    pub replicas: usize,
 }
 
 impl ClusterConfig {
@@ -65,6 +70,7 @@ impl ClusterConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             compaction_bytes: DEFAULT_COMPACTION_BYTES,
+            replicas: 1,
         }
     }
 
@@ -86,6 +92,12 @@ impl ClusterConfig {
         self
     }
 
+    /// The same configuration with another `replicas`.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// Checks every field; [`Cluster::connect`](crate::Cluster::connect) calls it first.
     pub fn validate(&self) -> Result<(), ClusterError> {
         if self.servers.is_empty() || self.servers.iter().any(|s| s.trim().is_empty()) {
@@ -101,6 +113,12 @@ impl ClusterConfig {
         }
         if self.request_timeout.is_zero() {
             return Err(invalid("request_timeout must not be zero"));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(invalid(format!(
+                "replicas must be 1 to 5, got {}",
+                self.replicas
+            )));
         }
         Ok(())
     }
@@ -139,7 +157,13 @@ mod tests {
         let c = config();
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.request_timeout, Duration::from_secs(2));
+        assert_eq!((c.compaction_bytes, c.replicas), (4 << 20, 1));
         c.validate().unwrap();
+        for bad in [0, 6] {
+            let e = config().with_replicas(bad).validate().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{e}");
+        }
+        config().with_replicas(3).validate().unwrap();
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Cluster {
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            num_replicas: self.config().replicas,
             discard: stream::DiscardPolicy::New,
             allow_rollup: true,
             deny_delete: true,

@@ -3914,3 +3914,49 @@ async fn a_compacted_log_keeps_the_room_whole_across_a_takeover() {
     assert!(!e.is_delivery_failure(), "muted after the takeover: {e}");
     b.shutdown().await;
 }
+
+/// A room whose members are all offline and exempt sleeps after its idle time, unless one of
+/// them is on another node: its owner's node keeps it in memory, and when that admin comes
+/// back online on node b, b's session gets the room's messages live. A room with members on
+/// its own node only still sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dormant_room_with_a_member_on_another_node_stays_awake() {
+    let server = server!();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mk = |id: &'static str| {
+        let clock = clock.clone();
+        let server = &server;
+        async move { node_with(server, "dormant", id, |b| b.clock(clock)).await }
+    };
+    let a = mk("a").await;
+    let b = mk("b").await;
+    let (host, room) = room_on(&a, "dormant").await;
+    let adm = b.login("adm").await.unwrap();
+    join(&adm, room).await;
+    host.chat_room_manager()
+        .add_chat_room_admin(&room, "adm")
+        .await
+        .unwrap();
+    let seen = Seen::of(&adm);
+    adm.disconnect().unwrap();
+    host.disconnect().unwrap();
+    // Two idle times: the room is idle for at least one whole one at the second sweep. A room
+    // made between them, with its owner offline, sleeps at the second: a sweep ran.
+    clock.advance(Duration::from_secs(6 * 60));
+    host.chat_room_manager()
+        .create_chat_room(CreateChatRoomOptions::new("lonely"))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(6 * 60));
+    wait_until("the lonely room sleeps", || async {
+        a.rooms_in_memory() == 1
+    })
+    .await;
+    adm.reconnect().unwrap();
+    host.reconnect().unwrap();
+    let m = send_ok(&host, room, "you there?").await;
+    seen.wait_message("the admin on b gets it live", |x| x.seq() == m.seq())
+        .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1858,11 +1858,14 @@ impl Handler<Hibernate> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Hibernate, ctx: &mut Context<Self>) {
-        // A room with messages still held for review stays until they are out.
+        // A room with messages still held for review stays until they are out. Cluster mode:
+        // one with members on other nodes stays too (a restarted room knows only this node's
+        // sessions, and would not hear from theirs).
         if !self.room.is_dormant()
             || !self.staff_batch.is_empty()
             || !self.held.is_empty()
             || self.poisoned
+            || !self.remote.is_empty()
         {
             return;
         }

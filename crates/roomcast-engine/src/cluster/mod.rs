@@ -2000,6 +2000,12 @@ async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
         let ordered = matches!(call, Call::Presence { .. } | Call::Rejoin { .. });
         let work = async move {
             let mut reply: Reply = FORWARDED.scope((), core.serve_call(call)).await;
+            if let Err(ChatError::EngineStopped) = reply {
+                // This engine is going, not the caller's: the room will be elsewhere (retry).
+                reply = Err(ChatError::RoomUnavailable(
+                    "the room's node is stopping; the room moves (retry)".into(),
+                ));
+            }
             let max = node_max_payload(&core);
             reply = match reply {
                 Ok(Answer::History(page))

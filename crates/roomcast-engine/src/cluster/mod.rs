@@ -677,12 +677,14 @@ impl Mirror {
         }
     }
 
-    /// Its members, each with its presence in the room (`None`: online).
+    /// Its members (those whose `Joined` delivery is still to come too: the owner answered
+    /// their join), each with its presence in the room (`None`: online).
     fn members_with_presence(&self) -> Vec<(UserId, Option<Timestamp>)> {
-        self.state
-            .lock()
+        let state = self.state.lock();
+        state
             .members
             .values()
+            .chain(state.awaiting.values())
             .filter_map(|s| {
                 s.room_presence(self.room)
                     .map(|since| (s.user().clone(), since))

@@ -1756,15 +1756,10 @@ async fn the_owners_node_then_a_members_node_cut_off_in_turn() {
 /// once, history is complete"): "a member never sees live a message that history does not hold
 /// under the same seq"; members resume from history after their last seq without gaps.
 ///
-/// The member on b holds. The member on a, the owner's own node, does not: the owner delivers
-/// to its own members before the log acknowledged the write (as one node delivers before its
-/// flush); when the cut makes that append fail, the sender gets 903 and the next owner gives
-/// the seq to another message. In 11 of 12 rounds over 5 runs (every run failed):
-/// `round 0: oa: seq 32 live Some("ua 11"), in history Some("sc 9")`. A client that resumes
-/// from history after its last seq never learns of the real seq 32. (oa is also dropped from
-/// the room by the cut, see `a_cut_off_owners_users_are_still_members_after_the_heal`, yet is
-/// told `on_chat_room_recovered` twice.)
-#[ignore = "FAILS: a cut-off owner's own members get live messages the log never took; their seqs go to other messages"]
+/// This failed (11 of 12 rounds over 5 runs) while the owner delivered to its own members
+/// before the log acknowledged the write: `round 0: oa: seq 32 live Some("ua 11"), in history
+/// Some("sc 9")`. In cluster mode a node's members now get a room's deliveries once the log
+/// holds the writes before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_off_owners_own_members_see_only_what_history_holds() {
     let server = server!();
@@ -1867,14 +1862,10 @@ async fn a_cut_off_owners_own_members_see_only_what_history_holds() {
 /// room's order): whatever a member gets live, history holds under the same seq; gaps only with
 /// `on_chat_room_recovered` after them.
 ///
-/// The member on b holds. The member on a (the owner's own node) does not, in every run (7 of
-/// 7), with no failover at all: at each blip the append fails, the room restarts from the log
-/// and gives the seqs its members already got to other messages (or to the same text sent
-/// again, under a new id). oa got, e.g.:
-/// `oa: seq 32 live Some("sa 11"), in history Some("sa 11")` (another id), `oa: 32 after 32`
-/// (seq 32 twice), `oa: seq 63 live Some("sb 18"), in history Some("sc 17")` and
-/// `oa: seq 64 live Some("sc 17"), in history Some("sb 18")` (two messages swapped).
-#[ignore = "FAILS: a blip on the owner's connection: its own members get seqs twice, under other messages than history's"]
+/// This failed in every run (7 of 7) while the owner delivered to its own members before the
+/// log acknowledged the write: at each blip the append failed, the room restarted from the log
+/// and gave the seqs its members already got to other messages (`oa: 32 after 32`, `oa: seq 63
+/// live Some("sb 18"), in history Some("sc 17")`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn short_blips_on_the_owners_connection_members_see_only_what_history_holds() {
     let server = server!();

@@ -304,6 +304,11 @@ pub(crate) struct RoomActor {
     staff_flush_scheduled: bool,
     /// The room's members per delivery shard (broadcasts go to shards with members).
     shards: crate::fanout::RoomShards,
+    /// Cluster mode: what this node's members get, waiting for the room's log to hold the
+    /// writes made before it (`queued` appends at the time), in order; see [`RoomActor::fan`].
+    deferred: std::collections::VecDeque<(u64, FanOp)>,
+    /// This actor, for the log's wake-ups (set when it starts).
+    me: Option<actix::WeakAddr<RoomActor>>,
     /// Set while a join is applied if the joiner's session was offline when it entered, with
     /// when its grace period starts.
     joined_offline: Option<(UserId, i64)>,
@@ -411,6 +416,8 @@ impl RoomActor {
         let shards = start.shared.fanout.room_shards();
         RoomActor {
             shards,
+            deferred: std::collections::VecDeque::new(),
+            me: None,
             recent: start.recent,
             room: start.room,
             initial: start.sessions,
@@ -837,7 +844,8 @@ impl RoomActor {
         }
         let room_id = self.room.id();
         let shared = &self.shared;
-        let fanout = &shared.fanout;
+        // This node's deliveries, in order (see `fan`).
+        let mut ops = FanOps::default();
         if let Some(session) = joining {
             if !fx.joined.is_empty() {
                 let from = self.copy_from();
@@ -846,7 +854,7 @@ impl RoomActor {
                     // Away since before it entered: its grace period here starts now.
                     self.joined_offline = Some((session.user().clone(), since.max(self.now())));
                 }
-                fanout.add(room_id, session.clone(), &mut self.shards);
+                ops.push(FanOp::Add(session.clone()));
             }
         }
         // Cluster mode: what the members on other nodes get, in the room's order.
@@ -865,7 +873,7 @@ impl RoomActor {
             }
             if let Some(session) = shared.session_of(&user).filter(|s| s.is_in(room_id)) {
                 session.exited(room_id);
-                fanout.remove(room_id, &session, &mut self.shards);
+                ops.push(FanOp::Remove(session.clone()));
                 gone.insert(user, session);
             }
         }
@@ -922,13 +930,13 @@ impl RoomActor {
             }
             let item = ClientEvent::Room(Arc::new(out.event));
             match out.to {
-                Audience::Members => fanout.broadcast(room_id, item, Except::NONE, &self.shards),
+                Audience::Members => ops.push(FanOp::Broadcast(item, Except::NONE)),
                 Audience::MembersExcept(users) => {
                     debug_assert!(users.len() <= 2, "a broadcast skips at most two members");
                     let ids = users
                         .iter()
                         .filter_map(|u| member(u).map(|m| m.mailbox().id()));
-                    fanout.broadcast(room_id, item, Except::of(ids), &self.shards);
+                    ops.push(FanOp::Broadcast(item, Except::of(ids)));
                 }
                 Audience::StaffExcept(users) => {
                     self.staff_batch.push((item, users));
@@ -936,7 +944,7 @@ impl RoomActor {
                 Audience::Users(users) => {
                     for user in users {
                         if let Some(m) = member(&user) {
-                            fanout.send_to(m, vec![item.clone()]);
+                            ops.push(FanOp::SendTo(m, vec![item.clone()]));
                         }
                     }
                 }
@@ -946,7 +954,7 @@ impl RoomActor {
                         // removal (a kicked admin hears it was demoted, then removed).
                         if self.room.is_member(&user) || gone.contains_key(&user) {
                             if let Some(m) = member(&user) {
-                                fanout.send_to(m, vec![item.clone()]);
+                                ops.push(FanOp::SendTo(m, vec![item.clone()]));
                             }
                         }
                     }
@@ -983,7 +991,10 @@ impl RoomActor {
                     if *staff != *message.from() && self.room.is_member(staff) {
                         if let Some(m) = shared.session_of(staff) {
                             got.push(m.mailbox().id());
-                            fanout.send_to(m, vec![ClientEvent::Message(message.clone())]);
+                            ops.push(FanOp::SendTo(
+                                m,
+                                vec![ClientEvent::Message(message.clone())],
+                            ));
                         }
                     }
                 }
@@ -1023,7 +1034,10 @@ impl RoomActor {
                 for staff in std::iter::once(&record.owner).chain(&record.admins) {
                     if self.room.is_member(staff) {
                         if let Some(m) = member(staff) {
-                            fanout.send_to(m, vec![ClientEvent::Message(message.clone())]);
+                            ops.push(FanOp::SendTo(
+                                m,
+                                vec![ClientEvent::Message(message.clone())],
+                            ));
                         }
                     }
                 }
@@ -1042,7 +1056,7 @@ impl RoomActor {
                     });
                 }
                 let except = Except::of(sender);
-                fanout.broadcast(room_id, ClientEvent::Message(message), except, &self.shards);
+                ops.push(FanOp::Broadcast(ClientEvent::Message(message), except));
             }
         }
         for (user, kind) in &fx.cancelled {
@@ -1053,7 +1067,7 @@ impl RoomActor {
         }
         if fx.destroyed {
             shared.timers.cancel_room(room_id);
-            fanout.drop_room(room_id);
+            ops.push(FanOp::DropRoom);
             if remote_on {
                 out_remote.push(crate::remote::Delivery::Destroyed);
             }
@@ -1066,6 +1080,7 @@ impl RoomActor {
                 }
             }
         }
+        self.fan_all(ops);
         if self.staff_batch.len() >= STAFF_BATCH_MAX {
             self.flush_staff_batch();
         }
@@ -1104,12 +1119,10 @@ impl RoomActor {
                 item: crate::remote::Item::Message(released),
                 except,
             });
-            self.shared.fanout.broadcast(
-                room_id,
+            self.fan(FanOp::Broadcast(
                 ClientEvent::Message(message.released()),
                 skip,
-                &self.shards,
-            );
+            ));
         }
         if let Some(at) = self.held.front().and_then(|(m, _)| m.held_until()) {
             self.shared
@@ -1128,6 +1141,7 @@ impl RoomActor {
         }
         let batch = std::mem::take(&mut self.staff_batch);
         let record = self.room.record();
+        let mut ops = FanOps::default();
         for staff in std::iter::once(&record.owner).chain(&record.admins) {
             if !self.room.is_member(staff) {
                 continue;
@@ -1140,8 +1154,9 @@ impl RoomActor {
                 .filter(|(_, except)| !except.contains(staff))
                 .map(|(item, _)| item.clone())
                 .collect();
-            self.shared.fanout.send_batch_to(session, items);
+            ops.push(FanOp::SendBatch(session, items));
         }
+        self.fan_all(ops);
     }
 
     /// Applies a presence change or check; these have no caller to answer.
@@ -1186,13 +1201,11 @@ impl RoomActor {
                 joiner.entered(room_id, from, None);
                 // What a joiner gets first: the newest messages.
                 let replay = self.replay_for(&user);
-                self.shared.fanout.send_to(
+                self.fan(FanOp::SendTo(
                     joiner.clone(),
                     replay.into_iter().map(ClientEvent::Message).collect(),
-                );
-                self.shared
-                    .fanout
-                    .add(room_id, joiner.clone(), &mut self.shards);
+                ));
+                self.fan(FanOp::Add(joiner.clone()));
                 return Err(ChatError::AlreadyJoined);
             }
             other => other?,
@@ -1216,7 +1229,7 @@ impl RoomActor {
                 }
             }
         }
-        self.shared.fanout.send_to(joiner, recent);
+        self.fan(FanOp::SendTo(joiner, recent));
         // The session was offline when it entered (a user joining without a live client): it
         // starts its grace period now. Later changes reach the room as `PresenceChanged`.
         if let Some((offline, since)) = self.joined_offline.take() {
@@ -1289,6 +1302,7 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address().downgrade());
         let room_id = self.room.id();
         let initial = std::mem::take(&mut self.initial);
         let from = self.room.last_seq() + 1;
@@ -1310,9 +1324,7 @@ impl Actor for RoomActor {
                 };
                 offline.push((session.user().clone(), since));
             }
-            self.shared
-                .fanout
-                .add(room_id, session.clone(), &mut self.shards);
+            self.fan(FanOp::Add(session.clone()));
         }
         for (user, since) in offline {
             self.presence(
@@ -1370,12 +1382,10 @@ impl Actor for RoomActor {
                 room_id,
                 last_seq: self.room.last_seq(),
             };
-            self.shared.fanout.broadcast(
-                room_id,
+            self.fan(FanOp::Broadcast(
                 ClientEvent::Room(Arc::new(event)),
                 Except::NONE,
-                &self.shards,
-            );
+            ));
         }
         self.entry.set_member_count(self.room.member_count());
         tracing::debug!(room = %room_id, "room actor started");
@@ -1383,6 +1393,165 @@ impl Actor for RoomActor {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         self.exit.clean = !self.poisoned;
+        // What this node's members were still to get (a destroyed room's last events): it goes
+        // once the log holds it, or never if the log refused it.
+        #[cfg(feature = "cluster")]
+        if let (Some(node), Some((last, _))) = (self.shared.node(), self.deferred.back()) {
+            let (last, room) = (*last, self.room.id());
+            let ops = std::mem::take(&mut self.deferred);
+            let mut shards = std::mem::replace(&mut self.shards, self.shared.fanout.room_shards());
+            let fanout = self.shared.fanout.clone();
+            node.when_logged(
+                room,
+                last,
+                Box::new(move |ok| {
+                    if ok {
+                        for (_, op) in ops {
+                            op.apply(&fanout, room, &mut shards);
+                        }
+                    }
+                }),
+            );
+        }
+    }
+}
+
+/// One step of delivering to this node's members (see [`RoomActor::fan`]).
+pub(crate) enum FanOp {
+    Add(Arc<Session>),
+    Remove(Arc<Session>),
+    Broadcast(ClientEvent, Except),
+    SendTo(Arc<Session>, Vec<ClientEvent>),
+    SendBatch(Arc<Session>, Arc<[ClientEvent]>),
+    DropRoom,
+}
+
+impl FanOp {
+    fn apply(
+        self,
+        fanout: &crate::fanout::Fanout,
+        room: RoomId,
+        shards: &mut crate::fanout::RoomShards,
+    ) {
+        match self {
+            FanOp::Add(member) => fanout.add(room, member, shards),
+            FanOp::Remove(member) => fanout.remove(room, &member, shards),
+            FanOp::Broadcast(item, except) => fanout.broadcast(room, item, except, shards),
+            FanOp::SendTo(member, items) => fanout.send_to(member, items),
+            FanOp::SendBatch(member, items) => fanout.send_batch_to(member, items),
+            FanOp::DropRoom => fanout.drop_room(room),
+        }
+    }
+}
+
+/// Cluster mode: the room's log holds what some deferred deliveries were waiting for.
+#[derive(Message)]
+#[rtype(result = "()")]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+struct Logged;
+
+impl Handler<Logged> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Logged, _: &mut Context<Self>) {
+        self.flush_deferred();
+    }
+}
+
+impl RoomActor {
+    /// Delivers to this node's members. On one node at once; in cluster mode once the room's
+    /// log holds every write this room made before (so that no member here sees what a next
+    /// owner would not find in the log: a message whose append failed is never shown), in
+    /// the order the room made them.
+    fn fan(&mut self, op: FanOp) {
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.shared.node() {
+            let room = self.room.id();
+            let (queued, done) = node.log_progress(room);
+            if !self.deferred.is_empty() || done.is_none_or(|d| d < queued) {
+                let first = self.deferred.is_empty();
+                self.deferred.push_back((queued, op));
+                if first {
+                    self.wake_when_logged(queued);
+                }
+                return;
+            }
+        }
+        let room = self.room.id();
+        op.apply(&self.shared.fanout, room, &mut self.shards);
+    }
+
+    /// Each of `ops`, in order (see [`RoomActor::fan`]).
+    fn fan_all(&mut self, ops: FanOps) {
+        for op in ops {
+            self.fan(op);
+        }
+    }
+
+    /// Cluster mode: asks the log for a wake-up once it holds `watermark` appends.
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables, dead_code))]
+    fn wake_when_logged(&self, watermark: u64) {
+        #[cfg(feature = "cluster")]
+        if let (Some(node), Some(me)) = (self.shared.node(), self.me.clone()) {
+            node.when_logged(
+                self.room.id(),
+                watermark,
+                Box::new(move |ok| {
+                    // If an append failed the room is given up: what waited is never shown.
+                    if ok {
+                        if let Some(me) = me.upgrade() {
+                            me.do_send(Logged);
+                        }
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Delivers what the log now covers, and waits for the rest.
+    fn flush_deferred(&mut self) {
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.shared.node() {
+            let room = self.room.id();
+            let Some(done) = node.log_progress(room).1 else {
+                self.deferred.clear();
+                return;
+            };
+            while self.deferred.front().is_some_and(|(w, _)| *w <= done) {
+                if let Some((_, op)) = self.deferred.pop_front() {
+                    op.apply(&self.shared.fanout, room, &mut self.shards);
+                }
+            }
+            if let Some(&(next, _)) = self.deferred.front() {
+                self.wake_when_logged(next);
+            }
+        }
+    }
+}
+
+/// The fan-out steps of one command, in order: one without allocating (most commands).
+#[derive(Default)]
+pub(crate) struct FanOps {
+    first: Option<FanOp>,
+    rest: Vec<FanOp>,
+}
+
+impl FanOps {
+    fn push(&mut self, op: FanOp) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(op);
+        } else {
+            self.rest.push(op);
+        }
+    }
+}
+
+impl IntoIterator for FanOps {
+    type Item = FanOp;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<FanOp>, std::vec::IntoIter<FanOp>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
     }
 }
 
@@ -1648,6 +1817,8 @@ impl Handler<Evict> for RoomActor {
 
     fn handle(&mut self, _: Evict, ctx: &mut Context<Self>) {
         tracing::info!(room = %self.room.id(), "the room moved to another node; its actor stops here");
+        // What waited for the log is not this node's to deliver any more.
+        self.deferred.clear();
         self.shared.fanout.drop_room(self.room.id());
         ctx.stop();
     }
@@ -1866,6 +2037,7 @@ impl Handler<Hibernate> for RoomActor {
             || !self.held.is_empty()
             || self.poisoned
             || !self.remote.is_empty()
+            || !self.deferred.is_empty()
         {
             return;
         }

@@ -116,6 +116,9 @@ struct RoomLog {
     /// delivery leaves for the other nodes only once the log holds what it tells, so that no
     /// node ever shows a message that a new owner would not find in the log.
     deliveries: std::collections::VecDeque<(u64, Vec<u8>)>,
+    /// Callbacks waiting for the appends queued before them (`queued` at the time): told
+    /// `true` once those are in the log, `false` if one of them failed.
+    waiters: std::collections::VecDeque<(u64, LogWaiter)>,
     /// The room is gone from this node: its entry goes once its queue is empty.
     forgotten: bool,
     /// Compaction: bytes appended since the room's last snapshot, that snapshot's size, and
@@ -124,6 +127,9 @@ struct RoomLog {
     snapshot_bytes: u64,
     snapshotting: bool,
 }
+
+/// Told whether the appends it waited for are in the log ([`ClusterLog::when_logged`]).
+pub(crate) type LogWaiter = Box<dyn FnOnce(bool) + Send>;
 
 /// What a room's log has yet to append, in order.
 enum Queued {
@@ -178,7 +184,15 @@ impl ClusterLog {
     /// reloads, and the node gives the room up.
     fn failed(&self, room: u64, why: &str) {
         tracing::error!(room, error = %why, "a room's log refused a write");
-        self.rooms.lock().entry(room).or_default().failed = Some(why.to_string());
+        let told: Vec<LogWaiter> = {
+            let mut rooms = self.rooms.lock();
+            let log = rooms.entry(room).or_default();
+            log.failed = Some(why.to_string());
+            log.waiters.drain(..).map(|(_, w)| w).collect()
+        };
+        for waiter in told {
+            waiter(false);
+        }
         if room != ENGINE_LOG {
             if let Some(on_failure) = self.on_failure.get() {
                 on_failure(room);
@@ -280,7 +294,11 @@ impl ClusterLog {
     fn forget(&self, room: u64) {
         let mut rooms = self.rooms.lock();
         if let Some(log) = rooms.get_mut(&room) {
-            if !log.running && log.pending.is_empty() && log.deliveries.is_empty() {
+            if !log.running
+                && log.pending.is_empty()
+                && log.deliveries.is_empty()
+                && log.waiters.is_empty()
+            {
                 rooms.remove(&room);
             } else {
                 // Its last appends and deliveries go first.
@@ -310,9 +328,54 @@ impl ClusterLog {
         }
     }
 
+    /// Where `room`'s appends stand: how many were queued, and how many are done (`None` if one
+    /// failed: the room is given up).
+    pub(crate) fn progress(&self, room: u64) -> (u64, Option<u64>) {
+        match self.rooms.lock().get(&room) {
+            Some(log) => (log.queued, log.failed.is_none().then_some(log.done)),
+            None => (0, Some(0)),
+        }
+    }
+
+    /// Calls `then(true)` once every append of `room` queued so far (up to `watermark`, a
+    /// `queued` count from [`ClusterLog::progress`]) is in the log, at once if they are;
+    /// `then(false)` if one of them failed.
+    pub(crate) fn when_logged(&self, room: u64, watermark: u64, then: LogWaiter) {
+        let now = {
+            let mut rooms = self.rooms.lock();
+            match rooms.get_mut(&room) {
+                Some(log) if log.failed.is_some() => Some(false),
+                Some(log) if log.done < watermark => {
+                    log.waiters.push_back((watermark, then));
+                    return;
+                }
+                _ => Some(true),
+            }
+        };
+        if let Some(ok) = now {
+            then(ok);
+        }
+    }
+
     /// After appends of `room` are done: the deliveries they were waiting for leave (or are
-    /// dropped, if an append failed).
-    fn release(&self, room: u64, log: &mut RoomLog) {
+    /// dropped, if an append failed), and the waiters they held are returned, to be told
+    /// outside the lock.
+    fn release(&self, room: u64, log: &mut RoomLog) -> Vec<(LogWaiter, bool)> {
+        let mut told = Vec::new();
+        if log.failed.is_some() {
+            told.extend(log.waiters.drain(..).map(|(_, w)| (w, false)));
+        } else {
+            while log.waiters.front().is_some_and(|(w, _)| *w <= log.done) {
+                if let Some((_, w)) = log.waiters.pop_front() {
+                    told.push((w, true));
+                }
+            }
+        }
+        self.release_deliveries(room, log);
+        told
+    }
+
+    fn release_deliveries(&self, room: u64, log: &mut RoomLog) {
         if log.failed.is_some() {
             if !log.deliveries.is_empty() {
                 tracing::warn!(
@@ -417,11 +480,14 @@ impl ClusterLog {
             if result.is_err() {
                 self.failures.fetch_add(1, Ordering::SeqCst);
             }
-            {
+            let told = {
                 let mut rooms = self.rooms.lock();
                 let log = rooms.entry(room).or_default();
                 log.done += batch.len() as u64;
-                self.release(room, log);
+                self.release(room, log)
+            };
+            for (waiter, ok) in told {
+                waiter(ok);
             }
             let mut ids = Vec::with_capacity(batch.len());
             for (_, done, id) in batch {
@@ -1001,6 +1067,17 @@ impl Node {
             mirror.stop();
         }
         self.log.forget(room.as_u64());
+    }
+
+    /// Where `room`'s log stands: appends queued, and appends done (`None` once one failed).
+    pub(crate) fn log_progress(&self, room: RoomId) -> (u64, Option<u64>) {
+        self.log.progress(room.as_u64())
+    }
+
+    /// Calls `then(true)` once `room`'s log holds its first `watermark` appends (or
+    /// `then(false)` if one failed); see [`ClusterLog::when_logged`].
+    pub(crate) fn when_logged(&self, room: RoomId, watermark: u64, then: LogWaiter) {
+        self.log.when_logged(room.as_u64(), watermark, then);
     }
 
     /// Publishes `delivery` on `room`'s subject, after everything published before it, once the

@@ -401,7 +401,7 @@ impl RoomActor {
         let mut taken_over = false;
         #[cfg(feature = "cluster")]
         if let Some(node) = start.shared.node() {
-            taken_over = node.recently_taken(start.room.id());
+            taken_over = node.take_fresh(start.room.id());
         }
         let mut start = start;
         start
@@ -458,6 +458,15 @@ impl RoomActor {
             if let Some(node) = self.shared.node() {
                 node.publish(self.room.id(), &delivery());
             }
+        }
+    }
+
+    /// Cluster mode: publishes `delivery` for other nodes even if no member there is known.
+    #[allow(unused_variables)]
+    fn publish_to_nodes(&self, delivery: crate::remote::Delivery) {
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.shared.node() {
+            node.publish(self.room.id(), &delivery);
         }
     }
 
@@ -1706,14 +1715,15 @@ impl Handler<Rejoin> for RoomActor {
         self.guarded(ctx, |act, ctx| {
             let mut back = Vec::new();
             let taken = act.taken_over && act.heard_from.insert(msg.node.clone());
+            // Not members any more: their node lets them go (those removed as offline while
+            // their node was away are told so, as a member back online is on one node).
+            let (mut out, mut offline_out) = (Vec::new(), Vec::new());
             for (user, offline_since) in msg.members {
                 if !act.room.is_member(&user) {
-                    // Back after the room changed owners, or after its node was counted gone;
-                    // not someone who left or was removed meanwhile.
-                    if !taken && !act.lapsed.remove(&user) {
-                        continue;
-                    }
-                    // Never someone blocked or banned from rejoining.
+                    let lapsed = act.lapsed.remove(&user);
+                    // Back after the room changed owners (membership is not in the log): in
+                    // again, unless blocked or banned from rejoining. Anyone else left or was
+                    // removed while their node was away.
                     let now = act.now();
                     let banned = act
                         .room
@@ -1722,7 +1732,11 @@ impl Handler<Rejoin> for RoomActor {
                         .rejoin_banned_until
                         .get(&user)
                         .is_some_and(|&until| until > now);
-                    if banned || act.room.is_blocked(&user, now) {
+                    if !taken || banned || act.room.is_blocked(&user, now) {
+                        if lapsed {
+                            offline_out.push(user.clone());
+                        }
+                        out.push(user);
                         continue;
                     }
                     act.room.restore_member(user.clone());
@@ -1737,6 +1751,25 @@ impl Handler<Rejoin> for RoomActor {
                     .or_default()
                     .insert(msg.node.clone(), offline_since);
                 back.push(user);
+            }
+            if !out.is_empty() {
+                let (room_id, room_name) = (act.room.id(), act.room.record().spec.name.clone());
+                for user in offline_out {
+                    let event = ChatRoomEvent::RemovedFromChatRoom {
+                        room_id,
+                        room_name: room_name.clone(),
+                        participant: user.clone(),
+                        reason: roomcast_model::LeaveReason::Offline,
+                        operator: None,
+                        operator_reason: None,
+                    };
+                    act.publish_to_nodes(crate::remote::Delivery::To {
+                        users: vec![user],
+                        node: Some(msg.node.clone()),
+                        items: vec![crate::remote::Item::Event(event)],
+                    });
+                }
+                act.publish_to_nodes(crate::remote::Delivery::Left { users: out });
             }
             if back.is_empty() {
                 return;

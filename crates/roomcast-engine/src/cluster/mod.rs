@@ -810,6 +810,10 @@ pub(crate) struct Node {
     /// Rooms this node took over, and when: their deliveries are published for a while even
     /// before the other nodes told who of theirs is in them.
     taken: Mutex<HashMap<RoomId, Instant>>,
+    /// Rooms this node took over whose actor has not started since: the first actor after a
+    /// takeover restores the members each other node says it has (membership is not in the
+    /// log), however late that node tells.
+    fresh: Mutex<std::collections::HashSet<RoomId>>,
     /// The other nodes with members in rooms this node owns (which rooms), and how many times
     /// in a row each did not answer a ping.
     member_nodes: Mutex<HashMap<String, MemberNode>>,
@@ -861,6 +865,7 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             slot: Mutex::new(None),
             taken: Mutex::new(HashMap::new()),
+            fresh: Mutex::new(std::collections::HashSet::new()),
             member_nodes: Mutex::new(HashMap::new()),
             outages: AtomicU64::new(0),
             users: Mutex::new(HashMap::new()),
@@ -1250,6 +1255,11 @@ impl Node {
         }
     }
 
+    /// True once after this node took `room` over: for the room's first actor since.
+    pub(crate) fn take_fresh(&self, room: RoomId) -> bool {
+        self.fresh.lock().remove(&room)
+    }
+
     /// True if this node holds `room`'s lease.
     pub(crate) fn owns(&self, room: RoomId) -> bool {
         self.owned
@@ -1441,6 +1451,7 @@ impl Node {
         }
         if !entries.is_empty() {
             self.taken.lock().insert(room, Instant::now());
+            self.fresh.lock().insert(room);
             tracing::info!(room = %room, entries = entries.len(), node = %self.me, "took over a room");
             self.publish(
                 room,
@@ -1486,6 +1497,7 @@ impl Node {
         let Some(keeper) = self.owned.lock().remove(&room) else {
             return;
         };
+        self.fresh.lock().remove(&room);
         // Released if still held (a lease lost already is not ours to release).
         self.runtime.spawn(async move {
             let _ = keeper.release().await;
@@ -2056,6 +2068,7 @@ impl Node {
         });
         self.log.forget(room.as_u64());
         self.summaries.lock().remove(&room);
+        self.fresh.lock().remove(&room);
     }
 }
 

@@ -286,6 +286,14 @@ pub(crate) enum Delivery {
         node: Option<String>,
         items: Vec<Item>,
     },
+    /// The join replay of `user`'s session on `node`, right after its `Joined`: delivered only
+    /// if that `Joined` is what made the session a member there (a session already fed with
+    /// the room live has these, or newer).
+    Replay {
+        user: UserId,
+        node: String,
+        items: Vec<Item>,
+    },
     /// Node `node` owns the room now (it took it over): the other nodes tell it who of theirs
     /// is in the room.
     Owner { node: String },

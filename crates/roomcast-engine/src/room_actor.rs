@@ -485,9 +485,9 @@ impl RoomActor {
                 .map(crate::remote::Item::Message)
                 .collect();
             if !items.is_empty() {
-                self.publish(|| crate::remote::Delivery::To {
-                    users: vec![user.clone()],
-                    node: Some(node.to_string()),
+                self.publish(|| crate::remote::Delivery::Replay {
+                    user: user.clone(),
+                    node: node.to_string(),
                     items,
                 });
             }

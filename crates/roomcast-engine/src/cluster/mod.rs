@@ -623,6 +623,9 @@ struct MirrorState {
     shards: RoomShards,
     /// Joins on their way to the owner (the mirror stays while one is).
     joining: usize,
+    /// Sessions a `Joined` delivery just made members: their `Replay` (which comes next) is
+    /// theirs; cleared by the next broadcast.
+    fresh: std::collections::HashSet<UserId>,
     /// Local sessions whose join the owner answered, waiting for its `Joined` delivery: a
     /// joiner is fed from that point of the room's deliveries on, after the room's messages it
     /// gets in its join replay (the answer may overtake deliveries published before it).
@@ -660,9 +663,30 @@ impl Mirror {
         match delivery {
             Delivery::Joined { user, node: at } => {
                 if *at == *node.me {
-                    let awaiting = self.state.lock().awaiting.remove(&user);
+                    let (awaiting, was) = {
+                        let mut state = self.state.lock();
+                        (
+                            state.awaiting.remove(&user),
+                            state.members.contains_key(&user),
+                        )
+                    };
                     if let Some(session) = awaiting.or_else(|| shared.session_of(&user)) {
                         self.add(shared, session);
+                        if !was {
+                            self.state.lock().fresh.insert(user);
+                        }
+                    }
+                }
+            }
+            Delivery::Replay {
+                user,
+                node: at,
+                items,
+            } => {
+                if *at == *node.me && self.state.lock().fresh.contains(&user) {
+                    if let Some(session) = shared.session_of(&user) {
+                        let items = items.into_iter().map(Item::into_event).collect();
+                        shared.fanout.send_to(session, items);
                     }
                 }
             }
@@ -674,7 +698,8 @@ impl Mirror {
                 }
             }
             Delivery::Broadcast { item, except } => {
-                let state = self.state.lock();
+                let mut state = self.state.lock();
+                state.fresh.clear();
                 // Most skip one or two (a message's sender): kept inline, no allocation.
                 let mut ids = except
                     .iter()
@@ -1095,6 +1120,18 @@ impl Node {
             }
             Ok(_) => match delivery {
                 // Too big as one (a replay of big messages): one item at a time.
+                Delivery::Replay { user, node, items } if items.len() > 1 => {
+                    for item in items {
+                        self.publish(
+                            room,
+                            &Delivery::Replay {
+                                user: user.clone(),
+                                node: node.clone(),
+                                items: vec![item.clone()],
+                            },
+                        );
+                    }
+                }
                 Delivery::To { users, node, items } if items.len() > 1 => {
                     for item in items {
                         self.publish(
@@ -1556,6 +1593,7 @@ impl Node {
                 shards: core.inner.shared.fanout.room_shards(),
                 joining: 0,
                 awaiting: HashMap::new(),
+                fresh: std::collections::HashSet::new(),
             }),
             task: Mutex::new(None),
         });

@@ -2284,15 +2284,10 @@ async fn history_pages_of_big_messages_from_other_nodes_match_the_owners() {
 /// asked for from the cursor of the one before)"): node b's member gets the same replay and the
 /// same page as node a's.
 ///
-/// Observed (every run, 3 of 3): on b the join succeeds but the replay never comes (0 of 45
-/// messages, no error, no missed notice; live messages after it do arrive), and the history
-/// page fails with 903 "room ... is not reachable now (retry): ... calling node "a": NATS did
-/// not answer (request timed out)" after 8 s (four routes of 2 s each), every time it is
-/// retried. Both work up to about 4 MiB in all (40 such messages; eight of 500,000 bytes) and
-/// fail past it (45; nine of 500,000 bytes), whatever the page size, so the parts are not the
-/// limit: the whole answer is.
+/// This failed (3 of 3) while a delivery or an answer over the record limit (4 MiB) was not
+/// split: the replay never came to b, and the page failed with 903 after 8 s. Now both come in
+/// parts, and b's member gets its replay at once, with its last part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: a join replay or history page over ~4 MiB to another node: replay silently lost, page 903 after 8 s"]
 async fn a_replay_and_a_page_over_four_mib_reach_another_node() {
     let server = server!();
     let limits = harness_limits()

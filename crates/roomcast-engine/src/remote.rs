@@ -293,6 +293,9 @@ pub(crate) enum Delivery {
         user: UserId,
         node: String,
         items: Vec<Item>,
+        /// More parts of it follow (a replay too big for one NATS message): the node delivers
+        /// the whole replay at once, with its last part.
+        more: bool,
     },
     /// Node `node` owns the room now (it took it over): the other nodes tell it who of theirs
     /// is in the room.

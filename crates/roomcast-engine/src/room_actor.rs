@@ -489,6 +489,7 @@ impl RoomActor {
                     user: user.clone(),
                     node: node.to_string(),
                     items,
+                    more: false,
                 });
             }
         }

@@ -623,9 +623,12 @@ struct MirrorState {
     shards: RoomShards,
     /// Joins on their way to the owner (the mirror stays while one is).
     joining: usize,
-    /// Sessions a `Joined` delivery just made members: their `Replay` (which comes next) is
-    /// theirs; cleared by the next broadcast.
-    fresh: std::collections::HashSet<UserId>,
+    /// Sessions a `Joined` delivery just made members, with the parts of their `Replay` (which
+    /// comes next) received so far; cleared by the next broadcast.
+    fresh: HashMap<UserId, Vec<ClientEvent>>,
+    /// The newest message broadcast so far: one that comes again, or late (published by an
+    /// owner as it lost NATS, sent on its reconnection), is not delivered again.
+    last_message: u64,
     /// Local sessions whose join the owner answered, waiting for its `Joined` delivery: a
     /// joiner is fed from that point of the room's deliveries on, after the room's messages it
     /// gets in its join replay (the answer may overtake deliveries published before it).
@@ -673,7 +676,7 @@ impl Mirror {
                     if let Some(session) = awaiting.or_else(|| shared.session_of(&user)) {
                         self.add(shared, session);
                         if !was {
-                            self.state.lock().fresh.insert(user);
+                            self.state.lock().fresh.insert(user, Vec::new());
                         }
                     }
                 }
@@ -682,12 +685,24 @@ impl Mirror {
                 user,
                 node: at,
                 items,
+                more,
             } => {
-                if *at == *node.me && self.state.lock().fresh.contains(&user) {
-                    if let Some(session) = shared.session_of(&user) {
-                        let items = items.into_iter().map(Item::into_event).collect();
-                        shared.fanout.send_to(session, items);
+                if *at != *node.me {
+                    return;
+                }
+                let whole = {
+                    let mut state = self.state.lock();
+                    let Some(parts) = state.fresh.get_mut(&user) else {
+                        return;
+                    };
+                    parts.extend(items.into_iter().map(Item::into_event));
+                    if more {
+                        return;
                     }
+                    std::mem::take(parts)
+                };
+                if let Some(session) = shared.session_of(&user) {
+                    shared.fanout.send_to(session, whole);
                 }
             }
             Delivery::Left { users } => {
@@ -700,6 +715,13 @@ impl Mirror {
             Delivery::Broadcast { item, except } => {
                 let mut state = self.state.lock();
                 state.fresh.clear();
+                if let Item::Message(m) = &item {
+                    if m.seq() <= state.last_message {
+                        tracing::debug!(room = %self.room, seq = m.seq(), "a message that came before, or late, is dropped");
+                        return;
+                    }
+                    state.last_message = m.seq();
+                }
                 // Most skip one or two (a message's sender): kept inline, no allocation.
                 let mut ids = except
                     .iter()
@@ -1118,16 +1140,24 @@ impl Node {
             Ok(frame) if frame.len() <= self.cluster.max_payload() => {
                 self.log.publish(room, frame);
             }
-            Ok(_) => match delivery {
+            // Too big as one NATS message, or as one record (4 MiB).
+            _ => match delivery {
                 // Too big as one (a replay of big messages): one item at a time.
-                Delivery::Replay { user, node, items } if items.len() > 1 => {
-                    for item in items {
+                Delivery::Replay {
+                    user,
+                    node,
+                    items,
+                    more,
+                } if items.len() > 1 => {
+                    let last = items.len() - 1;
+                    for (i, item) in items.iter().enumerate() {
                         self.publish(
                             room,
                             &Delivery::Replay {
                                 user: user.clone(),
                                 node: node.clone(),
                                 items: vec![item.clone()],
+                                more: *more || i < last,
                             },
                         );
                     }
@@ -1145,10 +1175,9 @@ impl Node {
                     }
                 }
                 _ => {
-                    tracing::error!(room = %room, "a delivery is too big for NATS; members on other nodes miss it")
+                    tracing::error!(room = %room, "a delivery is too big for NATS, or could not be encoded; members on other nodes miss it")
                 }
             },
-            Err(e) => tracing::error!(room = %room, error = %e, "a delivery could not be encoded"),
         }
     }
 
@@ -1340,6 +1369,7 @@ impl Node {
                     Ok(false) => {
                         drop(self.runtime.spawn(async move { keeper.release().await }));
                         self.owners.lock().remove(&room);
+                        self.gone_from_log(core, room);
                         return Err(ChatError::RoomNotExist(room.to_string()));
                     }
                     Err(e) => {
@@ -1365,6 +1395,36 @@ impl Node {
                 ))),
             },
             Err(e) => Err(cluster_error(e)),
+        }
+    }
+
+    /// `room`'s log holds no room (it was destroyed; its owner may have died before it told
+    /// the other nodes): this node's members of it are told, as they would have been.
+    fn gone_from_log(&self, core: &Core, room: RoomId) {
+        let shared = &core.inner.shared;
+        let mirror = self.mirrors.lock().get(&room).cloned();
+        if let Some(mirror) = mirror {
+            let room_name = shared
+                .directory
+                .get(room)
+                .map(|e| e.summary().name)
+                .unwrap_or_default();
+            let event = roomcast_model::ChatRoomEvent::ChatRoomDestroyed {
+                room_id: room,
+                room_name,
+            };
+            mirror.apply(
+                self,
+                shared,
+                Delivery::Broadcast {
+                    item: Item::Event(event),
+                    except: Vec::new(),
+                },
+            );
+            mirror.apply(self, shared, Delivery::Destroyed);
+        }
+        if let Some(entry) = shared.directory.get(room) {
+            shared.directory.mark_destroyed(&entry);
         }
     }
 
@@ -1593,7 +1653,8 @@ impl Node {
                 shards: core.inner.shared.fanout.room_shards(),
                 joining: 0,
                 awaiting: HashMap::new(),
-                fresh: std::collections::HashSet::new(),
+                fresh: HashMap::new(),
+                last_message: 0,
             }),
             task: Mutex::new(None),
         });
@@ -2138,14 +2199,15 @@ async fn serve(node: Weak<Node>, mut requests: roomcast_cluster::NodeRequests) {
             }
             let max = node_max_payload(&core);
             reply = match reply {
+                // Too big for one NATS message, or for one record (4 MiB): in parts.
                 Ok(Answer::History(page))
-                    if wire::encode(&page).is_ok_and(|f| f.len() > max.saturating_sub(64)) =>
+                    if wire::encode(&page).map_or(true, |f| f.len() > max.saturating_sub(64)) =>
                 {
                     Ok(Answer::HistoryPart(fitting_part(page, max)))
                 }
                 other => other,
             };
-            if wire::encode(&reply).is_ok_and(|f| f.len() > max) {
+            if wire::encode(&reply).map_or(true, |f| f.len() > max) {
                 reply = Err(ChatError::InvalidParam(format!(
                     "the answer is larger than a NATS message ({max} bytes): ask for a smaller page"
                 )));

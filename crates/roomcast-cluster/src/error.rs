@@ -81,6 +81,8 @@ pub struct ClusterError {
     owner: Option<String>,
     last_seq: Option<u64>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
+    /// Known not to have reached NATS (the connection was down when the call was made).
+    pub(crate) not_sent: bool,
 }
 
 impl ClusterError {
@@ -91,7 +93,14 @@ impl ClusterError {
             owner: None,
             last_seq: None,
             source: None,
+            not_sent: false,
         }
+    }
+
+    /// True if the call is known not to have reached NATS (the connection was down when it
+    /// was made): an [`ErrorKind::Unavailable`] write without it may still have been stored.
+    pub fn was_not_sent(&self) -> bool {
+        self.not_sent
     }
 
     pub(crate) fn with_source(

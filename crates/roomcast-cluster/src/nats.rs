@@ -127,10 +127,12 @@ pub(crate) fn disconnected(what: &str, state: &State) -> ClusterError {
         State::Connected => "connected",
         State::Disconnected => "disconnected (reconnecting)",
     };
-    ClusterError::new(
+    let mut error = ClusterError::new(
         ErrorKind::Unavailable,
         format!("{what}: the connection to NATS is {state}"),
-    )
+    );
+    error.not_sent = true;
+    error
 }
 
 fn server(what: &str, source: impl StdError + Send + Sync + 'static) -> ClusterError {

@@ -349,6 +349,8 @@ pub(crate) fn storage_error(e: StoreError) -> ChatError {
         StoreError::Replication(why) => {
             ChatError::RoomUnavailable(format!("the cluster's log did not take the write: {why}"))
         }
+        // The outcome is unknown, as for a call that timed out: 901.
+        StoreError::ReplicationUnknown(_) => ChatError::Timeout(std::time::Duration::ZERO),
         e => ChatError::Storage(roomcast_model::StorageFailure::new(e.to_string(), e)),
     }
 }

@@ -24,10 +24,14 @@ pub enum StoreError {
     /// The store's committer has stopped (the store is closing).
     #[error("the store is closed")]
     Closed,
-    /// The cluster's log did not take the write (unreachable, timed out, or this node no
-    /// longer owns the room): it is not durable, and the room reloads from the log.
+    /// The cluster's log did not take the write (unreachable, or this node no longer owns the
+    /// room): it is not durable, and the room reloads from the log.
     #[error("the cluster's log did not take the write: {0}")]
     Replication(String),
+    /// The cluster's log did not answer the write in time: it may still have taken it (the
+    /// room reloads from the log, which decides).
+    #[error("the cluster's log did not answer the write in time: {0}")]
+    ReplicationUnknown(String),
 }
 
 impl StoreError {

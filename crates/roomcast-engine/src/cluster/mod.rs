@@ -470,7 +470,13 @@ impl ClusterLog {
                                 Err(e) => {
                                     let why = e.to_string();
                                     self.failed(room, &why);
-                                    Err(StoreError::Replication(why))
+                                    // Refused (fenced): not taken. Anything else (no answer in
+                                    // time, the connection lost): it may have been.
+                                    if e.kind() == ErrorKind::Unavailable && !e.was_not_sent() {
+                                        Err(StoreError::ReplicationUnknown(why))
+                                    } else {
+                                        Err(StoreError::Replication(why))
+                                    }
                                 }
                             }
                         }

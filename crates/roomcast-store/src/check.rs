@@ -104,6 +104,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
     let mut messages: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut audit: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut idempotency: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
+    let mut departures: Vec<(Vec<u8>, Vec<u8>, RoomId)> = Vec::new();
     let mut errors = 0;
     let mut stored_mark = 0u64;
     let mut iter = tree.iter();
@@ -215,6 +216,17 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
                     Err(e) => report.problem(&what, e.to_string()),
                 }
             }
+            Some(&keys::DEPARTURE) => {
+                match codec::decode::<crate::Departure>(RecordKind::Departure, &value) {
+                    Ok(d) if key[..] == keys::departure(d.room, &d.user)[..] => {
+                        departures.push((key.to_vec(), value.to_vec(), d.room));
+                    }
+                    Ok(d) => {
+                        report.problem(&what, format!("holds a departure from room {}", d.room))
+                    }
+                    Err(e) => report.problem(&what, e.to_string()),
+                }
+            }
             _ => report.problem(&what, "unknown kind of record"),
         }
     }
@@ -263,6 +275,15 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
             break;
         }
     }
+    for (_, _, room) in &departures {
+        if !rooms.contains_key(room) {
+            report.problem(
+                format!("departures from room {room}"),
+                "belong to no readable room",
+            );
+            break;
+        }
+    }
     for room in seqs.keys() {
         if !rooms.contains_key(room) {
             report.problem(
@@ -272,7 +293,7 @@ fn scan(dir: &Path, into: Option<&sled::Tree>) -> Result<CheckReport, StoreError
         }
     }
     if let Some(t) = into {
-        for (key, value, room) in audit.into_iter().chain(idempotency) {
+        for (key, value, room) in audit.into_iter().chain(idempotency).chain(departures) {
             if rooms.contains_key(&room) {
                 t.insert(key, value)?;
             }

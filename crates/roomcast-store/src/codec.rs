@@ -66,6 +66,8 @@ pub enum RecordKind {
     WriteSet = 14,
     /// A frame between the nodes of a cluster (a call, its answer, a room's delivery).
     ClusterFrame = 15,
+    /// Cluster mode: a member's departure from a room ([`crate::Departure`]).
+    Departure = 16,
 }
 
 fn config() -> impl bincode::config::Config {

@@ -12,6 +12,7 @@
 //! | `a` + user id | a super admin |
 //! | `l` + room id + entry number (8 bytes BE) | an entry of the room's audit log ([`roomcast_model::AuditEntry`]) |
 //! | `i` + room id + sender + `0x00` + key | a message's idempotency key ([`crate::IdempotencyRecord`]) |
+//! | `d` + room id + user id | cluster mode: a member's latest departure from the room ([`crate::Departure`]) |
 //! | `w` | the write mark: write groups applied, ever (`u64`) |
 //!
 //! Room ids and sequence numbers are big-endian, so a room's messages are one contiguous range
@@ -26,6 +27,7 @@ pub(crate) const COPY: u8 = b'c';
 pub(crate) const ADMIN: u8 = b'a';
 pub(crate) const AUDIT: u8 = b'l';
 pub(crate) const IDEMPOTENCY: u8 = b'i';
+pub(crate) const DEPARTURE: u8 = b'd';
 /// The write mark: how many write groups the store has applied, ever (see `mark.rs`).
 pub(crate) const MARK: &[u8] = b"w";
 
@@ -90,6 +92,22 @@ pub(crate) fn idempotency_prefix(room: RoomId) -> [u8; 9] {
     k
 }
 
+/// `user`'s departure from `room`.
+pub(crate) fn departure(room: RoomId, user: &UserId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + user.as_str().len());
+    k.push(DEPARTURE);
+    k.extend_from_slice(&room.as_u64().to_be_bytes());
+    k.extend_from_slice(user.as_str().as_bytes());
+    k
+}
+
+/// The prefix of every departure key of `room`.
+pub(crate) fn departure_prefix(room: RoomId) -> [u8; 9] {
+    let mut k = [DEPARTURE; 9];
+    k[1..].copy_from_slice(&room.as_u64().to_be_bytes());
+    k
+}
+
 pub(crate) fn admin(user: &UserId) -> Vec<u8> {
     let mut k = Vec::with_capacity(user.as_str().len() + 1);
     k.push(ADMIN);
@@ -97,7 +115,7 @@ pub(crate) fn admin(user: &UserId) -> Vec<u8> {
     k
 }
 
-/// The room id in a `r`, `q`, `m`, `l` or `i` key.
+/// The room id in a `r`, `q`, `m`, `l`, `i` or `d` key.
 pub(crate) fn room_of(key: &[u8]) -> Option<RoomId> {
     key.get(1..9)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -142,6 +160,11 @@ pub(crate) fn describe(key: &[u8]) -> String {
             seq_of(key).map_or_else(|| "?".into(), |s| s.to_string())
         ),
         Some(&IDEMPOTENCY) => format!("idempotency key of room {}", fmt_room(key)),
+        Some(&DEPARTURE) => format!(
+            "departure of {} from room {}",
+            String::from_utf8_lossy(key.get(9..).unwrap_or_default()),
+            fmt_room(key)
+        ),
         _ if key == MARK => "write mark".into(),
         _ => format!("unknown key {key:?}"),
     }

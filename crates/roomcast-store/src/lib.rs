@@ -725,7 +725,11 @@ impl Reader {
             let (key, value) = item?;
             state.push((key.to_vec(), value.to_vec()));
         }
-        for item in self.tree.scan_prefix(keys::idempotency_prefix(id)) {
+        for item in self
+            .tree
+            .scan_prefix(keys::idempotency_prefix(id))
+            .chain(self.tree.scan_prefix(keys::departure_prefix(id)))
+        {
             let (key, value) = item?;
             state.push((key.to_vec(), value.to_vec()));
         }
@@ -868,6 +872,17 @@ impl Reader {
             .collect()
     }
 
+    /// Cluster mode: the departures of `room`'s members kept ([`Departure`]), in user order.
+    pub fn departures(&self, room: RoomId) -> Result<Vec<Departure>, StoreError> {
+        self.tree
+            .scan_prefix(keys::departure_prefix(room))
+            .map(|item| {
+                let (key, value) = item?;
+                codec::decode(RecordKind::Departure, &value).map_err(|e| e.at(keys::describe(&key)))
+            })
+            .collect()
+    }
+
     /// The super admins, in id order.
     pub fn super_admins(&self) -> Result<Vec<UserId>, StoreError> {
         self.tree
@@ -975,6 +990,28 @@ pub struct IdempotencyRecord {
     pub seq: u64,
     /// When the room accepted it (engine clock, ms): the window runs from here.
     pub at: roomcast_model::Timestamp,
+}
+
+/// Cluster mode: a member's latest departure from a room (it left, or was kicked, blocked or
+/// removed as offline), kept in the room's log so that a node that missed it (cut off from the
+/// cluster) cannot bring the member back after the room changed owners. Written with the
+/// departure; removed when old enough or with the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    /// The room.
+    pub room: RoomId,
+    /// The member who went.
+    pub user: UserId,
+    /// Where it stands among the room's membership changes: the owner's term (its lease's
+    /// revision when it took the room) and a count within the term. A member that joined at a
+    /// lower mark is out.
+    pub mark: (u64, u64),
+    /// When (engine clock, ms).
+    pub at: roomcast_model::Timestamp,
+    /// Why: `None` if it left, else why it was removed.
+    pub reason: Option<roomcast_model::LeaveReason>,
+    /// Who removed it, if someone did.
+    pub operator: Option<UserId>,
 }
 
 #[cfg(test)]

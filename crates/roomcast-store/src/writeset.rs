@@ -185,6 +185,21 @@ impl WriteSet {
         Ok(())
     }
 
+    /// Cluster mode: stores a member's departure from a room (replacing its previous one).
+    pub fn put_departure(&mut self, record: &crate::Departure) -> Result<(), StoreError> {
+        let value = codec::encode(RecordKind::Departure, record)?;
+        self.about(record.room);
+        self.ops
+            .push(Op::Put(keys::departure(record.room, &record.user), value));
+        Ok(())
+    }
+
+    /// Cluster mode: forgets a member's departure from a room (it is old enough).
+    pub fn remove_departure(&mut self, room: RoomId, user: &UserId) {
+        self.about(room);
+        self.ops.push(Op::Remove(keys::departure(room, user)));
+    }
+
     /// Forgets an idempotency key (its window ended).
     pub fn remove_idempotency(&mut self, room: RoomId, from: &UserId, key: &str) {
         self.about(room);
@@ -295,12 +310,13 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                 None => None,
             })
         };
-        // Messages put earlier in this batch: retention and deletion later in it see them too.
-        let mut put_messages: std::collections::BTreeSet<Vec<u8>> = Default::default();
+        // Messages (and audit entries, idempotency keys) put earlier in this batch, with their
+        // values: retention, deletion and recalls later in it see them too.
+        let mut put_messages: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
         let unput = |batch: &mut Resolved,
-                     put: &mut std::collections::BTreeSet<Vec<u8>>,
+                     put: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
                      range: std::ops::Range<Vec<u8>>| {
-            let mine: Vec<Vec<u8>> = put.range(range).cloned().collect();
+            let mine: Vec<Vec<u8>> = put.range(range).map(|(k, _)| k.clone()).collect();
             for key in mine {
                 put.remove(&key);
                 batch.remove(key);
@@ -313,9 +329,12 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                 Op::Put(k, v) => {
                     if matches!(
                         k.first(),
-                        Some(&keys::MESSAGE) | Some(&keys::AUDIT) | Some(&keys::IDEMPOTENCY)
+                        Some(&keys::MESSAGE)
+                            | Some(&keys::AUDIT)
+                            | Some(&keys::IDEMPOTENCY)
+                            | Some(&keys::DEPARTURE)
                     ) {
-                        put_messages.insert(k.clone());
+                        put_messages.insert(k.clone(), v.clone());
                     }
                     if k.first() == Some(&keys::COPY) {
                         // A copy put whole (a snapshot): later steps on it see it.
@@ -323,7 +342,13 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                     }
                     batch.insert(k.as_slice(), v.as_slice())
                 }
-                Op::Remove(k) => batch.remove(k.as_slice()),
+                Op::Remove(k) => {
+                    // A message removed here stays removed for a recall later in the batch.
+                    if put_messages.remove(k).is_some() || k.first() == Some(&keys::MESSAGE) {
+                        gone.insert(sled::IVec::from(k.as_slice()));
+                    }
+                    batch.remove(k.as_slice())
+                }
                 &Op::DeleteRoom(room) => {
                     batch.remove(&keys::room(room));
                     batch.remove(&keys::seq(room));
@@ -354,6 +379,14 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                     let mut end = prefix.to_vec();
                     end.push(0xff);
                     unput(&mut batch, &mut put_messages, prefix.to_vec()..end);
+                    // And its members' departures.
+                    let prefix = keys::departure_prefix(room);
+                    for key in tree.scan_prefix(prefix).keys() {
+                        batch.remove(key?);
+                    }
+                    let mut end = prefix.to_vec();
+                    end.push(0xff);
+                    unput(&mut batch, &mut put_messages, prefix.to_vec()..end);
                 }
                 &Op::TrimBefore(room, seq) => {
                     for key in tree
@@ -368,19 +401,25 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                     unput(&mut batch, &mut put_messages, below);
                 }
                 Op::Recall(room, seq, recall) => {
-                    // Read from the tree: a message is never put and recalled by one batch (the
-                    // room reads it from the store before it recalls it); but retention or the
-                    // room's deletion earlier in the batch may have removed it.
+                    // The message as the steps before this one left it: put earlier in the batch
+                    // (a cluster's log replayed, or a group commit, holds a message and its
+                    // recall together), else from the tree, unless retention or the room's
+                    // deletion earlier in the batch removed it.
                     let key = keys::message(*room, *seq);
-                    let value = match tree.get(key)? {
-                        Some(value) if !gone.contains(&key[..]) => Some(value),
-                        _ => None,
+                    let value = match put_messages.get(&key[..]) {
+                        Some(value) => Some(sled::IVec::from(value.as_slice())),
+                        None => match tree.get(key)? {
+                            Some(value) if !gone.contains(&key[..]) => Some(value),
+                            _ => None,
+                        },
                     };
                     if let Some(value) = value {
                         let mut message = codec::decode_message(&value)
                             .map_err(|e| e.at(keys::describe(&key)))?;
                         message.recall(recall.clone());
-                        batch.insert(key.to_vec(), codec::encode_message(&message)?);
+                        let value = codec::encode_message(&message)?;
+                        put_messages.insert(key.to_vec(), value.clone());
+                        batch.insert(key.to_vec(), value);
                     }
                 }
                 &Op::TrimOlderThan(room, before) => {
@@ -392,6 +431,21 @@ pub(crate) fn batch_of(sets: &[WriteSet], tree: &sled::Tree) -> Result<Resolved,
                             break;
                         }
                         gone.insert(key.clone());
+                        batch.remove(key);
+                    }
+                    // And those put earlier in this batch.
+                    let mut older = Vec::new();
+                    for (key, value) in
+                        put_messages.range(keys::message(room, 0).to_vec()..keys::message_end(room))
+                    {
+                        let message =
+                            codec::decode_message(value).map_err(|e| e.at(keys::describe(key)))?;
+                        if message.server_time < before {
+                            older.push(key.clone());
+                        }
+                    }
+                    for key in older {
+                        put_messages.remove(&key);
                         batch.remove(key);
                     }
                 }

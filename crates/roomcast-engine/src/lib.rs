@@ -976,8 +976,10 @@ impl Core {
                     Ok(Some(remote::Answer::Joined {
                         room: info,
                         copy_from,
+                        mark,
                     })) => {
                         let now = session.entered(room, copy_from, reservation.as_mut());
+                        session.confirm_room_mark(room, mark);
                         node.after_remote_join(self, &mirror, session, true);
                         if now != offline_since {
                             // Its presence changed during the call: the owner hears it now.
@@ -1010,10 +1012,17 @@ impl Core {
                 }
             }
         }
+        #[allow(unused_mut)]
+        let mut seen_through = None;
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.node() {
+            seen_through = node.take_unanswered_join(room, session.user());
+        }
         let msg = Join {
             session: session.clone(),
             reservation,
             attach,
+            seen_through,
         };
         self.room_call(room, msg).await
     }

@@ -135,11 +135,12 @@ pub(crate) enum Call {
         node: String,
         offline_since: Option<Timestamp>,
     },
-    /// A room changed owners: node `node` still has these members in it.
+    /// A room changed owners: node `node` still has these members in it, each with its
+    /// presence there and the mark at which the room last confirmed it (`Session::room_mark`).
     Rejoin {
         room: RoomId,
         node: String,
-        members: Vec<(UserId, Option<Timestamp>)>,
+        members: Vec<RejoiningMember>,
     },
 }
 
@@ -168,6 +169,16 @@ impl Call {
     }
 }
 
+/// A member a node reports after a change of owners (see [`Call::Rejoin`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RejoiningMember {
+    pub(crate) user: UserId,
+    /// `None`: online there.
+    pub(crate) offline_since: Option<Timestamp>,
+    /// Where the room last confirmed it (`None`: never).
+    pub(crate) mark: Option<(u64, u64)>,
+}
+
 /// A call's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Answer {
@@ -175,6 +186,8 @@ pub(crate) enum Answer {
     Joined {
         room: ChatRoom,
         copy_from: u64,
+        /// Where the room stands among its membership changes (`Session::room_mark`).
+        mark: (u64, u64),
     },
     Room(ChatRoom),
     Message(ChatMessage),
@@ -274,9 +287,18 @@ impl Item {
 pub(crate) enum Delivery {
     /// `user`'s session on `node` is a member now: its node delivers the room's broadcasts to
     /// it from here on.
-    Joined { user: UserId, node: String },
-    /// These users are no longer members.
-    Left { users: Vec<UserId> },
+    Joined {
+        user: UserId,
+        node: String,
+        /// Where the room stands among its membership changes (`Session::room_mark`).
+        mark: (u64, u64),
+    },
+    /// These users are no longer members (their sessions on `node` only, if given: a node
+    /// that reported members who were not, after a change of owners or an outage).
+    Left {
+        users: Vec<UserId>,
+        node: Option<String>,
+    },
     /// To every member but `except`.
     Broadcast { item: Item, except: Vec<UserId> },
     /// To these users (on `node` only, if given), members or not (a removed member hears of

@@ -45,12 +45,16 @@ pub(crate) struct Join {
     /// Cluster mode: only if the user is a member already (through a session on another
     /// node): this node's session gets the room's deliveries too. `NotJoined` if not a member.
     pub(crate) attach: bool,
+    /// Cluster mode: the session got the room's messages up to this sequence number already
+    /// (its join reached the room's previous owner, which fed it, then died before it
+    /// answered, and this node took the room): its replay holds only later ones.
+    pub(crate) seen_through: Option<u64>,
 }
 
 /// Cluster mode: `user`, whose session is on node `node`, joins; answers the room as it sees it
 /// and where its local copy starts.
 #[derive(Message)]
-#[rtype(result = "Result<Answer<(ChatRoom, u64)>, ChatError>")]
+#[rtype(result = "Result<Answer<(ChatRoom, u64, (u64, u64))>, ChatError>")]
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) struct JoinRemote {
     pub(crate) user: UserId,
@@ -77,7 +81,7 @@ pub(crate) struct RemotePresence {
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) struct Rejoin {
     pub(crate) node: String,
-    pub(crate) members: Vec<(UserId, Option<Timestamp>)>,
+    pub(crate) members: Vec<crate::remote::RejoiningMember>,
 }
 
 /// Cluster mode: node `node` is gone (it stopped answering): its sessions' members are offline
@@ -342,13 +346,50 @@ pub(crate) struct RoomActor {
     lapsed: std::collections::HashSet<UserId>,
     /// True while a grace period's end is applied.
     expiring: bool,
-    /// Cluster mode: this actor started on a node that took the room over; the first word from
-    /// each other node about who of its sessions is in the room is taken as it is.
-    taken_over: bool,
-    /// The nodes that told this actor who of theirs is in the room.
-    heard_from: std::collections::HashSet<String>,
     /// When each other node last spoke to this room (a join, a rejoin, a presence change).
     last_heard: HashMap<String, std::time::Instant>,
+    /// Cluster mode: where the room stands among its membership changes, `(term, count)`: the
+    /// term is the revision of this node's lease when it took the room (later owners have
+    /// later terms), the count goes up with each departure. A member's session remembers the
+    /// mark at which the room last confirmed it (`Session::room_mark`).
+    mark: (u64, u64),
+    /// Cluster mode: each departed member's latest departure, kept for [`DEPARTURE_KEPT`] (see
+    /// [`roomcast_store::Departure`]), with the departures oldest first.
+    departed: HashMap<UserId, roomcast_store::Departure>,
+    departed_order: std::collections::VecDeque<(Timestamp, UserId)>,
+}
+
+/// Cluster mode: how long (engine clock) a member's departure is kept in the room's log, so that
+/// a node cut off for up to this long cannot bring the member back after a change of owners.
+const DEPARTURE_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Cluster mode: `session`'s user departed from `room` after the room last confirmed the
+/// session's membership (its node missed the departure): that departure.
+pub(crate) fn departed_after<'a>(
+    departures: impl IntoIterator<Item = &'a roomcast_store::Departure>,
+    session: &Session,
+    room: RoomId,
+) -> Option<&'a roomcast_store::Departure> {
+    let mark = session.room_mark(room);
+    departures
+        .into_iter()
+        .find(|d| d.user == *session.user() && mark.is_none_or(|m| d.mark > m))
+}
+
+/// What a member that missed its departure `d` is told: why it was removed (nothing if it
+/// left).
+pub(crate) fn departure_event(
+    d: &roomcast_store::Departure,
+    room_name: String,
+) -> Option<ChatRoomEvent> {
+    d.reason.map(|reason| ChatRoomEvent::RemovedFromChatRoom {
+        room_id: d.room,
+        room_name,
+        participant: d.user.clone(),
+        reason,
+        operator: d.operator.clone(),
+        operator_reason: None,
+    })
 }
 
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
@@ -392,18 +433,37 @@ pub(crate) struct RoomStart {
     pub(crate) reservations: Vec<RoomReservation>,
     /// The room's stored idempotency keys.
     pub(crate) keys: Vec<IdempotencyRecord>,
+    /// Cluster mode: its members' departures kept.
+    pub(crate) departures: Vec<roomcast_store::Departure>,
 }
 
 impl RoomActor {
-    pub(crate) fn new(start: RoomStart) -> RoomActor {
+    pub(crate) fn new(mut start: RoomStart) -> RoomActor {
         let held = Self::held_at_start(&start);
         #[allow(unused_mut)]
-        let mut taken_over = false;
+        let mut term = 0;
         #[cfg(feature = "cluster")]
         if let Some(node) = start.shared.node() {
-            taken_over = node.take_fresh(start.room.id());
+            term = node.term(start.room.id());
         }
-        let mut start = start;
+        // Counting on from this term's last departure (a restart under the same lease).
+        let count = start
+            .departures
+            .iter()
+            .filter(|d| d.mark.0 == term)
+            .map(|d| d.mark.1)
+            .max()
+            .unwrap_or(0);
+        let mut departed_order: Vec<(Timestamp, UserId)> = start
+            .departures
+            .iter()
+            .map(|d| (d.at, d.user.clone()))
+            .collect();
+        departed_order.sort();
+        let departed = std::mem::take(&mut start.departures)
+            .into_iter()
+            .map(|d| (d.user.clone(), d))
+            .collect();
         start
             .recent
             .set_floor(held.front().map(|(m, _): &(ChatMessage, Except)| m.seq()));
@@ -443,9 +503,10 @@ impl RoomActor {
             remote_joining: None,
             lapsed: std::collections::HashSet::new(),
             expiring: false,
-            taken_over,
-            heard_from: std::collections::HashSet::new(),
             last_heard: HashMap::new(),
+            mark: (term, count),
+            departed,
+            departed_order: departed_order.into(),
         }
     }
 
@@ -473,10 +534,11 @@ impl RoomActor {
     /// Cluster mode: tells `node` that `user`'s session there gets the room's deliveries from
     /// here on, after the join replay if `replay`.
     fn publish_joined(&self, user: &UserId, node: &str, replay: bool) {
-        let (joined, at) = (user.clone(), node.to_string());
+        let (joined, at, mark) = (user.clone(), node.to_string(), self.mark);
         self.publish(|| crate::remote::Delivery::Joined {
             user: joined,
             node: at,
+            mark,
         });
         if replay {
             let items: Vec<crate::remote::Item> = self
@@ -497,6 +559,71 @@ impl RoomActor {
 
     /// Cluster mode: true if members on other nodes may need this room's deliveries (some are
     /// known, or the room was taken over lately and they may not have said so yet).
+    /// True in cluster mode.
+    fn in_cluster(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.shared.node().is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Cluster mode: records the departures of `fx` in `set` (see [`RoomActor::mark`]), and
+    /// forgets those older than [`DEPARTURE_KEPT`] (but the latest).
+    fn record_departures(&mut self, fx: &Effects, set: &mut WriteSet) -> Result<(), StoreError> {
+        if fx.left.is_empty() || fx.destroyed || !self.in_cluster() {
+            return Ok(());
+        }
+        let (room, now) = (self.room.id(), self.now());
+        for user in &fx.left {
+            let removed = fx.events.iter().find_map(|o| match &o.event {
+                ChatRoomEvent::RemovedFromChatRoom {
+                    participant,
+                    reason,
+                    operator,
+                    ..
+                } if participant == user => Some((*reason, operator.clone())),
+                _ => None,
+            });
+            self.mark.1 += 1;
+            let (reason, operator) = match removed {
+                Some((reason, operator)) => (Some(reason), operator),
+                None => (None, None),
+            };
+            let departure = roomcast_store::Departure {
+                room,
+                user: user.clone(),
+                mark: self.mark,
+                at: now,
+                reason,
+                operator,
+            };
+            set.put_departure(&departure)?;
+            self.departed_order.push_back((now, user.clone()));
+            self.departed.insert(user.clone(), departure);
+        }
+        let keep_from = now.saturating_sub(DEPARTURE_KEPT.as_millis() as i64);
+        while self.departed_order.len() > 1
+            && self
+                .departed_order
+                .front()
+                .is_some_and(|(at, _)| *at < keep_from)
+        {
+            let Some((at, user)) = self.departed_order.pop_front() else {
+                break;
+            };
+            if self
+                .departed
+                .get(&user)
+                .is_some_and(|d| d.at == at && d.mark != self.mark)
+            {
+                self.departed.remove(&user);
+                set.remove_departure(room, &user);
+            }
+        }
+        Ok(())
+    }
+
     fn has_remote(&self) -> bool {
         if !self.remote.is_empty() {
             return true;
@@ -779,6 +906,7 @@ impl RoomActor {
             };
             set.close_copy(user.clone(), room, last, from, delete);
         }
+        self.record_departures(fx, &mut set)?;
         Ok(set)
     }
 
@@ -860,7 +988,9 @@ impl RoomActor {
             if !fx.joined.is_empty() {
                 let from = self.copy_from();
                 let reservation = self.joining_reservation.as_mut();
-                if let Some(since) = session.entered(room_id, from, reservation) {
+                let entered = session.entered(room_id, from, reservation);
+                session.confirm_room_mark(room_id, self.mark);
+                if let Some(since) = entered {
                     // Away since before it entered: its grace period here starts now.
                     self.joined_offline = Some((session.user().clone(), since.max(self.now())));
                 }
@@ -888,7 +1018,10 @@ impl RoomActor {
             }
         }
         if !left_remote.is_empty() {
-            out_remote.push(crate::remote::Delivery::Left { users: left_remote });
+            out_remote.push(crate::remote::Delivery::Left {
+                users: left_remote,
+                node: None,
+            });
         }
         // (A user whose membership is on another node may have a session here that is not in
         // the room: that one is not a member's.)
@@ -1181,6 +1314,7 @@ impl RoomActor {
         session: Arc<Session>,
         reservation: Option<RoomReservation>,
         attach: bool,
+        seen_through: Option<u64>,
         ctx: &mut Context<Self>,
     ) -> Result<(ChatRoom, Option<Commit>), ChatError> {
         let user = session.user().clone();
@@ -1224,6 +1358,7 @@ impl RoomActor {
         let recent: Vec<ClientEvent> = self
             .replay_for(&user)
             .into_iter()
+            .filter(|m| seen_through.is_none_or(|s| m.seq() > s))
             .map(ClientEvent::Message)
             .collect();
         if staff && !self.held.is_empty() {
@@ -1237,6 +1372,25 @@ impl RoomActor {
                 if replayed && !skip.contains(mailbox) {
                     *skip = std::mem::take(skip).also(mailbox);
                 }
+            }
+        }
+        if let Some(seen) = seen_through {
+            // Fed up to `seen` by the previous owner, it missed what came between (the room
+            // changed owners during its join): told so, as the other members were, to fetch
+            // it from history.
+            let first = recent.iter().find_map(|e| match e {
+                ClientEvent::Message(m) => Some(m.seq()),
+                _ => None,
+            });
+            if self.room.last_seq() > seen && first.is_none_or(|f| f > seen + 1) {
+                let event = ChatRoomEvent::ChatRoomRecovered {
+                    room_id: self.room.id(),
+                    last_seq: self.room.last_seq(),
+                };
+                self.fan(FanOp::SendTo(
+                    joiner.clone(),
+                    vec![ClientEvent::Room(Arc::new(event))],
+                ));
             }
         }
         self.fan(FanOp::SendTo(joiner, recent));
@@ -1324,7 +1478,9 @@ impl Actor for RoomActor {
             let reservation = reservations
                 .iter_mut()
                 .find(|r| Arc::ptr_eq(r.session(), session));
-            if let Some(since) = session.entered(room_id, from, reservation) {
+            let entered = session.entered(room_id, from, reservation);
+            session.confirm_room_mark(room_id, self.mark);
+            if let Some(since) = entered {
                 // A member of a room that restarted or woke has been away since it went, not
                 // since the actor started (a new room's initial members: since its start).
                 let since = if self.recovered || self.woke {
@@ -1591,13 +1747,19 @@ impl Handler<Join> for RoomActor {
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         self.answer_with(ctx, |act, ctx| {
-            act.join(msg.session, msg.reservation, msg.attach, ctx)
+            act.join(
+                msg.session,
+                msg.reservation,
+                msg.attach,
+                msg.seen_through,
+                ctx,
+            )
         })
     }
 }
 
 impl Handler<JoinRemote> for RoomActor {
-    type Result = Result<Answer<(ChatRoom, u64)>, ChatError>;
+    type Result = Result<Answer<(ChatRoom, u64, (u64, u64))>, ChatError>;
 
     fn handle(&mut self, msg: JoinRemote, ctx: &mut Context<Self>) -> Self::Result {
         self.last_heard
@@ -1679,7 +1841,7 @@ impl Handler<JoinRemote> for RoomActor {
                 );
             }
             act.entry.set_member_count(act.room.member_count());
-            Ok(((act.room.snapshot(Some(&user)), from), commit))
+            Ok(((act.room.snapshot(Some(&user)), from, act.mark), commit))
         })
     }
 }
@@ -1715,16 +1877,25 @@ impl Handler<Rejoin> for RoomActor {
             .insert(msg.node.clone(), std::time::Instant::now());
         self.guarded(ctx, |act, ctx| {
             let mut back = Vec::new();
-            let taken = act.taken_over && act.heard_from.insert(msg.node.clone());
-            // Not members any more: their node lets them go (those removed as offline while
-            // their node was away are told so, as a member back online is on one node).
-            let (mut out, mut offline_out) = (Vec::new(), Vec::new());
-            for (user, offline_since) in msg.members {
+            // Not members any more: their node lets them go, and those removed while their node
+            // was away are told why, as a member back online is on one node.
+            let (mut out, mut told) = (Vec::new(), Vec::new());
+            for crate::remote::RejoiningMember {
+                user,
+                offline_since,
+                mark,
+            } in msg.members
+            {
                 if !act.room.is_member(&user) {
                     let lapsed = act.lapsed.remove(&user);
-                    // Back after the room changed owners (membership is not in the log): in
-                    // again, unless blocked or banned from rejoining. Anyone else left or was
-                    // removed while their node was away.
+                    // Departed since the room last confirmed it (its departure is in the
+                    // room's log, whoever owned the room then).
+                    let departed = act
+                        .departed
+                        .get(&user)
+                        .filter(|d| mark.is_none_or(|m| d.mark > m));
+                    // Not departed since (the room restarted, or changed owners, and lost
+                    // track of it): in again, unless blocked or banned from rejoining.
                     let now = act.now();
                     let banned = act
                         .room
@@ -1733,9 +1904,22 @@ impl Handler<Rejoin> for RoomActor {
                         .rejoin_banned_until
                         .get(&user)
                         .is_some_and(|&until| until > now);
-                    if !taken || banned || act.room.is_blocked(&user, now) {
-                        if lapsed {
-                            offline_out.push(user.clone());
+                    if departed.is_some() || banned || act.room.is_blocked(&user, now) {
+                        let name = act.room.record().spec.name.clone();
+                        let event = match departed {
+                            Some(d) => departure_event(d, name),
+                            None if lapsed => Some(ChatRoomEvent::RemovedFromChatRoom {
+                                room_id: act.room.id(),
+                                room_name: name,
+                                participant: user.clone(),
+                                reason: roomcast_model::LeaveReason::Offline,
+                                operator: None,
+                                operator_reason: None,
+                            }),
+                            None => None,
+                        };
+                        if let Some(event) = event {
+                            told.push((user.clone(), event));
                         }
                         out.push(user);
                         continue;
@@ -1754,23 +1938,17 @@ impl Handler<Rejoin> for RoomActor {
                 back.push(user);
             }
             if !out.is_empty() {
-                let (room_id, room_name) = (act.room.id(), act.room.record().spec.name.clone());
-                for user in offline_out {
-                    let event = ChatRoomEvent::RemovedFromChatRoom {
-                        room_id,
-                        room_name: room_name.clone(),
-                        participant: user.clone(),
-                        reason: roomcast_model::LeaveReason::Offline,
-                        operator: None,
-                        operator_reason: None,
-                    };
+                for (user, event) in told {
                     act.publish_to_nodes(crate::remote::Delivery::To {
                         users: vec![user],
                         node: Some(msg.node.clone()),
                         items: vec![crate::remote::Item::Event(event)],
                     });
                 }
-                act.publish_to_nodes(crate::remote::Delivery::Left { users: out });
+                act.publish_to_nodes(crate::remote::Delivery::Left {
+                    users: out,
+                    node: Some(msg.node.clone()),
+                });
             }
             if back.is_empty() {
                 return;
@@ -1778,7 +1956,8 @@ impl Handler<Rejoin> for RoomActor {
             let node = msg.node.clone();
             for user in &back {
                 let (user, node) = (user.clone(), node.clone());
-                act.publish(|| crate::remote::Delivery::Joined { user, node });
+                let mark = act.mark;
+                act.publish(|| crate::remote::Delivery::Joined { user, node, mark });
             }
             // They may have missed what the previous owner sent last: where the room stands.
             let event = ChatRoomEvent::ChatRoomRecovered {

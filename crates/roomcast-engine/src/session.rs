@@ -217,6 +217,8 @@ struct RoomSlot {
     copy_from: u64,
     /// A presence notice is on its way to the room.
     notice: bool,
+    /// Cluster mode: see [`Session::room_mark`].
+    mark: Option<(u64, u64)>,
 }
 
 /// Who must be told that a session's presence changed (see [`State`]).
@@ -503,6 +505,20 @@ impl Session {
     }
 
     /// Where this membership's part of the local copy of `room` starts, if the user is in it.
+    /// Cluster mode: where in `room`'s membership changes this session's membership was last
+    /// confirmed (see [`roomcast_store::Departure::mark`]); `None` if never.
+    pub(crate) fn room_mark(&self, room: RoomId) -> Option<(u64, u64)> {
+        self.state.lock().slot(room).and_then(|s| s.mark)
+    }
+
+    /// Cluster mode: the room confirmed this session's membership at `mark` (kept if later
+    /// than the one it had).
+    pub(crate) fn confirm_room_mark(&self, room: RoomId, mark: (u64, u64)) {
+        if let Some(slot) = self.state.lock().slot(room) {
+            slot.mark = Some(slot.mark.map_or(mark, |m| m.max(mark)));
+        }
+    }
+
     pub(crate) fn copy_start(&self, room: RoomId) -> Option<u64> {
         self.state.lock().slot(room).map(|s| s.copy_from)
     }
@@ -537,6 +553,7 @@ impl Session {
                     room,
                     copy_from,
                     notice: false,
+                    mark: None,
                 });
             }
         }

@@ -71,6 +71,7 @@ impl Supervisor {
         recovered: bool,
         woke: bool,
         keys: Vec<roomcast_store::IdempotencyRecord>,
+        departures: Vec<roomcast_store::Departure>,
     ) -> Addr<RoomActor> {
         self.generation += 1;
         let generation = self.generation;
@@ -90,6 +91,7 @@ impl Supervisor {
             woke,
             reservations,
             keys,
+            departures,
         };
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(start));
         entry.set_actor(generation, addr.clone(), self.shared.clock.now_ms());
@@ -180,6 +182,7 @@ impl Handler<CreateRoom> for Supervisor {
             false,
             false,
             Vec::new(),
+            Vec::new(),
         );
         tracing::info!(room = %id, owner = %msg.owner, "room created");
         Ok((snapshot, commit))
@@ -220,6 +223,8 @@ pub(crate) struct RoomData {
     newest: Vec<MessageData>,
     /// The room's idempotency keys (those whose window ended are dropped by the actor).
     keys: Vec<roomcast_store::IdempotencyRecord>,
+    /// Cluster mode: its members' departures kept (see [`roomcast_store::Departure`]).
+    departures: Vec<roomcast_store::Departure>,
 }
 
 /// Reads room `id` from the store (on the store's thread). `None` if it is not stored.
@@ -239,12 +244,14 @@ pub(crate) fn load_room(
     let mut newest = reader.messages(id, (Unbounded, Unbounded), true, replay.saturating_mul(8))?;
     newest.reverse();
     let keys = reader.idempotency_keys(id)?;
+    let departures = reader.departures(id)?;
     Ok(Some(RoomData {
         record,
         last_seq,
         audit_seq,
         newest,
         keys,
+        departures,
     }))
 }
 
@@ -324,6 +331,25 @@ impl Supervisor {
             };
             members.sort_by_key(at);
         }
+        // Cluster mode: a session that missed its user's departure (its node was cut off, and
+        // the room changed owners since) is not a member: it is told, and let go.
+        members.retain(|s| {
+            let Some(d) = crate::room_actor::departed_after(&data.departures, s, id) else {
+                return true;
+            };
+            s.exited(id);
+            // Out of the room's fan-out too (a mirror of it here may have put it there).
+            let mut shards = self.shared.fanout.room_shards();
+            self.shared.fanout.remove(id, s, &mut shards);
+            if let Some(event) =
+                crate::room_actor::departure_event(d, room.record().spec.name.clone())
+            {
+                self.shared
+                    .fanout
+                    .send_to(s.clone(), vec![crate::ClientEvent::Room(Arc::new(event))]);
+            }
+            false
+        });
         for s in &members {
             room.restore_member(s.user().clone());
         }
@@ -340,6 +366,7 @@ impl Supervisor {
             recovered,
             woke,
             data.keys,
+            data.departures,
         )
     }
 }

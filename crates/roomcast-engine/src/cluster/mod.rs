@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast_cluster::{Bytes, Cluster, ClusterConfig, ClusterError, ErrorKind, LeaseKeeper};
-use roomcast_model::{ChatError, RoomId, Timestamp, UserId};
+use roomcast_model::{ChatError, RoomId, UserId};
 use roomcast_store::{AppendDone, Replicator, RoomState, StoreError, WriteSet};
 
 pub(crate) use crate::remote::{
@@ -622,6 +622,10 @@ pub(crate) struct Mirror {
     synced: AtomicU64,
     /// One resync at a time.
     syncing: tokio::sync::Mutex<()>,
+    /// Set when the node dropped it (its room came here, or it had no member left): it is
+    /// never subscribed again, and applies nothing (a resync or a join still holding it must
+    /// not feed its members twice, beside the room's actor or a newer mirror).
+    retired: std::sync::atomic::AtomicBool,
 }
 
 struct MirrorState {
@@ -669,8 +673,15 @@ impl Mirror {
     }
 
     fn apply(&self, node: &Node, shared: &Shared, delivery: Delivery) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         match delivery {
-            Delivery::Joined { user, node: at } => {
+            Delivery::Joined {
+                user,
+                node: at,
+                mark,
+            } => {
                 if *at == *node.me {
                     let (awaiting, was) = {
                         let mut state = self.state.lock();
@@ -680,6 +691,7 @@ impl Mirror {
                         )
                     };
                     if let Some(session) = awaiting.or_else(|| shared.session_of(&user)) {
+                        session.confirm_room_mark(self.room, mark);
                         self.add(shared, session);
                         if !was {
                             self.state.lock().fresh.insert(user, Vec::new());
@@ -711,7 +723,10 @@ impl Mirror {
                     shared.fanout.send_to(session, whole);
                 }
             }
-            Delivery::Left { users } => {
+            Delivery::Left { users, node: at } => {
+                if at.as_deref().is_some_and(|at| *at != *node.me) {
+                    return;
+                }
                 for user in users {
                     if let Some(session) = self.remove(shared, &user) {
                         session.exited(self.room);
@@ -789,16 +804,18 @@ impl Mirror {
         }
     }
 
-    /// Stops feeding it (its subscription's task ends).
+    /// Stops feeding it for good (its subscription's task ends).
     fn stop(&self) {
-        if let Some(task) = self.task.lock().take() {
+        let mut task = self.task.lock();
+        self.retired.store(true, Ordering::SeqCst);
+        if let Some(task) = task.take() {
             task.abort();
         }
     }
 
     /// Its members (those whose `Joined` delivery is still to come too: the owner answered
     /// their join), each with its presence in the room (`None`: online).
-    fn members_with_presence(&self) -> Vec<(UserId, Option<Timestamp>)> {
+    fn members_with_presence(&self) -> Vec<crate::remote::RejoiningMember> {
         let state = self.state.lock();
         state
             .members
@@ -806,7 +823,11 @@ impl Mirror {
             .chain(state.awaiting.values())
             .filter_map(|s| {
                 s.room_presence(self.room)
-                    .map(|since| (s.user().clone(), since))
+                    .map(|offline_since| crate::remote::RejoiningMember {
+                        user: s.user().clone(),
+                        offline_since,
+                        mark: s.room_mark(self.room),
+                    })
             })
             .collect()
     }
@@ -863,10 +884,13 @@ pub(crate) struct Node {
     /// Rooms this node took over, and when: their deliveries are published for a while even
     /// before the other nodes told who of theirs is in them.
     taken: Mutex<HashMap<RoomId, Instant>>,
-    /// Rooms this node took over whose actor has not started since: the first actor after a
-    /// takeover restores the members each other node says it has (membership is not in the
-    /// log), however late that node tells.
-    fresh: Mutex<std::collections::HashSet<RoomId>>,
+    /// The revision of each lease this node took (a room's term while this node owns it: see
+    /// `RoomActor::mark`).
+    terms: Mutex<HashMap<RoomId, u64>>,
+    /// Sessions a room's previous owner made members (its `Joined` came) whose join it did not
+    /// answer before this node took the room, with the newest message the mirror had fed them:
+    /// their join goes on here, and its replay holds only later messages.
+    unanswered: Mutex<HashMap<(RoomId, UserId), u64>>,
     /// The other nodes with members in rooms this node owns (which rooms), and how many times
     /// in a row each did not answer a ping.
     member_nodes: Mutex<HashMap<String, MemberNode>>,
@@ -918,7 +942,8 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
             slot: Mutex::new(None),
             taken: Mutex::new(HashMap::new()),
-            fresh: Mutex::new(std::collections::HashSet::new()),
+            terms: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(HashMap::new()),
             member_nodes: Mutex::new(HashMap::new()),
             outages: AtomicU64::new(0),
             users: Mutex::new(HashMap::new()),
@@ -1327,9 +1352,14 @@ impl Node {
         }
     }
 
-    /// True once after this node took `room` over: for the room's first actor since.
-    pub(crate) fn take_fresh(&self, room: RoomId) -> bool {
-        self.fresh.lock().remove(&room)
+    /// See [`Node::unanswered`]: taken by the join that goes on here.
+    pub(crate) fn take_unanswered_join(&self, room: RoomId, user: &UserId) -> Option<u64> {
+        self.unanswered.lock().remove(&(room, user.clone()))
+    }
+
+    /// The revision of the lease of `room` this node took last (0 if none).
+    pub(crate) fn term(&self, room: RoomId) -> u64 {
+        self.terms.lock().get(&room).copied().unwrap_or(0)
     }
 
     /// True if this node holds `room`'s lease.
@@ -1369,6 +1399,7 @@ impl Node {
             .map_err(|e| ChatError::General(e.to_string()))?;
         match acquired {
             Ok(lease) => {
+                self.terms.lock().insert(room, lease.revision());
                 let keeper = lease.keep_alive();
                 match self.take_over(core, room).await {
                     Ok(true) => {}
@@ -1384,7 +1415,15 @@ impl Node {
                     }
                 }
                 self.watch_lease(room, &keeper);
-                self.owned.lock().insert(room, keeper);
+                {
+                    // A mirror made meanwhile (this node's lost lease of the room, handled
+                    // late) goes: the actor feeds this node's members now, alone.
+                    let mut mirrors = self.mirrors.lock();
+                    if let Some(mirror) = mirrors.remove(&room) {
+                        mirror.stop();
+                    }
+                    self.owned.lock().insert(room, keeper);
+                }
                 self.owners.lock().remove(&room);
                 Ok(Route::Local)
             }
@@ -1544,17 +1583,22 @@ impl Node {
                 .insert(crate::directory::RoomEntry::new(snapshot));
         }
         // This node's own members of the room are the actor's now, not a mirror's.
-        if let Some(mirror) = self.mirrors.lock().remove(&room) {
+        let mirror = self.mirrors.lock().remove(&room);
+        if let Some(mirror) = mirror {
             mirror.stop();
             let state = mirror.state.lock();
+            let mut unanswered = self.unanswered.lock();
+            unanswered.retain(|(r, _), _| *r != room);
             for session in state.members.values() {
+                if !session.is_in(room) {
+                    unanswered.insert((room, session.user().clone()), state.last_message);
+                }
                 let mut shards = shared.fanout.room_shards();
                 shared.fanout.remove(room, session, &mut shards);
             }
         }
         if !entries.is_empty() {
             self.taken.lock().insert(room, Instant::now());
-            self.fresh.lock().insert(room);
             tracing::info!(room = %room, entries = entries.len(), node = %self.me, "took over a room");
             self.publish(
                 room,
@@ -1600,7 +1644,6 @@ impl Node {
         let Some(keeper) = self.owned.lock().remove(&room) else {
             return;
         };
-        self.fresh.lock().remove(&room);
         // Released if still held (a lease lost already is not ours to release).
         self.runtime.spawn(async move {
             let _ = keeper.release().await;
@@ -1628,10 +1671,14 @@ impl Node {
                 .filter(|crate::SessionKey(s)| s.is_in(room))
                 .map(|crate::SessionKey(s)| s.clone())
                 .collect();
-            if members.is_empty() || node.owns(room) {
+            if members.is_empty() {
                 return;
             }
-            let mirror = node.mirror(&core, room);
+            // Unless the room came back here meanwhile (checked under the mirrors' lock, which
+            // taking a room holds as it becomes the owner).
+            let Some(mirror) = node.mirror_unless_owned(&core, room) else {
+                return;
+            };
             for session in members {
                 mirror.add(shared, session);
             }
@@ -1642,10 +1689,28 @@ impl Node {
         });
     }
 
+    /// The mirror of `room` on this node, unless this node owns the room.
+    fn mirror_unless_owned(&self, core: &Core, room: RoomId) -> Option<Arc<Mirror>> {
+        let mut mirrors = self.mirrors.lock();
+        if self.owns(room) {
+            return None;
+        }
+        Some(self.mirror_in(&mut mirrors, core, room))
+    }
+
     /// The mirror of `room` on this node, started if needed (subscribed to the room's subject
     /// before this returns, so nothing published after it is missed).
     fn mirror(&self, core: &Core, room: RoomId) -> Arc<Mirror> {
         let mut mirrors = self.mirrors.lock();
+        self.mirror_in(&mut mirrors, core, room)
+    }
+
+    fn mirror_in(
+        &self,
+        mirrors: &mut HashMap<RoomId, Arc<Mirror>>,
+        core: &Core,
+        room: RoomId,
+    ) -> Arc<Mirror> {
         if let Some(m) = mirrors.get(&room) {
             return m.clone();
         }
@@ -1654,6 +1719,7 @@ impl Node {
             stale: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             syncing: tokio::sync::Mutex::new(()),
+            retired: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(MirrorState {
                 members: HashMap::new(),
                 shards: core.inner.shared.fanout.room_shards(),
@@ -1682,7 +1748,7 @@ impl Node {
             .map_err(|e| ChatError::General(e.to_string()))?
             .map_err(cluster_error)?;
         let mut task = mirror.task.lock();
-        if task.is_some() {
+        if task.is_some() || mirror.retired.load(Ordering::SeqCst) {
             return Ok(());
         }
         let weak = Arc::downgrade(&core.inner);
@@ -2143,6 +2209,7 @@ impl Node {
             .map_err(|e| ChatError::General(e.to_string()))?;
         match acquired {
             Ok(Some(lease)) => {
+                self.terms.lock().insert(room, lease.revision());
                 let keeper = lease.keep_alive();
                 self.watch_lease(room, &keeper);
                 self.owned.lock().insert(room, keeper);
@@ -2173,7 +2240,7 @@ impl Node {
         });
         self.log.forget(room.as_u64());
         self.summaries.lock().remove(&room);
-        self.fresh.lock().remove(&room);
+        self.terms.lock().remove(&room);
     }
 }
 
@@ -2481,8 +2548,12 @@ impl Core {
                     offline_since,
                     attach,
                 };
-                let (room, copy_from) = self.room_call(room, msg).await?;
-                Answer::Joined { room, copy_from }
+                let (room, copy_from, mark) = self.room_call(room, msg).await?;
+                Answer::Joined {
+                    room,
+                    copy_from,
+                    mark,
+                }
             }
             Call::Leave {
                 room,

@@ -3232,7 +3232,10 @@ async fn the_owners_node_cut_off_from_nats_then_back() {
         match send(&ua, room, "cut off").await {
             Ok(m) => panic!("accepted while cut off from NATS: {}", m.seq()),
             Err(e) => {
-                if e.code() != 903 {
+                // 903: the log did not take the write; 901: its outcome is unknown (the
+                // append went out before the client saw the connection drop, and no answer
+                // came in time). Either way, retry.
+                if e.code() != 903 && e.code() != 901 {
                     wrong_code.insert(e.code());
                 }
                 if started.elapsed() > REQUEST_TIMEOUT + Duration::from_millis(500) {
@@ -3288,7 +3291,7 @@ async fn the_owners_node_cut_off_from_nats_then_back() {
     }
     assert!(
         wrong_code.is_empty() && slow.is_empty(),
-        "calls while cut off: codes other than 903 {wrong_code:?}, slower than the request \
+        "calls while cut off: codes other than 903 and 901 {wrong_code:?}, slower than the request \
          timeout {slow:?}"
     );
     a.shutdown().await;

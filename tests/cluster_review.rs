@@ -31,7 +31,10 @@ use roomcast_workspace::harness_limits;
 
 #[path = "shared/cluster_node.rs"]
 mod cluster_node;
+#[path = "shared/proxy.rs"]
+mod proxy;
 use cluster_node::node_binary;
+use proxy::Proxy;
 
 /// Every node's lease: a dead owner's rooms move after about this long.
 const LEASE_TTL: Duration = Duration::from_secs(1);
@@ -3137,57 +3140,6 @@ async fn sigkill_scenario(server: &NatsServer, cluster: &str) -> Vec<String> {
 // ------------------------------------------------------------------------------------------
 // One node cut off from NATS (a TCP proxy between it and the server)
 // ------------------------------------------------------------------------------------------
-
-/// A TCP proxy to the NATS server that can cut every connection through it (and refuse new
-/// ones) until healed: one node loses NATS while the others keep it.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let cut_rx = cut.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if *cut_rx.borrow() {
-                    continue; // dropped: refused
-                }
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.cut.send_replace(true);
-    }
-
-    fn heal(&self) {
-        self.cut.send_replace(false);
-    }
-}
 
 /// The owner's node (a) loses NATS for three lease periods while the others keep it: its calls
 /// fail with 903 within the request timeout; node b takes the room; when a is back, its users

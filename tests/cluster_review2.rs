@@ -40,7 +40,10 @@ use roomcast_workspace::harness_limits;
 
 #[path = "shared/cluster_node.rs"]
 mod cluster_node;
+#[path = "shared/proxy.rs"]
+mod proxy;
 use cluster_node::node_binary;
+use proxy::Proxy;
 
 /// Every node's lease: a dead owner's rooms move after about this long.
 const LEASE_TTL: Duration = Duration::from_secs(1);
@@ -102,57 +105,6 @@ async fn node_with_clock(
 ) -> Engine {
     let clock = clock.clone();
     node_at(server.url(), cluster, id, move |b| b.clock(clock)).await
-}
-
-/// A TCP proxy to the NATS server that can cut every connection through it (and refuse new
-/// ones) until healed: one node loses NATS while the others keep it.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let cut_rx = cut.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if *cut_rx.borrow() {
-                    continue; // dropped: refused
-                }
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.cut.send_replace(true);
-    }
-
-    fn heal(&self) {
-        self.cut.send_replace(false);
-    }
 }
 
 // ------------------------------------------------------------------------------------------

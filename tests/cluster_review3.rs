@@ -29,6 +29,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "shared/proxy.rs"]
+mod proxy;
+use proxy::Proxy;
+
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast::{
@@ -104,60 +108,6 @@ async fn node_conf(
 
 async fn node(server: &NatsServer, cluster: &str, id: &str) -> Engine {
     node_at(server.url(), cluster, id, |b| b).await
-}
-
-/// A TCP proxy to the NATS server that can cut every connection through it (and refuse new
-/// ones) until healed: one node loses NATS while the others keep it.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let cut_rx = cut.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if *cut_rx.borrow() {
-                    continue; // dropped: refused
-                }
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    // Without it, Nagle's algorithm and delayed acks slow big payloads ~20x.
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.cut.send_replace(true);
-    }
-
-    fn heal(&self) {
-        self.cut.send_replace(false);
-    }
 }
 
 // ------------------------------------------------------------------------------------------

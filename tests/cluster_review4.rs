@@ -30,6 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "shared/proxy.rs"]
+mod proxy;
+use proxy::Proxy;
+
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast::{
@@ -102,60 +106,6 @@ async fn node_conf(
 
 async fn node(server: &NatsServer, cluster: &str, id: &str) -> Engine {
     node_at(server.url(), cluster, id, |b| b).await
-}
-
-/// A TCP proxy to the NATS server that can cut every connection through it (and refuse new
-/// ones) until healed: one node loses NATS while the others keep it.
-struct Proxy {
-    port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (cut, _) = tokio::sync::watch::channel(false);
-        let cut_rx = cut.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if *cut_rx.borrow() {
-                    continue; // dropped: refused
-                }
-                let mut cut_rx = cut_rx.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        return;
-                    };
-                    // Without it, Nagle's algorithm and delayed acks slow big payloads ~20x.
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.cut.send_replace(true);
-    }
-
-    fn heal(&self) {
-        self.cut.send_replace(false);
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1905,14 +1855,15 @@ async fn held_deletions_and_recalls_survive_owner_cuts_and_compaction() {
 /// ..., the owner writes a departure record"): `target` is not a member once c is back (not
 /// listed, its sends refused) and is told `Kicked`; `stay` is a member again.
 ///
-/// It was observed (6 runs of 6, and 5 of 5 more when run alone) that `target` is kept out
+/// Fixed: a node's report of a member that is blocked, like a taking node's own blocked
+/// sessions, is answered with `on_removed_from_chat_room(Kicked)`. It was observed (6 runs of
+/// 6, and 5 of 5 more when run alone) that `target` was kept out
 /// silently: not listed (`["adm", "stay"]`), its sends refused with 210, 0 messages live, and
 /// no `on_removed_from_chat_room` at all, although the block list holds it. Its client still
 /// believes it is in the room. The docs' departure rule covers members the owner knew of; a
 /// block given while the owner could not know the target was a member (its node away, the
 /// room just taken over) is not a departure, yet the block keeps the member out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "FAILS: a member blocked by a new owner while its node was cut off is dropped silently (never told Kicked)"]
 async fn a_user_blocked_while_its_node_was_away_and_the_owner_changed_is_not_a_member() {
     let server = server!();
     let pa = Proxy::start(server.port()).await;

@@ -1343,6 +1343,7 @@ impl RoomActor {
                 let from = self.room.last_seq() + 1;
                 let room_id = self.room.id();
                 joiner.entered(room_id, from, None);
+                joiner.confirm_room_mark(room_id, self.mark);
                 // What a joiner gets first: the newest messages.
                 let replay = self.replay_for(&user);
                 self.fan(FanOp::SendTo(
@@ -1904,18 +1905,24 @@ impl Handler<Rejoin> for RoomActor {
                         .rejoin_banned_until
                         .get(&user)
                         .is_some_and(|&until| until > now);
-                    if departed.is_some() || banned || act.room.is_blocked(&user, now) {
+                    let blocked = act.room.is_blocked(&user, now);
+                    if departed.is_some() || banned || blocked {
                         let name = act.room.record().spec.name.clone();
+                        let removed = |reason| ChatRoomEvent::RemovedFromChatRoom {
+                            room_id: act.room.id(),
+                            room_name: name.clone(),
+                            participant: user.clone(),
+                            reason,
+                            operator: None,
+                            operator_reason: None,
+                        };
                         let event = match departed {
-                            Some(d) => departure_event(d, name),
-                            None if lapsed => Some(ChatRoomEvent::RemovedFromChatRoom {
-                                room_id: act.room.id(),
-                                room_name: name,
-                                participant: user.clone(),
-                                reason: roomcast_model::LeaveReason::Offline,
-                                operator: None,
-                                operator_reason: None,
-                            }),
+                            Some(d) => departure_event(d, name.clone()),
+                            // Blocked while its node was away, by an owner that did not know
+                            // it was in (the room changed owners meanwhile): removed by the
+                            // block, as a member in the room is.
+                            None if blocked => Some(removed(roomcast_model::LeaveReason::Kicked)),
+                            None if lapsed => Some(removed(roomcast_model::LeaveReason::Offline)),
                             None => None,
                         };
                         if let Some(event) = event {

@@ -512,10 +512,14 @@ impl Session {
     }
 
     /// Cluster mode: the room confirmed this session's membership at `mark` (kept if later
-    /// than the one it had).
-    pub(crate) fn confirm_room_mark(&self, room: RoomId, mark: (u64, u64)) {
-        if let Some(slot) = self.state.lock().slot(room) {
-            slot.mark = Some(slot.mark.map_or(mark, |m| m.max(mark)));
+    /// than the one it had). `false` if the session is not in the room (yet).
+    pub(crate) fn confirm_room_mark(&self, room: RoomId, mark: (u64, u64)) -> bool {
+        match self.state.lock().slot(room) {
+            Some(slot) => {
+                slot.mark = Some(slot.mark.map_or(mark, |m| m.max(mark)));
+                true
+            }
+            None => false,
         }
     }
 

@@ -333,17 +333,29 @@ impl Supervisor {
         }
         // Cluster mode: a session that missed its user's departure (its node was cut off, and
         // the room changed owners since) is not a member: it is told, and let go.
+        // A session whose user is blocked likewise (blocked while its node was away, by an
+        // owner that did not know it was in).
         members.retain(|s| {
-            let Some(d) = crate::room_actor::departed_after(&data.departures, s, id) else {
-                return true;
+            let departed = crate::room_actor::departed_after(&data.departures, s, id);
+            let event = match departed {
+                Some(d) => crate::room_actor::departure_event(d, room.record().spec.name.clone()),
+                None if room.is_blocked(s.user(), now) => {
+                    Some(roomcast_model::ChatRoomEvent::RemovedFromChatRoom {
+                        room_id: id,
+                        room_name: room.record().spec.name.clone(),
+                        participant: s.user().clone(),
+                        reason: roomcast_model::LeaveReason::Kicked,
+                        operator: None,
+                        operator_reason: None,
+                    })
+                }
+                None => return true,
             };
             s.exited(id);
             // Out of the room's fan-out too (a mirror of it here may have put it there).
             let mut shards = self.shared.fanout.room_shards();
             self.shared.fanout.remove(id, s, &mut shards);
-            if let Some(event) =
-                crate::room_actor::departure_event(d, room.record().spec.name.clone())
-            {
+            if let Some(event) = event {
                 self.shared
                     .fanout
                     .send_to(s.clone(), vec![crate::ClientEvent::Room(Arc::new(event))]);

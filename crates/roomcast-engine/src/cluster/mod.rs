@@ -643,6 +643,9 @@ struct MirrorState {
     /// joiner is fed from that point of the room's deliveries on, after the room's messages it
     /// gets in its join replay (the answer may overtake deliveries published before it).
     awaiting: HashMap<UserId, Arc<Session>>,
+    /// Marks of `Joined` deliveries that came before their session entered the room (its
+    /// join's answer still on its way): the session takes them when it enters.
+    early_marks: HashMap<UserId, (u64, u64)>,
 }
 
 impl Mirror {
@@ -661,6 +664,7 @@ impl Mirror {
 
     fn remove(&self, shared: &Shared, user: &UserId) -> Option<Arc<Session>> {
         let mut state = self.state.lock();
+        state.early_marks.remove(user);
         let awaiting = state.awaiting.remove(user);
         let MirrorState {
             members, shards, ..
@@ -691,7 +695,9 @@ impl Mirror {
                         )
                     };
                     if let Some(session) = awaiting.or_else(|| shared.session_of(&user)) {
-                        session.confirm_room_mark(self.room, mark);
+                        if !session.confirm_room_mark(self.room, mark) {
+                            self.state.lock().early_marks.insert(user.clone(), mark);
+                        }
                         self.add(shared, session);
                         if !was {
                             self.state.lock().fresh.insert(user, Vec::new());
@@ -1726,6 +1732,7 @@ impl Node {
                 joining: 0,
                 awaiting: HashMap::new(),
                 fresh: HashMap::new(),
+                early_marks: HashMap::new(),
                 last_message: 0,
             }),
             task: Mutex::new(None),
@@ -1798,7 +1805,8 @@ impl Node {
         call: impl Fn() -> Call,
     ) -> Result<Option<Answer>, ChatError> {
         let room = call().room();
-        let mut rejoined = false;
+        // The owner this node told who of its sessions is in the room, during this call.
+        let mut rejoined: Option<Arc<str>> = None;
         let mut last = None;
         for _ in 0..ROUTE_TRIES {
             match self.route(core, room).await? {
@@ -1823,11 +1831,18 @@ impl Node {
                             continue;
                         }
                         // The room changed owners and the new one has not heard yet that this
-                        // node's members are in it: it hears now, and the call goes again.
-                        Err(ChatError::NotJoined(who)) if !rejoined => {
-                            rejoined = true;
-                            if !self.rejoin(room, &owner).await.unwrap_or(false) {
-                                return Err(ChatError::NotJoined(who));
+                        // node's members are in it: it hears now, and the call goes again
+                        // (to wherever the room is then: a rejoin that failed because the
+                        // room moved on is made with its next owner).
+                        Err(ChatError::NotJoined(who)) if rejoined.as_ref() != Some(&owner) => {
+                            match self.rejoin(room, &owner).await {
+                                Ok(true) => rejoined = Some(owner),
+                                Ok(false) => return Err(ChatError::NotJoined(who)),
+                                Err(e) => {
+                                    tracing::debug!(room = %room, error = %e, "a rejoin failed; routing again");
+                                    self.owners.lock().remove(&room);
+                                    last = Some(e.to_string());
+                                }
                             }
                         }
                         other => return other.map(Some),
@@ -1956,7 +1971,14 @@ impl Node {
         session: &Arc<Session>,
         joined: bool,
     ) {
-        mirror.state.lock().joining -= 1;
+        let early = {
+            let mut state = mirror.state.lock();
+            state.joining -= 1;
+            state.early_marks.remove(session.user())
+        };
+        if let (true, Some(mark)) = (joined, early) {
+            session.confirm_room_mark(mirror.room, mark);
+        }
         if joined {
             mirror.await_joined(session.clone());
             // The owner published `Joined` before it answered; should it never arrive (lost

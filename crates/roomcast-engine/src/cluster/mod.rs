@@ -1017,9 +1017,7 @@ impl Node {
     /// released, so that other nodes take them at once, not a lease time later).
     pub(crate) async fn stop(&self) {
         self.abort_tasks();
-        for mirror in std::mem::take(&mut *self.mirrors.lock()).into_values() {
-            mirror.stop();
-        }
+        self.drop_mirrors();
         let mut keepers: Vec<LeaseKeeper> = std::mem::take(&mut *self.owned.lock())
             .into_values()
             .collect();
@@ -1124,6 +1122,11 @@ impl Node {
         self.abort_tasks();
         drop(std::mem::take(&mut *self.owned.lock()));
         drop(self.slot.lock().take());
+        self.drop_mirrors();
+    }
+
+    /// Every mirror stops for good (the node stops).
+    fn drop_mirrors(&self) {
         for mirror in std::mem::take(&mut *self.mirrors.lock()).into_values() {
             mirror.stop();
         }

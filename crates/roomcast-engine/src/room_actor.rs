@@ -1469,6 +1469,17 @@ impl Actor for RoomActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.me = Some(ctx.address().downgrade());
         let room_id = self.room.id();
+        // Cluster mode: only the lease holder runs the room (a call that routed here just
+        // before the lease was lost must not start it after).
+        #[cfg(feature = "cluster")]
+        if let Some(node) = self.shared.node() {
+            if !node.owns(room_id) {
+                self.initial.clear();
+                ctx.stop();
+                node.started_without_lease(room_id);
+                return;
+            }
+        }
         let initial = std::mem::take(&mut self.initial);
         let from = self.room.last_seq() + 1;
         // Members added at creation without a client are offline from the room's creation; a

@@ -1642,6 +1642,17 @@ impl Node {
     fn give_up(&self, room: RoomId) {
         let Some(core) = self.core() else { return };
         if !self.owned.lock().contains_key(&room) {
+            // An actor still running here without the lease (it started as the lease went)
+            // stops too.
+            let actor = core
+                .inner
+                .shared
+                .directory
+                .get(room)
+                .and_then(|e| e.live_actor());
+            if let Some(actor) = actor {
+                self.to_mirror(core, room, Some(actor));
+            }
             return;
         }
         self.lost(&core, room);
@@ -1664,7 +1675,27 @@ impl Node {
             .directory
             .get(room)
             .and_then(|e| e.live_actor());
-        let core = core.clone();
+        self.to_mirror(core.clone(), room, actor);
+    }
+
+    /// An actor of `room` started here without the room's lease (a call took the room here
+    /// just before the lease was lost, and its actor started after): it stops at once, and this
+    /// node's members of the room are a mirror's.
+    pub(crate) fn started_without_lease(&self, room: RoomId) {
+        tracing::warn!(room = %room, node = %self.me, "a room's actor started without its lease here; it stops");
+        if let Some(core) = self.core() {
+            self.to_mirror(core, room, None);
+        }
+    }
+
+    /// After `actor` (if any) is evicted, this node's sessions in `room` are its mirror's, and
+    /// the room's owner hears of them.
+    fn to_mirror(
+        &self,
+        core: Core,
+        room: RoomId,
+        actor: Option<actix::Addr<crate::room_actor::RoomActor>>,
+    ) {
         self.runtime.spawn(async move {
             // The actor is gone (and its fan-out entries with it) before a mirror takes its
             // members.
@@ -1746,7 +1777,11 @@ impl Node {
 
     /// Subscribes `mirror` to its room's subject (once).
     async fn subscribe(&self, core: &Core, mirror: &Arc<Mirror>) -> Result<(), ChatError> {
-        if mirror.task.lock().is_some() {
+        // (A subscription whose stream ended is made again.)
+        let live = |task: &Option<tokio::task::JoinHandle<()>>| {
+            task.as_ref().is_some_and(|t| !t.is_finished())
+        };
+        if live(&mirror.task.lock()) {
             return Ok(());
         }
         let cluster = self.cluster.clone();
@@ -1758,7 +1793,7 @@ impl Node {
             .map_err(|e| ChatError::General(e.to_string()))?
             .map_err(cluster_error)?;
         let mut task = mirror.task.lock();
-        if task.is_some() || mirror.retired.load(Ordering::SeqCst) {
+        if live(&task) || mirror.retired.load(Ordering::SeqCst) {
             return Ok(());
         }
         let weak = Arc::downgrade(&core.inner);
@@ -1775,6 +1810,10 @@ impl Node {
                         tracing::error!(room = %m.room, error = %e, "a delivery could not be read")
                     }
                 }
+            }
+            tracing::warn!(room = %m.room, "a mirror's subscription ended; made again at its next resync");
+            if let Some(node) = weak.upgrade().and_then(|inner| Core { inner }.node()) {
+                node.mark_stale(&m);
             }
         }));
         Ok(())

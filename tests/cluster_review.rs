@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,30 +28,13 @@ use roomcast::{
 use roomcast_cluster::testing::NatsServer;
 use roomcast_workspace::harness_limits;
 
-#[path = "shared/cluster_node.rs"]
-mod cluster_node;
+#[path = "shared/cluster_harness.rs"]
+#[macro_use]
+mod cluster_harness;
 #[path = "shared/proxy.rs"]
 mod proxy;
-use cluster_node::node_binary;
+use cluster_harness::*;
 use proxy::Proxy;
-
-/// Every node's lease: a dead owner's rooms move after about this long.
-const LEASE_TTL: Duration = Duration::from_secs(1);
-/// Every node's NATS call timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an eventual state (an event, a list, a failover) may take to show up.
-const DEADLINE: Duration = Duration::from_secs(15);
-/// How often a wait looks again.
-const POLL: Duration = Duration::from_millis(10);
-
-macro_rules! server {
-    () => {
-        match NatsServer::start() {
-            Some(server) => server,
-            None => return,
-        }
-    };
-}
 
 fn config(server: &NatsServer, cluster: &str, id: &str) -> ClusterConfig {
     ClusterConfig::new([server.url()], cluster, id)
@@ -81,22 +63,6 @@ async fn node_with(
         .unwrap_or_else(|e| panic!("node {id}: {e}\n{}", server.log()))
 }
 
-/// Polls `check` until it returns true, or panics with `what` after the deadline.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Runs `call` until it does not fail with a delivery failure (9xx: the room may be moving),
 /// within the deadline; returns its last result.
 async fn retry<T, F, Fut>(mut call: F) -> Result<T, ChatError>
@@ -120,34 +86,6 @@ async fn send(client: &ChatClient, room: RoomId, text: &str) -> Result<ChatMessa
         .chat_manager()
         .send_message(OutgoingMessage::text(room, text))
         .await
-}
-
-/// Sends until accepted (retrying delivery failures), panicking on a rule failure.
-async fn send_ok(client: &ChatClient, room: RoomId, text: &str) -> ChatMessage {
-    retry(|| send(client, room, text))
-        .await
-        .unwrap_or_else(|e| panic!("{} sending {text:?}: {e}", client.current_user_id()))
-}
-
-/// Every retained message of `room` as `client` sees it, oldest first (every page).
-async fn history(client: &ChatClient, room: RoomId) -> Vec<ChatMessage> {
-    let mut all: Vec<ChatMessage> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |m| m.seq());
-        let page = retry(|| {
-            let chat = client.chat_manager();
-            async move {
-                chat.fetch_history_messages(&room, HistoryQuery::after(after, 200))
-                    .await
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("history for {}: {e}", client.current_user_id()));
-        if page.data.is_empty() {
-            return all;
-        }
-        all.extend(page.data);
-    }
 }
 
 /// Messages each room retains (the harness limits keep the default).
@@ -253,19 +191,6 @@ impl Seen {
     }
 }
 
-/// A room created by the super admin `host` logged in on `engine`.
-async fn room_on(engine: &Engine, name: &str) -> (ChatClient, RoomId) {
-    engine.add_super_admin("host").await.unwrap();
-    let host = engine.login("host").await.unwrap();
-    let room = host
-        .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new(name).with_max_users(10_000))
-        .await
-        .unwrap()
-        .room_id;
-    (host, room)
-}
-
 async fn join(client: &ChatClient, room: RoomId) {
     retry(|| {
         let rooms = client.chat_room_manager();
@@ -273,10 +198,6 @@ async fn join(client: &ChatClient, room: RoomId) {
     })
     .await
     .unwrap_or_else(|e| panic!("{} joining: {e}", client.current_user_id()));
-}
-
-fn is_member_exited(e: &ChatRoomEvent, who: &str) -> bool {
-    matches!(e, ChatRoomEvent::MemberExited { participant, .. } if participant.as_str() == who)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2811,113 +2732,6 @@ async fn a_thousand_rooms_across_three_nodes() {
 // ------------------------------------------------------------------------------------------
 // SIGKILL of the owner's process
 // ------------------------------------------------------------------------------------------
-
-/// One `cluster_node` process, driven by JSON lines.
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    /// Every JSON line it printed, and whether its output ended.
-    lines: Arc<Mutex<(Vec<serde_json::Value>, bool)>>,
-    next_id: u64,
-}
-
-impl Process {
-    fn spawn(server: &NatsServer, cluster: &str, id: &str) -> Process {
-        use std::io::BufRead;
-        let mut child = Command::new(node_binary())
-            .args(["--nats", &server.url(), "--cluster", cluster, "--node", id])
-            .args(["--lease-ttl-ms", &LEASE_TTL.as_millis().to_string()])
-            .args([
-                "--request-timeout-ms",
-                &REQUEST_TIMEOUT.as_millis().to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cluster_node");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Arc<Mutex<(Vec<serde_json::Value>, bool)>> = Default::default();
-        let out = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str(&line) {
-                    out.lock().0.push(v);
-                }
-            }
-            out.lock().1 = true;
-        });
-        let stdin = child.stdin.take().expect("stdin");
-        Process {
-            child,
-            stdin,
-            lines,
-            next_id: 1,
-        }
-    }
-
-    /// Sends a command without waiting; returns its id.
-    fn send(&mut self, op: &str, mut fields: serde_json::Value) -> u64 {
-        use std::io::Write;
-        let id = self.next_id;
-        self.next_id += 1;
-        fields["op"] = op.into();
-        fields["id"] = id.into();
-        writeln!(self.stdin, "{fields}").expect("write a command");
-        self.stdin.flush().expect("flush");
-        id
-    }
-
-    fn answer(&self, id: u64) -> Option<serde_json::Value> {
-        self.lines
-            .lock()
-            .0
-            .iter()
-            .find(|v| v.get("id").and_then(serde_json::Value::as_u64) == Some(id))
-            .cloned()
-    }
-
-    /// Polls (on a blocking thread) until `pick` finds something in the output.
-    async fn wait<T: Send + 'static>(
-        &self,
-        what: &str,
-        pick: impl Fn(&[serde_json::Value]) -> Option<T> + Send + 'static,
-    ) -> T {
-        let lines = self.lines.clone();
-        let what = what.to_string();
-        tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(found) = pick(&lines.lock().0) {
-                    return found;
-                }
-                assert!(Instant::now() < deadline, "cluster_node: no {what}");
-                assert!(
-                    !lines.lock().1,
-                    "cluster_node: its output ended before {what}"
-                );
-                std::thread::sleep(POLL);
-            }
-        })
-        .await
-        .unwrap()
-    }
-
-    async fn call(&mut self, op: &str, fields: serde_json::Value) -> serde_json::Value {
-        let id = self.send(op, fields);
-        let answer = self
-            .wait(&format!("answer to {op}"), move |lines| {
-                lines
-                    .iter()
-                    .find(|v| v.get("id").and_then(serde_json::Value::as_u64) == Some(id))
-                    .cloned()
-            })
-            .await;
-        assert!(answer.get("error").is_none(), "{op}: {answer}");
-        answer
-    }
-}
 
 /// The owner is a process of its own (`examples/cluster_node`), killed with SIGKILL while its
 /// own user has 300 sends in flight and six senders on two in-process nodes send. Every

@@ -22,8 +22,6 @@
 //! leases").
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,70 +30,27 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast::{
     ChatClient, ChatError, ChatEventHandler, ChatMessage, ChatRoomEvent, ClientEvent,
-    ClusterConfig, CreateChatRoomOptions, Engine, EngineBuilder, HistoryQuery, LeaveReason,
-    ManualClock, MessageId, MuteDuration, OutgoingMessage, RoomId,
+    CreateChatRoomOptions, Engine, LeaveReason, ManualClock, MessageId, MuteDuration,
+    OutgoingMessage, RoomId,
 };
 use roomcast_cluster::testing::NatsServer;
 use roomcast_workspace::harness_limits;
 
-#[path = "shared/cluster_node.rs"]
-mod cluster_node;
+#[path = "shared/cluster_harness.rs"]
+#[macro_use]
+mod cluster_harness;
 #[path = "shared/proxy.rs"]
 mod proxy;
-use cluster_node::node_binary;
+use cluster_harness::*;
 use proxy::Proxy;
 
-/// Every node's lease: a dead owner's rooms move after about this long.
-const LEASE_TTL: Duration = Duration::from_secs(1);
-/// Every node's NATS call timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long an eventual state (an event, a list, a failover) may take to show up.
-const DEADLINE: Duration = Duration::from_secs(15);
-/// How often a wait looks again.
-const POLL: Duration = Duration::from_millis(10);
 /// What a failing call may take beyond the request timeout ("fail with 903 within the request
 /// timeout"): scheduling on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_millis(700);
 
-macro_rules! server {
-    () => {
-        match NatsServer::start() {
-            Some(server) => server,
-            None => return,
-        }
-    };
-}
-
 // ------------------------------------------------------------------------------------------
 // Nodes
 // ------------------------------------------------------------------------------------------
-
-fn config(url: String, cluster: &str, id: &str) -> ClusterConfig {
-    ClusterConfig::new([url], cluster, id)
-        .with_lease_ttl(LEASE_TTL)
-        .with_request_timeout(REQUEST_TIMEOUT)
-}
-
-/// Node `id` of `cluster` on `url`, with the harness limits (no rate limits, no delivery
-/// threshold) and whatever `more` adds to its builder.
-async fn node_at(
-    url: String,
-    cluster: &str,
-    id: &str,
-    more: impl FnOnce(EngineBuilder) -> EngineBuilder,
-) -> Engine {
-    let builder = Engine::builder()
-        .limits(harness_limits())
-        .cluster(config(url, cluster, id));
-    more(builder)
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("node {id}: {e}"))
-}
-
-async fn node(server: &NatsServer, cluster: &str, id: &str) -> Engine {
-    node_at(server.url(), cluster, id, |b| b).await
-}
 
 async fn node_with_clock(
     server: &NatsServer,
@@ -110,138 +65,6 @@ async fn node_with_clock(
 // ------------------------------------------------------------------------------------------
 // Waiting, retrying, sending
 // ------------------------------------------------------------------------------------------
-
-/// Polls `check` until it returns true, or panics with `what` after the deadline.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Lets `span` of real time pass (a cut of a given length, a lease to lapse): not a wait for
-/// a state.
-async fn let_pass(span: Duration) {
-    tokio::time::sleep(span).await;
-}
-
-/// Runs `call` until it does not fail with a delivery failure (9xx: the room may be moving),
-/// within the deadline; returns its last result.
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, ChatError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ChatError>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match call().await {
-            Err(e) if e.is_delivery_failure() && e.code() != 900 && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn send(client: &ChatClient, room: RoomId, text: &str) -> Result<ChatMessage, ChatError> {
-    client
-        .chat_manager()
-        .send_message(OutgoingMessage::text(room, text))
-        .await
-}
-
-/// Sends until accepted (retrying delivery failures), panicking on a rule failure.
-async fn send_ok(client: &ChatClient, room: RoomId, text: &str) -> ChatMessage {
-    retry(|| send(client, room, text))
-        .await
-        .unwrap_or_else(|e| panic!("{} sending {text:?}: {e}", client.current_user_id()))
-}
-
-/// Joins (retrying delivery failures); 701 (already in) counts as joined: a join whose answer
-/// was lost and is retried.
-async fn join(client: &ChatClient, room: RoomId) {
-    let r = retry(|| {
-        let rooms = client.chat_room_manager();
-        async move { rooms.join_chat_room(&room).await.map(|_| ()) }
-    })
-    .await;
-    match r {
-        Ok(()) => {}
-        Err(e) if e.code() == 701 => {}
-        Err(e) => panic!("{} joining: {e}", client.current_user_id()),
-    }
-}
-
-async fn leave(client: &ChatClient, room: RoomId) {
-    let r = retry(|| {
-        let rooms = client.chat_room_manager();
-        async move { rooms.leave_chat_room(&room).await }
-    })
-    .await;
-    match r {
-        Ok(()) => {}
-        Err(e) if e.code() == 702 => {}
-        Err(e) => panic!("{} leaving: {e}", client.current_user_id()),
-    }
-}
-
-/// Every retained message of `room` as `client` sees it, oldest first (every page).
-async fn history(client: &ChatClient, room: RoomId) -> Vec<ChatMessage> {
-    let mut all: Vec<ChatMessage> = Vec::new();
-    loop {
-        let after = all.last().map_or(0, |m| m.seq());
-        let page = retry(|| {
-            let chat = client.chat_manager();
-            async move {
-                chat.fetch_history_messages(&room, HistoryQuery::after(after, 200))
-                    .await
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("history for {}: {e}", client.current_user_id()));
-        if page.data.is_empty() {
-            return all;
-        }
-        all.extend(page.data);
-    }
-}
-
-/// The member list of `room` as `client` sees it, sorted.
-async fn members(client: &ChatClient, room: RoomId) -> Vec<String> {
-    let page = retry(|| {
-        let rooms = client.chat_room_manager();
-        async move { rooms.fetch_chat_room_members(&room, None, 1000).await }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("members for {}: {e}", client.current_user_id()));
-    let mut ids: Vec<String> = page.data.iter().map(|u| u.to_string()).collect();
-    ids.sort();
-    ids
-}
-
-/// A room created by the super admin `host` logged in on `engine`.
-async fn room_on(engine: &Engine, name: &str) -> (ChatClient, RoomId) {
-    engine.add_super_admin("host").await.unwrap();
-    let host = engine.login("host").await.unwrap();
-    let room = host
-        .chat_room_manager()
-        .create_chat_room(CreateChatRoomOptions::new(name).with_max_users(10_000))
-        .await
-        .unwrap()
-        .room_id;
-    (host, room)
-}
-
-/// What senders got acknowledged: (seq, id, text).
-type Acked = Arc<Mutex<Vec<(u64, MessageId, String)>>>;
 
 /// Spawns a sender that sends "tag n" for n = 0.. until `stop`, pausing `pace` after each
 /// acknowledged message, retrying delivery failures, and records what was acknowledged. It
@@ -277,14 +100,6 @@ fn sender(
         }
         errors
     })
-}
-
-async fn wait_acked(what: &str, acked: &Acked, n: usize) {
-    wait_until(what, || {
-        let got = acked.lock().len();
-        async move { got >= n }
-    })
-    .await;
 }
 
 /// Checks a history against what was acknowledged: sequence numbers 1, 2, 3, ... without
@@ -541,22 +356,8 @@ fn own_seqs(h: &[ChatMessage], who: &str) -> BTreeSet<u64> {
         .collect()
 }
 
-fn is_member_exited(e: &ChatRoomEvent, who: &str) -> bool {
-    matches!(e, ChatRoomEvent::MemberExited { participant, .. } if participant.as_str() == who)
-}
-
-fn is_removed(e: &ChatRoomEvent) -> Option<LeaveReason> {
-    match e {
-        ChatRoomEvent::RemovedFromChatRoom { reason, .. } => Some(*reason),
-        _ => None,
-    }
-}
-
 /// Messages each room retains (the default `history_retention`).
 const RETAINED: usize = 1_000;
-
-/// The room's join replay (the default `join_replay_count`).
-const REPLAY: usize = 10;
 
 // ------------------------------------------------------------------------------------------
 // 1. Deliveries wait for the log
@@ -1463,22 +1264,6 @@ async fn presence_setup(
     let seen_b = Seen::of(&ub);
     wait_for_presence(&a, room, (2, 2)).await;
     (a, b, host, room, host_seen, ub, seen_b)
-}
-
-/// (members, online) of `room` as `engine` counts them, (0, 0) if it cannot say.
-async fn presence(engine: &Engine, room: RoomId) -> (usize, usize) {
-    engine
-        .room_stats(&room)
-        .await
-        .map(|s| (s.member_count, s.online_count))
-        .unwrap_or((0, 0))
-}
-
-async fn wait_for_presence(engine: &Engine, room: RoomId, want: (usize, usize)) {
-    wait_until(&format!("(members, online) {want:?}"), || async move {
-        presence(engine, room).await == want
-    })
-    .await;
 }
 
 /// Node b (with a member) is cut off for three leases; the owner counts its member offline
@@ -2928,113 +2713,6 @@ async fn moderation_racing_sends_from_other_nodes() {
 // ------------------------------------------------------------------------------------------
 // SIGKILL of the owner's process (helpers from `tests/cluster_review.rs`)
 // ------------------------------------------------------------------------------------------
-
-/// One `cluster_node` process, driven by JSON lines.
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    /// Every JSON line it printed, and whether its output ended.
-    lines: Arc<Mutex<(Vec<serde_json::Value>, bool)>>,
-    next_id: u64,
-}
-
-impl Process {
-    fn spawn(server: &NatsServer, cluster: &str, id: &str) -> Process {
-        use std::io::BufRead;
-        let mut child = Command::new(node_binary())
-            .args(["--nats", &server.url(), "--cluster", cluster, "--node", id])
-            .args(["--lease-ttl-ms", &LEASE_TTL.as_millis().to_string()])
-            .args([
-                "--request-timeout-ms",
-                &REQUEST_TIMEOUT.as_millis().to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cluster_node");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Arc<Mutex<(Vec<serde_json::Value>, bool)>> = Default::default();
-        let out = lines.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str(&line) {
-                    out.lock().0.push(v);
-                }
-            }
-            out.lock().1 = true;
-        });
-        let stdin = child.stdin.take().expect("stdin");
-        Process {
-            child,
-            stdin,
-            lines,
-            next_id: 1,
-        }
-    }
-
-    /// Sends a command without waiting; returns its id.
-    fn send(&mut self, op: &str, mut fields: serde_json::Value) -> u64 {
-        use std::io::Write;
-        let id = self.next_id;
-        self.next_id += 1;
-        fields["op"] = op.into();
-        fields["id"] = id.into();
-        writeln!(self.stdin, "{fields}").expect("write a command");
-        self.stdin.flush().expect("flush");
-        id
-    }
-
-    fn answer(&self, id: u64) -> Option<serde_json::Value> {
-        self.lines
-            .lock()
-            .0
-            .iter()
-            .find(|v| v.get("id").and_then(serde_json::Value::as_u64) == Some(id))
-            .cloned()
-    }
-
-    /// Polls (on a blocking thread) until `pick` finds something in the output.
-    async fn wait<T: Send + 'static>(
-        &self,
-        what: &str,
-        pick: impl Fn(&[serde_json::Value]) -> Option<T> + Send + 'static,
-    ) -> T {
-        let lines = self.lines.clone();
-        let what = what.to_string();
-        tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(found) = pick(&lines.lock().0) {
-                    return found;
-                }
-                assert!(Instant::now() < deadline, "cluster_node: no {what}");
-                assert!(
-                    !lines.lock().1,
-                    "cluster_node: its output ended before {what}"
-                );
-                std::thread::sleep(POLL);
-            }
-        })
-        .await
-        .unwrap()
-    }
-
-    async fn call(&mut self, op: &str, fields: serde_json::Value) -> serde_json::Value {
-        let id = self.send(op, fields);
-        let answer = self
-            .wait(&format!("answer to {op}"), move |lines| {
-                lines
-                    .iter()
-                    .find(|v| v.get("id").and_then(serde_json::Value::as_u64) == Some(id))
-                    .cloned()
-            })
-            .await;
-        assert!(answer.get("error").is_none(), "{op}: {answer}");
-        answer
-    }
-}
 
 /// The owner runs as a process of its own (`examples/cluster_node`) and is killed with SIGKILL
 /// while its own user has 200 sends in flight, members on b and c send, and 20 users on b and c

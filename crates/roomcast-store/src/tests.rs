@@ -881,6 +881,22 @@ fn first_layout_messages_still_read() {
     assert_eq!(codec::decode_message(&written).unwrap(), held);
 }
 
+/// Applies `sets` to `store` as one batch (one group commit), and reads back up to 10 of
+/// `room`'s messages, oldest first.
+fn apply_as_one_batch(store: &Store, sets: &[WriteSet], room: RoomId) -> Vec<MessageData> {
+    let reader = store.blocking_reader();
+    let batch = writeset::batch_of(sets, &reader.tree).unwrap();
+    reader.tree.apply_batch(batch.into_batch()).unwrap();
+    reader
+        .messages(
+            room,
+            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+            false,
+            10,
+        )
+        .unwrap()
+}
+
 /// A recall rewrites the stored message without its body; one of a message that retention
 /// removed earlier in the same batch does not bring it back.
 #[tokio::test]
@@ -902,17 +918,7 @@ async fn a_recall_rewrites_the_message_and_never_revives_a_trimmed_one() {
     let mut late = WriteSet::new();
     late.recall_message(room, 1, by.clone());
     let sets = [trim, late];
-    let reader = store.blocking_reader();
-    let batch = writeset::batch_of(&sets, &reader.tree).unwrap();
-    reader.tree.apply_batch(batch.into_batch()).unwrap();
-    let all = reader
-        .messages(
-            room,
-            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
-            false,
-            10,
-        )
-        .unwrap();
+    let all = apply_as_one_batch(&store, &sets, room);
     assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
     assert_eq!(all[0].recalled, Some(by));
     assert_eq!(
@@ -947,17 +953,7 @@ async fn a_recall_sees_the_message_put_earlier_in_its_batch() {
     trim.trim_older_than(room, 15);
     trim.recall_message(room, 1, by.clone());
     sets.push(trim);
-    let reader = store.blocking_reader();
-    let batch = writeset::batch_of(&sets, &reader.tree).unwrap();
-    reader.tree.apply_batch(batch.into_batch()).unwrap();
-    let all = reader
-        .messages(
-            room,
-            (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
-            false,
-            10,
-        )
-        .unwrap();
+    let all = apply_as_one_batch(&store, &sets, room);
     assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3, 4]);
     assert_eq!(all[0].recalled, Some(by));
     assert_eq!(all[1].recalled, None);

@@ -309,7 +309,8 @@ pub(crate) fn sender(
                 Err(e) => {
                     assert!(
                         e.is_delivery_failure() || tolerated.contains(&e.code()),
-                        "{tag}: {e}"
+                        "{tag}: {e} (at {} ms)",
+                        ms()
                     );
                     let now = ms();
                     let entry = errors.codes.entry(e.code()).or_insert((0, now, now));
@@ -470,6 +471,26 @@ impl Seen {
         let end = Instant::now() + span;
         loop {
             if self.seqs().contains(&seq) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Whether, within `span`, message `seq` comes live or the client is told
+    /// `on_chat_room_recovered` with a last sequence number of `seq` or later: what a member
+    /// whose node was away from NATS when `seq` was published gets instead ("live delivery is
+    /// at most once", `docs/cluster.md`; it fetches the message from history).
+    pub(crate) async fn gets_or_is_told_within(&self, seq: u64, span: Duration) -> bool {
+        let end = Instant::now() + span;
+        loop {
+            let told = self.room_events().iter().any(|e| {
+                matches!(e, ChatRoomEvent::ChatRoomRecovered { last_seq, .. } if *last_seq >= seq)
+            });
+            if told || self.seqs().contains(&seq) {
                 return true;
             }
             if Instant::now() >= end {

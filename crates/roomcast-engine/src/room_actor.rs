@@ -392,6 +392,45 @@ pub(crate) fn departure_event(
     })
 }
 
+/// Cluster mode: whether a member its node still counts in `room` is one no more, and what it
+/// is told if so: `None` if it is a member; `Some(event)` if it is not: it departed after the
+/// room last confirmed it (`departed`, see [`departed_after`]), or it is blocked (by an owner
+/// that did not know it was in: removed as a block removes a member), or banned from rejoining.
+/// `lapsed`: the room counted it gone as offline (its departure since forgotten).
+pub(crate) fn kept_out(
+    room: &Room,
+    user: &UserId,
+    departed: Option<&roomcast_store::Departure>,
+    lapsed: bool,
+    now: Timestamp,
+) -> Option<Option<ChatRoomEvent>> {
+    let banned = room
+        .record()
+        .live
+        .rejoin_banned_until
+        .get(user)
+        .is_some_and(|&until| until > now);
+    let blocked = room.is_blocked(user, now);
+    if departed.is_none() && !banned && !blocked {
+        return None;
+    }
+    let name = room.record().spec.name.clone();
+    let removed = |reason| ChatRoomEvent::RemovedFromChatRoom {
+        room_id: room.id(),
+        room_name: name.clone(),
+        participant: user.clone(),
+        reason,
+        operator: None,
+        operator_reason: None,
+    };
+    Some(match departed {
+        Some(d) => departure_event(d, name.clone()),
+        None if blocked => Some(removed(roomcast_model::LeaveReason::Kicked)),
+        None if lapsed => Some(removed(roomcast_model::LeaveReason::Offline)),
+        None => None,
+    })
+}
+
 /// Tells the supervisor when the actor goes away. Dropped without `stopped()` having run means
 /// the actor died abnormally (a panic unwound through it); actix does not restart such an actor,
 /// so the supervisor forgets it and the next call reloads the room from the store.
@@ -575,19 +614,26 @@ impl RoomActor {
             return Ok(());
         }
         let (room, now) = (self.room.id(), self.now());
+        // Why each was removed (the first removal event of each; none: it left).
+        let mut removed: HashMap<&UserId, (roomcast_model::LeaveReason, Option<UserId>)> =
+            HashMap::new();
+        for o in &fx.events {
+            if let ChatRoomEvent::RemovedFromChatRoom {
+                participant,
+                reason,
+                operator,
+                ..
+            } = &o.event
+            {
+                removed
+                    .entry(participant)
+                    .or_insert_with(|| (*reason, operator.clone()));
+            }
+        }
         for user in &fx.left {
-            let removed = fx.events.iter().find_map(|o| match &o.event {
-                ChatRoomEvent::RemovedFromChatRoom {
-                    participant,
-                    reason,
-                    operator,
-                    ..
-                } if participant == user => Some((*reason, operator.clone())),
-                _ => None,
-            });
             self.mark.1 += 1;
-            let (reason, operator) = match removed {
-                Some((reason, operator)) => (Some(reason), operator),
+            let (reason, operator) = match removed.get(user) {
+                Some((reason, operator)) => (Some(*reason), operator.clone()),
                 None => (None, None),
             };
             let departure = roomcast_store::Departure {
@@ -1908,34 +1954,7 @@ impl Handler<Rejoin> for RoomActor {
                         .filter(|d| mark.is_none_or(|m| d.mark > m));
                     // Not departed since (the room restarted, or changed owners, and lost
                     // track of it): in again, unless blocked or banned from rejoining.
-                    let now = act.now();
-                    let banned = act
-                        .room
-                        .record()
-                        .live
-                        .rejoin_banned_until
-                        .get(&user)
-                        .is_some_and(|&until| until > now);
-                    let blocked = act.room.is_blocked(&user, now);
-                    if departed.is_some() || banned || blocked {
-                        let name = act.room.record().spec.name.clone();
-                        let removed = |reason| ChatRoomEvent::RemovedFromChatRoom {
-                            room_id: act.room.id(),
-                            room_name: name.clone(),
-                            participant: user.clone(),
-                            reason,
-                            operator: None,
-                            operator_reason: None,
-                        };
-                        let event = match departed {
-                            Some(d) => departure_event(d, name.clone()),
-                            // Blocked while its node was away, by an owner that did not know
-                            // it was in (the room changed owners meanwhile): removed by the
-                            // block, as a member in the room is.
-                            None if blocked => Some(removed(roomcast_model::LeaveReason::Kicked)),
-                            None if lapsed => Some(removed(roomcast_model::LeaveReason::Offline)),
-                            None => None,
-                        };
+                    if let Some(event) = kept_out(&act.room, &user, departed, lapsed, act.now()) {
                         if let Some(event) = event {
                             told.push((user.clone(), event));
                         }

@@ -337,19 +337,9 @@ impl Supervisor {
         // owner that did not know it was in).
         members.retain(|s| {
             let departed = crate::room_actor::departed_after(&data.departures, s, id);
-            let event = match departed {
-                Some(d) => crate::room_actor::departure_event(d, room.record().spec.name.clone()),
-                None if room.is_blocked(s.user(), now) => {
-                    Some(roomcast_model::ChatRoomEvent::RemovedFromChatRoom {
-                        room_id: id,
-                        room_name: room.record().spec.name.clone(),
-                        participant: s.user().clone(),
-                        reason: roomcast_model::LeaveReason::Kicked,
-                        operator: None,
-                        operator_reason: None,
-                    })
-                }
-                None => return true,
+            let Some(event) = crate::room_actor::kept_out(&room, s.user(), departed, false, now)
+            else {
+                return true;
             };
             s.exited(id);
             // Out of the room's fan-out too (a mirror of it here may have put it there).

@@ -1832,6 +1832,16 @@ impl Core {
             if let Some(held) = entry.enter(clock.now_ms()) {
                 return Ok(held);
             }
+            // Cluster mode: only the lease holder starts the room (a call routed here just
+            // before the lease went would start an actor that stops at once, again and again).
+            #[cfg(feature = "cluster")]
+            if let Some(node) = self.node() {
+                if !node.owns(room) {
+                    return Err(ChatError::RoomUnavailable(format!(
+                        "room {room} moved to another node (retry)"
+                    )));
+                }
+            }
             let supervisor = &self.inner.supervisor;
             let running = supervisor
                 .send(Activate(room))

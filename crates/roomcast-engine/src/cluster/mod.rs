@@ -82,6 +82,14 @@ async fn append_engine_wide(
     }
 }
 
+/// What taking a room over found in its log.
+enum TakeOver {
+    /// The room, replayed: this node runs it now.
+    Taken,
+    /// No room (destroyed): with the room's record as this node's store last held it.
+    Gone(Option<Box<roomcast_model::RoomRecord>>),
+}
+
 /// Where a room's calls go.
 pub(crate) enum Route {
     /// This node owns the room: its actor runs here.
@@ -902,6 +910,8 @@ pub(crate) struct Node {
     member_nodes: Mutex<HashMap<String, MemberNode>>,
     /// Bumped at each outage (see [`Mirror::stale`]).
     outages: AtomicU64,
+    /// Set as the node stops (under `owned`'s lock): no lease is held from then on.
+    stopping: std::sync::atomic::AtomicBool,
     /// The users with a session on this node, each with the task that follows its subject
     /// (its sessions on other nodes). Dropped with the session.
     users: Mutex<HashMap<UserId, FollowedUser>>,
@@ -952,6 +962,7 @@ impl Node {
             unanswered: Mutex::new(HashMap::new()),
             member_nodes: Mutex::new(HashMap::new()),
             outages: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             users: Mutex::new(HashMap::new()),
         });
         let _ = node.core.set(Arc::downgrade(&core.inner));
@@ -1018,10 +1029,15 @@ impl Node {
     pub(crate) async fn stop(&self) {
         self.abort_tasks();
         self.drop_mirrors();
-        let mut keepers: Vec<LeaseKeeper> = std::mem::take(&mut *self.owned.lock())
-            .into_values()
-            .collect();
-        keepers.extend(self.slot.lock().take());
+        // From now on no lease is taken here (a forwarded call still running may be taking a
+        // room: it lets the lease go instead of renewing it for a node that serves nothing).
+        let keepers: Vec<LeaseKeeper> = {
+            let mut owned = self.owned.lock();
+            self.stopping.store(true, Ordering::SeqCst);
+            let mut keepers: Vec<LeaseKeeper> = std::mem::take(&mut *owned).into_values().collect();
+            keepers.extend(self.slot.lock().take());
+            keepers
+        };
         if keepers.is_empty() {
             return;
         }
@@ -1120,8 +1136,12 @@ impl Node {
     /// keepers stop renewing; the leases lapse within their time).
     pub(crate) fn abort(&self) {
         self.abort_tasks();
-        drop(std::mem::take(&mut *self.owned.lock()));
-        drop(self.slot.lock().take());
+        {
+            let mut owned = self.owned.lock();
+            self.stopping.store(true, Ordering::SeqCst);
+            drop(std::mem::take(&mut *owned));
+            drop(self.slot.lock().take());
+        }
         self.drop_mirrors();
     }
 
@@ -1411,11 +1431,11 @@ impl Node {
                 self.terms.lock().insert(room, lease.revision());
                 let keeper = lease.keep_alive();
                 match self.take_over(core, room).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(TakeOver::Taken) => {}
+                    Ok(TakeOver::Gone(known)) => {
                         drop(self.runtime.spawn(async move { keeper.release().await }));
                         self.owners.lock().remove(&room);
-                        self.gone_from_log(core, room);
+                        self.gone_from_log(core, room, known);
                         return Err(ChatError::RoomNotExist(room.to_string()));
                     }
                     Err(e) => {
@@ -1431,7 +1451,9 @@ impl Node {
                     if let Some(mirror) = mirrors.remove(&room) {
                         mirror.stop();
                     }
-                    self.owned.lock().insert(room, keeper);
+                    if !self.hold(room, keeper) {
+                        return Err(ChatError::EngineStopped);
+                    }
                 }
                 self.owners.lock().remove(&room);
                 Ok(Route::Local)
@@ -1452,29 +1474,76 @@ impl Node {
         }
     }
 
-    /// `room`'s log holds no room (it was destroyed; its owner may have died before it told
-    /// the other nodes): this node's members of it are told, as they would have been.
-    fn gone_from_log(&self, core: &Core, room: RoomId) {
+    /// `room`'s log holds no room (it was destroyed while this node was away, or its owner
+    /// died before it told the other nodes): this node's members of it are told as a destroy
+    /// tells them (`on_chat_room_destroyed`, then `on_removed_from_chat_room(Destroyed)`, but
+    /// the room's owner), with the room's name and owner as this node last knew them (`known`:
+    /// the record its store held, if any; else the room list's entry).
+    fn gone_from_log(
+        &self,
+        core: &Core,
+        room: RoomId,
+        known: Option<Box<roomcast_model::RoomRecord>>,
+    ) {
         let shared = &core.inner.shared;
         let mirror = self.mirrors.lock().get(&room).cloned();
         if let Some(mirror) = mirror {
-            let room_name = shared
-                .directory
-                .get(room)
-                .map(|e| e.summary().name)
-                .unwrap_or_default();
+            let (room_name, owner) = match known {
+                Some(record) => {
+                    let record = *record;
+                    (record.spec.name, Some(record.owner))
+                }
+                None => shared
+                    .directory
+                    .get(room)
+                    .map(|e| {
+                        let summary = e.summary();
+                        (summary.name, Some(summary.owner))
+                    })
+                    .unwrap_or_default(),
+            };
+            let told: Vec<UserId> = {
+                let state = mirror.state.lock();
+                state
+                    .members
+                    .keys()
+                    .chain(state.awaiting.keys())
+                    .filter(|u| owner.as_ref() != Some(*u))
+                    .cloned()
+                    .collect()
+            };
             let event = roomcast_model::ChatRoomEvent::ChatRoomDestroyed {
                 room_id: room,
-                room_name,
+                room_name: room_name.clone(),
             };
             mirror.apply(
                 self,
                 shared,
-                Delivery::Broadcast {
-                    item: Item::Event(event),
-                    except: Vec::new(),
+                Delivery::To {
+                    users: told.clone(),
+                    node: None,
+                    items: vec![Item::Event(event)],
                 },
             );
+            for participant in told {
+                let event = roomcast_model::ChatRoomEvent::RemovedFromChatRoom {
+                    room_id: room,
+                    room_name: room_name.clone(),
+                    participant: participant.clone(),
+                    reason: roomcast_model::LeaveReason::Destroyed,
+                    operator: owner.clone(),
+                    operator_reason: None,
+                };
+                mirror.apply(
+                    self,
+                    shared,
+                    Delivery::To {
+                        users: vec![participant],
+                        node: None,
+                        items: vec![Item::Event(event)],
+                    },
+                );
+            }
             mirror.apply(self, shared, Delivery::Destroyed);
         }
         if let Some(entry) = shared.directory.get(room) {
@@ -1483,9 +1552,9 @@ impl Node {
     }
 
     /// This node just took `room`: its log replayed into the local store (what the store held
-    /// of it wiped first), the directory entry made, the other nodes told. `false` if the
-    /// log holds no such room.
-    async fn take_over(&self, core: &Core, room: RoomId) -> Result<bool, ChatError> {
+    /// of it wiped first), the directory entry made, the other nodes told. `Gone` if the log
+    /// holds no such room.
+    async fn take_over(&self, core: &Core, room: RoomId) -> Result<TakeOver, ChatError> {
         let store = core.store()?;
         // An actor of this room left here from an earlier ownership stops first: its memory
         // may be ahead of the log.
@@ -1512,6 +1581,15 @@ impl Node {
             .await
             .map_err(|e| ChatError::General(e.to_string()))?
             .map_err(cluster_error)?;
+        // The room as this node last knew it (its members are told of a room gone from the log
+        // with its name and owner).
+        let known = store
+            .read(move |reader| reader.room(room))
+            .await
+            .and_then(|r| r)
+            .ok()
+            .flatten()
+            .map(Box::new);
         let mut wipe = WriteSet::new();
         wipe.delete_room(room);
         let wipe = wipe.encode().map_err(crate::storage_error)?;
@@ -1581,7 +1659,7 @@ impl Node {
             .and_then(|r| r)
             .map_err(crate::storage_error)?;
         let Some(record) = record else {
-            return Ok(false);
+            return Ok(TakeOver::Gone(known));
         };
         let shared = &core.inner.shared;
         if shared.directory.get(room).is_none_or(|e| e.is_destroyed()) {
@@ -1616,7 +1694,20 @@ impl Node {
                 },
             );
         }
-        Ok(true)
+        Ok(TakeOver::Taken)
+    }
+
+    /// Holds `keeper` as this node's lease of `room`, unless the node is stopping: then the
+    /// lease is released at once (nothing would serve the room here) and this is `false`.
+    fn hold(&self, room: RoomId, keeper: LeaseKeeper) -> bool {
+        let mut owned = self.owned.lock();
+        if self.stopping.load(Ordering::SeqCst) {
+            drop(owned);
+            drop(self.runtime.spawn(async move { keeper.release().await }));
+            return false;
+        }
+        owned.insert(room, keeper);
+        true
     }
 
     /// Stops the room's actor here when its lease is lost (another node took it).
@@ -2181,6 +2272,13 @@ impl Node {
                 Ok(lease) => {
                     let keeper = lease.keep_alive();
                     self.watch_slot(slot, &keeper);
+                    // (Under `owned`'s lock, as `stop` takes it: a stopping node holds no slot.)
+                    let owned = self.owned.lock();
+                    if self.stopping.load(Ordering::SeqCst) {
+                        drop(owned);
+                        drop(self.runtime.spawn(async move { keeper.release().await }));
+                        return Err(ChatError::EngineStopped);
+                    }
                     *self.slot.lock() = Some(keeper);
                     return Ok(slot);
                 }
@@ -2276,7 +2374,9 @@ impl Node {
                 self.terms.lock().insert(room, lease.revision());
                 let keeper = lease.keep_alive();
                 self.watch_lease(room, &keeper);
-                self.owned.lock().insert(room, keeper);
+                if !self.hold(room, keeper) {
+                    return Err(ChatError::EngineStopped);
+                }
                 self.log.reset(room.as_u64(), None, 0, 0);
                 Ok(true)
             }

@@ -515,7 +515,9 @@ impl Core {
         call: impl Fn() -> remote::Call,
     ) -> Result<Option<remote::Answer>, ChatError> {
         match self.node() {
-            Some(node) => node.remote(self, call).await,
+            // Under the call timeout too: finding the room's owner (taking the room, a resync
+            // after an outage) waits on other calls of the room, and must not wait for good.
+            Some(node) => self.run(node.remote(self, call)).await,
             None => Ok(None),
         }
     }

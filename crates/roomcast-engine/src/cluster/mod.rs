@@ -212,7 +212,6 @@ impl ClusterLog {
     /// everything appended so far; then removes the log's entries before it.
     async fn snapshot(
         &self,
-        cluster: &Cluster,
         room: u64,
         state: tokio::sync::oneshot::Receiver<Result<RoomState, StoreError>>,
         max: usize,
@@ -234,12 +233,15 @@ impl ClusterLog {
             }
             Err(_) => return done(self, None),
         };
-        let mut expected = {
-            let rooms = self.rooms.lock();
-            match rooms.get(&room) {
-                Some(log) if log.failed.is_none() => log.expected,
-                _ => return done(self, None),
-            }
+        // (The lock is let go before `done` takes it again: it is not reentrant.)
+        let expected = self
+            .rooms
+            .lock()
+            .get(&room)
+            .filter(|log| log.failed.is_none())
+            .map(|log| log.expected);
+        let (Some(mut expected), Some(cluster)) = (expected, self.cluster.get()) else {
+            return done(self, None);
         };
         // Room for the frame around each part.
         let parts = WriteSet::snapshot(RoomId::from_u64(room), state, max.saturating_sub(256));
@@ -428,7 +430,7 @@ impl ClusterLog {
                 }
             };
             if let Err(Queued::Snapshot(state)) = next {
-                self.snapshot(&cluster, room, state, max).await;
+                self.snapshot(room, state, max).await;
                 continue;
             }
             let (batch, expected, failed) = {
@@ -799,16 +801,7 @@ impl Mirror {
                 }
             }
             Delivery::Destroyed => {
-                let members: Vec<UserId> = {
-                    let state = self.state.lock();
-                    state
-                        .members
-                        .keys()
-                        .chain(state.awaiting.keys())
-                        .cloned()
-                        .collect()
-                };
-                for user in members {
+                for user in self.all_users() {
                     if let Some(session) = self.remove(shared, &user) {
                         session.exited(self.room);
                     }
@@ -825,6 +818,18 @@ impl Mirror {
         if let Some(task) = task.take() {
             task.abort();
         }
+    }
+
+    /// Its members, and those whose `Joined` delivery is still to come (the owner answered
+    /// their join).
+    fn all_users(&self) -> Vec<UserId> {
+        let state = self.state.lock();
+        state
+            .members
+            .keys()
+            .chain(state.awaiting.keys())
+            .cloned()
+            .collect()
     }
 
     /// Its members (those whose `Joined` delivery is still to come too: the owner answered
@@ -1502,16 +1507,8 @@ impl Node {
                     })
                     .unwrap_or_default(),
             };
-            let told: Vec<UserId> = {
-                let state = mirror.state.lock();
-                state
-                    .members
-                    .keys()
-                    .chain(state.awaiting.keys())
-                    .filter(|u| owner.as_ref() != Some(*u))
-                    .cloned()
-                    .collect()
-            };
+            let mut told = mirror.all_users();
+            told.retain(|u| owner.as_ref() != Some(u));
             let event = roomcast_model::ChatRoomEvent::ChatRoomDestroyed {
                 room_id: room,
                 room_name: room_name.clone(),
@@ -2862,5 +2859,58 @@ impl Core {
             },
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a snapshot of room 7 on its own thread: whether it ended within a deadline (a
+    /// deadlock holds the thread for good), and the room's log after it.
+    fn snapshot_ends(log: Arc<ClusterLog>) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let runner = log.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let (state_tx, state) = tokio::sync::oneshot::channel();
+            let _ = state_tx.send(Ok(RoomState::new()));
+            runtime.block_on(runner.snapshot(7, state, 1 << 20));
+            let _ = tx.send(());
+        });
+        let ended = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        ended && log.rooms.try_lock().is_some()
+    }
+
+    #[test]
+    fn a_snapshot_after_a_failed_append_lets_the_log_go() {
+        let log = Arc::new(ClusterLog::default());
+        {
+            let mut rooms = log.rooms.lock();
+            let room = rooms.entry(7).or_default();
+            room.failed = Some("refused".into());
+            room.snapshotting = true;
+        }
+        assert!(
+            snapshot_ends(log.clone()),
+            "the snapshot deadlocked on the room's log"
+        );
+        assert!(!log.rooms.lock()[&7].snapshotting);
+    }
+
+    #[test]
+    fn a_snapshot_of_a_room_the_log_forgot_lets_the_log_go() {
+        let log = Arc::new(ClusterLog::default());
+        assert!(
+            snapshot_ends(log.clone()),
+            "the snapshot deadlocked on the room's log"
+        );
+        // Nor is a snapshot made without a cluster to write it to.
+        log.rooms.lock().entry(7).or_default().snapshotting = true;
+        assert!(snapshot_ends(log.clone()));
+        assert!(!log.rooms.lock()[&7].snapshotting);
     }
 }

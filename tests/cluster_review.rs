@@ -13,17 +13,15 @@
 //! as `tests/cluster_processes.rs` does); one node's loss of NATS goes through a TCP proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast::{
-    ChatClient, ChatError, ChatMessage, ChatRoomEvent, ClientEvent, ClusterConfig,
-    CreateChatRoomOptions, Engine, EngineBuilder, HistoryQuery, ManualClock, MessageBody,
-    OutgoingMessage, PreSendDecision, PreSendFuture, PreSendHook, RoomId, SetAttributes, UserId,
+    ChatClient, ChatError, ChatMessage, ChatRoomEvent, ClusterConfig, CreateChatRoomOptions,
+    Engine, EngineBuilder, HistoryQuery, ManualClock, MessageBody, OutgoingMessage,
+    PreSendDecision, PreSendFuture, PreSendHook, RoomId, SetAttributes, UserId,
 };
 use roomcast_cluster::testing::NatsServer;
 use roomcast_workspace::harness_limits;
@@ -36,17 +34,6 @@ mod proxy;
 use cluster_harness::*;
 use proxy::Proxy;
 
-fn config(server: &NatsServer, cluster: &str, id: &str) -> ClusterConfig {
-    ClusterConfig::new([server.url()], cluster, id)
-        .with_lease_ttl(LEASE_TTL)
-        .with_request_timeout(REQUEST_TIMEOUT)
-}
-
-/// Node `id` of `cluster`, with the harness limits (no rate limits, no delivery threshold).
-async fn node(server: &NatsServer, cluster: &str, id: &str) -> Engine {
-    node_with(server, cluster, id, |b| b).await
-}
-
 /// Node `id` of `cluster` with the harness limits, and whatever `more` adds to its builder.
 async fn node_with(
     server: &NatsServer,
@@ -54,38 +41,7 @@ async fn node_with(
     id: &str,
     more: impl FnOnce(EngineBuilder) -> EngineBuilder,
 ) -> Engine {
-    let builder = Engine::builder()
-        .limits(harness_limits())
-        .cluster(config(server, cluster, id));
-    more(builder)
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("node {id}: {e}\n{}", server.log()))
-}
-
-/// Runs `call` until it does not fail with a delivery failure (9xx: the room may be moving),
-/// within the deadline; returns its last result.
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, ChatError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ChatError>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match call().await {
-            Err(e) if e.is_delivery_failure() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn send(client: &ChatClient, room: RoomId, text: &str) -> Result<ChatMessage, ChatError> {
-    client
-        .chat_manager()
-        .send_message(OutgoingMessage::text(room, text))
-        .await
+    node_at(server.url(), cluster, id, more).await
 }
 
 /// Messages each room retains (the harness limits keep the default).
@@ -115,80 +71,6 @@ fn disorder(seqs: &[u64]) -> Option<String> {
         &seqs[from..to],
         seqs.len()
     ))
-}
-
-/// What one client's event stream delivered, collected by a task of its own.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<ClientEvent>>>);
-
-impl Seen {
-    fn of(client: &ChatClient) -> Seen {
-        let mut stream = client.events();
-        let seen = Seen::default();
-        let out = seen.clone();
-        tokio::spawn(async move {
-            while let Some(event) = stream.next().await {
-                out.0.lock().push(event);
-            }
-        });
-        seen
-    }
-
-    fn messages(&self) -> Vec<ChatMessage> {
-        self.0
-            .lock()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Message(m) => Some(m.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn room_events(&self) -> Vec<ChatRoomEvent> {
-        self.0
-            .lock()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Room(e) => Some((**e).clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn missed(&self) -> u64 {
-        self.0
-            .lock()
-            .iter()
-            .map(|e| match e {
-                ClientEvent::Missed { count } => *count,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    fn has_event(&self, pick: impl Fn(&ChatRoomEvent) -> bool) -> bool {
-        self.room_events().iter().any(pick)
-    }
-
-    async fn wait_event(&self, what: &str, pick: impl Fn(&ChatRoomEvent) -> bool) {
-        wait_until(what, || {
-            let found = self.has_event(&pick);
-            async move { found }
-        })
-        .await;
-    }
-
-    async fn wait_message(&self, what: &str, pick: impl Fn(&ChatMessage) -> bool) -> ChatMessage {
-        let mut found = None;
-        wait_until(what, || {
-            found = self.messages().into_iter().find(&pick);
-            let done = found.is_some();
-            async move { done }
-        })
-        .await;
-        found.expect("found")
-    }
 }
 
 async fn join(client: &ChatClient, room: RoomId) {
@@ -2359,7 +2241,7 @@ async fn two_engines_with_one_node_id() {
     let b = node(&server, "dup", "b").await;
     let twin = Engine::builder()
         .limits(harness_limits())
-        .cluster(config(&server, "dup", "a"))
+        .cluster(config(server.url(), "dup", "a"))
         .build()
         .await;
     let Ok(twin) = twin else {
@@ -3595,7 +3477,7 @@ async fn a_compacted_log_keeps_the_room_whole_across_a_takeover() {
         async move {
             Engine::builder()
                 .limits(limits)
-                .cluster(config(server, "compact", id).with_compaction_bytes(16 << 10))
+                .cluster(config(server.url(), "compact", id).with_compaction_bytes(16 << 10))
                 .build()
                 .await
                 .unwrap()

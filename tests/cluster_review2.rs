@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use roomcast::{
     ChatClient, ChatError, ChatEventHandler, ChatMessage, ChatRoomEvent, ClientEvent,
@@ -136,179 +135,6 @@ fn check_history(h: &[ChatMessage], acked: &[(u64, MessageId, String)], who: &st
 // ------------------------------------------------------------------------------------------
 // What a client got
 // ------------------------------------------------------------------------------------------
-
-/// What one client's event stream delivered, in order, collected by a task of its own.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<ClientEvent>>>);
-
-impl Seen {
-    /// Starts collecting: the stream is made before this returns, so it gets every event
-    /// from now on.
-    fn of(client: &ChatClient) -> Seen {
-        let mut stream = client.events();
-        let seen = Seen::default();
-        let out = seen.clone();
-        tokio::spawn(async move {
-            while let Some(event) = stream.next().await {
-                out.0.lock().push(event);
-            }
-        });
-        seen
-    }
-
-    fn events(&self) -> Vec<ClientEvent> {
-        self.0.lock().clone()
-    }
-
-    fn messages(&self) -> Vec<ChatMessage> {
-        self.0
-            .lock()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Message(m) => Some(m.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn seqs(&self) -> Vec<u64> {
-        self.messages().iter().map(ChatMessage::seq).collect()
-    }
-
-    fn room_events(&self) -> Vec<ChatRoomEvent> {
-        self.0
-            .lock()
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Room(e) => Some((**e).clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn has_event(&self, pick: impl Fn(&ChatRoomEvent) -> bool) -> bool {
-        self.room_events().iter().any(pick)
-    }
-
-    fn recoveries(&self) -> usize {
-        self.room_events()
-            .iter()
-            .filter(|e| matches!(e, ChatRoomEvent::ChatRoomRecovered { .. }))
-            .count()
-    }
-
-    fn missed(&self) -> u64 {
-        self.0
-            .lock()
-            .iter()
-            .map(|e| match e {
-                ClientEvent::Missed { count } => *count,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    async fn wait_event(&self, what: &str, pick: impl Fn(&ChatRoomEvent) -> bool) {
-        wait_until(what, || {
-            let found = self.has_event(&pick);
-            async move { found }
-        })
-        .await;
-    }
-
-    async fn wait_seq(&self, what: &str, seq: u64) {
-        wait_until(what, || {
-            let found = self.seqs().contains(&seq);
-            async move { found }
-        })
-        .await;
-    }
-
-    /// What breaks "each message once, in order, and no gap the member was not told of": a
-    /// sequence number that goes back or repeats, or a gap (a message missing between two it
-    /// got) with no `on_chat_room_recovered` (nor missed notice) after the gap's start.
-    fn order_faults(&self) -> Vec<String> {
-        self.order_faults_skipping(&BTreeSet::new())
-    }
-
-    /// As [`Seen::order_faults`], for a member that sent the messages `own` (a sender does
-    /// not get its own: they are no gap).
-    fn order_faults_skipping(&self, own: &BTreeSet<u64>) -> Vec<String> {
-        let events = self.events();
-        let mut faults = Vec::new();
-        let mut last: Option<(usize, u64)> = None;
-        for (i, e) in events.iter().enumerate() {
-            let ClientEvent::Message(m) = e else { continue };
-            if let Some((at, prev)) = last {
-                if m.seq() <= prev {
-                    faults.push(format!("{} after {prev}", m.seq()));
-                } else if ((prev + 1)..m.seq()).any(|s| !own.contains(&s)) {
-                    let told = events[at..].iter().any(|e| {
-                        matches!(e, ClientEvent::Missed { .. })
-                            || matches!(e, ClientEvent::Room(r) if r.is_recovery())
-                    });
-                    if !told {
-                        faults.push(format!(
-                            "gap {}..={} never told (no recovery notice after it)",
-                            prev + 1,
-                            m.seq() - 1
-                        ));
-                    }
-                }
-            }
-            last = Some((i, m.seq()));
-        }
-        faults
-    }
-
-    /// The live messages history holds otherwise (another message under that seq) or not at
-    /// all.
-    fn phantoms(&self, h: &[ChatMessage]) -> Vec<String> {
-        let by_seq: BTreeMap<u64, &ChatMessage> = h.iter().map(|m| (m.seq(), m)).collect();
-        let oldest = h.first().map_or(1, ChatMessage::seq);
-        let mut out = Vec::new();
-        for m in self.messages().into_iter().filter(|m| m.seq() >= oldest) {
-            match by_seq.get(&m.seq()) {
-                Some(s) if s.msg_id() == m.msg_id() && s.text() == m.text() => {}
-                Some(s) => out.push(format!(
-                    "seq {} live {:?}, in history {:?}",
-                    m.seq(),
-                    m.text(),
-                    s.text()
-                )),
-                None => out.push(format!(
-                    "seq {} live {:?}, not in history",
-                    m.seq(),
-                    m.text()
-                )),
-            }
-        }
-        out
-    }
-
-    /// Recovery notices whose `last_seq` is below a seq the member had already got live before
-    /// it (the room, after the failover, is behind what the member saw: a phantom).
-    fn recoveries_behind_live(&self) -> Vec<String> {
-        let mut max_live = 0;
-        let mut out = Vec::new();
-        for e in self.events() {
-            match e {
-                ClientEvent::Message(m) => max_live = max_live.max(m.seq()),
-                ClientEvent::Room(r) => {
-                    if let ChatRoomEvent::ChatRoomRecovered { last_seq, .. } = *r {
-                        if last_seq < max_live {
-                            out.push(format!(
-                                "recovered at last_seq {last_seq} after seq {max_live} came live"
-                            ));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        out
-    }
-}
 
 /// Each `on_messages_received` call's sequence numbers, in order: the join replay must come
 /// as one batch.
@@ -441,7 +267,7 @@ async fn owner_dropped_with_pipelined_sends_members_see_only_what_history_holds(
                 e.is_recovery()
             })
             .await;
-            for f in seen.order_faults() {
+            for f in seen.order_faults(&BTreeSet::new()) {
                 bad.push(format!("{who}: {f}"));
             }
             for p in seen.phantoms(&h).into_iter().take(3) {
@@ -614,7 +440,7 @@ async fn a_join_storm_from_three_nodes_into_a_busy_room() {
         let who = u.current_user_id().to_string();
         seen.wait_seq(&format!("{who} gets the end"), end.seq())
             .await;
-        for f in seen.order_faults() {
+        for f in seen.order_faults(&BTreeSet::new()) {
             bad.push(format!("{who}: {f}"));
         }
         if let Some(f) = batches.replay_fault(REPLAY) {
@@ -947,7 +773,7 @@ async fn joins_racing_the_owners_death() {
                 ));
             }
             let own = own_seqs(&h, u.current_user_id().as_str());
-            for f in seen.order_faults_skipping(&own) {
+            for f in seen.order_faults(&own) {
                 bad.push(format!("{who}: {f}"));
             }
             for p in seen.phantoms(&h).into_iter().take(3) {
@@ -1106,7 +932,7 @@ async fn a_members_node_blips_shorter_than_the_lease() {
     let mut bad = slow_or_unclear(&calls);
     bad.extend(failed_but_stored(&calls, &h));
     for (who, seen) in [("u1", &seen1), ("u2", &seen2)] {
-        for f in seen.order_faults_skipping(&own_seqs(&h, who)) {
+        for f in seen.order_faults(&own_seqs(&h, who)) {
             bad.push(format!("{who}: {f}"));
         }
         eprintln!(
@@ -1473,7 +1299,7 @@ async fn the_owners_node_then_a_members_node_cut_off_in_turn() {
         let got: BTreeSet<u64> = seen.seqs().into_iter().collect();
         // (What the cut-off owner's own members got live: see
         // `a_cut_off_owners_own_members_see_only_what_history_holds`.)
-        for f in seen.order_faults_skipping(&own) {
+        for f in seen.order_faults(&own) {
             // Which messages it missed, and who sent them.
             let missed: Vec<String> = f
                 .strip_prefix("gap ")
@@ -1587,7 +1413,7 @@ async fn a_cut_off_owners_own_members_see_only_what_history_holds() {
             for p in s.phantoms(&h).into_iter().take(3) {
                 bad.push(format!("{who}: {p}"));
             }
-            for f in s.order_faults() {
+            for f in s.order_faults(&BTreeSet::new()) {
                 bad.push(format!("{who}: {f}"));
             }
             if s.recoveries() == 0 {
@@ -1668,7 +1494,7 @@ async fn short_blips_on_the_owners_connection_members_see_only_what_history_hold
         for p in s.phantoms(&h).into_iter().take(3) {
             bad.push(format!("{who}: {p}"));
         }
-        for f in s.order_faults() {
+        for f in s.order_faults(&BTreeSet::new()) {
             bad.push(format!("{who}: {f}"));
         }
         eprintln!("{who}: {} recoveries", s.recoveries());
@@ -2064,7 +1890,7 @@ async fn shadow_ban_order_and_audience_across_nodes_and_a_failover() {
             if !unmarked.is_empty() {
                 bad.push(format!("{who} got the troll's {unmarked:?} unmarked"));
             }
-            for f in seen.order_faults() {
+            for f in seen.order_faults(&BTreeSet::new()) {
                 bad.push(format!("{who}: {f}"));
             }
         } else {
@@ -2874,7 +2700,7 @@ async fn sigkill_of_the_owner_while_users_join_from_two_nodes() {
                 seen.seqs().last()
             ));
         }
-        for f in seen.order_faults_skipping(&own_seqs(&h, &who)) {
+        for f in seen.order_faults(&own_seqs(&h, &who)) {
             bad.push(format!("{who}: {f}"));
         }
         for p in seen.phantoms(&h).into_iter().take(3) {

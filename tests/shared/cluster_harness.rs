@@ -450,12 +450,63 @@ impl Seen {
         self.count_events(ChatRoomEvent::is_recovery)
     }
 
+    /// The messages it was told it missed (`ClientEvent::Missed`), in all.
+    pub(crate) fn missed(&self) -> u64 {
+        self.0
+            .lock()
+            .iter()
+            .map(|e| match e {
+                ClientEvent::Missed { count } => *count,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Recovery notices whose `last_seq` is below a seq the member had already got live before
+    /// it (the room, after the failover, is behind what the member saw: a phantom).
+    pub(crate) fn recoveries_behind_live(&self) -> Vec<String> {
+        let mut max_live = 0;
+        let mut out = Vec::new();
+        for e in self.events() {
+            match e {
+                ClientEvent::Message(m) => max_live = max_live.max(m.seq()),
+                ClientEvent::Room(r) => {
+                    if let ChatRoomEvent::ChatRoomRecovered { last_seq, .. } = *r {
+                        if last_seq < max_live {
+                            out.push(format!(
+                                "recovered at last_seq {last_seq} after seq {max_live} came live"
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     pub(crate) async fn wait_event(&self, what: &str, pick: impl Fn(&ChatRoomEvent) -> bool) {
         wait_until(what, || {
             let found = self.has_event(&pick);
             async move { found }
         })
         .await;
+    }
+
+    /// Waits for a message `pick` chooses, and returns it.
+    pub(crate) async fn wait_message(
+        &self,
+        what: &str,
+        pick: impl Fn(&ChatMessage) -> bool,
+    ) -> ChatMessage {
+        let mut found = None;
+        wait_until(what, || {
+            found = self.messages().into_iter().find(&pick);
+            let done = found.is_some();
+            async move { done }
+        })
+        .await;
+        found.expect("found")
     }
 
     pub(crate) async fn wait_seq(&self, what: &str, seq: u64) {

@@ -1339,12 +1339,12 @@ async fn multi_part_snapshots_and_owner_cuts() {
     stop.store(true, Ordering::Relaxed);
     let mut stalls = Vec::new();
     for t in tasks {
-        // A call that ran into the call timeout (901) stalled for 30 s: a fault, not a cut.
+        // A call as long as the call timeout (30 s) stalled: a fault, not a cut (a cut's
+        // calls end within a few request timeouts).
         let log = t.await.unwrap();
-        if let Some((n, first, _)) = log.codes.get(&901) {
-            stalls.push(format!(
-                "{n} sends timed out (901), the first at {first} ms"
-            ));
+        let (took, began) = log.slowest;
+        if took >= 20_000 {
+            stalls.push(format!("a send took {took} ms, from {began} ms"));
         }
     }
     let end = send_ok(&observers[0].2, room, "the end").await;

@@ -267,11 +267,13 @@ pub(crate) async fn room_on(engine: &Engine, name: &str) -> (ChatClient, RoomId)
     (host, room)
 }
 
-/// A sender's failures: per code (count, first ms, last ms), and its last accepted send's ms.
+/// A sender's failures: per code (count, first ms, last ms), its last accepted send's ms, and
+/// its slowest call (ms taken, ms it began).
 #[derive(Debug, Default)]
 pub(crate) struct SendLog {
     pub(crate) codes: BTreeMap<u32, (usize, u64, u64)>,
     pub(crate) last_ok: u64,
+    pub(crate) slowest: (u64, u64),
 }
 
 /// What senders got acknowledged: (seq, id, text).
@@ -296,7 +298,10 @@ pub(crate) fn sender(
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
             let text = format!("{tag} {n}");
-            match send(&client, room, &text).await {
+            let began = ms();
+            let sent = send(&client, room, &text).await;
+            errors.slowest = errors.slowest.max((ms() - began, began));
+            match sent {
                 Ok(m) => {
                     acked.lock().push((m.seq(), m.msg_id(), text));
                     errors.last_ok = ms();

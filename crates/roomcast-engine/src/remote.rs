@@ -177,6 +177,10 @@ pub(crate) struct RejoiningMember {
     pub(crate) offline_since: Option<Timestamp>,
     /// Where the room last confirmed it (`None`: never).
     pub(crate) mark: Option<(u64, u64)>,
+    /// Its local copy of the room: where it starts (`None`: not known there), and whether it
+    /// is kept after leaving (`ChatOptions::delete_messages_on_exit` false): a new owner closes
+    /// the copy the member's join opened, as the owner that let it in would have.
+    pub(crate) copy: (Option<u64>, bool),
 }
 
 /// A call's answer.

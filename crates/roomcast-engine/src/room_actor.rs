@@ -1942,6 +1942,7 @@ impl Handler<Rejoin> for RoomActor {
                 user,
                 offline_since,
                 mark,
+                copy: (copy_from, keeps_copy),
             } in msg.members
             {
                 if !act.room.is_member(&user) {
@@ -1964,10 +1965,12 @@ impl Handler<Rejoin> for RoomActor {
                     act.room.restore_member(user.clone());
                 }
                 act.lapsed.remove(&user);
-                let from = act.room.last_seq() + 1;
+                // Its copy as its node knows it (the owner that let it in opened it), so that
+                // its leave here closes that copy, kept or deleted as the member asked.
+                let from = copy_from.unwrap_or(act.room.last_seq() + 1);
                 act.remote_copies
                     .entry(user.clone())
-                    .or_insert((false, from));
+                    .or_insert((keeps_copy, from));
                 act.remote
                     .entry(user.clone())
                     .or_default()

@@ -521,6 +521,21 @@ impl ClusterLog {
     }
 }
 
+/// `session` as its node tells a room's owner it is in `room` (`None` if it is not).
+fn rejoining(session: &Session, room: RoomId) -> Option<crate::remote::RejoiningMember> {
+    session
+        .room_presence(room)
+        .map(|offline_since| crate::remote::RejoiningMember {
+            user: session.user().clone(),
+            offline_since,
+            mark: session.room_mark(room),
+            copy: (
+                session.copy_start(room),
+                !session.deletes_messages_on_exit(),
+            ),
+        })
+}
+
 /// The store's handle on the [`ClusterLog`].
 #[derive(Debug, Clone)]
 pub(crate) struct LogHandle(pub(crate) Arc<ClusterLog>);
@@ -840,14 +855,7 @@ impl Mirror {
             .members
             .values()
             .chain(state.awaiting.values())
-            .filter_map(|s| {
-                s.room_presence(self.room)
-                    .map(|offline_since| crate::remote::RejoiningMember {
-                        user: s.user().clone(),
-                        offline_since,
-                        mark: s.room_mark(self.room),
-                    })
-            })
+            .filter_map(|s| rejoining(s, self.room))
             .collect()
     }
 
@@ -1965,7 +1973,10 @@ impl Node {
                         // (to wherever the room is then: a rejoin that failed because the
                         // room moved on is made with its next owner).
                         Err(ChatError::NotJoined(who)) if rejoined.as_ref() != Some(&owner) => {
-                            match self.rejoin(room, &owner).await {
+                            let also = UserId::new(&who)
+                                .ok()
+                                .and_then(|u| core.inner.shared.session_of(&u));
+                            match self.rejoin(room, &owner, also).await {
                                 Ok(true) => rejoined = Some(owner),
                                 Ok(false) => return Err(ChatError::NotJoined(who)),
                                 Err(e) => {
@@ -1988,11 +1999,22 @@ impl Node {
 
     /// Tells `owner` who of this node's sessions is in `room` (after it took the room over).
     /// `false` if none is.
-    async fn rejoin(&self, room: RoomId, owner: &str) -> Result<bool, ChatError> {
-        let Some(mirror) = self.mirrors.lock().get(&room).cloned() else {
-            return Ok(false);
-        };
-        let members = mirror.members_with_presence();
+    /// `also`: a local session the owner refused as not in the room; told too if it is in it
+    /// here (the mirror may not list it yet: this node's lost lease is still handing its members
+    /// over to the mirror).
+    async fn rejoin(
+        &self,
+        room: RoomId,
+        owner: &str,
+        also: Option<Arc<Session>>,
+    ) -> Result<bool, ChatError> {
+        let mirror = self.mirrors.lock().get(&room).cloned();
+        let mut members = mirror
+            .map(|m| m.members_with_presence())
+            .unwrap_or_default();
+        if let Some(s) = also.filter(|s| !members.iter().any(|m| m.user == *s.user())) {
+            members.extend(rejoining(&s, room));
+        }
         if members.is_empty() {
             return Ok(false);
         }
@@ -2053,7 +2075,7 @@ impl Node {
         let done = match self.cluster.owner_of(room.as_u64()).await {
             Ok(Some(owner)) if owner != *self.me => {
                 self.learned_owner(room, &owner);
-                match self.rejoin(room, &owner).await {
+                match self.rejoin(room, &owner, None).await {
                     Ok(_) => true,
                     Err(e) => {
                         tracing::debug!(room = %room, error = %e, "a mirror's resync failed");

@@ -1092,6 +1092,68 @@ async fn presence_setup(
     (a, b, host, room, host_seen, ub, seen_b)
 }
 
+/// A user with a session on b and one on c (behind a proxy) goes offline on b, then a minute
+/// later on c; then c is cut off, and the owner counts c gone. Promise (`docs/cluster.md`,
+/// "offline means offline on every node", the grace period from when the last session went):
+/// the user stays a member until the grace period has passed since its session on c went, not
+/// since the one on b went. (The owner used to forget c's report with c, and count the user
+/// offline from b's time: it removed the user a minute early.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gone_nodes_session_still_counts_for_when_its_user_went_offline() {
+    let server = server!();
+    let proxy = Proxy::start(server.port()).await;
+    let clock = ManualClock::new(1_700_000_000_000);
+    let a = node_with_clock(&server, "plast", "a", &clock).await;
+    let b = node_with_clock(&server, "plast", "b", &clock).await;
+    let clock_c = clock.clone();
+    let c = node_at(proxy.url(), "plast", "c", move |x| x.clock(clock_c)).await;
+    let (host, room) = room_on(&a, "plast").await;
+    let host_seen = Seen::of(&host);
+    let u_b = b.login("u").await.unwrap();
+    join(&u_b, room).await;
+    let u_c = c.login("u").await.unwrap();
+    // c's device is attached to the user's rooms shortly after its login: a message it gets
+    // live says the owner knows of it.
+    let u_c_seen = Seen::of(&u_c);
+    let m = send_ok(&host, room, "to both devices").await;
+    u_c_seen
+        .wait_seq("u's device on c gets the room", m.seq())
+        .await;
+    wait_for_presence(&a, room, (2, 2)).await;
+    u_b.disconnect().unwrap();
+    // Online on c still.
+    let_pass(LEASE_TTL / 2).await;
+    assert_eq!(presence(&a, room).await, (2, 2), "u online on c");
+    clock.advance(Duration::from_secs(60));
+    u_c.disconnect().unwrap();
+    wait_for_presence(&a, room, (2, 1)).await;
+    proxy.cut();
+    // The owner counts c gone ("failed to answer two pings", checked every lease/4).
+    let_pass(3 * LEASE_TTL).await;
+    // Past the grace period since u went offline on b, a minute short of it since c.
+    clock.advance(Duration::from_secs(5 * 60 - 30));
+    let since = Instant::now();
+    while since.elapsed() < LEASE_TTL {
+        assert!(
+            !host_seen.has_event(|e| is_member_exited(e, "u")),
+            "u removed as offline before the grace period passed since its last session went"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(presence(&a, room).await, (2, 1), "u a member, offline");
+    // And once the grace period has passed since then, it goes.
+    clock.advance(Duration::from_secs(60));
+    host_seen
+        .wait_event("u removed after the grace period", |e| {
+            is_member_exited(e, "u")
+        })
+        .await;
+    proxy.heal();
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
 /// Node b (with a member) is cut off for three leases; the owner counts its member offline
 /// ("failed to answer two pings"); b comes back. Promise (`docs/cluster.md`, "that node's
 /// members are offline from then, and leave after the grace period unless they come back";

@@ -2042,19 +2042,23 @@ impl Handler<NodeGone> for RoomActor {
         let now = self.now();
         let mut affected = Vec::new();
         self.remote.retain(|user, nodes| {
-            if nodes.remove(&msg.node).is_some() {
-                affected.push(user.clone());
+            if let Some(state) = nodes.remove(&msg.node) {
+                affected.push((user.clone(), state));
             }
             !nodes.is_empty()
         });
-        for user in affected {
+        for (user, there) in affected {
             if !self.room.is_member(&user) {
                 continue;
             }
             if !self.remote.contains_key(&user) {
                 self.lapsed.insert(user.clone());
             }
-            let since = self.presence_of(&user);
+            // Offline since its last session went: its sessions elsewhere, and the one on the
+            // gone node as that node last told (online until now), whichever went last.
+            let since = self
+                .presence_of(&user)
+                .map(|elsewhere| elsewhere.max(there.unwrap_or(now)));
             let command = Command::SetPresence {
                 user,
                 online: since.is_none(),

@@ -51,6 +51,9 @@ const SLOT_KEYS: u64 = u64::MAX - 1;
 
 /// How many times a call is routed again when the room moved meanwhile.
 const ROUTE_TRIES: usize = 4;
+/// How often a call refused as not in the room tells the owner who of this node is in it
+/// before the refusal stands.
+const REJOIN_TRIES: usize = 2;
 
 tokio::task_local! {
     /// Set while a node serves a call forwarded to it: such a call is never forwarded again.
@@ -1943,8 +1946,9 @@ impl Node {
         call: impl Fn() -> Call,
     ) -> Result<Option<Answer>, ChatError> {
         let room = call().room();
-        // The owner this node told who of its sessions is in the room, during this call.
-        let mut rejoined: Option<Arc<str>> = None;
+        // How often this node told the room's owner who of its sessions is in the room, during
+        // this call (the owner may have changed since, or restarted the room: it hears again).
+        let mut rejoins = 0;
         let mut last = None;
         for _ in 0..ROUTE_TRIES {
             match self.route(core, room).await? {
@@ -1968,16 +1972,16 @@ impl Node {
                             last = Some(why);
                             continue;
                         }
-                        // The room changed owners and the new one has not heard yet that this
-                        // node's members are in it: it hears now, and the call goes again
-                        // (to wherever the room is then: a rejoin that failed because the
-                        // room moved on is made with its next owner).
-                        Err(ChatError::NotJoined(who)) if rejoined.as_ref() != Some(&owner) => {
+                        // The room changed owners (or its owner restarted it) and it has not
+                        // heard yet that this node's members are in it: it hears now, and the
+                        // call goes again (to wherever the room is then: a rejoin that failed
+                        // because the room moved on is made with its next owner).
+                        Err(ChatError::NotJoined(who)) if rejoins < REJOIN_TRIES => {
                             let also = UserId::new(&who)
                                 .ok()
                                 .and_then(|u| core.inner.shared.session_of(&u));
                             match self.rejoin(room, &owner, also).await {
-                                Ok(true) => rejoined = Some(owner),
+                                Ok(true) => rejoins += 1,
                                 Ok(false) => return Err(ChatError::NotJoined(who)),
                                 Err(e) => {
                                     tracing::debug!(room = %room, error = %e, "a rejoin failed; routing again");

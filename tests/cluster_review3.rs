@@ -2308,14 +2308,6 @@ async fn members_stay_members_through_owner_cuts() {
 /// Held messages deleted: (seq, release time, deleted at (engine clock), deleted at as [`ms`]).
 type Deletions = Arc<Mutex<Vec<(u64, i64, i64, u64)>>>;
 
-/// Now on the system clock, in ms since the Unix epoch (the engine's clock in these tests).
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// A room on a (behind a proxy) holds members' messages for 1 s. An asker on b sends every
 /// 30 ms, the owner every 100 ms; an admin on c deletes every third question as soon as it gets
 /// it; a viewer joins through b halfway; the owner's connection blips three times (200 ms).

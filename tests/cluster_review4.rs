@@ -87,14 +87,6 @@ async fn back_in(viewer: &ChatClient, room: RoomId, users: &[(&str, &ChatClient)
     out
 }
 
-/// Now on the system clock, in ms since the Unix epoch (the engine's clock in these tests).
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// A client's sends every 50 ms until `stop` (tolerating 702, which it counts): a prober for
 /// "never refused as not in the room".
 fn prober(

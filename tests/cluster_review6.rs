@@ -1270,13 +1270,6 @@ async fn offline_members_while_the_owner_goes() {
 // 9. Hold for review across nodes, and across a change of owners
 // ------------------------------------------------------------------------------------------
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// `docs/semantics.md`, "Hold for review": the staff get a held message at once, marked;
 /// everyone else once its release time has passed, unmarked, in order; a message deleted
 /// meanwhile never reaches them; a room that starts again releases what is still held at its

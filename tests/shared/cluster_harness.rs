@@ -392,6 +392,14 @@ pub(crate) struct Seen(
 );
 
 /// Milliseconds since the first call: a time line shared by the reports of a test.
+/// Now on the system clock, in ms since the Unix epoch (the engine's clock in these tests).
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 pub(crate) fn ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64

@@ -43,40 +43,14 @@ use parking_lot::Mutex;
 use proxy::Proxy;
 use roomcast::{
     ChatClient, ChatEventHandler, ChatMessage, ChatOptions, ChatRoomEvent, CreateChatRoomOptions,
-    Engine, LeaveReason, MessagePriority, OutgoingMessage, RoomId, RoomLimits, SetAttributes,
+    LeaveReason, MessagePriority, OutgoingMessage, RoomId, RoomLimits, SetAttributes,
 };
 use roomcast_cluster::testing::NatsServer;
-
-/// `retry` of a call on a manager (the manager is made anew for each try).
-macro_rules! rt {
-    ($mgr:expr, $m:ident => $call:expr) => {
-        retry(|| {
-            let $m = $mgr;
-            async move { $call.await }
-        })
-    };
-}
 
 /// A room, how long it took to accept a send again, and the send's seq (or code).
 type RoomTime = (RoomId, Duration, Result<u64, u32>);
 /// One of a user's two devices: its client, what it saw, and its join's outcome.
 type Twin = (ChatClient, Seen, Result<(), u32>);
-
-async fn room_with(engine: &Engine, name: &str, limits: RoomLimits) -> (ChatClient, RoomId) {
-    engine.add_super_admin("host").await.unwrap();
-    let host = engine.login("host").await.unwrap();
-    let room = host
-        .chat_room_manager()
-        .create_chat_room(
-            CreateChatRoomOptions::new(name)
-                .with_max_users(10_000)
-                .with_limits(limits),
-        )
-        .await
-        .unwrap()
-        .room_id;
-    (host, room)
-}
 
 fn exited(who: &'static str) -> impl Fn(&ChatRoomEvent) -> bool {
     move |e| is_member_exited(e, who)
@@ -426,18 +400,6 @@ async fn many_small_rooms_one_node_cut_off() {
 // ------------------------------------------------------------------------------------------
 // 3. Local copies across leave, rejoin and failover
 // ------------------------------------------------------------------------------------------
-
-async fn copy_seqs(client: &ChatClient, room: RoomId) -> Vec<u64> {
-    let mut seqs: Vec<u64> =
-        rt!(client.chat_manager(), m => m.get_conversation(&room).load_messages(None, 200))
-            .await
-            .unwrap()
-            .iter()
-            .map(ChatMessage::seq)
-            .collect();
-    seqs.sort();
-    seqs
-}
 
 /// `docs/semantics.md`, "Local copies": spans from each join (replay included) to the leave,
 /// never overlapping; deleted on exit with `delete_messages_on_exit` (the default), kept

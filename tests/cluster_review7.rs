@@ -40,35 +40,9 @@ use cluster_harness::*;
 use parking_lot::Mutex;
 use proxy::Proxy;
 use roomcast::{
-    ChatClient, ChatMessage, ChatOptions, ChatRoomEvent, CreateChatRoomOptions, Engine,
-    LeaveReason, MuteDuration, RoomId, RoomLimits,
+    ChatMessage, ChatOptions, ChatRoomEvent, Engine, LeaveReason, MuteDuration, RoomLimits,
 };
 use roomcast_cluster::testing::NatsServer;
-
-macro_rules! rt {
-    ($mgr:expr, $m:ident => $call:expr) => {
-        retry(|| {
-            let $m = $mgr;
-            async move { $call.await }
-        })
-    };
-}
-
-async fn room_with(engine: &Engine, name: &str, limits: RoomLimits) -> (ChatClient, RoomId) {
-    engine.add_super_admin("host").await.unwrap();
-    let host = engine.login("host").await.unwrap();
-    let room = host
-        .chat_room_manager()
-        .create_chat_room(
-            CreateChatRoomOptions::new(name)
-                .with_max_users(10_000)
-                .with_limits(limits),
-        )
-        .await
-        .unwrap()
-        .room_id;
-    (host, room)
-}
 
 /// Which nodes hold the room in memory (the owner, perhaps mirrors too: a guess).
 fn in_memory(nodes: &[&Engine]) -> Vec<usize> {
@@ -458,18 +432,6 @@ async fn presence_grace_counts_from_last_online_anywhere() {
 // 3. Local copies across an owner cut-and-heal
 // ------------------------------------------------------------------------------------------
 
-async fn copy_seqs(client: &ChatClient, room: RoomId) -> Vec<u64> {
-    let mut seqs: Vec<u64> =
-        rt!(client.chat_manager(), m => m.get_conversation(&room).load_messages(None, 400))
-            .await
-            .unwrap()
-            .iter()
-            .map(ChatMessage::seq)
-            .collect();
-    seqs.sort();
-    seqs
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn local_copies_across_owner_cut_and_heal() {
     let server = server!();
@@ -652,51 +614,33 @@ async fn racing_moderators_during_owner_cut() {
                     note(
                         &codes,
                         "mute",
-                        retry(|| {
-                            let m = m.clone();
-                            async move {
-                                m.mute_chat_room_members(&room, ["tmute"], MuteDuration::Forever)
-                                    .await
-                            }
-                        })
+                        rt!(m.clone(), m => m.mute_chat_room_members(&room, ["tmute"], MuteDuration::Forever) )
                         .await,
                     );
                     note(
                         &codes,
                         "block",
-                        retry(|| {
-                            let m = m.clone();
-                            async move { m.block_chat_room_members(&room, ["tblock"]).await }
-                        })
+                        rt!(m.clone(), m => m.block_chat_room_members(&room, ["tblock"]))
                         .await,
                     );
                 } else {
                     note(
                         &codes,
                         "unmute",
-                        retry(|| {
-                            let m = m.clone();
-                            async move { m.unmute_chat_room_members(&room, ["tmute"]).await }
-                        })
+                        rt!(m.clone(), m => m.unmute_chat_room_members(&room, ["tmute"]))
                         .await,
                     );
                     note(
                         &codes,
                         "unblock",
-                        retry(|| {
-                            let m = m.clone();
-                            async move { m.unblock_chat_room_members(&room, ["tblock"]).await }
-                        })
+                        rt!(m.clone(), m => m.unblock_chat_room_members(&room, ["tblock"]))
                         .await,
                     );
                 }
                 note(
                     &codes,
                     "kick",
-                    retry(|| {
-                        let m = m.clone();
-                        async move { m.remove_chat_room_members(&room, ["tkick"]).await }
-                    })
+                    rt!(m.clone(), m => m.remove_chat_room_members(&room, ["tkick"]))
                     .await,
                 );
                 n += 1;
@@ -713,21 +657,13 @@ async fn racing_moderators_during_owner_cut() {
                     note(
                         &codes,
                         "add_admin",
-                        retry(|| {
-                            let m = m.clone();
-                            async move { m.add_chat_room_admin(&room, "tadmin").await }
-                        })
-                        .await,
+                        rt!(m.clone(), m => m.add_chat_room_admin(&room, "tadmin")).await,
                     );
                 } else {
                     note(
                         &codes,
                         "remove_admin",
-                        retry(|| {
-                            let m = m.clone();
-                            async move { m.remove_chat_room_admin(&room, "tadmin").await }
-                        })
-                        .await,
+                        rt!(m.clone(), m => m.remove_chat_room_admin(&room, "tadmin")).await,
                     );
                 }
                 let_pass(Duration::from_millis(41 + 13 * k as u64)).await;
@@ -1073,7 +1009,11 @@ async fn clean_shutdown_hands_the_room_over_at_once() {
          failures {:?}",
         log.codes
     );
-    let _ = seen_c;
+    // docs/cluster.md: after a change of owners every remaining member is told.
+    wait_until("onc told the room recovered", || async {
+        seen_c.recoveries() > 0
+    })
+    .await;
     b.shutdown().await;
     c.shutdown().await;
 }

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use roomcast::{
     AuditEntry, ChatClient, ChatError, ChatMessage, ChatRoomEvent, ClientEvent, ClusterConfig,
     CreateChatRoomOptions, Engine, EngineBuilder, HistoryQuery, LeaveReason, MessageId,
-    OutgoingMessage, RoomId,
+    OutgoingMessage, RoomId, RoomLimits,
 };
 use roomcast_cluster::testing::NatsServer;
 use roomcast_workspace::harness_limits;
@@ -44,6 +44,16 @@ macro_rules! server {
             Some(server) => server,
             None => return,
         }
+    };
+}
+
+/// `retry` of a call on a manager (the manager is made anew for each try).
+macro_rules! rt {
+    ($mgr:expr, $m:ident => $call:expr) => {
+        $crate::cluster_harness::retry(|| {
+            let $m = $mgr;
+            async move { $call.await }
+        })
     };
 }
 
@@ -255,6 +265,41 @@ pub(crate) async fn wait_for_presence(engine: &Engine, room: RoomId, want: (usiz
 }
 
 /// A room created by the super admin `host` logged in on `engine`.
+/// A room made on `engine` by its super admin "host", with `limits`: the host's client and the
+/// room.
+pub(crate) async fn room_with(
+    engine: &Engine,
+    name: &str,
+    limits: RoomLimits,
+) -> (ChatClient, RoomId) {
+    engine.add_super_admin("host").await.unwrap();
+    let host = engine.login("host").await.unwrap();
+    let room = host
+        .chat_room_manager()
+        .create_chat_room(
+            CreateChatRoomOptions::new(name)
+                .with_max_users(10_000)
+                .with_limits(limits),
+        )
+        .await
+        .unwrap()
+        .room_id;
+    (host, room)
+}
+
+/// The seqs of `client`'s local copy of `room` (up to 400, the most one load gives), sorted.
+pub(crate) async fn copy_seqs(client: &ChatClient, room: RoomId) -> Vec<u64> {
+    let mut seqs: Vec<u64> =
+        rt!(client.chat_manager(), m => m.get_conversation(&room).load_messages(None, 400))
+            .await
+            .unwrap()
+            .iter()
+            .map(ChatMessage::seq)
+            .collect();
+    seqs.sort();
+    seqs
+}
+
 pub(crate) async fn room_on(engine: &Engine, name: &str) -> (ChatClient, RoomId) {
     engine.add_super_admin("host").await.unwrap();
     let host = engine.login("host").await.unwrap();
